@@ -1,0 +1,35 @@
+//! Primitives shared by every Keel crate: a [`Clock`] that tests can drive,
+//! [`Shutdown`] coordination, the [`Status`] scale, human-readable durations
+//! for configuration, and instance identifiers.
+//!
+//! This crate performs no I/O beyond reading the host name and listening for
+//! process signals, so every other crate can depend on it cheaply.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use keel_core::{Clock, HumanDuration, ManualClock, Status};
+//!
+//! let interval: HumanDuration = "500ms".parse().unwrap();
+//! assert_eq!(interval.get(), Duration::from_millis(500));
+//!
+//! let clock = ManualClock::new();
+//! let before = clock.now();
+//! clock.advance(Duration::from_secs(5));
+//! assert_eq!(clock.now().duration_since(before).unwrap(), Duration::from_secs(5));
+//!
+//! assert!(Status::Ko < Status::Warn && Status::Warn < Status::Ok);
+//! ```
+
+mod clock;
+mod duration;
+mod ids;
+mod shutdown;
+mod status;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use duration::{DurationError, HumanDuration, parse_duration};
+pub use ids::default_instance_id;
+pub use shutdown::{DrainTimeout, Shutdown};
+pub use status::{Status, StatusParseError};

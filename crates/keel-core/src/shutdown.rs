@@ -1,0 +1,162 @@
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Coordinates a graceful shutdown: one root [`CancellationToken`] that every
+/// background task watches, and a [`TaskTracker`] that knows when they are done.
+///
+/// Cloning is cheap and every clone controls the same shutdown.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// let shutdown = keel_core::Shutdown::new();
+/// let token = shutdown.token();
+/// shutdown.spawn(async move { token.cancelled().await; /* flush, close */ });
+/// shutdown.trigger();
+/// shutdown.drain(Duration::from_secs(1)).await.unwrap();
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Background tasks were still running when the grace period ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{remaining} background task(s) still running after the {grace:?} grace period")]
+pub struct DrainTimeout {
+    /// How many tasks had not finished.
+    pub remaining: usize,
+    /// The grace period that ran out.
+    pub grace: Duration,
+}
+
+impl Shutdown {
+    /// A fresh, untriggered shutdown.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The root token; cancelled when shutdown starts.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// True once shutdown has started.
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes when shutdown starts.
+    pub async fn triggered(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Starts shutdown. Idempotent.
+    pub fn trigger(&self) {
+        self.token.cancel();
+    }
+
+    /// Spawns a task that [`drain`](Self::drain) will wait for.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn(task)
+    }
+
+    /// Triggers shutdown on the first SIGINT or SIGTERM (Ctrl-C elsewhere), and
+    /// returns the name of the signal. Returns `None` if shutdown was triggered
+    /// by other means first.
+    pub async fn trigger_on_signal(&self) -> Option<&'static str> {
+        let signal = tokio::select! {
+            name = wait_for_signal() => name,
+            () = self.token.cancelled() => return None,
+        };
+        tracing::info!(signal, "shutdown requested");
+        self.trigger();
+        Some(signal)
+    }
+
+    /// Triggers shutdown (if not yet) and waits up to `grace` for every spawned
+    /// task to finish.
+    pub async fn drain(&self, grace: Duration) -> Result<(), DrainTimeout> {
+        self.trigger();
+        self.tracker.close();
+        match tokio::time::timeout(grace, self.tracker.wait()).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(DrainTimeout {
+                remaining: self.tracker.len(),
+                grace,
+            }),
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be stopped by other
+        // means (the token); never resolve rather than shut down at once.
+        tracing::warn!("could not install signal handlers; graceful shutdown on signals is disabled");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> &'static str {
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => "ctrl-c",
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_tasks_that_observe_the_token() {
+        let shutdown = Shutdown::new();
+        let token = shutdown.token();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        shutdown.spawn(async move {
+            token.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        shutdown.drain(Duration::from_secs(1)).await.unwrap();
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(shutdown.is_triggered());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_reports_tasks_that_overrun_the_grace_period() {
+        let shutdown = Shutdown::new();
+        shutdown.spawn(std::future::pending::<()>());
+        let err = shutdown.drain(Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(err.remaining, 1);
+        assert_eq!(err.grace, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn signal_wait_returns_none_when_triggered_elsewhere() {
+        let shutdown = Shutdown::new();
+        let other = shutdown.clone();
+        tokio::spawn(async move { other.trigger() });
+        assert_eq!(shutdown.trigger_on_signal().await, None);
+    }
+}

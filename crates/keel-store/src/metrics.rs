@@ -1,0 +1,81 @@
+use std::future::Future;
+use std::time::Instant;
+
+use keel_telemetry::{Telemetry, names};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram};
+
+/// Instruments shared by the storage components of one [`Telemetry`].
+#[derive(Clone, Debug)]
+pub(crate) struct StoreMetrics {
+    db_duration: Histogram<f64>,
+    redis_duration: Histogram<f64>,
+    pub(crate) bus_published: Counter<u64>,
+    pub(crate) bus_lagged: Counter<u64>,
+    pub(crate) bus_reconnects: Counter<u64>,
+}
+
+impl StoreMetrics {
+    pub(crate) fn new(telemetry: &Telemetry) -> Self {
+        let meter = telemetry.meter("keel-store");
+        Self {
+            db_duration: meter
+                .f64_histogram(names::DB_OPERATION_DURATION)
+                .with_unit("s")
+                .with_description("Duration of database operations")
+                .with_boundaries(names::CLIENT_DURATION_BUCKETS.to_vec())
+                .build(),
+            redis_duration: meter
+                .f64_histogram(names::REDIS_COMMAND_DURATION)
+                .with_unit("s")
+                .with_description("Duration of Redis commands, by command name")
+                .with_boundaries(names::CLIENT_DURATION_BUCKETS.to_vec())
+                .build(),
+            bus_published: meter
+                .u64_counter(names::BUS_PUBLISHED)
+                .with_description("Messages published on the bus")
+                .build(),
+            bus_lagged: meter
+                .u64_counter(names::BUS_LAGGED)
+                .with_description("Messages a slow local subscriber missed")
+                .build(),
+            bus_reconnects: meter
+                .u64_counter(names::BUS_RECONNECTS)
+                .with_description("Bus subscriber reconnections")
+                .build(),
+        }
+    }
+
+    /// Times a database operation.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) async fn time_db<T, E>(
+        &self,
+        system: &'static str,
+        operation: &'static str,
+        table: &'static str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let start = Instant::now();
+        let out = fut.await;
+        let attrs = [
+            KeyValue::new("db.system.name", system),
+            KeyValue::new("db.operation.name", operation),
+            KeyValue::new("db.collection.name", table),
+            KeyValue::new("outcome", if out.is_ok() { "ok" } else { "error" }),
+        ];
+        self.db_duration.record(start.elapsed().as_secs_f64(), &attrs);
+        out
+    }
+
+    /// Times a Redis command; `command` is the command name, never a key.
+    pub(crate) async fn time_redis<T, E>(&self, command: &'static str, fut: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        let start = Instant::now();
+        let out = fut.await;
+        let attrs = [
+            KeyValue::new("db.operation.name", command),
+            KeyValue::new("outcome", if out.is_ok() { "ok" } else { "error" }),
+        ];
+        self.redis_duration.record(start.elapsed().as_secs_f64(), &attrs);
+        out
+    }
+}

@@ -1,0 +1,155 @@
+//! Redis through fred: connection set-up and instrumented commands.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::{Expiration, SetOptions};
+
+use crate::StoreError;
+use crate::metrics::StoreMetrics;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Per-command timeout: a command that cannot be sent (Redis down) fails
+    /// after this long instead of queueing forever.
+    pub command_timeout: Duration,
+    /// How long [`RedisStore::connect`] waits for the first connection.
+    pub connect_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: 2 s command timeout, 5 s connect timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            command_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A Redis client that reconnects on its own and times every command.
+/// Cloning shares the connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: Client,
+    builder_config: RedisConfig,
+    metrics: StoreMetrics,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("id", &self.client.id()).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn builder(config: &RedisConfig) -> Result<Builder, StoreError> {
+    if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
+        let scheme = config.url.split(':').next().unwrap_or_default();
+        return Err(StoreError::InvalidUrl {
+            what: "redis",
+            reason: format!("unsupported scheme {scheme:?} (expected redis:// or rediss://)"),
+        });
+    }
+    let fred_config = Config::from_url(&config.url).map_err(|err| StoreError::InvalidUrl {
+        what: "redis",
+        reason: err.details().to_owned(),
+    })?;
+    let mut builder = Builder::from_config(fred_config);
+    // Unlimited attempts with capped exponential delay: Redis restarts are
+    // survived without operator action.
+    builder.set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    builder.with_connection_config(|c| {
+        c.connection_timeout = config.connect_timeout;
+        c.internal_command_timeout = config.command_timeout;
+        c.max_command_attempts = 3;
+        // Names connections after the client id so operators (and tests) can
+        // find them in CLIENT LIST.
+        c.auto_client_setname = true;
+    });
+    builder.with_performance_config(|p| {
+        p.default_command_timeout = config.command_timeout;
+    });
+    Ok(builder)
+}
+
+impl RedisStore {
+    /// Connects and waits for the first connection (up to the connect
+    /// timeout). The client keeps reconnecting after later failures.
+    pub async fn connect(config: &RedisConfig, telemetry: &keel_telemetry::Telemetry) -> Result<Self, StoreError> {
+        let client = builder(config)?.build()?;
+        client.connect();
+        wait_connected(&client, config.connect_timeout).await?;
+        Ok(Self {
+            client,
+            builder_config: config.clone(),
+            metrics: StoreMetrics::new(telemetry),
+        })
+    }
+
+    /// The underlying fred client, for commands this type does not wrap.
+    /// Prefer [`timed`](Self::timed) so the command is measured.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs a command and records its duration under `command` (the command
+    /// name, e.g. `"GET"`; never a key).
+    pub async fn timed<T>(&self, command: &'static str, fut: impl Future<Output = Result<T, fred::error::Error>>) -> Result<T, StoreError> {
+        Ok(self.metrics.time_redis(command, fut).await?)
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("PING", self.client.ping::<()>(None)).await
+    }
+
+    /// `GET key` as bytes.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        self.timed("GET", self.client.get::<Option<Bytes>, _>(key)).await
+    }
+
+    /// `SET key value PX ttl`.
+    pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), StoreError> {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.timed(
+            "SET",
+            self.client
+                .set::<(), _, _>(key, value, Some(Expiration::PX(millis)), None::<SetOptions>, false),
+        )
+        .await
+    }
+
+    /// `DEL key`.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.timed("DEL", self.client.del::<(), _>(key)).await
+    }
+
+    /// `PUBLISH channel payload`.
+    pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), StoreError> {
+        self.timed("PUBLISH", self.client.publish::<(), _, _>(channel, payload)).await
+    }
+
+    pub(crate) fn config(&self) -> &RedisConfig {
+        &self.builder_config
+    }
+}
+
+pub(crate) async fn wait_connected(client: &impl ClientLike, timeout: Duration) -> Result<(), StoreError> {
+    match tokio::time::timeout(timeout, client.wait_for_connect()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(StoreError::Connect {
+            backend: "redis",
+            reason: err.to_string(),
+        }),
+        Err(_) => Err(StoreError::Connect {
+            backend: "redis",
+            reason: format!("no connection within {timeout:?}"),
+        }),
+    }
+}

@@ -1,0 +1,237 @@
+//! keel-store against the real PostgreSQL and Redis, and embedded SQLite.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use fred::prelude::*;
+use keel_store::testing::{TempDatabase, postgres_admin_url, redis, unique_prefix};
+use keel_store::{Backend, Bus, Cache, Database, DbConfig, StoreError, Subscription};
+use keel_telemetry::Telemetry;
+
+fn telemetry() -> Telemetry {
+    Telemetry::new("test").unwrap()
+}
+
+async fn recv_within(sub: &mut Subscription, limit: Duration) -> Option<Bytes> {
+    tokio::time::timeout(limit, sub.recv()).await.ok().flatten()
+}
+
+/// Two subscribers on one channel each get the message; a third on another
+/// channel gets nothing.
+async fn assert_fanout_without_cross_talk(bus: &Bus, prefix: &str) {
+    let (a, b) = (format!("{prefix}.a"), format!("{prefix}.b"));
+    let mut first = bus.subscribe(&a).await.unwrap();
+    let mut second = bus.subscribe(&a).await.unwrap();
+    let mut other = bus.subscribe(&b).await.unwrap();
+    bus.publish(&a, Bytes::from_static(b"hello")).await.unwrap();
+    assert_eq!(recv_within(&mut first, Duration::from_secs(5)).await.unwrap(), "hello");
+    assert_eq!(recv_within(&mut second, Duration::from_secs(5)).await.unwrap(), "hello");
+    assert_eq!(recv_within(&mut other, Duration::from_millis(300)).await, None, "message leaked to another channel");
+    bus.publish(&b, Bytes::from_static(b"world")).await.unwrap();
+    assert_eq!(recv_within(&mut other, Duration::from_secs(5)).await.unwrap(), "world");
+}
+
+/// A second bus (another "process") publishes until the subscriber, whose
+/// connection was killed, receives again.
+async fn assert_recovers(publisher: &Bus, sub: &mut Subscription, channel: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        let _ = publisher.publish(channel, Bytes::from(format!("after-{n}"))).await;
+        if let Some(msg) = recv_within(sub, Duration::from_millis(250)).await {
+            assert!(msg.starts_with(b"after-"), "{msg:?}");
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "subscriber did not recover after its connection was killed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_are_idempotent_and_pool_reports() {
+    let temp = TempDatabase::create("store_mig").await;
+    let telemetry = telemetry();
+    let db = temp.connect(&telemetry).await;
+    assert_eq!(db.backend(), Backend::Postgres);
+    assert!(db.run_migrations().await.unwrap() >= 1);
+    assert_eq!(db.run_migrations().await.unwrap(), 0, "second run must change nothing");
+
+    let mut conn = db.postgres().unwrap().get().await.unwrap();
+    let rows = diesel::sql_query("SELECT key FROM keel_meta").execute(&mut conn).await.unwrap();
+    assert_eq!(rows, 1);
+    let status = db.pool_status();
+    assert_eq!(status.max, DbConfig::default().max_connections);
+    assert_eq!(status.in_use, 1);
+    drop(conn);
+    assert_eq!(db.pool_status().in_use, 0);
+
+    db.ping().await.unwrap();
+    let text = telemetry.encode().unwrap();
+    assert!(text.contains("db_client_operation_duration_seconds_bucket{db_collection_name=\"\",db_operation_name=\"ping\",db_system_name=\"postgres\""), "{text}");
+    assert!(text.contains("db_client_connection_max{db_client_connection_pool_name=\"postgres\"} 16"), "{text}");
+    assert!(text.contains("db_client_connection_count{db_client_connection_pool_name=\"postgres\",db_client_connection_state=\"idle\"}"), "{text}");
+    drop(db);
+    temp.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_is_the_default_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("nested").join("data");
+    let config = DbConfig {
+        data_dir: data_dir.clone(),
+        ..DbConfig::default()
+    };
+    let telemetry = telemetry();
+    let db = Database::connect(&config, &telemetry).await.unwrap();
+    assert_eq!(db.backend(), Backend::Sqlite);
+    assert!(data_dir.join("keel.sqlite").exists(), "data dir and file are created");
+    assert!(db.run_migrations().await.unwrap() >= 1);
+    assert_eq!(db.run_migrations().await.unwrap(), 0);
+    let mut conn = db.sqlite().unwrap().get().await.unwrap();
+    let rows = diesel::sql_query("SELECT key FROM keel_meta").execute(&mut conn).await.unwrap();
+    assert_eq!(rows, 1);
+    drop(conn);
+
+    // A second handle (a restart) sees the same migrated file.
+    drop(db);
+    let again = Database::connect(&config, &telemetry).await.unwrap();
+    assert_eq!(again.run_migrations().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn bad_database_urls_are_typed_errors() {
+    let telemetry = telemetry();
+    let err = Database::connect(&DbConfig { url: Some("mysql://x/y".into()), ..DbConfig::default() }, &telemetry)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidUrl { what: "database", .. }), "{err}");
+    assert!(err.to_string().contains("mysql"), "{err}");
+
+    let unreachable = DbConfig {
+        url: Some("postgres://postgres@127.0.0.1:1/none".into()),
+        acquire_timeout: Duration::from_secs(2),
+        ..DbConfig::default()
+    };
+    let err = Database::connect(&unreachable, &telemetry).await.unwrap_err();
+    assert!(matches!(err, StoreError::Pool(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_round_trips_with_ttl_and_times_commands_by_name() {
+    let telemetry = telemetry();
+    let store = redis(&telemetry).await;
+    let cache = Cache::redis(store.clone());
+    let key = format!("{}:greeting", unique_prefix("cache"));
+    assert_eq!(cache.get(&key).await.unwrap(), None);
+    cache.set(&key, Bytes::from_static(b"hi"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap().unwrap(), "hi");
+    let ttl: i64 = store.client().pttl(&key).await.unwrap();
+    assert!((1..=60_000).contains(&ttl), "ttl {ttl}");
+    cache.delete(&key).await.unwrap();
+    assert_eq!(cache.get(&key).await.unwrap(), None);
+
+    let text = telemetry.encode().unwrap();
+    assert!(text.contains("redis_client_command_duration_seconds_count{db_operation_name=\"GET\",outcome=\"ok\"} 3"), "{text}");
+    assert!(!text.contains(&key), "keys must never become labels");
+}
+
+#[tokio::test]
+async fn redis_down_is_a_typed_error_not_a_hang() {
+    let telemetry = telemetry();
+    let mut config = keel_store::RedisConfig::new("redis://127.0.0.1:1");
+    config.connect_timeout = Duration::from_millis(500);
+    let err = keel_store::RedisStore::connect(&config, &telemetry).await.unwrap_err();
+    assert!(matches!(err, StoreError::Connect { backend: "redis", .. }), "{err}");
+    let err = keel_store::RedisStore::connect(&keel_store::RedisConfig::new("http://nope"), &telemetry)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidUrl { what: "redis", .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_bus_fans_out_without_cross_talk() {
+    let telemetry = telemetry();
+    let store = redis(&telemetry).await;
+    let bus = Bus::redis(&store, &telemetry).await.unwrap();
+    assert_fanout_without_cross_talk(&bus, &unique_prefix("rbus")).await;
+
+    // A second process's bus sees the first one's messages.
+    let other = Bus::redis(&store, &telemetry).await.unwrap();
+    let channel = unique_prefix("rbus2");
+    let mut sub = other.subscribe(&channel).await.unwrap();
+    bus.publish(&channel, Bytes::from_static(b"across")).await.unwrap();
+    assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "across");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_bus_subscriber_recovers_after_client_kill() {
+    let telemetry = telemetry();
+    let store = redis(&telemetry).await;
+    let subscriber_bus = Bus::redis(&store, &telemetry).await.unwrap();
+    let publisher = Bus::redis(&store, &telemetry).await.unwrap();
+    let channel = unique_prefix("rkill");
+    let mut sub = subscriber_bus.subscribe(&channel).await.unwrap();
+    publisher.publish(&channel, Bytes::from_static(b"before")).await.unwrap();
+    assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "before");
+
+    let name = subscriber_bus.connection_name().unwrap();
+    let list: String = store.client().custom(fred::cmd!("CLIENT"), vec!["LIST".to_owned(), "TYPE".to_owned(), "pubsub".to_owned()]).await.unwrap();
+    let id = list
+        .lines()
+        .find(|line| line.contains(&format!(" name={name} ")))
+        .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("subscriber {name} not in CLIENT LIST:\n{list}"))
+        .to_owned();
+    let killed: i64 = store.client().custom(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ID".to_owned(), id]).await.unwrap();
+    assert_eq!(killed, 1);
+
+    assert_recovers(&publisher, &mut sub, &channel).await;
+    assert!(telemetry.encode().unwrap().contains("keel_bus_reconnects_total{backend=\"redis\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bus_fans_out_and_rejects_oversized_payloads() {
+    let temp = TempDatabase::create("pbus").await;
+    let telemetry = telemetry();
+    let db = temp.connect(&telemetry).await;
+    let bus = Bus::postgres(&db, &telemetry).await.unwrap();
+    assert_fanout_without_cross_talk(&bus, "pbus").await;
+
+    let err = bus.publish("pbus.a", Bytes::from(vec![b'x'; 8000])).await.unwrap_err();
+    assert!(matches!(err, StoreError::Payload { backend: "postgres", .. }), "{err}");
+    let err = bus.publish("pbus.a", Bytes::from_static(&[0xff, 0xfe])).await.unwrap_err();
+    assert!(matches!(err, StoreError::Payload { .. }), "{err}");
+    let err = bus.publish("bad channel", Bytes::new()).await.unwrap_err();
+    assert!(matches!(err, StoreError::InvalidChannel(_)), "{err}");
+    drop((bus, db));
+    temp.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bus_listener_recovers_after_pg_terminate_backend() {
+    let temp = TempDatabase::create("pkill").await;
+    let telemetry = telemetry();
+    let db = temp.connect(&telemetry).await;
+    let subscriber_bus = Bus::postgres(&db, &telemetry).await.unwrap();
+    let publisher = Bus::postgres(&db, &telemetry).await.unwrap();
+    let mut sub = subscriber_bus.subscribe("changes").await.unwrap();
+    publisher.publish("changes", Bytes::from_static(b"before")).await.unwrap();
+    assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "before");
+
+    let name = subscriber_bus.connection_name().unwrap();
+    let mut admin = AsyncPgConnection::establish(&postgres_admin_url()).await.unwrap();
+    let killed = diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "exactly the listener connection is killed");
+
+    assert_recovers(&publisher, &mut sub, "changes").await;
+    assert!(telemetry.encode().unwrap().contains("keel_bus_reconnects_total{backend=\"postgres\"}"));
+    drop((sub, subscriber_bus, publisher, db));
+    temp.drop_database().await;
+}

@@ -1,0 +1,134 @@
+//! Telemetry for Keel services: an OpenTelemetry [`SdkMeterProvider`] whose
+//! readings are exposed in the Prometheus text format, `tracing` set-up for
+//! humans (pretty) or machines (JSON), and the names of every metric Keel
+//! exports (in [`names`]), kept in one place so dashboards and alerts have a
+//! single source of truth.
+//!
+//! # Example
+//!
+//! ```
+//! use keel_telemetry::{Telemetry, names};
+//! use opentelemetry::KeyValue;
+//!
+//! let telemetry = Telemetry::new("example").unwrap();
+//! let meter = telemetry.meter("example");
+//! let counter = meter.u64_counter("jobs.done").build();
+//! counter.add(1, &[KeyValue::new("queue", "default")]);
+//! let text = telemetry.encode().unwrap();
+//! assert!(text.contains("jobs_done_total{queue=\"default\"} 1"));
+//! let _ = names::HTTP_SERVER_REQUEST_DURATION;
+//! ```
+
+mod logging;
+pub mod names;
+
+pub use logging::{LogFormat, LogHandle, LoggingError, init_logging};
+pub use opentelemetry::metrics::Meter;
+pub use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+use opentelemetry::metrics::MeterProvider as _;
+use prometheus::{Encoder as _, TextEncoder};
+
+/// Why telemetry could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The Prometheus exporter could not be built.
+    #[error("cannot build the prometheus exporter: {0}")]
+    Exporter(String),
+    /// The registry could not be encoded.
+    #[error("cannot encode metrics: {0}")]
+    Encode(#[from] prometheus::Error),
+}
+
+/// A meter provider wired to its own Prometheus registry.
+///
+/// Each `Telemetry` owns a private registry (never the global one), so tests
+/// and several services in one process do not see each other's series.
+/// Cloning shares the provider and registry.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    provider: SdkMeterProvider,
+    registry: prometheus::Registry,
+    service: &'static str,
+}
+
+impl Telemetry {
+    /// A provider for `service` (used as the instrumentation scope name).
+    pub fn new(service: &'static str) -> Result<Self, TelemetryError> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            // Scope labels would add `otel_scope_*` to every series; Keel's
+            // metric names are already unique, so they only cost cardinality.
+            .scope_info_enabled(false)
+            .build()
+            .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        Ok(Self {
+            provider,
+            registry,
+            service,
+        })
+    }
+
+    /// A meter for one instrumentation scope.
+    pub fn meter(&self, scope: &'static str) -> Meter {
+        self.provider.meter(scope)
+    }
+
+    /// The service name given at construction.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// The underlying provider, for wiring other OpenTelemetry components.
+    pub fn provider(&self) -> &SdkMeterProvider {
+        &self.provider
+    }
+
+    /// The current readings in the Prometheus text exposition format.
+    pub fn encode(&self) -> Result<String, TelemetryError> {
+        let families = self.registry.gather();
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&families, &mut out)?;
+        // The text encoder only ever writes UTF-8 (names and labels are
+        // validated as such by the registry).
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// The content type of [`Telemetry::encode`]'s output.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::KeyValue;
+
+    #[test]
+    fn histogram_uses_configured_buckets_and_unit_suffix() {
+        let telemetry = Telemetry::new("test").unwrap();
+        let histogram = telemetry
+            .meter("test")
+            .f64_histogram(names::HTTP_SERVER_REQUEST_DURATION)
+            .with_unit("s")
+            .with_boundaries(names::HTTP_DURATION_BUCKETS.to_vec())
+            .build();
+        histogram.record(0.2, &[KeyValue::new("http.route", "/x/{id}")]);
+        let text = telemetry.encode().unwrap();
+        assert!(
+            text.contains("http_server_request_duration_seconds_bucket{http_route=\"/x/{id}\",le=\"0.25\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("otel_scope_name"), "{text}");
+    }
+
+    #[test]
+    fn registries_are_private() {
+        let a = Telemetry::new("a").unwrap();
+        let b = Telemetry::new("b").unwrap();
+        a.meter("a").u64_counter("only.in.a").build().add(1, &[]);
+        assert!(a.encode().unwrap().contains("only_in_a_total"));
+        assert!(!b.encode().unwrap().contains("only_in_a_total"));
+    }
+}

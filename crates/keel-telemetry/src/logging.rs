@@ -1,0 +1,138 @@
+use std::io::IsTerminal as _;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured when writing to a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// `Pretty` when standard error is a terminal, else `Json`.
+    pub fn detect() -> Self {
+        if std::io::stderr().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = LoggingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pretty" | "text" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(LoggingError::Format(s.to_owned())),
+        }
+    }
+}
+
+/// Why logging could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    /// The format name is not `pretty` or `json`.
+    #[error("invalid log format {0:?} (expected pretty or json)")]
+    Format(String),
+    /// The filter directive does not parse.
+    #[error("invalid log filter {directive:?}: {reason}")]
+    Filter {
+        /// The rejected directive.
+        directive: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A global subscriber was already installed.
+    #[error("logging is already initialised: {0}")]
+    AlreadyInitialised(String),
+    /// The running filter could not be replaced.
+    #[error("cannot reload the log filter: {0}")]
+    Reload(String),
+}
+
+/// Changes the running log filter; obtained from [`init_logging`].
+#[derive(Clone)]
+pub struct LogHandle {
+    filter: reload::Handle<EnvFilter, Registry>,
+}
+
+impl std::fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHandle").finish_non_exhaustive()
+    }
+}
+
+impl LogHandle {
+    /// Replaces the filter with `directive` (e.g. `info`, `debug,hyper=warn`).
+    pub fn set_filter(&self, directive: &str) -> Result<(), LoggingError> {
+        let filter = parse_filter(directive)?;
+        self.filter
+            .reload(filter)
+            .map_err(|err| LoggingError::Reload(err.to_string()))
+    }
+}
+
+fn parse_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
+    EnvFilter::builder()
+        .parse(directive)
+        .map_err(|err| LoggingError::Filter {
+            directive: directive.to_owned(),
+            reason: err.to_string(),
+        })
+}
+
+/// Installs the global `tracing` subscriber writing to standard error.
+///
+/// `directive` is an `EnvFilter` directive such as `info`; `RUST_LOG` is not
+/// read here (binaries decide what the environment means).
+pub fn init_logging(format: LogFormat, directive: &str) -> Result<LogHandle, LoggingError> {
+    let (filter, handle) = reload::Layer::new(parse_filter(directive)?);
+    let fmt_layer = match format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .try_init()
+        .map_err(|err| LoggingError::AlreadyInitialised(err.to_string()))?;
+    Ok(LogHandle { filter: handle })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_formats() {
+        assert_eq!("JSON".parse::<LogFormat>().unwrap(), LogFormat::Json);
+        assert_eq!("pretty".parse::<LogFormat>().unwrap(), LogFormat::Pretty);
+        assert!(matches!("xml".parse::<LogFormat>(), Err(LoggingError::Format(_))));
+    }
+
+    #[test]
+    fn rejects_bad_filters() {
+        assert!(parse_filter("info,keel=debug").is_ok());
+        assert!(matches!(parse_filter("info,[=bad"), Err(LoggingError::Filter { .. })));
+    }
+}

@@ -1,0 +1,47 @@
+//! Every metric name Keel exports, as OpenTelemetry instrument names.
+//!
+//! The Prometheus exporter turns dots into underscores and appends the unit
+//! (`_seconds`) and `_total` for counters, so
+//! [`HTTP_SERVER_REQUEST_DURATION`] is scraped as
+//! `http_server_request_duration_seconds`. Dashboards and alert rules use the
+//! scraped form; `cargo xtask deploy-check` cross-checks them.
+
+/// HTTP server request duration histogram (seconds), by route, method, status.
+pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
+/// HTTP requests currently being served, by method.
+pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http.server.active_requests";
+/// Handler panics turned into 500 responses.
+pub const HTTP_SERVER_PANICS: &str = "http.server.panics";
+
+/// Database operation duration histogram (seconds), by operation and table.
+pub const DB_OPERATION_DURATION: &str = "db.client.operation.duration";
+/// Connections in the pool, by state (`used` or `idle`).
+pub const DB_CONNECTION_COUNT: &str = "db.client.connection.count";
+/// The configured maximum size of the pool.
+pub const DB_CONNECTION_MAX: &str = "db.client.connection.max";
+/// Callers waiting for a pooled connection.
+pub const DB_CONNECTION_PENDING: &str = "db.client.connection.pending_requests";
+
+/// Redis command duration histogram (seconds), by command name (never keys).
+pub const REDIS_COMMAND_DURATION: &str = "redis.client.command.duration";
+/// Bus messages published, by backend.
+pub const BUS_PUBLISHED: &str = "keel.bus.published";
+/// Bus messages a slow subscriber missed, by backend.
+pub const BUS_LAGGED: &str = "keel.bus.lagged";
+/// Bus reconnections after the connection was lost, by backend.
+pub const BUS_RECONNECTS: &str = "keel.bus.reconnects";
+
+/// Seconds since the process started.
+pub const PROCESS_UPTIME: &str = "process.uptime";
+
+/// Bucket bounds for HTTP durations, from the OpenTelemetry HTTP semantic
+/// conventions.
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Bucket bounds for database and Redis call durations: these are usually
+/// sub-millisecond on a healthy network, so the low end is finer.
+pub const CLIENT_DURATION_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
