@@ -1,1 +1,49 @@
-//! placeholder
+//! axum adapters that turn Keel's crates into an HTTP service:
+//!
+//! - [`ApiError`]: every error answers `{"error":{"code","message"}}` with a
+//!   meaningful status; non-JSON errors from axum itself are rewritten to the
+//!   same shape.
+//! - [`middleware::apply`]: request id, trace span, golden-signal metrics
+//!   ([`HttpMetrics`], OpenTelemetry HTTP semantic conventions), timeout,
+//!   body limit, and panic → 500 (counted).
+//! - [`ops_router`]: `/metrics`, `/livez`, `/readyz`.
+//! - [`serve`]: graceful shutdown (readiness drops first, in-flight requests
+//!   finish, background tasks drain within a grace period).
+//! - [`cli`] and [`Services`]: the configuration and start-up shared by the
+//!   `api` and `worker` binaries.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use axum::{Router, routing::get, body::Body, http::Request};
+//! use keel_http::{HttpMetrics, MiddlewareConfig, middleware};
+//! use tower::ServiceExt as _;
+//!
+//! let telemetry = keel_telemetry::Telemetry::new("example").unwrap();
+//! let routes = Router::new().route("/hello/{name}", get(|| async { "hi" }));
+//! let app = middleware::apply(routes, &MiddlewareConfig::default(), &HttpMetrics::new(&telemetry));
+//! let response = app.oneshot(Request::get("/hello/ada").body(Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(response.status(), 200);
+//! assert!(response.headers().contains_key("x-request-id"));
+//! assert!(telemetry.encode().unwrap().contains("http_route=\"/hello/{name}\""));
+//! # }
+//! ```
+
+mod app;
+pub mod cli;
+mod error;
+mod metrics;
+pub mod middleware;
+mod ops;
+mod runtime;
+mod server;
+
+pub use app::app_router;
+pub use error::ApiError;
+pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
+pub use middleware::MiddlewareConfig;
+pub use ops::ops_router;
+pub use runtime::{AdminToken, Mode, Services, StartError};
+pub use server::{DrainConfig, ServeError, serve};

@@ -1,0 +1,216 @@
+//! Command-line and file configuration shared by the `api` and `worker`
+//! binaries.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use keel_core::HumanDuration;
+use keel_telemetry::LogFormat;
+use serde::Deserialize;
+
+/// Exit code for invalid configuration (`EX_USAGE`).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code when a required service cannot be reached (`EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code for an internal failure (`EX_SOFTWARE`).
+pub const EXIT_SOFTWARE: u8 = 70;
+
+/// Options common to both binaries. Every flag also reads an environment
+/// variable; flags win over the environment, which wins over `--config`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// TOML configuration file (every key optional).
+    #[arg(long, env = "KEEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for embedded-mode data (created if missing).
+    #[arg(long, env = "KEEL_DATA_DIR", value_name = "DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; unset means embedded SQLite under --data-dir.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis URL; unset means an in-process cache and bus.
+    #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Bearer token for admin endpoints; unset disables them (403).
+    #[arg(long, env = "KEEL_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log format: pretty or json (default: pretty on a terminal, else json).
+    #[arg(long, env = "KEEL_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `info,keel_store=debug`.
+    #[arg(long, env = "KEEL_LOG_LEVEL", value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+    /// Identifier of this process in the cluster (default: hostname-pid).
+    #[arg(long, env = "KEEL_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
+    /// Do not run database migrations at start-up.
+    #[arg(long, env = "KEEL_NO_MIGRATE")]
+    pub no_migrate: bool,
+}
+
+/// The optional TOML file. Unknown keys are errors, so typos do not pass
+/// silently.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[app]`.
+    #[serde(default)]
+    pub app: AppSection,
+    /// `[http]`.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// `[health]`: groups, codes and checks, read by the health aggregator.
+    #[serde(default)]
+    pub health: toml::Table,
+}
+
+/// `[app]` keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    /// The name shown by `/status` (default: the binary's name).
+    pub name: Option<String>,
+}
+
+/// `[http]` keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Requests running longer are answered 503 (default `30s`).
+    pub request_timeout: Option<HumanDuration>,
+    /// Largest accepted request body in bytes (default 1 MiB).
+    pub body_limit: Option<usize>,
+    /// Time for in-flight work after shutdown starts (default `10s`).
+    pub shutdown_grace: Option<HumanDuration>,
+    /// Time `/readyz` reports 503 before the listener closes (default `0s`).
+    pub drain_delay: Option<HumanDuration>,
+}
+
+/// Invalid configuration; binaries exit with [`EXIT_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, on one line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// Why it is rejected.
+        reason: String,
+    },
+}
+
+impl FileConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; the error is a one-line message naming the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|err| one_line(err.message()))?;
+        if config.http.body_limit == Some(0) {
+            return Err("http.body_limit: must be greater than 0".into());
+        }
+        if config.http.request_timeout.is_some_and(|t| t.get().is_zero()) {
+            return Err("http.request_timeout: must be greater than 0".into());
+        }
+        Ok(config)
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Parses the process arguments. Help and version print and exit 0; any
+/// other error prints one line naming the bad flag and returns exit code 64.
+pub fn parse_args<A: Parser>() -> Result<A, ExitCode> {
+    parse_from(std::env::args_os())
+}
+
+/// [`parse_args`] over explicit arguments (for tests).
+pub fn parse_from<A: Parser, I, T>(args: I) -> Result<A, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match A::try_parse_from(args) {
+        Ok(args) => Ok(args),
+        Err(err) if matches!(err.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            let _ = err.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let bin = A::command().get_name().to_owned();
+            eprintln!("{bin}: {}", first.trim_start_matches("error: "));
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    #[command(name = "t")]
+    struct Args {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn parses_defaults_and_rejects_bad_values() {
+        let args: Args = parse_from(["t"]).unwrap();
+        assert_eq!(args.common.data_dir, PathBuf::from("./data"));
+        assert_eq!(args.common.log_level, "info");
+        assert!(parse_from::<Args, _, _>(["t", "--listen", "nope"]).is_err());
+        assert!(parse_from::<Args, _, _>(["t", "--log-format", "xml"]).is_err());
+        let args: Args = parse_from(["t", "--log-format", "json", "--no-migrate"]).unwrap();
+        assert_eq!(args.common.log_format, Some(LogFormat::Json));
+        assert!(args.common.no_migrate);
+    }
+
+    #[test]
+    fn file_config_is_strict_and_one_line() {
+        let ok = FileConfig::parse("[app]\nname = \"x\"\n[http]\nrequest_timeout = \"2s\"\n[health]\ndefault_mode = \"must\"\n").unwrap();
+        assert_eq!(ok.app.name.as_deref(), Some("x"));
+        assert_eq!(ok.http.request_timeout.unwrap().get(), std::time::Duration::from_secs(2));
+
+        let err = FileConfig::parse("[app]\nnmae = \"x\"\n").unwrap_err();
+        assert!(err.contains("nmae") && !err.contains('\n'), "{err}");
+        let err = FileConfig::parse("[http]\nrequest_timeout = \"soon\"\n").unwrap_err();
+        assert!(err.contains("invalid duration"), "{err}");
+        let err = FileConfig::parse("[http]\nbody_limit = 0\n").unwrap_err();
+        assert!(err.starts_with("http.body_limit"), "{err}");
+    }
+}

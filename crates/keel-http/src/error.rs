@@ -1,0 +1,230 @@
+use std::borrow::Cow;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error answered as `{"error":{"code","message"}}` with its HTTP status.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// let response = keel_http::ApiError::bad_request("key must not be empty").into_response();
+/// assert_eq!(response.status(), 400);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// An error with an explicit status and machine-readable `code`.
+    pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 412 `precondition_failed`.
+    pub fn precondition_failed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", message)
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 422 `unprocessable_entity`.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable_entity", message)
+    }
+
+    /// 500 `internal`. The message is shown to the caller: keep details in logs.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// 503 `unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The error for a bare status, with its canonical code and `message`
+    /// (or the status's reason phrase when empty).
+    pub fn from_status(status: StatusCode, message: &str) -> Self {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PRECONDITION_FAILED => "precondition_failed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            s if s.is_server_error() => "internal",
+            _ => "error",
+        };
+        let message = message.trim();
+        let message = if message.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_ascii_lowercase()
+        } else {
+            message.to_owned()
+        };
+        Self::new(status, code, message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request failed");
+        }
+        let body = serde_json::to_vec(&Envelope {
+            error: ErrorBody {
+                code: &self.code,
+                message: &self.message,
+            },
+        })
+        // Two string fields always serialize.
+        .unwrap_or_default();
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = self.status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// Largest plain-text error body folded into the JSON message.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// Rewrites error responses that are not JSON (axum's extractor rejections,
+/// the 404 fallback, 405, timeouts, body-limit 413s) into the JSON envelope,
+/// so every error a client sees has the same shape.
+pub(crate) async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_BODY).await.unwrap_or_default();
+    let mut rewritten = ApiError::from_status(status, &String::from_utf8_lossy(&text)).into_response();
+    // Keep headers such as `Allow` (405) and `Retry-After`.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn api_error_is_the_json_envelope() {
+        let response = ApiError::precondition_failed("version 3 is stale").into_response();
+        assert_eq!(response.status(), 412);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let json = body_json(response).await;
+        assert_eq!(json, serde_json::json!({"error": {"code": "precondition_failed", "message": "version 3 is stale"}}));
+    }
+
+    #[tokio::test]
+    async fn plain_errors_are_rewritten_and_keep_headers() {
+        let mut plain = (StatusCode::METHOD_NOT_ALLOWED, "").into_response();
+        plain.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        let rewritten = json_errors(plain).await;
+        assert_eq!(rewritten.status(), 405);
+        assert_eq!(rewritten.headers()[header::ALLOW], "GET");
+        let json = body_json(rewritten).await;
+        assert_eq!(json["error"]["code"], "method_not_allowed");
+        assert_eq!(json["error"]["message"], "method not allowed");
+
+        let text = json_errors((StatusCode::BAD_REQUEST, "Failed to parse the request body as JSON").into_response()).await;
+        assert_eq!(body_json(text).await["error"]["message"], "Failed to parse the request body as JSON");
+
+        let ok = json_errors((StatusCode::OK, "fine").into_response()).await;
+        assert_eq!(axum::body::to_bytes(ok.into_body(), 100).await.unwrap(), "fine");
+    }
+}

@@ -1,0 +1,217 @@
+//! Golden-signal HTTP metrics, following the OpenTelemetry HTTP semantic
+//! conventions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::MatchedPath;
+use axum::http::{Method, Request, Response};
+use keel_telemetry::{Telemetry, names};
+use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
+use opentelemetry::{KeyValue, Value};
+use tower::{Layer, Service};
+
+/// The `http.route` label of requests that matched no route: one shared
+/// series, whatever the path, so scanners cannot explode cardinality.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The HTTP server instruments of one [`Telemetry`].
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    inner: Arc<Instruments>,
+}
+
+#[derive(Debug)]
+struct Instruments {
+    duration: Histogram<f64>,
+    active: UpDownCounter<i64>,
+    panics: Counter<u64>,
+}
+
+impl HttpMetrics {
+    /// Creates the instruments.
+    pub fn new(telemetry: &Telemetry) -> Self {
+        let meter = telemetry.meter("keel-http");
+        Self {
+            inner: Arc::new(Instruments {
+                duration: meter
+                    .f64_histogram(names::HTTP_SERVER_REQUEST_DURATION)
+                    .with_unit("s")
+                    .with_description("Duration of HTTP server requests")
+                    .with_boundaries(names::HTTP_DURATION_BUCKETS.to_vec())
+                    .build(),
+                active: meter
+                    .i64_up_down_counter(names::HTTP_SERVER_ACTIVE_REQUESTS)
+                    .with_description("Number of active HTTP server requests")
+                    .build(),
+                panics: meter
+                    .u64_counter(names::HTTP_SERVER_PANICS)
+                    .with_description("Handler panics answered with 500")
+                    .build(),
+            }),
+        }
+    }
+
+    /// The tower layer that records every request.
+    pub fn layer(&self) -> HttpMetricsLayer {
+        HttpMetricsLayer { metrics: self.clone() }
+    }
+
+    pub(crate) fn count_panic(&self) {
+        self.inner.panics.add(1, &[]);
+    }
+}
+
+/// Semconv: known methods verbatim, anything else `_OTHER` (so a client
+/// inventing methods cannot create series).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// Records `http_server_request_duration_seconds` and
+/// `http_server_active_requests` for the wrapped service.
+///
+/// Add it with `Router::layer` after the routes, so it runs after routing
+/// and sees the route template ([`MatchedPath`]).
+#[derive(Clone, Debug)]
+pub struct HttpMetricsLayer {
+    metrics: HttpMetrics,
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service produced by [`HttpMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct HttpMetricsService<S> {
+    inner: S,
+    metrics: HttpMetrics,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetricsService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let method = method_label(req.method());
+        let route: Value = match req.extensions().get::<MatchedPath>() {
+            Some(path) => path.as_str().to_owned().into(),
+            None => UNMATCHED_ROUTE.into(),
+        };
+        let guard = ActiveGuard::new(self.metrics.inner.clone(), method);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            state: Some(Pending {
+                start: Instant::now(),
+                route,
+                guard,
+            }),
+        }
+    }
+}
+
+struct Pending {
+    start: Instant,
+    route: Value,
+    guard: ActiveGuard,
+}
+
+/// Decrements the active-requests gauge when the request ends, including when
+/// the client goes away and the future is dropped unfinished.
+struct ActiveGuard {
+    instruments: Arc<Instruments>,
+    method: &'static str,
+}
+
+impl ActiveGuard {
+    fn new(instruments: Arc<Instruments>, method: &'static str) -> Self {
+        instruments.active.add(1, &[KeyValue::new("http.request.method", method)]);
+        Self { instruments, method }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.instruments
+            .active
+            .add(-1, &[KeyValue::new("http.request.method", self.method)]);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`HttpMetricsService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<Pending>,
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some(pending) = this.state.take() {
+            // Errors never reach here from axum (its services are infallible);
+            // count them as 500 for other stacks.
+            let status = result.as_ref().map_or(500, |r| i64::from(r.status().as_u16()));
+            let attrs = [
+                KeyValue::new("http.request.method", pending.guard.method),
+                KeyValue::new("http.route", pending.route),
+                KeyValue::new("http.response.status_code", status),
+            ];
+            pending
+                .guard
+                .instruments
+                .duration
+                .record(pending.start.elapsed().as_secs_f64(), &attrs);
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_are_other() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"FOO").unwrap()), "_OTHER");
+    }
+}

@@ -1,0 +1,78 @@
+//! The middleware stack every Keel router gets.
+
+use std::any::Any;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::{ApiError, HttpMetrics};
+
+/// The request id header: kept when the client sends one, generated otherwise,
+/// echoed on the response and recorded in the request span.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Limits applied to every request.
+#[derive(Debug, Clone)]
+pub struct MiddlewareConfig {
+    /// A request still running after this long is answered 503.
+    pub request_timeout: Duration,
+    /// Larger request bodies are answered 413.
+    pub body_limit: usize,
+}
+
+impl Default for MiddlewareConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+/// Wraps every route of `router` (add routes and fallback first) with, from
+/// the outside in: request id, trace span, golden-signal metrics, JSON error
+/// envelope, timeout, body limit, and panic catching.
+///
+/// Panics are caught innermost, so they are answered 500 JSON and counted in
+/// the request metrics like any other response.
+pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -> Router {
+    let header = HeaderName::from_static(REQUEST_ID_HEADER);
+    let panic_metrics = metrics.clone();
+    router
+        .layer(CatchPanicLayer::custom(move |panic: Box<dyn Any + Send>| {
+            panic_metrics.count_panic();
+            panic_response(&panic)
+        }))
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
+        .layer(axum::middleware::map_response(crate::error::json_errors))
+        .layer(metrics.layer())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = id)
+        }))
+        .layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(SetRequestIdLayer::new(header, MakeRequestUuid))
+}
+
+fn panic_response(panic: &Box<dyn Any + Send>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into());
+    tracing::error!(panic = %detail, "handler panicked");
+    // The panic text may contain internals: log it, do not return it.
+    ApiError::internal("internal error").into_response()
+}

@@ -1,0 +1,200 @@
+//! Start-up shared by the binaries: configuration, logging, storage.
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use keel_core::Shutdown;
+use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore, StoreError};
+use keel_telemetry::{LogFormat, LogHandle, Telemetry};
+
+use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
+use crate::{DrainConfig, MiddlewareConfig};
+
+/// Embedded (one process, SQLite, in-process cache) or cluster (PostgreSQL
+/// and/or Redis shared by replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No `DATABASE_URL` and no `REDIS_URL`.
+    Embedded,
+    /// At least one of them is set.
+    Cluster,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Embedded => "embedded",
+            Mode::Cluster => "cluster",
+        })
+    }
+}
+
+/// Why start-up failed; each maps to a distinct exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration (exit 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A required service is unreachable (exit 69).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Logging could not be set up (exit 70).
+    #[error(transparent)]
+    Logging(#[from] keel_telemetry::LoggingError),
+    /// Telemetry could not be set up (exit 70).
+    #[error(transparent)]
+    Telemetry(#[from] keel_telemetry::TelemetryError),
+}
+
+impl StartError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            StartError::Config(_) => EXIT_CONFIG,
+            StartError::Store(StoreError::InvalidUrl { .. }) => EXIT_CONFIG,
+            StartError::Store(_) => EXIT_UNAVAILABLE,
+            StartError::Logging(_) | StartError::Telemetry(_) => EXIT_SOFTWARE,
+        })
+    }
+}
+
+/// Everything a binary composes its routers and tasks from.
+#[derive(Clone)]
+pub struct Services {
+    /// The binary's name (`api`, `worker`).
+    pub process: &'static str,
+    /// This process's identifier.
+    pub instance_id: String,
+    /// Embedded or cluster.
+    pub mode: Mode,
+    /// The parsed `--config` file (defaults when absent).
+    pub file: FileConfig,
+    /// Metrics.
+    pub telemetry: Telemetry,
+    /// Changes the running log filter.
+    pub log: LogHandle,
+    /// The relational database.
+    pub database: Database,
+    /// Redis, in cluster mode with `REDIS_URL`.
+    pub redis: Option<RedisStore>,
+    /// The cache (Redis or in-process).
+    pub cache: Cache,
+    /// The bus (Redis, PostgreSQL or in-process).
+    pub bus: Bus,
+    /// Shutdown coordination.
+    pub shutdown: Shutdown,
+    /// The admin bearer token, when configured. Never logged.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin bearer token; its `Debug` output is redacted.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The secret.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl Services {
+    /// Reads configuration, sets up logging and metrics, connects storage and
+    /// runs migrations (unless `--no-migrate`).
+    pub async fn start(process: &'static str, args: &CommonArgs) -> Result<Self, StartError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let format = args.log_format.unwrap_or_else(LogFormat::detect);
+        let log = keel_telemetry::init_logging(format, &args.log_level)?;
+        let telemetry = Telemetry::new(process)?;
+        let instance_id = args.instance_id.clone().unwrap_or_else(keel_core::default_instance_id);
+
+        let database_url = non_empty(args.database_url.as_deref());
+        let redis_url = non_empty(args.redis_url.as_deref());
+        let mode = if database_url.is_none() && redis_url.is_none() { Mode::Embedded } else { Mode::Cluster };
+
+        let database = Database::connect(
+            &DbConfig {
+                url: database_url.map(str::to_owned),
+                data_dir: args.data_dir.clone(),
+                ..DbConfig::default()
+            },
+            &telemetry,
+        )
+        .await?;
+        if args.no_migrate {
+            tracing::info!("migrations skipped (--no-migrate)");
+        } else {
+            let applied = database.run_migrations().await?;
+            tracing::info!(applied, backend = database.backend().as_str(), "migrations up to date");
+        }
+
+        let redis = match redis_url {
+            Some(url) => Some(RedisStore::connect(&RedisConfig::new(url), &telemetry).await?),
+            None => None,
+        };
+        let cache = redis.clone().map_or_else(Cache::memory, Cache::redis);
+        let bus = match (&redis, database.backend()) {
+            (Some(redis), _) => Bus::redis(redis, &telemetry).await?,
+            (None, keel_store::Backend::Postgres) => Bus::postgres(&database, &telemetry).await?,
+            (None, keel_store::Backend::Sqlite) => Bus::memory(&telemetry),
+        };
+        let admin_token = non_empty(args.admin_token.as_deref()).map(|t| AdminToken(t.to_owned()));
+        if admin_token.is_none() {
+            tracing::warn!("admin endpoints are disabled (403); set KEEL_ADMIN_TOKEN or --admin-token to enable them");
+        }
+        tracing::info!(
+            %mode,
+            instance = %instance_id,
+            database = database.backend().as_str(),
+            cache = cache.backend(),
+            bus = bus.backend().as_str(),
+            "{process} starting in {mode} mode"
+        );
+        Ok(Self {
+            process,
+            instance_id,
+            mode,
+            file,
+            telemetry,
+            log,
+            database,
+            redis,
+            cache,
+            bus,
+            shutdown: Shutdown::new(),
+            admin_token,
+        })
+    }
+
+    /// Request limits from the `[http]` section.
+    pub fn middleware_config(&self) -> MiddlewareConfig {
+        let defaults = MiddlewareConfig::default();
+        MiddlewareConfig {
+            request_timeout: self.file.http.request_timeout.map_or(defaults.request_timeout, Duration::from),
+            body_limit: self.file.http.body_limit.unwrap_or(defaults.body_limit),
+        }
+    }
+
+    /// Shutdown timing from the `[http]` section.
+    pub fn drain_config(&self) -> DrainConfig {
+        let defaults = DrainConfig::default();
+        DrainConfig {
+            drain_delay: self.file.http.drain_delay.map_or(defaults.drain_delay, Duration::from),
+            grace: self.file.http.shutdown_grace.map_or(defaults.grace, Duration::from),
+        }
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
