@@ -72,17 +72,21 @@ impl Shutdown {
         self.tracker.spawn(task)
     }
 
-    /// Triggers shutdown on the first SIGINT or SIGTERM (Ctrl-C elsewhere), and
-    /// returns the name of the signal. Returns `None` if shutdown was triggered
-    /// by other means first.
-    pub async fn trigger_on_signal(&self) -> Option<&'static str> {
-        let signal = tokio::select! {
-            name = wait_for_signal() => name,
-            () = self.token.cancelled() => return None,
-        };
-        tracing::info!(signal, "shutdown requested");
-        self.trigger();
-        Some(signal)
+    /// Installs SIGINT and SIGTERM handlers now (so a signal arriving right
+    /// after this returns is never lost to the default action) and triggers
+    /// shutdown on the first one. Must be called inside a tokio runtime.
+    pub fn trigger_on_signals(&self) -> std::io::Result<JoinHandle<()>> {
+        let signals = Signals::install()?;
+        let shutdown = self.clone();
+        Ok(tokio::spawn(async move {
+            tokio::select! {
+                name = signals.recv() => {
+                    tracing::info!(signal = name, "shutdown requested");
+                    shutdown.trigger();
+                }
+                () = shutdown.triggered() => {}
+            }
+        }))
     }
 
     /// Triggers shutdown (if not yet) and waits up to `grace` for every spawned
@@ -101,25 +105,43 @@ impl Shutdown {
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process can still be stopped by other
-        // means (the token); never resolve rather than shut down at once.
-        tracing::warn!("could not install signal handlers; graceful shutdown on signals is disabled");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
-    match tokio::signal::ctrl_c().await {
-        Ok(()) => "ctrl-c",
-        Err(_) => std::future::pending().await,
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn recv(self) -> &'static str {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "ctrl-c",
+            Err(_) => std::future::pending().await,
+        }
     }
 }
 
@@ -153,10 +175,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn signal_wait_returns_none_when_triggered_elsewhere() {
+    async fn signal_task_ends_when_triggered_elsewhere() {
         let shutdown = Shutdown::new();
-        let other = shutdown.clone();
-        tokio::spawn(async move { other.trigger() });
-        assert_eq!(shutdown.trigger_on_signal().await, None);
+        let task = shutdown.trigger_on_signals().unwrap();
+        shutdown.trigger();
+        task.await.unwrap();
     }
 }

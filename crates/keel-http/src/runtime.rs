@@ -45,6 +45,9 @@ pub enum StartError {
     /// Telemetry could not be set up (exit 70).
     #[error(transparent)]
     Telemetry(#[from] keel_telemetry::TelemetryError),
+    /// Signal handlers could not be installed (exit 70).
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 impl StartError {
@@ -54,7 +57,7 @@ impl StartError {
             StartError::Config(_) => EXIT_CONFIG,
             StartError::Store(StoreError::InvalidUrl { .. }) => EXIT_CONFIG,
             StartError::Store(_) => EXIT_UNAVAILABLE,
-            StartError::Logging(_) | StartError::Telemetry(_) => EXIT_SOFTWARE,
+            StartError::Logging(_) | StartError::Telemetry(_) | StartError::Signals(_) => EXIT_SOFTWARE,
         })
     }
 }
@@ -160,6 +163,8 @@ impl Services {
             bus = bus.backend().as_str(),
             "{process} starting in {mode} mode"
         );
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signals().map_err(StartError::Signals)?;
         Ok(Self {
             process,
             instance_id,
@@ -171,7 +176,7 @@ impl Services {
             redis,
             cache,
             bus,
-            shutdown: Shutdown::new(),
+            shutdown,
             admin_token,
         })
     }

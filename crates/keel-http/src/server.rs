@@ -36,14 +36,11 @@ pub enum ServeError {
     GraceExpired(Duration),
 }
 
-/// Serves `router` until `shutdown` is triggered (by a signal or by the
-/// program), then: waits `drain_delay` (readiness already reports 503), stops
+/// Serves `router` until `shutdown` is triggered (by the program, or by a
+/// signal once [`Shutdown::trigger_on_signals`] was called), then: waits `drain_delay` (readiness already reports 503), stops
 /// accepting, lets in-flight requests finish, and waits for background tasks,
 /// all within `grace`.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, drain: DrainConfig) -> Result<(), ServeError> {
-    let signals = shutdown.clone();
-    tokio::spawn(async move { signals.trigger_on_signal().await });
-
     let stop_accepting = {
         let shutdown = shutdown.clone();
         async move {
