@@ -1,1 +1,107 @@
-fn main() {}
+//! `cargo xtask`: Keel's chores. Run `cargo xtask help` for the list.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use xtask::{cmd, services, tidy};
+
+const HELP: &str = "\
+cargo xtask <command>
+
+  ci                 fmt check, clippy -D warnings, tidy, services up, all tests
+  test               services up, then all tests
+  tidy [--static] [--root DIR]
+                     architecture and hygiene checks (--static skips the
+                     --no-default-features builds)
+  services up        make sure PostgreSQL (5432) and Redis (6379) answer,
+                     starting installed servers when they do not
+  services status    report whether they answer
+  bench [ARGS..]     run the criterion benchmarks (ARGS go to cargo bench)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let root = xtask::workspace_root();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(&root),
+        Some("test") => {
+            services::up()?;
+            test(&root)
+        }
+        Some("tidy") => run_tidy(&args[1..], &root),
+        Some("services") => match args.get(1).map(String::as_str) {
+            Some("up") => services::up(),
+            Some("status") => services::status(),
+            _ => bail!("usage: cargo xtask services up|status"),
+        },
+        Some("bench") => cmd::cargo(&root, &[&["bench", "--workspace"], &as_strs(&args[1..])[..]].concat()),
+        Some("help" | "--help" | "-h") | None => {
+            eprint!("{HELP}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}\n{HELP}"),
+    }
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+fn ci(root: &std::path::Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    step("fmt", || cmd::cargo(root, &["fmt", "--all", "--", "--check"]))?;
+    step("clippy", || cmd::cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    step("tidy", || run_tidy(&[], root))?;
+    step("services", services::up)?;
+    step("test", || test(root))?;
+    eprintln!("xtask: ci passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    eprintln!("xtask: == {name} ==");
+    let started = std::time::Instant::now();
+    f().with_context(|| format!("step {name} failed"))?;
+    eprintln!("xtask: {name} ok ({:.0?})", started.elapsed());
+    Ok(())
+}
+
+fn test(root: &std::path::Path) -> Result<()> {
+    cmd::cargo(root, &["test", "--workspace"])
+}
+
+fn run_tidy(args: &[String], default_root: &std::path::Path) -> Result<()> {
+    let mut root = default_root.to_path_buf();
+    let mut builds = true;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--static" => builds = false,
+            "--root" => root = PathBuf::from(rest.next().context("--root needs a directory")?),
+            other => bail!("unknown tidy option {other:?}"),
+        }
+    }
+    let violations = tidy::check(&root)?;
+    if !violations.is_empty() {
+        for v in &violations {
+            eprintln!("tidy: {v}");
+        }
+        bail!("{} tidy violation(s)", violations.len());
+    }
+    if builds {
+        tidy::check_feature_builds(&root)?;
+    }
+    eprintln!("tidy: ok");
+    Ok(())
+}

@@ -1,5 +1,8 @@
 //! The built `api` binary, started the way a newcomer starts it.
 
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -148,7 +151,16 @@ async fn help_lists_every_flag_with_its_environment_variable() {
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     };
     assert_eq!(code, Some(0));
-    for env in ["KEEL_LISTEN", "KEEL_CONFIG", "KEEL_DATA_DIR", "DATABASE_URL", "REDIS_URL", "KEEL_ADMIN_TOKEN", "KEEL_LOG_FORMAT", "KEEL_INSTANCE_ID"] {
+    for env in [
+        "KEEL_LISTEN",
+        "KEEL_CONFIG",
+        "KEEL_DATA_DIR",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "KEEL_ADMIN_TOKEN",
+        "KEEL_LOG_FORMAT",
+        "KEEL_INSTANCE_ID",
+    ] {
         assert!(out.contains(env), "{env} missing from --help:\n{out}");
     }
 }

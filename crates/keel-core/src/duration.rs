@@ -25,10 +25,7 @@ pub struct DurationError {
 /// ambiguous, and guessing its unit is how outages start.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let trimmed = input.trim();
-    humantime::parse_duration(trimmed).map_err(|err| DurationError {
-        input: input.to_owned(),
-        reason: err.to_string(),
-    })
+    humantime::parse_duration(trimmed).map_err(|err| DurationError { input: input.to_owned(), reason: err.to_string() })
 }
 
 impl HumanDuration {

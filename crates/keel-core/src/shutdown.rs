@@ -96,10 +96,7 @@ impl Shutdown {
         self.tracker.close();
         match tokio::time::timeout(grace, self.tracker.wait()).await {
             Ok(()) => Ok(()),
-            Err(_) => Err(DrainTimeout {
-                remaining: self.tracker.len(),
-                grace,
-            }),
+            Err(_) => Err(DrainTimeout { remaining: self.tracker.len(), grace }),
         }
     }
 }
@@ -114,10 +111,7 @@ struct Signals {
 impl Signals {
     fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
 
     async fn recv(mut self) -> &'static str {

@@ -120,14 +120,9 @@ pub enum ConfigError {
 impl FileConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
     /// Parses TOML text; the error is a one-line message naming the key.
@@ -161,7 +156,9 @@ where
 {
     match A::try_parse_from(args) {
         Ok(args) => Ok(args),
-        Err(err) if matches!(err.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(err)
+            if matches!(err.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) =>
+        {
             let _ = err.print();
             Err(ExitCode::SUCCESS)
         }
@@ -202,7 +199,10 @@ mod tests {
 
     #[test]
     fn file_config_is_strict_and_one_line() {
-        let ok = FileConfig::parse("[app]\nname = \"x\"\n[http]\nrequest_timeout = \"2s\"\n[health]\ndefault_mode = \"must\"\n").unwrap();
+        let ok = FileConfig::parse(
+            "[app]\nname = \"x\"\n[http]\nrequest_timeout = \"2s\"\n[health]\ndefault_mode = \"must\"\n",
+        )
+        .unwrap();
         assert_eq!(ok.app.name.as_deref(), Some("x"));
         assert_eq!(ok.http.request_timeout.unwrap().get(), std::time::Duration::from_secs(2));
 

@@ -33,11 +33,7 @@ struct ErrorBody<'a> {
 impl ApiError {
     /// An error with an explicit status and machine-readable `code`.
     pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { status, code: code.into(), message: message.into() }
     }
 
     /// 400 `bad_request`.
@@ -144,19 +140,12 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::to_vec(&Envelope {
-            error: ErrorBody {
-                code: &self.code,
-                message: &self.message,
-            },
-        })
-        // Two string fields always serialize.
-        .unwrap_or_default();
+        let body = serde_json::to_vec(&Envelope { error: ErrorBody { code: &self.code, message: &self.message } })
+            // Two string fields always serialize.
+            .unwrap_or_default();
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = self.status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }
@@ -207,7 +196,10 @@ mod tests {
         assert_eq!(response.status(), 412);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         let json = body_json(response).await;
-        assert_eq!(json, serde_json::json!({"error": {"code": "precondition_failed", "message": "version 3 is stale"}}));
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "precondition_failed", "message": "version 3 is stale"}})
+        );
     }
 
     #[tokio::test]
@@ -221,7 +213,8 @@ mod tests {
         assert_eq!(json["error"]["code"], "method_not_allowed");
         assert_eq!(json["error"]["message"], "method not allowed");
 
-        let text = json_errors((StatusCode::BAD_REQUEST, "Failed to parse the request body as JSON").into_response()).await;
+        let text =
+            json_errors((StatusCode::BAD_REQUEST, "Failed to parse the request body as JSON").into_response()).await;
         assert_eq!(body_json(text).await["error"]["message"], "Failed to parse the request body as JSON");
 
         let ok = json_errors((StatusCode::OK, "fine").into_response()).await;

@@ -29,10 +29,7 @@ pub struct MiddlewareConfig {
 
 impl Default for MiddlewareConfig {
     fn default() -> Self {
-        Self {
-            request_timeout: Duration::from_secs(30),
-            body_limit: 1024 * 1024,
-        }
+        Self { request_timeout: Duration::from_secs(30), body_limit: 1024 * 1024 }
     }
 }
 
@@ -55,11 +52,7 @@ pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -
         .layer(axum::middleware::map_response(crate::error::json_errors))
         .layer(metrics.layer())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            let id = req
-                .extensions()
-                .get::<RequestId>()
-                .and_then(|id| id.header_value().to_str().ok())
-                .unwrap_or("");
+            let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = id)
         }))
         .layer(PropagateRequestIdLayer::new(header.clone()))

@@ -30,10 +30,7 @@ pub fn ops_router(telemetry: Telemetry, shutdown: Shutdown) -> Router {
 }
 
 async fn metrics(State(state): State<OpsState>) -> Result<Response, ApiError> {
-    let text = state
-        .telemetry
-        .encode()
-        .map_err(|err| ApiError::internal(format!("cannot encode metrics: {err}")))?;
+    let text = state.telemetry.encode().map_err(|err| ApiError::internal(format!("cannot encode metrics: {err}")))?;
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE), (header::CACHE_CONTROL, "no-store")], text).into_response())
 }
 
@@ -43,7 +40,8 @@ struct Verbose {
 }
 
 fn no_store(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
+        .into_response()
 }
 
 async fn livez(Query(q): Query<Verbose>) -> Response {

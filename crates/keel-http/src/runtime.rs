@@ -126,11 +126,7 @@ impl Services {
         let mode = if database_url.is_none() && redis_url.is_none() { Mode::Embedded } else { Mode::Cluster };
 
         let database = Database::connect(
-            &DbConfig {
-                url: database_url.map(str::to_owned),
-                data_dir: args.data_dir.clone(),
-                ..DbConfig::default()
-            },
+            &DbConfig { url: database_url.map(str::to_owned), data_dir: args.data_dir.clone(), ..DbConfig::default() },
             &telemetry,
         )
         .await?;

@@ -18,10 +18,7 @@ pub struct DrainConfig {
 
 impl Default for DrainConfig {
     fn default() -> Self {
-        Self {
-            drain_delay: Duration::ZERO,
-            grace: Duration::from_secs(10),
-        }
+        Self { drain_delay: Duration::ZERO, grace: Duration::from_secs(10) }
     }
 }
 
@@ -40,7 +37,12 @@ pub enum ServeError {
 /// signal once [`Shutdown::trigger_on_signals`] was called), then: waits `drain_delay` (readiness already reports 503), stops
 /// accepting, lets in-flight requests finish, and waits for background tasks,
 /// all within `grace`.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, drain: DrainConfig) -> Result<(), ServeError> {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    drain: DrainConfig,
+) -> Result<(), ServeError> {
     let stop_accepting = {
         let shutdown = shutdown.clone();
         async move {

@@ -1,5 +1,8 @@
 //! keel-http middleware and operational endpoints, through `oneshot`.
 
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use axum::Router;
@@ -18,10 +21,13 @@ fn app(telemetry: &Telemetry, config: &MiddlewareConfig) -> Router {
         .route("/echo", post(|body: String| async move { body }))
         .route("/json", post(|axum::Json(v): axum::Json<serde_json::Value>| async move { axum::Json(v) }))
         .route("/boom", get(boom))
-        .route("/slow", get(|| async {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            "late"
-        }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        )
         .merge(ops_router(telemetry.clone(), Shutdown::new()));
     middleware::apply(routes, config, &HttpMetrics::new(telemetry))
 }
@@ -117,10 +123,7 @@ async fn panics_answer_500_json_are_counted_and_active_requests_return_to_zero()
 #[tokio::test(start_paused = true)]
 async fn cancelled_and_timed_out_requests_release_the_active_gauge() {
     let telemetry = Telemetry::new("t").unwrap();
-    let config = MiddlewareConfig {
-        request_timeout: Duration::from_secs(2),
-        ..MiddlewareConfig::default()
-    };
+    let config = MiddlewareConfig { request_timeout: Duration::from_secs(2), ..MiddlewareConfig::default() };
     let app = app(&telemetry, &config);
 
     // A client that goes away mid-request.
@@ -143,10 +146,7 @@ async fn cancelled_and_timed_out_requests_release_the_active_gauge() {
 #[tokio::test]
 async fn oversized_and_malformed_bodies_are_json_4xx() {
     let telemetry = Telemetry::new("t").unwrap();
-    let config = MiddlewareConfig {
-        body_limit: 16,
-        ..MiddlewareConfig::default()
-    };
+    let config = MiddlewareConfig { body_limit: 16, ..MiddlewareConfig::default() };
     let app = app(&telemetry, &config);
     let ok = send(&app, Request::post("/echo").body(Body::from("small")).unwrap()).await;
     assert_eq!(ok.status(), 200);

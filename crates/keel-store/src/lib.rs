@@ -50,10 +50,10 @@ pub mod testing;
 
 pub use bus::{Bus, BusBackend, Subscription};
 pub use cache::Cache;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use db::{Backend, Database, DbConfig, PoolStatus};
 #[cfg(feature = "postgres")]
 pub use db::PgPool;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use db::{Backend, Database, DbConfig, PoolStatus};
 #[cfg(feature = "sqlite")]
 pub use db::{SqliteConnection, SqlitePool};
 pub use error::StoreError;

@@ -68,7 +68,11 @@ impl StoreMetrics {
     }
 
     /// Times a Redis command; `command` is the command name, never a key.
-    pub(crate) async fn time_redis<T, E>(&self, command: &'static str, fut: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    pub(crate) async fn time_redis<T, E>(
+        &self,
+        command: &'static str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         let start = Instant::now();
         let out = fut.await;
         let attrs = [

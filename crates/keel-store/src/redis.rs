@@ -25,11 +25,7 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Defaults for `url`: 2 s command timeout, 5 s connect timeout.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            command_timeout: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(5),
-        }
+        Self { url: url.into(), command_timeout: Duration::from_secs(2), connect_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -56,10 +52,8 @@ pub(crate) fn builder(config: &RedisConfig) -> Result<Builder, StoreError> {
             reason: format!("unsupported scheme {scheme:?} (expected redis:// or rediss://)"),
         });
     }
-    let fred_config = Config::from_url(&config.url).map_err(|err| StoreError::InvalidUrl {
-        what: "redis",
-        reason: err.details().to_owned(),
-    })?;
+    let fred_config = Config::from_url(&config.url)
+        .map_err(|err| StoreError::InvalidUrl { what: "redis", reason: err.details().to_owned() })?;
     let mut builder = Builder::from_config(fred_config);
     // Unlimited attempts with capped exponential delay: Redis restarts are
     // survived without operator action.
@@ -85,11 +79,7 @@ impl RedisStore {
         let client = builder(config)?.build()?;
         client.connect();
         wait_connected(&client, config.connect_timeout).await?;
-        Ok(Self {
-            client,
-            builder_config: config.clone(),
-            metrics: StoreMetrics::new(telemetry),
-        })
+        Ok(Self { client, builder_config: config.clone(), metrics: StoreMetrics::new(telemetry) })
     }
 
     /// The underlying fred client, for commands this type does not wrap.
@@ -100,7 +90,11 @@ impl RedisStore {
 
     /// Runs a command and records its duration under `command` (the command
     /// name, e.g. `"GET"`; never a key).
-    pub async fn timed<T>(&self, command: &'static str, fut: impl Future<Output = Result<T, fred::error::Error>>) -> Result<T, StoreError> {
+    pub async fn timed<T>(
+        &self,
+        command: &'static str,
+        fut: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, StoreError> {
         Ok(self.metrics.time_redis(command, fut).await?)
     }
 
@@ -119,8 +113,7 @@ impl RedisStore {
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         self.timed(
             "SET",
-            self.client
-                .set::<(), _, _>(key, value, Some(Expiration::PX(millis)), None::<SetOptions>, false),
+            self.client.set::<(), _, _>(key, value, Some(Expiration::PX(millis)), None::<SetOptions>, false),
         )
         .await
     }
@@ -143,13 +136,7 @@ impl RedisStore {
 pub(crate) async fn wait_connected(client: &impl ClientLike, timeout: Duration) -> Result<(), StoreError> {
     match tokio::time::timeout(timeout, client.wait_for_connect()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(StoreError::Connect {
-            backend: "redis",
-            reason: err.to_string(),
-        }),
-        Err(_) => Err(StoreError::Connect {
-            backend: "redis",
-            reason: format!("no connection within {timeout:?}"),
-        }),
+        Ok(Err(err)) => Err(StoreError::Connect { backend: "redis", reason: err.to_string() }),
+        Err(_) => Err(StoreError::Connect { backend: "redis", reason: format!("no connection within {timeout:?}") }),
     }
 }

@@ -64,10 +64,7 @@ impl TempDatabase {
 
     /// A [`DbConfig`] pointing at this database.
     pub fn config(&self) -> DbConfig {
-        DbConfig {
-            url: Some(self.url.clone()),
-            ..DbConfig::default()
-        }
+        DbConfig { url: Some(self.url.clone()), ..DbConfig::default() }
     }
 
     /// Connects a [`Database`] to it.
@@ -88,7 +85,7 @@ impl TempDatabase {
 /// Connects to the test Redis, panicking with a clear message if it is down.
 pub async fn redis(telemetry: &keel_telemetry::Telemetry) -> RedisStore {
     let url = redis_url();
-    RedisStore::connect(&RedisConfig::new(&url), telemetry)
-        .await
-        .unwrap_or_else(|err| panic!("Redis is required at {url} (set KEEL_TEST_REDIS_URL, or run `cargo xtask services up`): {err}"))
+    RedisStore::connect(&RedisConfig::new(&url), telemetry).await.unwrap_or_else(|err| {
+        panic!("Redis is required at {url} (set KEEL_TEST_REDIS_URL, or run `cargo xtask services up`): {err}")
+    })
 }

@@ -1,5 +1,8 @@
 //! keel-store against the real PostgreSQL and Redis, and embedded SQLite.
 
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -79,10 +82,7 @@ async fn postgres_migrations_are_idempotent_and_pool_reports() {
 async fn sqlite_is_the_default_and_migrations_are_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("nested").join("data");
-    let config = DbConfig {
-        data_dir: data_dir.clone(),
-        ..DbConfig::default()
-    };
+    let config = DbConfig { data_dir: data_dir.clone(), ..DbConfig::default() };
     let telemetry = telemetry();
     let db = Database::connect(&config, &telemetry).await.unwrap();
     assert_eq!(db.backend(), Backend::Sqlite);
@@ -133,7 +133,10 @@ async fn redis_cache_round_trips_with_ttl_and_times_commands_by_name() {
     assert_eq!(cache.get(&key).await.unwrap(), None);
 
     let text = telemetry.encode().unwrap();
-    assert!(text.contains("redis_client_command_duration_seconds_count{db_operation_name=\"GET\",outcome=\"ok\"} 3"), "{text}");
+    assert!(
+        text.contains("redis_client_command_duration_seconds_count{db_operation_name=\"GET\",outcome=\"ok\"} 3"),
+        "{text}"
+    );
     assert!(!text.contains(&key), "keys must never become labels");
 }
 
@@ -144,9 +147,8 @@ async fn redis_down_is_a_typed_error_not_a_hang() {
     config.connect_timeout = Duration::from_millis(500);
     let err = keel_store::RedisStore::connect(&config, &telemetry).await.unwrap_err();
     assert!(matches!(err, StoreError::Connect { backend: "redis", .. }), "{err}");
-    let err = keel_store::RedisStore::connect(&keel_store::RedisConfig::new("http://nope"), &telemetry)
-        .await
-        .unwrap_err();
+    let err =
+        keel_store::RedisStore::connect(&keel_store::RedisConfig::new("http://nope"), &telemetry).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidUrl { what: "redis", .. }), "{err}");
 }
 
@@ -177,14 +179,19 @@ async fn redis_bus_subscriber_recovers_after_client_kill() {
     assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "before");
 
     let name = subscriber_bus.connection_name().unwrap();
-    let list: String = store.client().custom(fred::cmd!("CLIENT"), vec!["LIST".to_owned(), "TYPE".to_owned(), "pubsub".to_owned()]).await.unwrap();
+    let list: String = store
+        .client()
+        .custom(fred::cmd!("CLIENT"), vec!["LIST".to_owned(), "TYPE".to_owned(), "pubsub".to_owned()])
+        .await
+        .unwrap();
     let id = list
         .lines()
         .find(|line| line.contains(&format!(" name={name} ")))
         .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
         .unwrap_or_else(|| panic!("subscriber {name} not in CLIENT LIST:\n{list}"))
         .to_owned();
-    let killed: i64 = store.client().custom(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ID".to_owned(), id]).await.unwrap();
+    let killed: i64 =
+        store.client().custom(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ID".to_owned(), id]).await.unwrap();
     assert_eq!(killed, 1);
 
     assert_recovers(&publisher, &mut sub, &channel).await;

@@ -64,11 +64,7 @@ impl Telemetry {
             .build()
             .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
-        Ok(Self {
-            provider,
-            registry,
-            service,
-        })
+        Ok(Self { provider, registry, service })
     }
 
     /// A meter for one instrumentation scope.

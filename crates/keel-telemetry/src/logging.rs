@@ -19,11 +19,7 @@ pub enum LogFormat {
 impl LogFormat {
     /// `Pretty` when standard error is a terminal, else `Json`.
     pub fn detect() -> Self {
-        if std::io::stderr().is_terminal() {
-            LogFormat::Pretty
-        } else {
-            LogFormat::Json
-        }
+        if std::io::stderr().is_terminal() { LogFormat::Pretty } else { LogFormat::Json }
     }
 }
 
@@ -77,19 +73,14 @@ impl LogHandle {
     /// Replaces the filter with `directive` (e.g. `info`, `debug,hyper=warn`).
     pub fn set_filter(&self, directive: &str) -> Result<(), LoggingError> {
         let filter = parse_filter(directive)?;
-        self.filter
-            .reload(filter)
-            .map_err(|err| LoggingError::Reload(err.to_string()))
+        self.filter.reload(filter).map_err(|err| LoggingError::Reload(err.to_string()))
     }
 }
 
 fn parse_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
     EnvFilter::builder()
         .parse(directive)
-        .map_err(|err| LoggingError::Filter {
-            directive: directive.to_owned(),
-            reason: err.to_string(),
-        })
+        .map_err(|err| LoggingError::Filter { directive: directive.to_owned(), reason: err.to_string() })
 }
 
 /// Installs the global `tracing` subscriber writing to standard error.

@@ -1,5 +1,8 @@
 //! The built `worker` binary.
 
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -22,7 +25,8 @@ async fn refuses_embedded_mode_with_exit_64() {
 
 #[tokio::test]
 async fn cluster_mode_serves_admin_endpoints_and_stops_on_sigterm() {
-    let postgres = std::env::var("KEEL_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let postgres = std::env::var("KEEL_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis = std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let mut child = Command::new(env!("CARGO_BIN_EXE_worker"))
         .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json", "--no-migrate"])

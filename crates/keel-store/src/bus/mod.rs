@@ -83,7 +83,13 @@ pub(crate) const PG_MAX_PAYLOAD: usize = 7999;
 impl Bus {
     /// An in-process bus.
     pub fn memory(telemetry: &Telemetry) -> Self {
-        Self::build(Transport::Memory, BusBackend::Memory, Arc::new(Fanout::default()), telemetry, CancellationToken::new())
+        Self::build(
+            Transport::Memory,
+            BusBackend::Memory,
+            Arc::new(Fanout::default()),
+            telemetry,
+            CancellationToken::new(),
+        )
     }
 
     /// A bus on Redis pub/sub. Subscriptions use a dedicated connection that
@@ -109,20 +115,19 @@ impl Bus {
         let fanout = Arc::new(Fanout::default());
         let cancel = CancellationToken::new();
         let metrics = StoreMetrics::new(telemetry);
-        let transport = postgres::PgBus::start(database.url(), pool.clone(), fanout.clone(), metrics, cancel.clone()).await?;
+        let transport =
+            postgres::PgBus::start(database.url(), pool.clone(), fanout.clone(), metrics, cancel.clone()).await?;
         Ok(Self::build(Transport::Postgres(transport), BusBackend::Postgres, fanout, telemetry, cancel))
     }
 
-    fn build(transport: Transport, backend: BusBackend, fanout: Arc<Fanout>, telemetry: &Telemetry, cancel: CancellationToken) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                transport,
-                fanout,
-                metrics: StoreMetrics::new(telemetry),
-                backend,
-                cancel,
-            }),
-        }
+    fn build(
+        transport: Transport,
+        backend: BusBackend,
+        fanout: Arc<Fanout>,
+        telemetry: &Telemetry,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { transport, fanout, metrics: StoreMetrics::new(telemetry), backend, cancel }) }
     }
 
     /// The transport in use.

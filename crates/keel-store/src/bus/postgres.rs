@@ -34,23 +34,21 @@ impl std::fmt::Debug for PgBus {
 }
 
 impl PgBus {
-    pub(super) async fn start(url: &str, pool: PgPool, fanout: Arc<Fanout>, metrics: StoreMetrics, cancel: CancellationToken) -> Result<Self, StoreError> {
+    pub(super) async fn start(
+        url: &str,
+        pool: PgPool,
+        fanout: Arc<Fanout>,
+        metrics: StoreMetrics,
+        cancel: CancellationToken,
+    ) -> Result<Self, StoreError> {
         let (url, name) = with_application_name(url);
         // Fail fast on a bad URL or unreachable server; later failures are
         // retried by the listener.
-        let first = AsyncPgConnection::establish(&url).await.map_err(|err| StoreError::Connect {
-            backend: "postgres",
-            reason: err.to_string(),
-        })?;
+        let first = AsyncPgConnection::establish(&url)
+            .await
+            .map_err(|err| StoreError::Connect { backend: "postgres", reason: err.to_string() })?;
         let (commands, rx) = mpsc::unbounded_channel();
-        let listener = Listener {
-            url,
-            fanout,
-            metrics,
-            cancel,
-            channels: BTreeSet::new(),
-            commands: rx,
-        };
+        let listener = Listener { url, fanout, metrics, cancel, channels: BTreeSet::new(), commands: rx };
         tokio::spawn(listener.run(first));
         Ok(Self { pool, commands, name })
     }
@@ -68,10 +66,8 @@ impl PgBus {
     }
 
     pub(super) async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), StoreError> {
-        let text = std::str::from_utf8(&payload).map_err(|_| StoreError::Payload {
-            backend: "postgres",
-            reason: "payload is not valid UTF-8".into(),
-        })?;
+        let text = std::str::from_utf8(&payload)
+            .map_err(|_| StoreError::Payload { backend: "postgres", reason: "payload is not valid UTF-8".into() })?;
         if text.len() > PG_MAX_PAYLOAD {
             return Err(StoreError::Payload {
                 backend: "postgres",

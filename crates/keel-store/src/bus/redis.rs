@@ -18,7 +18,12 @@ pub(super) struct RedisBus {
 }
 
 impl RedisBus {
-    pub(super) async fn connect(store: &RedisStore, fanout: Arc<Fanout>, metrics: StoreMetrics, cancel: CancellationToken) -> Result<Self, StoreError> {
+    pub(super) async fn connect(
+        store: &RedisStore,
+        fanout: Arc<Fanout>,
+        metrics: StoreMetrics,
+        cancel: CancellationToken,
+    ) -> Result<Self, StoreError> {
         let subscriber = builder(store.config())?.build_subscriber_client()?;
         subscriber.connect();
         wait_connected(&subscriber, store.config().connect_timeout).await?;
@@ -54,10 +59,7 @@ impl RedisBus {
             manager.abort();
             let _ = client.quit().await;
         });
-        Ok(Self {
-            publisher: store.clone(),
-            subscriber,
-        })
+        Ok(Self { publisher: store.clone(), subscriber })
     }
 
     pub(super) fn connection_name(&self) -> String {

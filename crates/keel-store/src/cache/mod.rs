@@ -27,9 +27,7 @@ enum Inner {
 impl Cache {
     /// An in-process cache (embedded mode, tests).
     pub fn memory() -> Self {
-        Self {
-            inner: Inner::Memory(MemoryCache::default()),
-        }
+        Self { inner: Inner::Memory(MemoryCache::default()) }
     }
 
     /// A cache on Redis.

@@ -123,7 +123,9 @@ impl Database {
                     });
                 }
             }
-            Some(url) if url.starts_with("sqlite:") => sqlite_pool(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:").into(), config)?,
+            Some(url) if url.starts_with("sqlite:") => {
+                sqlite_pool(url.trim_start_matches("sqlite://").trim_start_matches("sqlite:").into(), config)?
+            }
             Some(other) => {
                 let scheme = other.split(':').next().unwrap_or_default();
                 return Err(StoreError::InvalidUrl {
@@ -141,12 +143,7 @@ impl Database {
         };
         let metrics = StoreMetrics::new(telemetry);
         let gauges = Arc::new(pool_gauges(telemetry, &pool));
-        let db = Self {
-            pool,
-            url: url.into(),
-            metrics,
-            _gauges: gauges,
-        };
+        let db = Self { pool, url: url.into(), metrics, _gauges: gauges };
         db.ping().await?;
         Ok(db)
     }
@@ -215,7 +212,12 @@ impl Database {
 
     /// Runs `operation` on `table` and records its duration in
     /// `db_client_operation_duration_seconds`.
-    pub async fn timed<T, E>(&self, operation: &'static str, table: &'static str, fut: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    pub async fn timed<T, E>(
+        &self,
+        operation: &'static str,
+        table: &'static str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         self.metrics.time_db(self.backend().as_str(), operation, table, fut).await
     }
 }
@@ -230,7 +232,8 @@ fn sqlite_pool(path: PathBuf, config: &DbConfig) -> Result<(Pool, String), Store
 fn sqlite_pool(_path: PathBuf, _config: &DbConfig) -> Result<(Pool, String), StoreError> {
     Err(StoreError::InvalidUrl {
         what: "database",
-        reason: "this build has no embedded sqlite support (enable the `sqlite` feature or set a postgres:// url)".into(),
+        reason: "this build has no embedded sqlite support (enable the `sqlite` feature or set a postgres:// url)"
+            .into(),
     })
 }
 
@@ -268,8 +271,20 @@ fn pool_gauges(telemetry: &Telemetry, pool: &Pool) -> Vec<ObservableGauge<i64>> 
             .with_description("Open connections in the pool, by state")
             .with_callback(move |obs| {
                 let s = pool_status(&p1);
-                obs.observe(to_i64(s.in_use), &[KeyValue::new("db.client.connection.pool.name", name), KeyValue::new("db.client.connection.state", "used")]);
-                obs.observe(to_i64(s.idle), &[KeyValue::new("db.client.connection.pool.name", name), KeyValue::new("db.client.connection.state", "idle")]);
+                obs.observe(
+                    to_i64(s.in_use),
+                    &[
+                        KeyValue::new("db.client.connection.pool.name", name),
+                        KeyValue::new("db.client.connection.state", "used"),
+                    ],
+                );
+                obs.observe(
+                    to_i64(s.idle),
+                    &[
+                        KeyValue::new("db.client.connection.pool.name", name),
+                        KeyValue::new("db.client.connection.state", "idle"),
+                    ],
+                );
             })
             .build(),
         meter

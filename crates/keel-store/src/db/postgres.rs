@@ -1,5 +1,5 @@
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use deadpool::managed::Timeouts;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};

@@ -17,7 +17,8 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 // WAL lets readers proceed during a write; busy_timeout turns writer contention
 // into a short wait instead of an immediate "database is locked".
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+const PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
 
 pub(super) fn build_pool(path: &str, config: &DbConfig) -> Result<SqlitePool, StoreError> {
     let mut manager_config = ManagerConfig::<SqliteConnection>::default();

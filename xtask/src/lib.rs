@@ -1,0 +1,12 @@
+//! Library half of `cargo xtask`, so the checks can also run as tests.
+
+pub mod cmd;
+pub mod services;
+pub mod tidy;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}

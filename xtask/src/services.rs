@@ -1,0 +1,237 @@
+//! Making sure PostgreSQL and Redis answer before tests run.
+//!
+//! Addresses come from `KEEL_TEST_POSTGRES_URL` and `KEEL_TEST_REDIS_URL`
+//! (defaults: the local servers). A server that does not answer is started
+//! from the installed binaries; when none is installed (and this is not a CI
+//! run as root that may install it), the command fails saying what to install.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{on_path, run};
+
+const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// `host:port` of a `scheme://[user@]host:port/...` URL.
+pub fn host_port(url: &str, default_port: u16) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if host_port.is_empty() {
+        return None;
+    }
+    Some(if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:{default_port}") })
+}
+
+fn postgres_addr() -> String {
+    let url = std::env::var("KEEL_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES.into());
+    host_port(&url, 5432).unwrap_or_else(|| "127.0.0.1:5432".into())
+}
+
+fn redis_addr() -> String {
+    let url = std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into());
+    host_port(&url, 6379).unwrap_or_else(|| "127.0.0.1:6379".into())
+}
+
+fn connect(addr: &str) -> Option<TcpStream> {
+    let sock = addr.to_socket_addrs().ok()?.next()?;
+    let stream = TcpStream::connect_timeout(&sock, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    Some(stream)
+}
+
+/// PostgreSQL answers an SSLRequest with a single `S` or `N` byte.
+fn postgres_answers(addr: &str) -> bool {
+    let Some(mut stream) = connect(addr) else { return false };
+    let ssl_request = [0u8, 0, 0, 8, 4, 210, 22, 47];
+    let mut reply = [0u8; 1];
+    stream.write_all(&ssl_request).is_ok() && stream.read_exact(&mut reply).is_ok() && matches!(&reply, b"S" | b"N")
+}
+
+fn redis_answers(addr: &str) -> bool {
+    let Some(mut stream) = connect(addr) else { return false };
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// Prints whether each service answers; fails if one does not.
+pub fn status() -> Result<()> {
+    let (pg, redis) = (postgres_addr(), redis_addr());
+    let (pg_ok, redis_ok) = (postgres_answers(&pg), redis_answers(&redis));
+    eprintln!("postgres {pg}: {}", if pg_ok { "up" } else { "DOWN" });
+    eprintln!("redis    {redis}: {}", if redis_ok { "up" } else { "DOWN" });
+    if !(pg_ok && redis_ok) {
+        bail!("a required service is down; run `cargo xtask services up`");
+    }
+    Ok(())
+}
+
+/// Ensures both services answer, starting (or, in CI as root, installing) them.
+pub fn up() -> Result<()> {
+    let (pg, redis) = (postgres_addr(), redis_addr());
+    if !postgres_answers(&pg) {
+        eprintln!("xtask: postgres is not answering on {pg}; starting it");
+        start_postgres(&pg)?;
+        wait_for("postgres", &pg, postgres_answers)?;
+    }
+    if !redis_answers(&redis) {
+        eprintln!("xtask: redis is not answering on {redis}; starting it");
+        start_redis(&redis)?;
+        wait_for("redis", &redis, redis_answers)?;
+    }
+    eprintln!("xtask: postgres {pg} and redis {redis} are up");
+    Ok(())
+}
+
+fn wait_for(name: &str, addr: &str, check: fn(&str) -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if check(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("{name} was started but does not answer on {addr} after 30s")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// In CI, as root, with apt available: install a missing server package.
+fn try_install(package: &str) -> Result<bool> {
+    if std::env::var_os("CI").is_none() || !is_root() || !on_path("apt-get") {
+        return Ok(false);
+    }
+    eprintln!("xtask: installing {package} with apt-get");
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get").args(["install", "-y", "-q", package]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(true)
+}
+
+fn local_port(addr: &str) -> Result<u16> {
+    let (host, port) = addr.rsplit_once(':').context("address without port")?;
+    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+        bail!("{addr} is not local: start that server yourself or point KEEL_TEST_*_URL at a local one");
+    }
+    port.parse().context("bad port")
+}
+
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/usr/local/bin"), PathBuf::from("/usr/bin")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        versions.reverse();
+        dirs.extend(versions);
+    }
+    dirs
+}
+
+fn find_postgres_tool(tool: &str) -> Option<PathBuf> {
+    postgres_bin_dirs().into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+fn start_postgres(addr: &str) -> Result<()> {
+    let port = local_port(addr)?;
+    // A Debian-packaged cluster: start it the packaged way.
+    if on_path("pg_ctlcluster")
+        && port == 5432
+        && let Ok(versions) = std::fs::read_dir("/etc/postgresql")
+    {
+        for version in versions.filter_map(|e| e.ok()) {
+            let version = version.file_name().to_string_lossy().into_owned();
+            if Path::new(&format!("/etc/postgresql/{version}/main")).is_dir() {
+                let _ =
+                    run(Command::new("pg_ctlcluster").args(["--skip-systemctl-redirect", &version, "main", "start"]));
+                if wait_for("postgres", addr, postgres_answers).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if find_postgres_tool("initdb").is_none() && !try_install("postgresql")? {
+        bail!(
+            "PostgreSQL is not answering on {addr} and no server is installed: install it (Debian: apt-get install postgresql) or set KEEL_TEST_POSTGRES_URL"
+        );
+    }
+    let (Some(initdb), Some(pg_ctl)) = (find_postgres_tool("initdb"), find_postgres_tool("pg_ctl")) else {
+        bail!("initdb/pg_ctl not found although PostgreSQL seems installed");
+    };
+    // A throwaway cluster under target/, trust auth, owned by a non-root user
+    // when we are root (PostgreSQL refuses to run as root).
+    let dir = crate::workspace_root().join("target").join("keel-services").join("postgres");
+    std::fs::create_dir_all(&dir)?;
+    let as_user = |program: &Path| -> Command {
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    };
+    if is_root() {
+        run(Command::new("chown").args(["-R", "postgres"]).arg(&dir))?;
+    }
+    let data = dir.join("data");
+    if !data.join("PG_VERSION").exists() {
+        run(as_user(&initdb).args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data))?;
+    }
+    run(as_user(&pg_ctl)
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(dir.join("postgres.log"))
+        .arg("-o")
+        .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -k {}", dir.display()))
+        .arg("-w")
+        .arg("start"))
+}
+
+fn start_redis(addr: &str) -> Result<()> {
+    let port = local_port(addr)?;
+    if !on_path("redis-server") && !try_install("redis-server")? {
+        bail!(
+            "Redis is not answering on {addr} and redis-server is not installed: install it (Debian: apt-get install redis-server) or set KEEL_TEST_REDIS_URL"
+        );
+    }
+    let dir = crate::workspace_root().join("target").join("keel-services").join("redis");
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("redis-server")
+        .args([
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_and_port_from_urls() {
+        assert_eq!(host_port("postgres://postgres@127.0.0.1:5432/postgres", 5432).as_deref(), Some("127.0.0.1:5432"));
+        assert_eq!(host_port("redis://localhost", 6379).as_deref(), Some("localhost:6379"));
+        assert_eq!(host_port("postgres://u:p@db:6000?x=1", 5432).as_deref(), Some("db:6000"));
+        assert_eq!(host_port("nonsense", 1), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! Architecture and hygiene checks (`cargo xtask tidy`).
+//!
+//! Static checks, read from `cargo metadata` and the sources:
+//! - the dependency direction of DESIGN §1 (`keel-core` ← `keel-telemetry` ←
+//!   `keel-store` ← functional crates ← `keel-http` ← binaries);
+//! - `keel-core` and `keel-telemetry` never depend on axum, diesel or fred,
+//!   and the storage and functional crates only optionally (behind features);
+//! - no placeholder or debugging macros and no ignored tests;
+//! - every crate has `[lints] workspace = true`, a crate-level doc comment,
+//!   and lives in a directory named after its package.
+//!
+//! [`check_feature_builds`] additionally lints every library crate with
+//! `--no-default-features`, proving the storage-free core builds alone.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+/// Layers of the dependency graph: a crate may depend only on lower layers.
+const LAYERS: &[(&str, u8)] = &[
+    ("keel-core", 0),
+    ("keel-telemetry", 1),
+    ("keel-store", 2),
+    ("keel-health-status", 3),
+    ("keel-settings-sync", 3),
+    ("keel-batcher", 3),
+    ("keel-write-behind", 3),
+    ("keel-monitoring", 3),
+    ("keel-http", 4),
+    ("api", 5),
+    ("worker", 5),
+    ("xtask", 6),
+];
+
+/// Same-layer dependencies that the design allows.
+const ALLOWED_SIDEWAYS: &[(&str, &str)] = &[("keel-write-behind", "keel-batcher")];
+
+/// Crates that pull in an HTTP server, an ORM or a Redis client.
+const HEAVY: &[&str] =
+    &["axum", "tower-http", "hyper", "diesel", "diesel-async", "diesel_migrations", "fred", "tokio-postgres"];
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Which rule.
+    pub rule: &'static str,
+    /// Where and what.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", self.rule, self.detail)
+    }
+}
+
+fn violation(rule: &'static str, detail: String) -> Violation {
+    Violation { rule, detail }
+}
+
+fn layer(name: &str) -> Option<u8> {
+    LAYERS.iter().find(|(n, _)| *n == name).map(|(_, l)| *l)
+}
+
+/// Runs every static check on the workspace at `root`.
+pub fn check(root: &Path) -> Result<Vec<Violation>> {
+    let metadata = metadata(root)?;
+    let packages = metadata["packages"].as_array().context("cargo metadata: no packages")?;
+    let members: Vec<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
+    let mut found = Vec::new();
+    for package in packages {
+        check_package(package, &members, &mut found);
+    }
+    for dir in ["crates", "xtask"] {
+        scan_sources(&root.join(dir), &mut found)?;
+    }
+    Ok(found)
+}
+
+fn metadata(root: &Path) -> Result<Value> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(root)
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).context("cargo metadata printed invalid JSON")
+}
+
+fn check_package(package: &Value, members: &[&str], found: &mut Vec<Violation>) {
+    let name = package["name"].as_str().unwrap_or_default();
+    let manifest = PathBuf::from(package["manifest_path"].as_str().unwrap_or_default());
+    let Some(own_layer) = layer(name) else {
+        found.push(violation(
+            "layers",
+            format!("{name}: not in the layer table of xtask/src/tidy.rs; add it where DESIGN §1 puts it"),
+        ));
+        return;
+    };
+
+    let dir_name = manifest.parent().and_then(Path::file_name).map(|d| d.to_string_lossy().into_owned());
+    if dir_name.as_deref() != Some(name) {
+        found.push(violation("layout", format!("{name}: directory {dir_name:?} must be named after the package")));
+    }
+
+    for dep in package["dependencies"].as_array().into_iter().flatten() {
+        let dep_name = dep["name"].as_str().unwrap_or_default();
+        let kind = dep["kind"].as_str().unwrap_or("normal");
+        let optional = dep["optional"].as_bool().unwrap_or(false);
+        if dep_name == name {
+            continue;
+        }
+        if members.contains(&dep_name) {
+            let Some(dep_layer) = layer(dep_name) else { continue };
+            let sideways_ok = ALLOWED_SIDEWAYS.contains(&(name, dep_name));
+            if dep_layer > own_layer || (dep_layer == own_layer && !sideways_ok) {
+                found.push(violation(
+                    "dependency-direction",
+                    format!("{name} ({kind} dependency) must not depend on {dep_name}: {name} is layer {own_layer}, {dep_name} is layer {dep_layer}"),
+                ));
+            }
+        }
+        if kind == "normal" && HEAVY.contains(&dep_name) {
+            if own_layer <= 1 {
+                found.push(violation("lean-core", format!("{name} must not depend on {dep_name}")));
+            } else if own_layer <= 3 && !optional {
+                found.push(violation(
+                    "lean-core",
+                    format!("{name} may use {dep_name} only behind a cargo feature (make it optional)"),
+                ));
+            }
+        }
+    }
+
+    match std::fs::read_to_string(&manifest) {
+        Ok(text) if has_workspace_lints(&text) => {}
+        Ok(_) => {
+            found.push(violation("lints", format!("{name}: {} lacks `[lints] workspace = true`", manifest.display())))
+        }
+        Err(err) => found.push(violation("lints", format!("{name}: cannot read {}: {err}", manifest.display()))),
+    }
+
+    for target in package["targets"].as_array().into_iter().flatten() {
+        let kinds: Vec<&str> = target["kind"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if !kinds.iter().any(|k| matches!(*k, "lib" | "bin")) {
+            continue;
+        }
+        let src = PathBuf::from(target["src_path"].as_str().unwrap_or_default());
+        let text = std::fs::read_to_string(&src).unwrap_or_default();
+        if !starts_with_crate_doc(&text) {
+            found.push(violation(
+                "crate-docs",
+                format!("{name}: {} must start with a `//!` crate doc comment", src.display()),
+            ));
+        }
+    }
+}
+
+fn has_workspace_lints(manifest: &str) -> bool {
+    let mut in_lints = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_lints = line == "[lints]";
+        } else if in_lints && line.replace(' ', "") == "workspace=true" {
+            return true;
+        }
+    }
+    manifest.lines().any(|l| l.replace(' ', "") == "lints.workspace=true")
+}
+
+fn starts_with_crate_doc(source: &str) -> bool {
+    source.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("#![")).is_some_and(|l| l.starts_with("//!"))
+}
+
+/// Patterns that must not appear in code. Built from pieces so this file does
+/// not match itself.
+fn forbidden() -> [(String, &'static str); 4] {
+    [
+        (format!("{}!(", "todo"), "placeholder macro"),
+        (format!("{}!(", "unimplemented"), "placeholder macro"),
+        (format!("{}!(", "dbg"), "debugging macro"),
+        (format!("#[{}", "ignore"), "ignored test"),
+    ]
+}
+
+fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let patterns = forbidden();
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "target") {
+                continue;
+            }
+            scan_sources(&path, found)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            for (number, line) in text.lines().enumerate() {
+                for (pattern, what) in &patterns {
+                    if line.contains(pattern.as_str()) {
+                        found.push(violation(
+                            "hygiene",
+                            format!("{}:{}: {what} `{pattern}`", path.display(), number + 1),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lints every library crate with `--no-default-features` (warnings denied),
+/// proving each builds without its optional backends.
+pub fn check_feature_builds(root: &Path) -> Result<()> {
+    let metadata = metadata(root)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for package in metadata["packages"].as_array().into_iter().flatten() {
+        let name = package["name"].as_str().unwrap_or_default();
+        let is_lib = package["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["kind"].as_array().into_iter().flatten().any(|k| k == "lib"));
+        if !is_lib || name == "xtask" {
+            continue;
+        }
+        crate::cmd::run(
+            Command::new(&cargo)
+                .args(["clippy", "--quiet", "-p", name, "--lib", "--no-default-features", "--", "-D", "warnings"])
+                .current_dir(root),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_lints_and_crate_docs() {
+        assert!(has_workspace_lints("[package]\nname='x'\n\n[lints]\nworkspace = true\n"));
+        assert!(!has_workspace_lints("[lints.rust]\nunsafe_code = 'forbid'\n"));
+        assert!(starts_with_crate_doc("#![forbid(unsafe_code)]\n\n//! Docs.\n"));
+        assert!(!starts_with_crate_doc("/// item doc\nfn main() {}\n"));
+    }
+}
