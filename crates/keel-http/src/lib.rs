@@ -9,8 +9,8 @@
 //! - [`ops_router`]: `/metrics`, `/livez`, `/readyz`.
 //! - [`serve`]: graceful shutdown (readiness drops first, in-flight requests
 //!   finish, background tasks drain within a grace period).
-//! - [`cli`] and [`Services`]: the configuration and start-up shared by the
-//!   `api` and `worker` binaries.
+//! - `cli` and `Services` (feature `runtime`, on by default): the
+//!   configuration and start-up shared by the `api` and `worker` binaries.
 //!
 //! # Example
 //!
@@ -31,19 +31,24 @@
 //! # }
 //! ```
 
+#[cfg(feature = "runtime")]
 mod app;
+#[cfg(feature = "runtime")]
 pub mod cli;
 mod error;
 mod metrics;
 pub mod middleware;
 mod ops;
+#[cfg(feature = "runtime")]
 mod runtime;
 mod server;
 
+#[cfg(feature = "runtime")]
 pub use app::app_router;
 pub use error::ApiError;
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
 pub use ops::ops_router;
+#[cfg(feature = "runtime")]
 pub use runtime::{AdminToken, Mode, Services, StartError};
 pub use server::{DrainConfig, ServeError, serve};

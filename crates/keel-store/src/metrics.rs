@@ -1,17 +1,16 @@
-use std::future::Future;
-use std::time::Instant;
-
 use keel_telemetry::{Telemetry, names};
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::Counter;
 
 /// Instruments shared by the storage components of one [`Telemetry`].
 #[derive(Clone, Debug)]
 pub(crate) struct StoreMetrics {
-    db_duration: Histogram<f64>,
-    redis_duration: Histogram<f64>,
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    db_duration: opentelemetry::metrics::Histogram<f64>,
+    #[cfg(feature = "redis")]
+    redis_duration: opentelemetry::metrics::Histogram<f64>,
     pub(crate) bus_published: Counter<u64>,
     pub(crate) bus_lagged: Counter<u64>,
+    #[cfg(any(feature = "postgres", feature = "redis"))]
     pub(crate) bus_reconnects: Counter<u64>,
 }
 
@@ -19,12 +18,14 @@ impl StoreMetrics {
     pub(crate) fn new(telemetry: &Telemetry) -> Self {
         let meter = telemetry.meter("keel-store");
         Self {
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
             db_duration: meter
                 .f64_histogram(names::DB_OPERATION_DURATION)
                 .with_unit("s")
                 .with_description("Duration of database operations")
                 .with_boundaries(names::CLIENT_DURATION_BUCKETS.to_vec())
                 .build(),
+            #[cfg(feature = "redis")]
             redis_duration: meter
                 .f64_histogram(names::REDIS_COMMAND_DURATION)
                 .with_unit("s")
@@ -39,6 +40,7 @@ impl StoreMetrics {
                 .u64_counter(names::BUS_LAGGED)
                 .with_description("Messages a slow local subscriber missed")
                 .build(),
+            #[cfg(any(feature = "postgres", feature = "redis"))]
             bus_reconnects: meter
                 .u64_counter(names::BUS_RECONNECTS)
                 .with_description("Bus subscriber reconnections")
@@ -55,7 +57,8 @@ impl StoreMetrics {
         table: &'static str,
         fut: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let start = Instant::now();
+        use opentelemetry::KeyValue;
+        let start = std::time::Instant::now();
         let out = fut.await;
         let attrs = [
             KeyValue::new("db.system.name", system),
@@ -68,12 +71,14 @@ impl StoreMetrics {
     }
 
     /// Times a Redis command; `command` is the command name, never a key.
+    #[cfg(feature = "redis")]
     pub(crate) async fn time_redis<T, E>(
         &self,
         command: &'static str,
         fut: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let start = Instant::now();
+        use opentelemetry::KeyValue;
+        let start = std::time::Instant::now();
         let out = fut.await;
         let attrs = [
             KeyValue::new("db.operation.name", command),

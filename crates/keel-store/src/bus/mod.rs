@@ -78,6 +78,7 @@ enum Transport {
 const SUBSCRIBER_BUFFER: usize = 1024;
 
 /// The largest payload `NOTIFY` accepts (8000 bytes, less the terminator).
+#[cfg(feature = "postgres")]
 pub(crate) const PG_MAX_PAYLOAD: usize = 7999;
 
 impl Bus {
