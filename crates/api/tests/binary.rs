@@ -7,91 +7,46 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use keel_http::testing::{http_get, spawn_until_listening, terminate};
 use tokio::process::{Child, Command};
 
-/// Starts `api` on an ephemeral port in `dir` with no storage environment and
-/// returns the child and the address it logged.
-async fn start_api(dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_api"))
+/// Starts `api` on an ephemeral port in `dir` with no storage environment.
+async fn start_api(dir: &Path) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_api"));
+    command
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(extra)
         .current_dir(dir)
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env_remove("KEEL_CONFIG")
-        .env_remove("KEEL_DATA_DIR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            seen.push(line.clone());
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if json["message"].as_str().is_some_and(|m| m.starts_with("api listening")) {
-                assert_eq!(json["mode"], "embedded", "{line}");
-                return json["addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("api exited before listening:\n{}", seen.join("\n"));
-    })
-    .await
-    .expect("api did not start within 30s");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
+        .env_remove("KEEL_DATA_DIR");
+    spawn_until_listening(command, "api listening").await
 }
 
 #[tokio::test]
 async fn embedded_start_serves_livez_and_metrics_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = start_api(dir.path(), &[]).await;
+    let (mut child, addr) = start_api(dir.path()).await;
     assert!(dir.path().join("data").join("keel.sqlite").exists(), "embedded data is created under ./data");
 
     let (status, body) = http_get(&addr, "/livez").await;
     assert_eq!((status, body.trim()), (200, "ok"));
-    let (status, _) = http_get(&addr, "/readyz").await;
-    assert_eq!(status, 200);
+    assert_eq!(http_get(&addr, "/readyz").await.0, 200);
     let (status, body) = http_get(&addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("http_server_request_duration_seconds_bucket"), "{body}");
     assert!(body.contains("http_route=\"/livez\""), "{body}");
 
-    sigterm(&child);
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("api did not stop").unwrap();
-    assert_eq!(exit.code(), Some(0), "SIGTERM is a clean exit");
+    assert_eq!(terminate(&mut child).await, Some(0), "SIGTERM is a clean exit");
 }
 
 #[tokio::test]
 async fn a_second_start_reuses_the_migrated_database() {
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
-        let (mut child, addr) = start_api(dir.path(), &[]).await;
+        let (mut child, addr) = start_api(dir.path()).await;
         assert_eq!(http_get(&addr, "/livez").await.0, 200);
-        sigterm(&child);
-        assert_eq!(child.wait().await.unwrap().code(), Some(0));
+        assert_eq!(terminate(&mut child).await, Some(0));
     }
 }
 
@@ -144,13 +99,11 @@ fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
     assert!(err.contains("database url"), "{err}");
 }
 
-#[tokio::test]
-async fn help_lists_every_flag_with_its_environment_variable() {
-    let (code, out) = {
-        let out = Command::new(env!("CARGO_BIN_EXE_api")).arg("--help").output().await.unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    assert_eq!(code, Some(0));
+#[test]
+fn help_lists_every_flag_with_its_environment_variable() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api")).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
     for env in [
         "KEEL_LISTEN",
         "KEEL_CONFIG",
@@ -161,6 +114,6 @@ async fn help_lists_every_flag_with_its_environment_variable() {
         "KEEL_LOG_FORMAT",
         "KEEL_INSTANCE_ID",
     ] {
-        assert!(out.contains(env), "{env} missing from --help:\n{out}");
+        assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
 }

@@ -42,6 +42,8 @@ mod ops;
 #[cfg(feature = "runtime")]
 mod runtime;
 mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(feature = "runtime")]
 pub use app::app_router;

@@ -192,3 +192,42 @@ async fn readiness_drops_when_shutdown_starts() {
     assert_eq!(metrics.status(), 200);
     assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drops_readiness_first_and_lets_in_flight_requests_finish() {
+    use keel_http::testing::http_get;
+    use keel_http::{DrainConfig, serve};
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    let telemetry = Telemetry::new("t").unwrap();
+    let shutdown = Shutdown::new();
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = {
+        let (entered, release) = (entered.clone(), release.clone());
+        get(move || async move {
+            entered.notify_one();
+            release.notified().await;
+            "done"
+        })
+    };
+    let router = Router::new().route("/slow", slow).merge(ops_router(telemetry.clone(), shutdown.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let drain = DrainConfig { drain_delay: Duration::from_millis(500), grace: Duration::from_secs(5) };
+    let server = tokio::spawn(serve(listener, router, shutdown.clone(), drain));
+
+    let in_flight = tokio::spawn({
+        let addr = addr.clone();
+        async move { http_get(&addr, "/slow").await }
+    });
+    entered.notified().await;
+    shutdown.trigger();
+
+    // During the drain delay new connections are still served, and told to go away.
+    assert_eq!(http_get(&addr, "/readyz").await.0, 503);
+    release.notify_one();
+    assert_eq!(in_flight.await.unwrap(), (200, "done".to_owned()), "the in-flight request completes");
+    server.await.unwrap().expect("clean shutdown");
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err(), "the listener is closed after draining");
+}
