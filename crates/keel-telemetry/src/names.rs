@@ -43,3 +43,10 @@ pub const HTTP_DURATION_BUCKETS: [f64; 14] =
 /// sub-millisecond on a healthy network, so the low end is finer.
 pub const CLIENT_DURATION_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Health status per component: 2 OK, 1 WARN, 0 KO.
+pub const HEALTH_STATUS: &str = "keel.health.status";
+/// Health check duration histogram (seconds), by component.
+pub const HEALTH_CHECK_DURATION: &str = "keel.health.check.duration";
+/// Health status transitions, by component, from and to.
+pub const HEALTH_TRANSITIONS: &str = "keel.health.transitions";

@@ -1,0 +1,126 @@
+use keel_core::Status;
+
+use super::Thresholds;
+
+/// golib's rise/fall state machine, without time or I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Machine {
+    pub(crate) status: Status,
+    pub(crate) rise: u32,
+    pub(crate) fall: u32,
+    thresholds: Thresholds,
+}
+
+impl Machine {
+    /// Components start KO until their first checks prove otherwise.
+    pub(crate) fn new(thresholds: Thresholds) -> Self {
+        Self { status: Status::Ko, rise: 0, fall: 0, thresholds }
+    }
+
+    /// Applies one check result; returns the new status.
+    ///
+    /// A `Warn` report is a degraded success: it rises out of KO like a
+    /// success, never rises above WARN, and moves OK down to WARN at once.
+    pub(crate) fn apply(&mut self, outcome: Status) -> Status {
+        let t = self.thresholds;
+        match outcome {
+            Status::Ko => {
+                self.rise = 0;
+                self.fall += 1;
+                let (threshold, next) = match self.status {
+                    Status::Ok => (t.fall_warn, Status::Warn),
+                    Status::Warn => (t.fall_ko, Status::Ko),
+                    Status::Ko => {
+                        self.fall = 0;
+                        return self.status;
+                    }
+                };
+                if self.fall >= threshold.max(1) {
+                    self.status = next;
+                    self.fall = 0;
+                }
+            }
+            Status::Ok | Status::Warn => {
+                self.fall = 0;
+                match self.status {
+                    Status::Ko => {
+                        self.rise += 1;
+                        if self.rise >= t.rise_ko.max(1) {
+                            self.status = Status::Warn;
+                            self.rise = 0;
+                        }
+                    }
+                    Status::Warn if outcome == Status::Ok => {
+                        self.rise += 1;
+                        if self.rise >= t.rise_warn.max(1) {
+                            self.status = Status::Ok;
+                            self.rise = 0;
+                        }
+                    }
+                    Status::Warn => self.rise = 0,
+                    Status::Ok if outcome == Status::Warn => {
+                        self.status = Status::Warn;
+                        self.rise = 0;
+                    }
+                    Status::Ok => {}
+                }
+            }
+        }
+        self.status
+    }
+
+    /// Whether the component is mid-way down (a failure seen, not yet KO).
+    pub(crate) fn falling(&self) -> bool {
+        self.fall > 0 && self.status != Status::Ko
+    }
+
+    /// Whether the component is mid-way up (a success seen, not yet OK).
+    pub(crate) fn rising(&self) -> bool {
+        self.rise > 0 && self.status != Status::Ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Status::{Ko, Ok as Up, Warn};
+
+    fn machine(fall_warn: u32, fall_ko: u32, rise_ko: u32, rise_warn: u32) -> Machine {
+        Machine::new(Thresholds { fall_warn, fall_ko, rise_ko, rise_warn })
+    }
+
+    #[test]
+    fn rises_two_by_two() {
+        let mut m = machine(1, 1, 2, 2);
+        assert_eq!(m.status, Ko);
+        assert_eq!([m.apply(Up), m.apply(Up), m.apply(Up), m.apply(Up)], [Ko, Warn, Warn, Up]);
+    }
+
+    #[test]
+    fn falls_two_by_two() {
+        let mut m = machine(2, 2, 1, 1);
+        m.apply(Up);
+        m.apply(Up);
+        assert_eq!(m.status, Up);
+        assert_eq!([m.apply(Ko), m.apply(Ko), m.apply(Ko), m.apply(Ko)], [Up, Warn, Warn, Ko]);
+    }
+
+    #[test]
+    fn interrupted_rises_never_leave_ko() {
+        let mut m = machine(1, 1, 3, 1);
+        for _ in 0..10 {
+            m.apply(Up);
+            m.apply(Up);
+            assert_eq!(m.apply(Ko), Ko);
+        }
+    }
+
+    #[test]
+    fn warn_reports_are_degraded_successes() {
+        let mut m = machine(1, 1, 1, 1);
+        assert_eq!(m.apply(Warn), Warn, "rises out of KO");
+        assert_eq!(m.apply(Warn), Warn, "never above WARN");
+        assert_eq!(m.apply(Up), Up);
+        assert_eq!(m.apply(Warn), Warn, "OK drops to WARN at once");
+    }
+}
