@@ -64,7 +64,7 @@ fn ungrouped() -> Health {
 #[tokio::test(start_paused = true)]
 async fn starts_ko_pending_first_check() {
     let health = ungrouped();
-    health.register(spec("db", Thresholds::default()), || std::future::pending::<Report>()).unwrap();
+    health.register(spec("db", Thresholds::default()), std::future::pending::<Report>).unwrap();
     assert_eq!(component(&health, "db"), (Ko, "pending first check".to_owned()));
     assert!(!health.is_cache_healthy());
 }
