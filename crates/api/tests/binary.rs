@@ -117,3 +117,73 @@ fn help_lists_every_flag_with_its_environment_variable() {
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }
 }
+
+/// Polls `path` until `accept(status, body)` holds, for at most 20 s: the
+/// monitors run on real intervals in a real process.
+async fn wait_for(addr: &str, path: &str, accept: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(addr, path).await;
+        if accept(status, &body) {
+            return (status, body);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never matched; last answer {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_configured_tcp_check_follows_its_target_and_the_code_follows_the_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = upstream.local_addr().unwrap();
+    let config = dir.path().join("keel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[app]
+name = "e2e"
+
+[[health.groups]]
+name = "upstreams"
+mode = "must"
+components = ["upstream"]
+
+[[health.checks]]
+name = "upstream"
+kind = "tcp"
+target = "{target}"
+interval = "100ms"
+timeout = "500ms"
+"#
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_api"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL");
+    let (mut child, addr) = spawn_until_listening(command, "api listening").await;
+
+    let is = |status: &'static str| {
+        move |_: u16, body: &str| serde_json::from_str::<serde_json::Value>(body).is_ok_and(|v| v["status"] == status)
+    };
+    let (code, body) = wait_for(&addr, "/status/upstream", is("OK")).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = wait_for(&addr, "/status", is("OK")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"name\":\"e2e\"") && body.contains("\"sqlite\""), "{body}");
+
+    drop(upstream);
+    let (code, body) = wait_for(&addr, "/status/upstream", is("KO")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("connect"), "the check's error is shown: {body}");
+    let (code, _) = http_get(&addr, "/status").await;
+    assert_eq!(code, 503, "a KO Must group makes the service KO");
+    assert_eq!(http_get(&addr, "/readyz").await.0, 503);
+    assert_eq!(terminate(&mut child).await, Some(0));
+}

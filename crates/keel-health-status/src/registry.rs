@@ -85,6 +85,8 @@ struct Inner {
     cache: ArcSwap<Snapshot>,
     global: AtomicU8,
     changes: broadcast::Sender<StatusChange>,
+    /// Woken after every recorded check.
+    recorded: tokio::sync::Notify,
     metrics: Mutex<Option<Metrics>>,
     clock: SharedClock,
     cancel: CancellationToken,
@@ -199,6 +201,7 @@ impl Health {
                 cache: ArcSwap::from_pointee(initial),
                 global,
                 changes,
+                recorded: tokio::sync::Notify::new(),
                 metrics: Mutex::new(None),
                 clock,
                 cancel,
@@ -254,6 +257,11 @@ impl Health {
     /// once). The component is KO with message `pending first check` until
     /// then. Must be called inside a tokio runtime.
     pub fn register(&self, spec: ComponentSpec, check: impl Check) -> Result<(), HealthError> {
+        self.register_shared(spec, Arc::new(check))
+    }
+
+    /// [`register`](Self::register) for an already shared check.
+    pub fn register_shared(&self, spec: ComponentSpec, check: SharedCheck) -> Result<(), HealthError> {
         let name = spec.name.clone();
         if name.trim().is_empty() {
             return Err(HealthError::Config("a health component has an empty name".into()));
@@ -287,7 +295,6 @@ impl Health {
             );
             self.refresh(&states);
         }
-        let check: SharedCheck = Arc::new(check);
         let weak = Arc::downgrade(&self.inner);
         let cancel = self.inner.cancel.child_token();
         // Checks run where the caller runs (their connections live there);
@@ -299,6 +306,20 @@ impl Health {
             None => self.inner.tracker.spawn(monitor),
         };
         Ok(())
+    }
+
+    /// Completes once every registered component has finished at least one
+    /// check (successful or not), so the aggregate reflects real results.
+    pub async fn first_checks(&self) {
+        loop {
+            let notified = self.inner.recorded.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.inner.states).values().all(|s| s.last_check.is_some()) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Stops every monitor and waits for them.
@@ -535,6 +556,7 @@ fn record(inner: &Inner, name: &str, report: Report, latency: Duration) -> Durat
         refresh(inner, &states);
     }
     drop(states);
+    inner.recorded.notify_waiters();
     if before != after {
         if after < before {
             tracing::warn!(component = name, from = %before, to = %after, message = %report.message, "health status fell");

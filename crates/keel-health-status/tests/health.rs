@@ -231,6 +231,23 @@ async fn missing_members_count_as_ko_and_subsets_apply_the_same_modes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn first_checks_waits_for_every_component() {
+    let health = ungrouped();
+    let (fast, _) = scripted(&[Up]);
+    health.register(spec("fast", Thresholds::default()), fast).unwrap();
+    health
+        .register(spec("slow", Thresholds::default()), || async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Report::fail("late")
+        })
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    health.first_checks().await;
+    assert_eq!(started.elapsed(), Duration::from_millis(400));
+    assert_eq!(component(&health, "slow"), (Ko, "late".to_owned()));
+}
+
+#[tokio::test(start_paused = true)]
 async fn duplicate_and_invalid_registrations_are_errors() {
     let health = ungrouped();
     health.register(spec("db", Thresholds::default()), || std::future::ready(Report::ok())).unwrap();
@@ -384,4 +401,22 @@ mod model {
             prop_assert_eq!(forward.status, backward.status);
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rise_and_fall_intervals_apply_while_moving() {
+    let health = ungrouped();
+    let (check, calls) = scripted(&[Up, Up, Up, Ko, Ko]);
+    let spec = ComponentSpec {
+        rise_interval: Some(Duration::from_millis(100)),
+        fall_interval: Some(Duration::from_millis(200)),
+        ..spec("db", Thresholds::default())
+    };
+    health.register(spec, check).unwrap();
+    // t=0 KO→WARN (rising: next in 100 ms), t=100 WARN→OK (steady: next in 1 s).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!((component(&health, "db").0, calls.load(Ordering::SeqCst)), (Up, 2));
+    // t=1100 OK, t=2100 OK→WARN (falling: next in 200 ms), t=2300 WARN→KO.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!((component(&health, "db").0, calls.load(Ordering::SeqCst)), (Ko, 5));
 }

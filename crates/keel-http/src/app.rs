@@ -1,10 +1,16 @@
 use axum::Router;
 
-use crate::{HttpMetrics, Services, middleware, ops_router};
+use crate::{AppInfo, HttpMetrics, Services, health_router, metrics_router, middleware};
 
 /// The full router of a Keel binary: operational endpoints plus every
 /// feature router, wrapped in the middleware stack.
 pub fn app_router(services: &Services) -> Router {
-    let routes = Router::new().merge(ops_router(services.telemetry.clone(), services.shutdown.clone()));
+    let name = services.file.app.name.clone().unwrap_or_else(|| services.process.to_owned());
+    let routes = Router::new().merge(metrics_router(services.telemetry.clone())).merge(health_router(
+        services.health.clone(),
+        AppInfo::build(name),
+        services.file.health.codes,
+        services.shutdown.clone(),
+    ));
     middleware::apply(routes, &services.middleware_config(), &HttpMetrics::new(&services.telemetry))
 }

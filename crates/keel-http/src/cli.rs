@@ -61,9 +61,9 @@ pub struct FileConfig {
     /// `[http]`.
     #[serde(default)]
     pub http: HttpSection,
-    /// `[health]`: groups, codes and checks, read by the health aggregator.
+    /// `[health]`: default mode, codes, groups and checks.
     #[serde(default)]
-    pub health: toml::Table,
+    pub health: keel_health_status::HealthConfig,
 }
 
 /// `[app]` keys.
@@ -134,6 +134,7 @@ impl FileConfig {
         if config.http.request_timeout.is_some_and(|t| t.get().is_zero()) {
             return Err("http.request_timeout: must be greater than 0".into());
         }
+        config.health.validate().map_err(|err| err.to_string())?;
         Ok(config)
     }
 }
@@ -200,10 +201,11 @@ mod tests {
     #[test]
     fn file_config_is_strict_and_one_line() {
         let ok = FileConfig::parse(
-            "[app]\nname = \"x\"\n[http]\nrequest_timeout = \"2s\"\n[health]\ndefault_mode = \"must\"\n",
+            "[app]\nname = \"x\"\n[http]\nrequest_timeout = \"2s\"\n[health]\ndefault_mode = \"should\"\n",
         )
         .unwrap();
         assert_eq!(ok.app.name.as_deref(), Some("x"));
+        assert_eq!(ok.health.default_mode, keel_health_status::Mode::Should);
         assert_eq!(ok.http.request_timeout.unwrap().get(), std::time::Duration::from_secs(2));
 
         let err = FileConfig::parse("[app]\nnmae = \"x\"\n").unwrap_err();
@@ -212,5 +214,7 @@ mod tests {
         assert!(err.contains("invalid duration"), "{err}");
         let err = FileConfig::parse("[http]\nbody_limit = 0\n").unwrap_err();
         assert!(err.starts_with("http.body_limit"), "{err}");
+        let err = FileConfig::parse("[[health.groups]]\nname = \"g\"\nmode = \"must\"\ncomponents = []\n").unwrap_err();
+        assert!(err.contains("no components"), "{err}");
     }
 }

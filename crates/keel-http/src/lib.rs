@@ -6,7 +6,8 @@
 //! - [`middleware::apply`]: request id, trace span, golden-signal metrics
 //!   ([`HttpMetrics`], OpenTelemetry HTTP semantic conventions), timeout,
 //!   body limit, and panic → 500 (counted).
-//! - [`ops_router`]: `/metrics`, `/livez`, `/readyz`.
+//! - [`metrics_router`]: `/metrics`; [`health_router`]: `/status`,
+//!   `/status/{name}`, `/livez`, `/readyz` over a `keel_health_status::Health`.
 //! - [`serve`]: graceful shutdown (readiness drops first, in-flight requests
 //!   finish, background tasks drain within a grace period).
 //! - `cli` and `Services` (feature `runtime`, on by default): the
@@ -36,6 +37,7 @@ mod app;
 #[cfg(feature = "runtime")]
 pub mod cli;
 mod error;
+mod health;
 mod metrics;
 pub mod middleware;
 mod ops;
@@ -48,9 +50,10 @@ pub mod testing;
 #[cfg(feature = "runtime")]
 pub use app::app_router;
 pub use error::ApiError;
+pub use health::{AppInfo, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
-pub use ops::ops_router;
+pub use ops::metrics_router;
 #[cfg(feature = "runtime")]
-pub use runtime::{AdminToken, Mode, Services, StartError};
+pub use runtime::{AdminToken, RunMode, STORAGE_GROUP, Services, StartError};
 pub use server::{DrainConfig, ServeError, serve};

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use keel_core::Shutdown;
+use keel_health_status::{CheckKind, ComponentSpec, Health, HealthOptions, Mandatory, Mode, SharedCheck};
 use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore, StoreError};
 use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 
@@ -14,18 +15,18 @@ use crate::{DrainConfig, MiddlewareConfig};
 /// Embedded (one process, SQLite, in-process cache) or cluster (PostgreSQL
 /// and/or Redis shared by replicas).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub enum RunMode {
     /// No `DATABASE_URL` and no `REDIS_URL`.
     Embedded,
     /// At least one of them is set.
     Cluster,
 }
 
-impl fmt::Display for Mode {
+impl fmt::Display for RunMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Mode::Embedded => "embedded",
-            Mode::Cluster => "cluster",
+            RunMode::Embedded => "embedded",
+            RunMode::Cluster => "cluster",
         })
     }
 }
@@ -45,9 +46,15 @@ pub enum StartError {
     /// Telemetry could not be set up (exit 70).
     #[error(transparent)]
     Telemetry(#[from] keel_telemetry::TelemetryError),
-    /// Signal handlers could not be installed (exit 70).
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
+    /// An operating-system facility (signal handlers, a thread) could not be
+    /// set up (exit 70).
+    #[error("cannot {what}: {source}")]
+    Os {
+        /// What was being set up.
+        what: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
 }
 
 impl StartError {
@@ -57,7 +64,7 @@ impl StartError {
             StartError::Config(_) => EXIT_CONFIG,
             StartError::Store(StoreError::InvalidUrl { .. }) => EXIT_CONFIG,
             StartError::Store(_) => EXIT_UNAVAILABLE,
-            StartError::Logging(_) | StartError::Telemetry(_) | StartError::Signals(_) => EXIT_SOFTWARE,
+            StartError::Logging(_) | StartError::Telemetry(_) | StartError::Os { .. } => EXIT_SOFTWARE,
         })
     }
 }
@@ -70,7 +77,7 @@ pub struct Services {
     /// This process's identifier.
     pub instance_id: String,
     /// Embedded or cluster.
-    pub mode: Mode,
+    pub mode: RunMode,
     /// The parsed `--config` file (defaults when absent).
     pub file: FileConfig,
     /// Metrics.
@@ -89,6 +96,8 @@ pub struct Services {
     pub shutdown: Shutdown,
     /// The admin bearer token, when configured. Never logged.
     pub admin_token: Option<AdminToken>,
+    /// Health of this process: storage checks, checks from `[health]`.
+    pub health: Health,
 }
 
 /// The admin bearer token; its `Debug` output is redacted.
@@ -123,7 +132,7 @@ impl Services {
 
         let database_url = non_empty(args.database_url.as_deref());
         let redis_url = non_empty(args.redis_url.as_deref());
-        let mode = if database_url.is_none() && redis_url.is_none() { Mode::Embedded } else { Mode::Cluster };
+        let mode = if database_url.is_none() && redis_url.is_none() { RunMode::Embedded } else { RunMode::Cluster };
 
         let database = Database::connect(
             &DbConfig { url: database_url.map(str::to_owned), data_dir: args.data_dir.clone(), ..DbConfig::default() },
@@ -160,7 +169,9 @@ impl Services {
             "{process} starting in {mode} mode"
         );
         let shutdown = Shutdown::new();
-        shutdown.trigger_on_signals().map_err(StartError::Signals)?;
+        shutdown.trigger_on_signals().map_err(|source| StartError::Os { what: "install signal handlers", source })?;
+        let health = start_health(&file, &telemetry, &database, redis.as_ref())?;
+        await_first_checks(&health, &file).await;
         Ok(Self {
             process,
             instance_id,
@@ -174,6 +185,7 @@ impl Services {
             bus,
             shutdown,
             admin_token,
+            health,
         })
     }
 
@@ -193,6 +205,93 @@ impl Services {
             drain_delay: self.file.http.drain_delay.map_or(defaults.drain_delay, Duration::from),
             grace: self.file.http.shutdown_grace.map_or(defaults.grace, Duration::from),
         }
+    }
+}
+
+/// The group that storage components join unless the configuration puts them
+/// elsewhere.
+pub const STORAGE_GROUP: &str = "storage";
+
+fn invalid_health(reason: impl std::fmt::Display) -> StartError {
+    StartError::Config(ConfigError::Invalid { key: "health", reason: reason.to_string() })
+}
+
+fn database_check(database: &Database) -> SharedCheck {
+    let database = database.clone();
+    std::sync::Arc::new(move || {
+        let database = database.clone();
+        async move { database.ping().await.into() }
+    })
+}
+
+fn redis_check(redis: &RedisStore) -> SharedCheck {
+    let redis = redis.clone();
+    std::sync::Arc::new(move || {
+        let redis = redis.clone();
+        async move { redis.ping().await.into() }
+    })
+}
+
+/// Builds the health registry: the `[health]` groups plus a `storage` (Must)
+/// group for the database and Redis, their checks, and every configured
+/// check. Monitors run isolated so a stuck check still fails on time.
+fn start_health(
+    file: &FileConfig,
+    telemetry: &Telemetry,
+    database: &Database,
+    redis: Option<&RedisStore>,
+) -> Result<Health, StartError> {
+    let mut groups = file.health.validate().map_err(invalid_health)?;
+    let configured = |name: &str| file.health.checks.iter().any(|c| c.name == name);
+    let mut storage: Vec<(String, SharedCheck)> = Vec::new();
+    let db_name = database.backend().as_str();
+    if !configured(db_name) {
+        storage.push((db_name.to_owned(), database_check(database)));
+    }
+    if let Some(redis) = redis.filter(|_| !configured("redis")) {
+        storage.push(("redis".to_owned(), redis_check(redis)));
+    }
+    let unclaimed: Vec<String> =
+        storage.iter().map(|(n, _)| n.clone()).filter(|n| groups.group_of(n).is_none()).collect();
+    if groups.group(STORAGE_GROUP).is_none() && !unclaimed.is_empty() {
+        groups = groups.with(Mandatory::new(STORAGE_GROUP, Mode::Must, unclaimed)).map_err(invalid_health)?;
+    }
+    let options = HealthOptions { default_mode: file.health.default_mode, isolated: true, ..HealthOptions::default() };
+    let health = Health::with_options(groups, options)
+        .map_err(|source| StartError::Os { what: "start the health watchdog", source })?;
+    health.instrument(telemetry);
+    for (name, check) in storage {
+        // Confirm a recovery (and the start-up climb from KO) quickly rather
+        // than a whole interval later.
+        let spec = ComponentSpec { rise_interval: Some(Duration::from_millis(500)), ..ComponentSpec::new(name) };
+        health.register_shared(spec, check).map_err(invalid_health)?;
+    }
+    for config in &file.health.checks {
+        let check = match config.kind {
+            CheckKind::Tcp | CheckKind::Http => {
+                keel_health_status::checks::from_config(config).map_err(invalid_health)?
+            }
+            CheckKind::Postgres if database.backend() == keel_store::Backend::Postgres => {
+                Some(database_check(database))
+            }
+            CheckKind::Postgres => None,
+            CheckKind::Redis => redis.map(redis_check),
+        };
+        let check = check.ok_or_else(|| {
+            invalid_health(format!("checks.{}: a {:?} check needs that service configured", config.name, config.kind))
+        })?;
+        health.register_shared(config.spec(), check).map_err(invalid_health)?;
+    }
+    Ok(health)
+}
+
+/// Waits (at most the longest check timeout, plus slack) for every first
+/// check, so readiness is truthful from the first request.
+async fn await_first_checks(health: &Health, file: &FileConfig) {
+    let longest = file.health.checks.iter().map(|c| c.timeout.get()).chain([ComponentSpec::new("").timeout]).max();
+    let limit = longest.unwrap_or_default() + Duration::from_millis(500);
+    if tokio::time::timeout(limit, health.first_checks()).await.is_err() {
+        tracing::warn!("health checks still pending after {limit:?}; starting anyway");
     }
 }
 

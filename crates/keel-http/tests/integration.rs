@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use keel_core::Shutdown;
-use keel_http::{HttpMetrics, MiddlewareConfig, middleware, ops_router};
+use keel_http::{HttpMetrics, MiddlewareConfig, metrics_router, middleware};
 use keel_telemetry::Telemetry;
 use tower::ServiceExt as _;
 
@@ -28,7 +28,7 @@ fn app(telemetry: &Telemetry, config: &MiddlewareConfig) -> Router {
                 "late"
             }),
         )
-        .merge(ops_router(telemetry.clone(), Shutdown::new()));
+        .merge(metrics_router(telemetry.clone()));
     middleware::apply(routes, config, &HttpMetrics::new(telemetry))
 }
 
@@ -170,27 +170,13 @@ async fn oversized_and_malformed_bodies_are_json_4xx() {
 }
 
 #[tokio::test]
-async fn readiness_drops_when_shutdown_starts() {
+async fn metrics_endpoint_serves_the_prometheus_text_format() {
     let telemetry = Telemetry::new("t").unwrap();
-    let shutdown = Shutdown::new();
-    let app = ops_router(telemetry.clone(), shutdown.clone());
-    assert_eq!(send(&app, get_req("/livez")).await.status(), 200);
-    let ready = send(&app, get_req("/readyz?verbose")).await;
-    assert_eq!(ready.status(), 200);
-    let text = axum::body::to_bytes(ready.into_body(), 1024).await.unwrap();
-    assert!(String::from_utf8_lossy(&text).contains("[+]shutdown ok"));
-
-    shutdown.trigger();
-    let draining = send(&app, get_req("/readyz?verbose")).await;
-    assert_eq!(draining.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(draining.headers()["cache-control"], "no-store");
-    let text = axum::body::to_bytes(draining.into_body(), 1024).await.unwrap();
-    assert!(String::from_utf8_lossy(&text).contains("[-]shutdown failed"));
-    assert_eq!(send(&app, get_req("/livez")).await.status(), 200, "liveness is unaffected");
-
+    let app = metrics_router(telemetry.clone());
     let metrics = send(&app, get_req("/metrics")).await;
     assert_eq!(metrics.status(), 200);
     assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    assert_eq!(metrics.headers()["cache-control"], "no-store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +197,12 @@ async fn shutdown_drops_readiness_first_and_lets_in_flight_requests_finish() {
             "done"
         })
     };
-    let router = Router::new().route("/slow", slow).merge(ops_router(telemetry.clone(), shutdown.clone()));
+    let health = keel_health_status::Health::new(Default::default(), keel_health_status::Mode::Must);
+    let app = keel_http::AppInfo::build("t");
+    let router = Router::new()
+        .route("/slow", slow)
+        .merge(metrics_router(telemetry.clone()))
+        .merge(keel_http::health_router(health, app, Default::default(), shutdown.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let drain = DrainConfig { drain_delay: Duration::from_millis(500), grace: Duration::from_secs(5) };

@@ -9,12 +9,14 @@ pub(crate) struct Machine {
     pub(crate) rise: u32,
     pub(crate) fall: u32,
     thresholds: Thresholds,
+    /// Whether the last result was a (possibly degraded) success.
+    last_succeeded: Option<bool>,
 }
 
 impl Machine {
     /// Components start KO until their first checks prove otherwise.
     pub(crate) fn new(thresholds: Thresholds) -> Self {
-        Self { status: Status::Ko, rise: 0, fall: 0, thresholds }
+        Self { status: Status::Ko, rise: 0, fall: 0, thresholds, last_succeeded: None }
     }
 
     /// Applies one check result; returns the new status.
@@ -23,6 +25,7 @@ impl Machine {
     /// success, never rises above WARN, and moves OK down to WARN at once.
     pub(crate) fn apply(&mut self, outcome: Status) -> Status {
         let t = self.thresholds;
+        self.last_succeeded = Some(outcome != Status::Ko);
         match outcome {
             Status::Ko => {
                 self.rise = 0;
@@ -69,14 +72,16 @@ impl Machine {
         self.status
     }
 
-    /// Whether the component is mid-way down (a failure seen, not yet KO).
+    /// Whether the component is on its way down: the last check failed and
+    /// it is not KO yet.
     pub(crate) fn falling(&self) -> bool {
-        self.fall > 0 && self.status != Status::Ko
+        self.last_succeeded == Some(false) && self.status != Status::Ko
     }
 
-    /// Whether the component is mid-way up (a success seen, not yet OK).
+    /// Whether the component is on its way up: the last check succeeded and
+    /// it is not OK yet.
     pub(crate) fn rising(&self) -> bool {
-        self.rise > 0 && self.status != Status::Ok
+        self.last_succeeded == Some(true) && self.status != Status::Ok
     }
 }
 
@@ -113,6 +118,21 @@ mod tests {
             m.apply(Up);
             assert_eq!(m.apply(Ko), Ko);
         }
+    }
+
+    #[test]
+    fn rising_and_falling_span_the_whole_climb() {
+        let mut m = machine(1, 1, 1, 1);
+        assert!(!m.rising() && !m.falling(), "nothing checked yet");
+        m.apply(Up);
+        assert_eq!(m.status, Warn);
+        assert!(m.rising(), "still below OK after a success");
+        m.apply(Up);
+        assert!(!m.rising(), "OK is the top");
+        m.apply(Ko);
+        assert!(m.falling());
+        m.apply(Ko);
+        assert!(!m.falling(), "KO is the bottom");
     }
 
     #[test]

@@ -1,0 +1,259 @@
+//! The health endpoints through `oneshot`.
+
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::response::Response;
+use keel_core::{Shutdown, Status};
+use keel_health_status::{ComponentSpec, Health, Mandatory, MandatoryList, Mode, Report, StatusCodes};
+use keel_http::{AppInfo, health_router};
+use serde_json::Value;
+use tower::ServiceExt as _;
+
+fn app_info() -> AppInfo {
+    AppInfo { name: "keel-test".into(), release: "1.2.3".into(), hash: "abc123".into(), build_date: None }
+}
+
+/// storage (Must: db, cache) OK; upstreams (Quorum: a, b, c) 2/3 OK; mail
+/// (Should: smtp) WARN; `extra` in no group, OK. Global: WARN.
+async fn fixture(codes: StatusCodes) -> (Router, Shutdown, Health) {
+    let groups = MandatoryList::new(vec![
+        Mandatory::new("storage", Mode::Must, ["db", "cache"]),
+        Mandatory::new("upstreams", Mode::Quorum, ["a", "b", "c"]),
+        Mandatory::new("mail", Mode::Should, ["smtp"]),
+    ])
+    .unwrap();
+    let health = Health::new(groups, Mode::Must);
+    for (name, status) in [
+        ("db", Status::Ok),
+        ("cache", Status::Ok),
+        ("a", Status::Ok),
+        ("b", Status::Ok),
+        ("c", Status::Ko),
+        ("smtp", Status::Warn),
+        ("extra", Status::Ok),
+    ] {
+        let report = match status {
+            Status::Ok => Report::ok(),
+            Status::Warn => Report::warn("queue is slow"),
+            Status::Ko => Report::fail("connection refused"),
+        };
+        health
+            .register(ComponentSpec::new(name).interval(Duration::from_secs(1)), move || {
+                std::future::ready(report.clone())
+            })
+            .unwrap();
+    }
+    // Two checks each: KO → WARN → OK for the healthy ones.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let shutdown = Shutdown::new();
+    (health_router(health.clone(), app_info(), codes, shutdown.clone()), shutdown, health)
+}
+
+async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Response {
+    let mut request = Request::get(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    app.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap()
+}
+
+async fn text(response: Response) -> String {
+    String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap()
+}
+
+async fn json(response: Response) -> Value {
+    serde_json::from_str(&text(response).await).unwrap()
+}
+
+fn component_names(body: &Value) -> Vec<String> {
+    body["components"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_json_lists_every_component_with_its_group_and_mode() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let response = get(&app, "/status", &[]).await;
+    assert_eq!(response.status(), 207, "WARN answers 207 by default");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = json(response).await;
+    assert_eq!(body["name"], "keel-test");
+    assert_eq!(body["release"], "1.2.3");
+    assert_eq!(body["hash"], "abc123");
+    assert_eq!(body["status"], "WARN");
+    assert!(body["message"].as_str().unwrap().contains("mail WARN"), "{body}");
+    assert_eq!(component_names(&body), ["a", "b", "c", "cache", "db", "extra", "smtp"]);
+    let c = &body["components"]["c"];
+    assert_eq!(
+        (c["status"].as_str(), c["mode"].as_str(), c["group"].as_str()),
+        (Some("KO"), Some("Quorum"), Some("upstreams"))
+    );
+    assert_eq!(c["message"], "connection refused");
+    assert_eq!(body["components"]["extra"]["group"], "default");
+    for key in ["latency_ms", "last_check", "uptime_s", "downtime_s"] {
+        assert!(c.get(key).is_some(), "{key} missing in {c}");
+    }
+    assert!(body.get("groups").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn short_and_verbose_with_headers_winning() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let short = json(get(&app, "/status?short", &[]).await).await;
+    assert_eq!(short["status"], "WARN");
+    assert!(short.get("components").is_none() && short.get("groups").is_none());
+    let header_short = json(get(&app, "/status", &[("x-verbose", "false")]).await).await;
+    assert!(header_short.get("components").is_none());
+    let header_wins = json(get(&app, "/status?short=true", &[("x-verbose", "true")]).await).await;
+    assert_eq!(component_names(&header_wins).len(), 7);
+    assert_eq!(get(&app, "/status?short=maybe", &[]).await.status(), 400);
+}
+
+#[tokio::test(start_paused = true)]
+async fn text_and_json_with_headers_winning_over_the_query() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let response = get(&app, "/status?format=text", &[]).await;
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let body = text(response).await;
+    let mut lines = body.lines();
+    assert!(lines.next().unwrap().starts_with("WARN: keel-test (1.2.3, abc123) | mail WARN"), "{body}");
+    let c_line = body.lines().find(|l| l.contains(": c |")).unwrap();
+    assert!(c_line.starts_with("KO: c | ") && c_line.ends_with("| connection refused"), "{c_line}");
+    assert_eq!(body.lines().count(), 8);
+
+    let json_wins = get(&app, "/status?format=text", &[("accept", "application/json")]).await;
+    assert_eq!(json_wins.headers()["content-type"], "application/json");
+    let text_wins = get(&app, "/status?format=json", &[("accept", "text/plain")]).await;
+    assert!(text_wins.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert_eq!(get(&app, "/status?format=xml", &[]).await.status(), 400);
+}
+
+#[tokio::test(start_paused = true)]
+async fn map_mode_groups_components_and_puts_the_rest_in_default() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    for response in [get(&app, "/status?map=true", &[]).await, get(&app, "/status", &[("x-mapmode", "true")]).await] {
+        let body = json(response).await;
+        assert!(body.get("components").is_none());
+        let groups = body["groups"].as_array().unwrap();
+        let names: Vec<&str> = groups.iter().map(|g| g["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["default", "mail", "storage", "upstreams"]);
+        let upstreams = &groups[3];
+        assert_eq!((upstreams["mode"].as_str(), upstreams["status"].as_str()), (Some("Quorum"), Some("OK")));
+        assert_eq!(upstreams["components"].as_object().unwrap().len(), 3);
+        assert_eq!(groups[0]["components"]["extra"]["status"], "OK");
+        assert_eq!(groups[1]["status"], "WARN");
+    }
+    let text = text(get(&app, "/status?map&format=text", &[]).await).await;
+    assert!(text.contains("WARN - mail - Should:\n\tWARN: smtp | "), "{text}");
+    assert!(text.contains("OK - upstreams - Quorum:\n"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn filters_by_component_wildcard_and_group_and_nothing_means_nothing() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let db = get(&app, "/status?filter=db", &[]).await;
+    assert_eq!(db.status(), 200, "the filtered view's own status decides the code");
+    assert_eq!(component_names(&json(db).await), ["db"]);
+
+    assert_eq!(component_names(&json(get(&app, "/status?filter=ca*", &[]).await).await), ["cache"]);
+    assert_eq!(component_names(&json(get(&app, "/status?filter=[ab],smtp", &[]).await).await), ["a", "b", "smtp"]);
+    let group = json(get(&app, "/status?filter=upstream?", &[]).await).await;
+    assert_eq!(component_names(&group), ["a", "b", "c"], "a pattern matching a group selects its members");
+    assert_eq!(group["status"], "OK");
+
+    let header = json(get(&app, "/status?filter=db", &[("x-filter", "extra")]).await).await;
+    assert_eq!(component_names(&header), ["extra"], "X-Filter wins over ?filter");
+
+    let none = get(&app, "/status?filter=nothing-*", &[]).await;
+    assert_eq!(none.status(), 200);
+    let none = json(none).await;
+    assert!(component_names(&none).is_empty(), "a filter matching nothing shows nothing, not everything");
+    assert_eq!(none["message"], "no component matches the filter");
+
+    assert_eq!(get(&app, "/status?filter=[", &[]).await.status(), 400);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exclude_drops_components_and_groups() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let response = get(&app, "/status?exclude=smtp", &[]).await;
+    assert_eq!(response.status(), 200, "without the Should member everything is OK");
+    let body = json(response).await;
+    assert_eq!(component_names(&body), ["a", "b", "c", "cache", "db", "extra"]);
+    let body = json(get(&app, "/status?exclude=upstreams,mail", &[]).await).await;
+    assert_eq!(component_names(&body), ["cache", "db", "extra"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_of_a_group_or_component_and_unknown_names() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let storage = get(&app, "/status/storage", &[]).await;
+    assert_eq!(storage.status(), 200);
+    assert_eq!(component_names(&json(storage).await), ["cache", "db"]);
+    let smtp = get(&app, "/status/smtp", &[]).await;
+    assert_eq!(smtp.status(), 207);
+    let c = get(&app, "/status/c", &[]).await;
+    assert_eq!(c.status(), 503, "KO answers 503 by default");
+    assert_eq!(component_names(&json(get(&app, "/status/default", &[]).await).await), ["extra"]);
+    let unknown = get(&app, "/status/nope", &[]).await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(json(unknown).await["error"]["code"], "not_found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_codes_follow_the_status() {
+    let (app, _, _) = fixture(StatusCodes { ok: 200, warn: 299, ko: 500 }).await;
+    assert_eq!(get(&app, "/status", &[]).await.status(), 299);
+    assert_eq!(get(&app, "/status/c", &[]).await.status(), 500);
+    assert_eq!(get(&app, "/status/db", &[]).await.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_json_follows_the_ietf_draft() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let response = get(&app, "/status", &[("accept", "application/health+json")]).await;
+    assert_eq!(response.headers()["content-type"], "application/health+json");
+    let body = json(response).await;
+    assert_eq!(body["status"], "warn");
+    assert_eq!(body["checks"]["db:responseTime"][0]["status"], "pass");
+    assert_eq!(body["checks"]["c:responseTime"][0]["status"], "fail");
+    assert_eq!(body["checks"]["c:responseTime"][0]["output"], "connection refused");
+    assert_eq!(body["checks"]["smtp:responseTime"][0]["status"], "warn");
+    assert_eq!(body["checks"]["db:responseTime"][0]["observedUnit"], "ms");
+    let only_db = json(get(&app, "/status?filter=db", &[("accept", "application/health+json")]).await).await;
+    assert_eq!(only_db["status"], "pass");
+}
+
+#[tokio::test(start_paused = true)]
+async fn readyz_follows_the_cached_status_and_shutdown() {
+    let (app, shutdown, _) = fixture(StatusCodes::default()).await;
+    assert_eq!(text(get(&app, "/livez", &[]).await).await, "ok");
+    let ready = get(&app, "/readyz?verbose", &[]).await;
+    assert_eq!(ready.status(), 200, "WARN is still ready");
+    let body = text(ready).await;
+    assert!(body.contains("[+]shutdown ok\n") && body.contains("[-]c failed: connection refused\n"), "{body}");
+    assert!(body.ends_with("readyz check passed\n"), "{body}");
+
+    shutdown.trigger();
+    let draining = get(&app, "/readyz?verbose", &[]).await;
+    assert_eq!(draining.status(), 503);
+    assert!(text(draining).await.contains("[-]shutdown failed: draining"));
+    assert_eq!(get(&app, "/livez", &[]).await.status(), 200, "liveness is unaffected by draining");
+}
+
+#[tokio::test(start_paused = true)]
+async fn readyz_is_503_when_a_must_group_is_ko() {
+    let groups = MandatoryList::new(vec![Mandatory::new("storage", Mode::Must, ["db"])]).unwrap();
+    let health = Health::new(groups, Mode::Must);
+    health.register(ComponentSpec::new("db"), || std::future::ready(Report::fail("down"))).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let app = health_router(health, app_info(), StatusCodes::default(), Shutdown::new());
+    assert_eq!(get(&app, "/readyz", &[]).await.status(), 503);
+    assert_eq!(get(&app, "/status", &[]).await.status(), 503);
+}
