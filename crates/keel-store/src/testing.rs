@@ -89,3 +89,54 @@ pub async fn redis(telemetry: &keel_telemetry::Telemetry) -> RedisStore {
         panic!("Redis is required at {url} (set KEEL_TEST_REDIS_URL, or run `cargo xtask services up`): {err}")
     })
 }
+
+/// A private `redis-server` on a free port, for tests that stop Redis. It is
+/// killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    url: String,
+}
+
+impl RedisServer {
+    /// Starts one; panics with a clear message when `redis-server` is missing.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|err| panic!("cannot pick a free port: {err}"));
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("redis-server is required for this test (apt-get install redis-server): {err}")
+            });
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server on {addr} did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self { child: Some(child), url: format!("redis://{addr}") }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Kills it (Redis is then down).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

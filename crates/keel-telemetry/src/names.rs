@@ -50,3 +50,18 @@ pub const HEALTH_STATUS: &str = "keel.health.status";
 pub const HEALTH_CHECK_DURATION: &str = "keel.health.check.duration";
 /// Health status transitions, by component, from and to.
 pub const HEALTH_TRANSITIONS: &str = "keel.health.transitions";
+
+/// Settings reads, by document and source (`l1`, `redis`/`memory`, `db`).
+pub const SETTINGS_READS: &str = "keel.settings.reads";
+/// Settings loads from the database, by document.
+pub const SETTINGS_DB_LOADS: &str = "keel.settings.db_loads";
+/// Settings invalidations published, by document.
+pub const SETTINGS_INVALIDATIONS_SENT: &str = "keel.settings.invalidations.sent";
+/// Settings invalidations received, by document.
+pub const SETTINGS_INVALIDATIONS_RECEIVED: &str = "keel.settings.invalidations.received";
+/// Settings sync errors, by document and stage (`cache`, `database`, `decode`, `publish`).
+pub const SETTINGS_SYNC_ERRORS: &str = "keel.settings.sync_errors";
+/// Settings version held, by document.
+pub const SETTINGS_VERSION: &str = "keel.settings.version";
+/// Seconds since the settings were last confirmed while refreshes fail, by document.
+pub const SETTINGS_STALENESS: &str = "keel.settings.staleness";

@@ -1,0 +1,271 @@
+//! [`SettingsStore`] on Keel's database (PostgreSQL or embedded SQLite).
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use keel_store::Database;
+
+use crate::store::{Change, SettingsStore, StoreError, StoreFuture, StoredDocument};
+
+/// Settings documents in the `settings` and `settings_audit` tables.
+#[derive(Debug, Clone)]
+pub struct DbSettingsStore {
+    database: Database,
+}
+
+impl DbSettingsStore {
+    /// A store on `database` (migrations must have run).
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+}
+
+#[derive(QueryableByName)]
+struct DocRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    value: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_at_ms: i64,
+    #[diesel(sql_type = Text)]
+    updated_by: String,
+}
+
+#[derive(QueryableByName)]
+struct ChangeRow {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = Text)]
+    actor: String,
+    #[diesel(sql_type = BigInt)]
+    time_ms: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    old: Option<String>,
+    #[diesel(sql_type = Text)]
+    new: String,
+}
+
+fn parse(name: &str, text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|err| StoreError::Corrupt { name: name.to_owned(), reason: err.to_string() })
+}
+
+fn document(row: DocRow) -> Result<StoredDocument, StoreError> {
+    Ok(StoredDocument {
+        value: parse(&row.name, &row.value)?,
+        name: row.name,
+        version: row.version,
+        updated_at_ms: row.updated_at_ms,
+        updated_by: row.updated_by,
+    })
+}
+
+fn change(name: &str, row: ChangeRow) -> Result<Change, StoreError> {
+    Ok(Change {
+        version: row.version,
+        actor: row.actor,
+        time_ms: row.time_ms,
+        old: row.old.as_deref().map(|t| parse(name, t)).transpose()?.unwrap_or(serde_json::Value::Null),
+        new: parse(name, &row.new)?,
+    })
+}
+
+/// The SQL of one backend; the logic around it is shared by [`with_sql!`].
+struct Sql {
+    load: &'static str,
+    lock: &'static str,
+    update: &'static str,
+    insert: &'static str,
+    audit: &'static str,
+    history: &'static str,
+}
+
+const POSTGRES: Sql = Sql {
+    load: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1",
+    lock: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1 FOR UPDATE",
+    update: "UPDATE settings SET value = $2::jsonb, version = version + 1, updated_at = to_timestamp($4::double precision / 1000), updated_by = $3 WHERE name = $1 AND version = $5 \
+             RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by",
+    insert: "INSERT INTO settings (name, value, version, updated_at, updated_by) VALUES ($1, $2::jsonb, 1, to_timestamp($4::double precision / 1000), $3) ON CONFLICT (name) DO NOTHING \
+             RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by",
+    audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at) VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, to_timestamp($6::double precision / 1000))",
+    history: "SELECT version, actor, (extract(epoch FROM changed_at) * 1000)::bigint AS time_ms, old_value::text AS old, new_value::text AS new \
+              FROM settings_audit WHERE name = $1 ORDER BY version DESC LIMIT $2",
+};
+
+const SQLITE: Sql = Sql {
+    load: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by FROM settings WHERE name = ?",
+    // SQLite serialises writers; the version guard on the update does the rest.
+    lock: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by FROM settings WHERE name = ?",
+    update: "UPDATE settings SET value = ?2, version = version + 1, updated_at = ?4, updated_by = ?3 WHERE name = ?1 AND version = ?5 \
+             RETURNING name, value, version, updated_at AS updated_at_ms, updated_by",
+    insert: "INSERT INTO settings (name, value, version, updated_at, updated_by) VALUES (?1, ?2, 1, ?4, ?3) ON CONFLICT (name) DO NOTHING \
+             RETURNING name, value, version, updated_at AS updated_at_ms, updated_by",
+    audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    history: "SELECT version, actor, changed_at AS time_ms, old_value AS old, new_value AS new FROM settings_audit WHERE name = ? ORDER BY version DESC LIMIT ?",
+};
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+enum SaveFailure {
+    Store(StoreError),
+    Db(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for SaveFailure {
+    fn from(err: diesel::result::Error) -> Self {
+        SaveFailure::Db(err)
+    }
+}
+
+impl From<SaveFailure> for StoreError {
+    fn from(failure: SaveFailure) -> Self {
+        match failure {
+            SaveFailure::Store(err) => err,
+            SaveFailure::Db(err) => StoreError::Database(err.into()),
+        }
+    }
+}
+
+/// The body of each operation, written once and expanded for each backend's
+/// connection type.
+macro_rules! with_sql {
+    (load, $conn:expr, $sql:expr, $name:expr) => {{
+        let rows: Vec<DocRow> = diesel::sql_query($sql.load)
+            .bind::<Text, _>($name)
+            .load($conn)
+            .await
+            .map_err(keel_store::StoreError::from)?;
+        rows.into_iter().next().map(document).transpose()
+    }};
+    (history, $conn:expr, $sql:expr, $name:expr, $limit:expr) => {{
+        let rows: Vec<ChangeRow> = diesel::sql_query($sql.history)
+            .bind::<Text, _>($name)
+            .bind::<BigInt, _>($limit)
+            .load($conn)
+            .await
+            .map_err(keel_store::StoreError::from)?;
+        rows.into_iter().map(|row| change($name, row)).collect()
+    }};
+    (save, $conn:expr, $sql:expr, $name:expr, $value:expr, $expected:expr, $actor:expr) => {{
+        let new_text = $value.to_string();
+        let now = now_ms();
+        let result: Result<StoredDocument, SaveFailure> = $conn
+            .transaction(async |conn| {
+                let current: Option<DocRow> =
+                    diesel::sql_query($sql.lock).bind::<Text, _>($name).load::<DocRow>(conn).await?.into_iter().next();
+                let current_version = current.as_ref().map_or(0, |row| row.version);
+                if let Some(expected) = $expected
+                    && expected != current_version
+                {
+                    return Err(SaveFailure::Store(StoreError::Conflict { expected, current: current_version }));
+                }
+                let written: Option<DocRow> = if current.is_some() {
+                    diesel::sql_query($sql.update)
+                        .bind::<Text, _>($name)
+                        .bind::<Text, _>(&new_text)
+                        .bind::<Text, _>($actor)
+                        .bind::<BigInt, _>(now)
+                        .bind::<BigInt, _>(current_version)
+                        .load::<DocRow>(conn)
+                        .await?
+                        .into_iter()
+                        .next()
+                } else {
+                    diesel::sql_query($sql.insert)
+                        .bind::<Text, _>($name)
+                        .bind::<Text, _>(&new_text)
+                        .bind::<Text, _>($actor)
+                        .bind::<BigInt, _>(now)
+                        .load::<DocRow>(conn)
+                        .await?
+                        .into_iter()
+                        .next()
+                };
+                // Nothing written: a concurrent writer got there first.
+                let Some(written) = written else {
+                    return Err(SaveFailure::Store(StoreError::Conflict {
+                        expected: $expected.unwrap_or(current_version),
+                        current: current_version + 1,
+                    }));
+                };
+                diesel::sql_query($sql.audit)
+                    .bind::<Text, _>($name)
+                    .bind::<BigInt, _>(written.version)
+                    .bind::<Nullable<Text>, _>(current.map(|row| row.value))
+                    .bind::<Text, _>(&new_text)
+                    .bind::<Text, _>($actor)
+                    .bind::<BigInt, _>(now)
+                    .execute(conn)
+                    .await?;
+                document(written).map_err(SaveFailure::Store)
+            })
+            .await;
+        result.map_err(StoreError::from)
+    }};
+}
+
+fn pool_error(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(keel_store::StoreError::Pool(err.to_string()))
+}
+
+impl SettingsStore for DbSettingsStore {
+    fn load<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Result<Option<StoredDocument>, StoreError>> {
+        Box::pin(self.database.timed("select", "settings", async move {
+            #[cfg(feature = "postgres")]
+            if let Some(pool) = self.database.postgres() {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                return with_sql!(load, &mut conn, POSTGRES, name);
+            }
+            #[cfg(feature = "sqlite")]
+            if let Some(pool) = self.database.sqlite() {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                return with_sql!(load, &mut conn, SQLITE, name);
+            }
+            Err(pool_error("no database backend compiled in"))
+        }))
+    }
+
+    fn save<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+    ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
+        Box::pin(self.database.timed("update", "settings", async move {
+            #[cfg(feature = "postgres")]
+            if let Some(pool) = self.database.postgres() {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                return with_sql!(save, conn, POSTGRES, name, value, expected, actor);
+            }
+            #[cfg(feature = "sqlite")]
+            if let Some(pool) = self.database.sqlite() {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                return with_sql!(save, conn, SQLITE, name, value, expected, actor);
+            }
+            Err(pool_error("no database backend compiled in"))
+        }))
+    }
+
+    fn history<'a>(&'a self, name: &'a str, limit: usize) -> StoreFuture<'a, Result<Vec<Change>, StoreError>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Box::pin(self.database.timed("select", "settings_audit", async move {
+            #[cfg(feature = "postgres")]
+            if let Some(pool) = self.database.postgres() {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                return with_sql!(history, &mut conn, POSTGRES, name, limit);
+            }
+            #[cfg(feature = "sqlite")]
+            if let Some(pool) = self.database.sqlite() {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                return with_sql!(history, &mut conn, SQLITE, name, limit);
+            }
+            Err(pool_error("no database backend compiled in"))
+        }))
+    }
+}

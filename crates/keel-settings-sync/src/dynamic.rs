@@ -1,0 +1,118 @@
+//! Type-erased access for HTTP handlers and operators.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::settings::{Document, Settings, SyncState, UpdateError};
+use crate::store::{Change, StoreError};
+
+/// A document as JSON, with its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentView {
+    /// Document name.
+    pub name: String,
+    /// Version (0: never written).
+    pub version: i64,
+    /// The value.
+    pub value: serde_json::Value,
+    /// When it was written.
+    pub updated_at: Option<SystemTime>,
+    /// Who wrote it.
+    pub updated_by: String,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A [`Settings`] of any type, driven with JSON.
+pub trait DynSettings: Send + Sync {
+    /// Document name.
+    fn name(&self) -> &str;
+    /// The current value as JSON.
+    fn view(&self) -> DocumentView;
+    /// Decodes `value` as the document type and updates it.
+    fn update_json<'a>(
+        &'a self,
+        value: serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<DocumentView, UpdateError>>;
+    /// The newest `limit` changes, newest first.
+    fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Freshness.
+    fn sync_state(&self) -> SyncState;
+}
+
+impl<T: Document> DynSettings for Settings<T> {
+    fn name(&self) -> &str {
+        Settings::name(self)
+    }
+
+    fn view(&self) -> DocumentView {
+        let current = self.current();
+        DocumentView {
+            name: self.name().to_owned(),
+            version: current.version,
+            value: serde_json::to_value(&*current.value).unwrap_or(serde_json::Value::Null),
+            updated_at: current.updated_at,
+            updated_by: current.updated_by,
+        }
+    }
+
+    fn update_json<'a>(
+        &'a self,
+        value: serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<DocumentView, UpdateError>> {
+        Box::pin(async move {
+            let typed = self.decode(value)?;
+            self.update(typed, expected, actor).await?;
+            Ok(DynSettings::view(self))
+        })
+    }
+
+    fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>> {
+        Box::pin(Settings::history(self, limit))
+    }
+
+    fn sync_state(&self) -> SyncState {
+        Settings::sync_state(self)
+    }
+}
+
+/// Every settings document a process serves, by name.
+#[derive(Clone, Default)]
+pub struct SettingsRegistry {
+    documents: BTreeMap<String, Arc<dyn DynSettings>>,
+}
+
+impl std::fmt::Debug for SettingsRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.documents.keys()).finish()
+    }
+}
+
+impl SettingsRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a document (replacing one of the same name).
+    pub fn register<T: Document>(&mut self, settings: Settings<T>) {
+        self.documents.insert(settings.name().to_owned(), Arc::new(settings));
+    }
+
+    /// The document called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn DynSettings>> {
+        self.documents.get(name)
+    }
+
+    /// Every document, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn DynSettings>> {
+        self.documents.values()
+    }
+}

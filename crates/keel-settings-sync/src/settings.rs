@@ -1,0 +1,575 @@
+//! `Settings<T>`: one typed document, cached in-process and kept in sync.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use keel_core::{SharedClock, SystemClock};
+use keel_store::{Bus, Cache};
+use keel_telemetry::Telemetry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, Source};
+use crate::store::{Change, SettingsStore, StoreError, StoredDocument, millis_to_time};
+
+/// The bus channel carrying `{name, version}` invalidations.
+pub const INVALIDATION_CHANNEL: &str = "keel.settings";
+
+/// What a settings document must be.
+pub trait Document: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static> Document for T {}
+
+/// Timing of the cache and the fallback poll.
+#[derive(Debug, Clone)]
+pub struct SettingsConfig {
+    /// Lifetime of the shared cache entry (default 30 min).
+    pub cache_ttl: Duration,
+    /// Fallback poll when an invalidation was missed (default 5 min, ±10 %).
+    pub poll_interval: Duration,
+    /// Poll interval while the last refresh failed (default 5 s).
+    pub retry_interval: Duration,
+}
+
+impl Default for SettingsConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(30 * 60),
+            poll_interval: Duration::from_secs(5 * 60),
+            retry_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a [`Settings`] needs from its surroundings.
+#[derive(Clone)]
+pub struct SettingsDeps {
+    /// The database of record.
+    pub store: Arc<dyn SettingsStore>,
+    /// The shared cache (Redis in a cluster, in-process otherwise).
+    pub cache: Cache,
+    /// The invalidation bus.
+    pub bus: Bus,
+    /// Where metrics go.
+    pub telemetry: Telemetry,
+    /// Wall clock for staleness.
+    pub clock: SharedClock,
+}
+
+impl SettingsDeps {
+    /// Dependencies with the system clock.
+    pub fn new(store: Arc<dyn SettingsStore>, cache: Cache, bus: Bus, telemetry: Telemetry) -> Self {
+        Self { store, cache, bus, telemetry, clock: SystemClock::shared() }
+    }
+}
+
+impl fmt::Debug for SettingsDeps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SettingsDeps")
+            .field("cache", &self.cache.backend())
+            .field("bus", &self.bus.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A document value with its version metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: Arc<T>,
+    /// Version (0: never written; the value is `T::default()`).
+    pub version: i64,
+    /// When it was written.
+    pub updated_at: Option<SystemTime>,
+    /// Who wrote it.
+    pub updated_by: String,
+}
+
+/// How fresh this process's copy is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncState {
+    /// The version held.
+    pub version: i64,
+    /// The last time the cache or database answered.
+    pub last_success: Option<SystemTime>,
+    /// Why the last refresh failed, if it did.
+    pub last_error: Option<String>,
+    /// How long the copy has been unconfirmed (0 while refreshes succeed).
+    pub staleness: Duration,
+}
+
+/// Why an update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The value is not a valid document.
+    #[error("invalid settings {name:?}: {reason}")]
+    Invalid {
+        /// Document name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Someone else changed it first.
+    #[error("settings {name:?} are at version {current}, not {expected}")]
+    Conflict {
+        /// Document name.
+        name: String,
+        /// What the caller expected.
+        expected: i64,
+        /// What is stored.
+        current: i64,
+    },
+    /// The database failed.
+    #[error("cannot save settings {name:?}: {source}")]
+    Store {
+        /// Document name.
+        name: String,
+        /// The failure.
+        source: StoreError,
+    },
+}
+
+/// Why a settings document could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The name is not usable as a cache key and URL segment.
+    #[error("invalid settings name {0:?}: use 1-64 characters from [a-z0-9_.-]")]
+    InvalidName(String),
+    /// The bus subscription failed.
+    #[error("cannot subscribe to settings invalidations: {0}")]
+    Bus(#[from] keel_store::StoreError),
+}
+
+type Validator<T> = Arc<dyn Fn(&T) -> Result<(), String> + Send + Sync>;
+
+/// A typed settings document shared by every process of a cluster.
+///
+/// Reads ([`get`](Self::get)) come from an in-process copy and never touch
+/// the network. Refills go to the shared cache, then the database, and
+/// concurrent refills share one load. Writes ([`update`](Self::update)) are
+/// optimistic-concurrency updates with an audit row; the writer replaces the
+/// cache entry and publishes `{name, version}` so every process refreshes
+/// within milliseconds; a jittered poll covers missed messages. Versions only
+/// move forward. Cloning shares the document.
+pub struct Settings<T: Document> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Document> Clone for Settings<T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<T: Document> fmt::Debug for Settings<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings").field("name", &self.inner.name).field("version", &self.version()).finish()
+    }
+}
+
+/// The shared state, as seen by the metrics callbacks.
+pub(crate) type InnerHandle<T> = Inner<T>;
+
+pub(crate) struct Inner<T: Document> {
+    name: String,
+    cache_key: String,
+    deps: SettingsDeps,
+    config: SettingsConfig,
+    current: ArcSwap<Versioned<T>>,
+    changes: watch::Sender<Arc<T>>,
+    /// Serialises refills; the counter tells a waiter someone else refilled.
+    refill: tokio::sync::Mutex<()>,
+    refills: AtomicU64,
+    health: Mutex<Health>,
+    validator: Option<Validator<T>>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+}
+
+impl<T: Document> Drop for Inner<T> {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    last_success: Option<SystemTime>,
+    last_error: Option<String>,
+}
+
+fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
+    // Plain data with no invariants spanning fields: safe after a panic.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The shared-cache entry.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheEntry {
+    version: i64,
+    value: serde_json::Value,
+    updated_at_ms: i64,
+    updated_by: String,
+}
+
+impl<T: Document> Settings<T> {
+    /// Opens the document `name`: loads it (cache, then database) and starts
+    /// following invalidations and the poll. Source failures do not fail the
+    /// open: the value is `T::default()` until a refresh succeeds, and
+    /// [`sync_state`](Self::sync_state) says so.
+    pub async fn open(name: &str, deps: SettingsDeps, config: SettingsConfig) -> Result<Self, SettingsError> {
+        Self::open_with(name, deps, config, None).await
+    }
+
+    /// [`open`](Self::open) with a validator that [`update`](Self::update)
+    /// runs on every new value (its error answers 422 over HTTP).
+    pub async fn open_validated(
+        name: &str,
+        deps: SettingsDeps,
+        config: SettingsConfig,
+        validator: impl Fn(&T) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Result<Self, SettingsError> {
+        Self::open_with(name, deps, config, Some(Arc::new(validator))).await
+    }
+
+    async fn open_with(
+        name: &str,
+        deps: SettingsDeps,
+        config: SettingsConfig,
+        validator: Option<Validator<T>>,
+    ) -> Result<Self, SettingsError> {
+        if !valid_name(name) {
+            return Err(SettingsError::InvalidName(name.to_owned()));
+        }
+        let initial =
+            Versioned { value: Arc::new(T::default()), version: 0, updated_at: None, updated_by: String::new() };
+        let (changes, _) = watch::channel(initial.value.clone());
+        let subscription = deps.bus.subscribe(INVALIDATION_CHANNEL).await?;
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner<T>>| Inner {
+            name: name.to_owned(),
+            cache_key: format!("keel:settings:{name}"),
+            metrics: Metrics::new(&deps.telemetry, name, weak.clone()).with_cache_backend(deps.cache.backend()),
+            deps,
+            config,
+            current: ArcSwap::from_pointee(initial),
+            changes,
+            refill: tokio::sync::Mutex::new(()),
+            refills: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
+            validator,
+            cancel: CancellationToken::new(),
+        });
+        let settings = Self { inner };
+        settings.reload().await;
+        tokio::spawn(follow(Arc::downgrade(&settings.inner), subscription, settings.inner.cancel.clone()));
+        Ok(settings)
+    }
+
+    /// The document's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The current value, from memory.
+    pub fn get(&self) -> Arc<T> {
+        self.inner.metrics.count_l1_read();
+        self.inner.current.load().value.clone()
+    }
+
+    /// The current value with its version metadata, from memory.
+    pub fn current(&self) -> Versioned<T> {
+        Versioned::clone(&self.inner.current.load())
+    }
+
+    /// The version held (0: never written).
+    pub fn version(&self) -> i64 {
+        self.inner.current.load().version
+    }
+
+    /// A channel that sees every change of value (not of version alone).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<T>> {
+        self.inner.changes.subscribe()
+    }
+
+    /// How fresh this copy is.
+    pub fn sync_state(&self) -> SyncState {
+        self.inner.sync_state()
+    }
+
+    /// Refreshes from the cache, then the database. Concurrent calls share
+    /// one load. Failures keep the current value and are reported by
+    /// [`sync_state`](Self::sync_state).
+    pub async fn reload(&self) {
+        self.inner.refill(0).await;
+    }
+
+    /// Writes `value` as the next version (with `expected`: only if the
+    /// stored version is still that), records `actor` in the audit trail,
+    /// replaces the cache entry and tells every process.
+    pub async fn update(&self, value: T, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
+        let name = self.inner.name.clone();
+        if let Some(validate) = &self.inner.validator {
+            validate(&value).map_err(|reason| UpdateError::Invalid { name: name.clone(), reason })?;
+        }
+        let json = serde_json::to_value(&value)
+            .map_err(|err| UpdateError::Invalid { name: name.clone(), reason: err.to_string() })?;
+        let stored = match self.inner.deps.store.save(&name, &json, expected, actor).await {
+            Ok(stored) => stored,
+            Err(StoreError::Conflict { expected, current }) => {
+                return Err(UpdateError::Conflict { name, expected, current });
+            }
+            Err(source) => return Err(UpdateError::Store { name, source }),
+        };
+        self.inner.write_cache(&stored).await;
+        self.inner.apply(&stored, Source::Db);
+        let message = json!({ "name": name, "version": stored.version }).to_string();
+        match self.inner.deps.bus.publish(INVALIDATION_CHANNEL, Bytes::from(message)).await {
+            Ok(()) => self.inner.metrics.invalidation_sent(),
+            Err(err) => {
+                self.inner.metrics.sync_error("publish");
+                tracing::warn!(settings = %name, %err, "cannot publish settings invalidation; other processes will catch up on their poll");
+            }
+        }
+        Ok(self.current())
+    }
+
+    /// The newest `limit` changes, newest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.inner.deps.store.history(&self.inner.name, limit).await
+    }
+
+    /// The JSON validator hook for a type-erased update (HTTP).
+    pub(crate) fn decode(&self, value: serde_json::Value) -> Result<T, UpdateError> {
+        serde_json::from_value(value)
+            .map_err(|err| UpdateError::Invalid { name: self.inner.name.clone(), reason: err.to_string() })
+    }
+}
+
+impl<T: Document> Inner<T> {
+    pub(crate) fn version(&self) -> i64 {
+        self.current.load().version
+    }
+
+    pub(crate) fn staleness(&self) -> Duration {
+        self.sync_state().staleness
+    }
+
+    fn sync_state(&self) -> SyncState {
+        let health = lock(&self.health);
+        let staleness = match (&health.last_error, health.last_success) {
+            (None, _) => Duration::ZERO,
+            (Some(_), Some(last)) => self.deps.clock.now().duration_since(last).unwrap_or_default(),
+            // Never confirmed: stale since it was opened, which we do not
+            // track; report the retry interval as a lower bound.
+            (Some(_), None) => self.config.retry_interval,
+        };
+        SyncState {
+            version: self.current.load().version,
+            last_success: health.last_success,
+            last_error: health.last_error.clone(),
+            staleness,
+        }
+    }
+
+    /// Refills unless a refill that started after the caller asked already
+    /// finished. `at_least`: the version an invalidation announced (0: any).
+    async fn refill(&self, at_least: i64) {
+        let seen = self.refills.load(Ordering::Acquire);
+        let _guard = self.refill.lock().await;
+        if self.refills.load(Ordering::Acquire) != seen && self.current.load().version >= at_least {
+            return;
+        }
+        let result = self.load(at_least).await;
+        self.refills.fetch_add(1, Ordering::AcqRel);
+        let mut health = lock(&self.health);
+        match result {
+            Ok(()) => {
+                health.last_success = Some(self.deps.clock.now());
+                health.last_error = None;
+            }
+            Err(reason) => {
+                if health.last_error.is_none() {
+                    tracing::warn!(settings = %self.name, %reason, "settings refresh failed; keeping the last known value");
+                }
+                health.last_error = Some(reason);
+            }
+        }
+    }
+
+    async fn load(&self, at_least: i64) -> Result<(), String> {
+        match self.deps.cache.get(&self.cache_key).await {
+            Ok(Some(bytes)) => match serde_json::from_slice::<CacheEntry>(&bytes) {
+                Ok(entry) if entry.version >= at_least.max(1) => {
+                    let stored = StoredDocument {
+                        name: self.name.clone(),
+                        value: entry.value,
+                        version: entry.version,
+                        updated_at_ms: entry.updated_at_ms,
+                        updated_by: entry.updated_by,
+                    };
+                    if self.apply(&stored, Source::Cache) {
+                        return Ok(());
+                    }
+                    // A cached value T cannot decode is as good as corrupt.
+                }
+                Ok(_) => {} // older than announced: the database knows better
+                Err(err) => {
+                    self.metrics.sync_error("decode");
+                    tracing::warn!(settings = %self.name, %err, "corrupt cached settings; reloading from the database");
+                }
+            },
+            Ok(None) => {}
+            Err(err) => {
+                self.metrics.sync_error("cache");
+                tracing::debug!(settings = %self.name, %err, "settings cache unavailable; reading the database");
+            }
+        }
+        self.metrics.db_load();
+        match self.deps.store.load(&self.name).await {
+            Ok(Some(stored)) => {
+                if self.apply(&stored, Source::Db) {
+                    self.write_cache(&stored).await;
+                    Ok(())
+                } else {
+                    Err(format!("stored settings {:?} do not match the document type", self.name))
+                }
+            }
+            Ok(None) => Ok(()),
+            Err(err) => {
+                self.metrics.sync_error("database");
+                Err(err.to_string())
+            }
+        }
+    }
+
+    async fn write_cache(&self, stored: &StoredDocument) {
+        let entry = CacheEntry {
+            version: stored.version,
+            value: stored.value.clone(),
+            updated_at_ms: stored.updated_at_ms,
+            updated_by: stored.updated_by.clone(),
+        };
+        let bytes = match serde_json::to_vec(&entry) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(_) => return,
+        };
+        if let Err(err) = self.deps.cache.set(&self.cache_key, bytes, self.config.cache_ttl).await {
+            self.metrics.sync_error("cache");
+            tracing::debug!(settings = %self.name, %err, "cannot write the settings cache");
+        }
+    }
+
+    /// Installs `stored` if it is newer. Returns false only when its value
+    /// does not decode as `T`.
+    fn apply(&self, stored: &StoredDocument, source: Source) -> bool {
+        self.metrics.read(source);
+        let current = self.current.load();
+        if stored.version <= current.version {
+            return true;
+        }
+        let value: T = match serde_json::from_value(stored.value.clone()) {
+            Ok(value) => value,
+            Err(err) => {
+                self.metrics.sync_error("decode");
+                tracing::warn!(settings = %self.name, version = stored.version, %err, "stored settings do not decode");
+                return false;
+            }
+        };
+        let changed = *current.value != value;
+        let value = Arc::new(value);
+        let next = Versioned {
+            value: value.clone(),
+            version: stored.version,
+            updated_at: Some(millis_to_time(stored.updated_at_ms)),
+            updated_by: stored.updated_by.clone(),
+        };
+        // Versions only move forward, even against a concurrent apply.
+        let previous =
+            self.current.rcu(|now| if now.version < next.version { Arc::new(next.clone()) } else { now.clone() });
+        if previous.version >= stored.version {
+            return true;
+        }
+        if changed {
+            tracing::info!(settings = %self.name, version = stored.version, by = %stored.updated_by, "settings changed");
+            self.changes.send_replace(value);
+        }
+        true
+    }
+}
+
+async fn follow<T: Document>(
+    weak: Weak<Inner<T>>,
+    mut subscription: keel_store::Subscription,
+    cancel: CancellationToken,
+) {
+    loop {
+        let wait = {
+            let Some(inner) = weak.upgrade() else { return };
+            let base = if lock(&inner.health).last_error.is_some() {
+                inner.config.retry_interval
+            } else {
+                inner.config.poll_interval
+            };
+            // ±10 % so a fleet started together does not poll together.
+            base.mul_f64(0.9 + fastrand::f64() * 0.2)
+        };
+        let announced = tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => 0,
+            message = subscription.recv() => match message {
+                None => return,
+                Some(payload) => {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let Some(version) = announced_version(&payload, &inner.name) else { continue };
+                    inner.metrics.invalidation_received();
+                    if version <= inner.current.load().version {
+                        continue;
+                    }
+                    version
+                }
+            },
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        inner.refill(announced).await;
+    }
+}
+
+fn announced_version(payload: &[u8], name: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Invalidation {
+        name: String,
+        version: i64,
+    }
+    let message: Invalidation = serde_json::from_slice(payload).ok()?;
+    (message.name == name).then_some(message.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_restricted() {
+        assert!(valid_name("monitoring") && valid_name("feature-flags.v2"));
+        assert!(!valid_name("") && !valid_name("Caps") && !valid_name("a/b") && !valid_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn invalidations_are_filtered_by_name() {
+        assert_eq!(announced_version(br#"{"name":"a","version":3}"#, "a"), Some(3));
+        assert_eq!(announced_version(br#"{"name":"b","version":3}"#, "a"), None);
+        assert_eq!(announced_version(b"garbage", "a"), None);
+    }
+}

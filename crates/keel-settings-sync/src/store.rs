@@ -1,0 +1,95 @@
+//! Where settings documents are kept for good.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// A boxed future returned by [`SettingsStore`] methods.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One stored document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDocument {
+    /// Document name.
+    pub name: String,
+    /// The JSON value.
+    pub value: serde_json::Value,
+    /// Version, starting at 1 and bumped by every write.
+    pub version: i64,
+    /// Milliseconds since the Unix epoch of the last write.
+    pub updated_at_ms: i64,
+    /// Who wrote it last.
+    pub updated_by: String,
+}
+
+impl StoredDocument {
+    /// `updated_at_ms` as a time.
+    pub fn updated_at(&self) -> SystemTime {
+        millis_to_time(self.updated_at_ms)
+    }
+}
+
+pub(crate) fn millis_to_time(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or_default())
+}
+
+/// One audited change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The version this change produced.
+    pub version: i64,
+    /// Who made it.
+    pub actor: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// The value before (`null` for the first write).
+    pub old: serde_json::Value,
+    /// The value after.
+    pub new: serde_json::Value,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The expected version did not match.
+    #[error("version conflict: expected {expected}, current is {current}")]
+    Conflict {
+        /// What the caller expected.
+        expected: i64,
+        /// What is stored (0: absent).
+        current: i64,
+    },
+    /// The database failed or is unreachable.
+    #[error(transparent)]
+    Database(#[from] keel_store::StoreError),
+    /// A stored value is not valid JSON.
+    #[error("stored settings {name:?} are not valid JSON: {reason}")]
+    Corrupt {
+        /// Document name.
+        name: String,
+        /// Parser message.
+        reason: String,
+    },
+}
+
+/// The database of record for settings documents.
+pub trait SettingsStore: Send + Sync + 'static {
+    /// The document, or `None` if never written.
+    fn load<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Result<Option<StoredDocument>, StoreError>>;
+
+    /// Writes `value` as the next version and appends an audit row, in one
+    /// transaction. With `expected`, fails with [`StoreError::Conflict`]
+    /// unless the stored version equals it (0: not yet written).
+    fn save<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+    ) -> StoreFuture<'a, Result<StoredDocument, StoreError>>;
+
+    /// The newest `limit` changes, newest first.
+    fn history<'a>(&'a self, name: &'a str, limit: usize) -> StoreFuture<'a, Result<Vec<Change>, StoreError>>;
+}

@@ -1,0 +1,371 @@
+//! keel-settings-sync against real PostgreSQL + Redis, and in embedded mode.
+
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::*;
+use keel_core::ManualClock;
+use keel_settings_sync::{DbSettingsStore, Settings, SettingsConfig, SettingsDeps, UpdateError};
+use keel_store::testing::{RedisServer, TempDatabase, postgres_admin_url, redis, unique_prefix};
+use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore};
+use keel_telemetry::Telemetry;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Flags {
+    dark_mode: bool,
+    limit: u32,
+}
+
+fn flags(limit: u32) -> Flags {
+    Flags { dark_mode: true, limit }
+}
+
+/// One "pod": its own connections to the shared database and Redis.
+struct Pod {
+    deps: SettingsDeps,
+    telemetry: Telemetry,
+    redis: Option<RedisStore>,
+    database: Database,
+}
+
+enum World {
+    Cluster { temp: TempDatabase },
+    Embedded { dir: tempfile::TempDir, cache: Cache, bus: Bus },
+}
+
+impl World {
+    async fn cluster() -> Self {
+        World::Cluster { temp: TempDatabase::create("settings").await }
+    }
+
+    async fn embedded() -> Self {
+        let telemetry = Telemetry::new("t").unwrap();
+        World::Embedded { dir: tempfile::tempdir().unwrap(), cache: Cache::memory(), bus: Bus::memory(&telemetry) }
+    }
+
+    async fn pod(&self) -> Pod {
+        let telemetry = Telemetry::new("t").unwrap();
+        match self {
+            World::Cluster { temp } => {
+                let database = temp.connect(&telemetry).await;
+                database.run_migrations().await.unwrap();
+                let store = redis(&telemetry).await;
+                let bus = Bus::redis(&store, &telemetry).await.unwrap();
+                let deps = SettingsDeps::new(
+                    Arc::new(DbSettingsStore::new(database.clone())),
+                    Cache::redis(store.clone()),
+                    bus,
+                    telemetry.clone(),
+                );
+                Pod { deps, telemetry, redis: Some(store), database }
+            }
+            World::Embedded { dir, cache, bus } => {
+                let config = DbConfig { data_dir: dir.path().into(), ..DbConfig::default() };
+                let database = Database::connect(&config, &telemetry).await.unwrap();
+                database.run_migrations().await.unwrap();
+                let deps = SettingsDeps::new(
+                    Arc::new(DbSettingsStore::new(database.clone())),
+                    cache.clone(),
+                    bus.clone(),
+                    telemetry.clone(),
+                );
+                Pod { deps, telemetry, redis: None, database }
+            }
+        }
+    }
+
+    async fn finish(self) {
+        if let World::Cluster { temp } = self {
+            temp.drop_database().await;
+        }
+    }
+}
+
+fn metric(telemetry: &Telemetry, prefix: &str) -> f64 {
+    let text = telemetry.encode().unwrap();
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+async fn open(pod: &Pod, name: &str) -> Settings<Flags> {
+    Settings::open(name, pod.deps.clone(), SettingsConfig::default()).await.unwrap()
+}
+
+/// Waits (bounded) until `settings` holds `version`.
+async fn until_version(settings: &Settings<Flags>, version: i64) {
+    let mut changes = settings.subscribe();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while settings.version() < version {
+            let _ = changes.changed().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("version {version} never arrived (have {})", settings.version()));
+}
+
+async fn behaviour(world: World) {
+    let name = unique_prefix("flags");
+    let a = world.pod().await;
+    let b = world.pod().await;
+    let sa = open(&a, &name).await;
+    let sb = open(&b, &name).await;
+    assert_eq!((sa.get().as_ref().clone(), sa.version()), (Flags::default(), 0), "never written: the default");
+
+    // An update on one pod reaches the other without waiting for the poll.
+    let v1 = sa.update(flags(1), Some(0), "ada").await.unwrap();
+    assert_eq!((v1.version, v1.updated_by.as_str()), (1, "ada"));
+    until_version(&sb, 1).await;
+    assert_eq!(*sb.get(), flags(1));
+
+    // A stale expected version is refused and changes nothing.
+    let err = sb.update(flags(9), Some(0), "bob").await.unwrap_err();
+    assert!(matches!(err, UpdateError::Conflict { expected: 0, current: 1, .. }), "{err}");
+    assert_eq!(*sa.get(), flags(1));
+
+    sb.update(flags(2), Some(1), "bob").await.unwrap();
+    sa.update(flags(3), None, "cy").await.unwrap();
+    until_version(&sb, 3).await;
+
+    // Every change is audited with its actor, newest first.
+    let history = sb.history(10).await.unwrap();
+    let summary: Vec<(i64, &str, u64)> =
+        history.iter().map(|c| (c.version, c.actor.as_str(), c.new["limit"].as_u64().unwrap())).collect();
+    assert_eq!(summary, [(3, "cy", 3), (2, "bob", 2), (1, "ada", 1)]);
+    assert_eq!(history[2].old, serde_json::Value::Null);
+    assert_eq!(history[0].old["limit"], 2);
+
+    // An older version never replaces a newer one: not from the bus...
+    let stale = format!(r#"{{"name":"{name}","version":2}}"#);
+    a.deps.bus.publish(keel_settings_sync::INVALIDATION_CHANNEL, Bytes::from(stale)).await.unwrap();
+    // ...nor from a cache entry rolled back behind our back.
+    let old_entry = serde_json::json!({"version": 1, "value": flags(1), "updated_at_ms": 0, "updated_by": "ada"});
+    b.deps
+        .cache
+        .set(&format!("keel:settings:{name}"), Bytes::from(old_entry.to_string()), Duration::from_secs(60))
+        .await
+        .unwrap();
+    sb.reload().await;
+    assert_eq!((sb.version(), sb.get().limit), (3, 3));
+
+    // Listeners fire only on a real change of value.
+    let mut changes = sa.subscribe();
+    changes.mark_unchanged();
+    sa.update(flags(3), None, "ada").await.unwrap();
+    assert!(!changes.has_changed().unwrap(), "same value, new version: no change event");
+    assert_eq!(sa.version(), 4);
+
+    drop((sa, sb, a, b));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_behaviour() {
+    behaviour(World::cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_behaviour() {
+    behaviour(World::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_through_fills_redis_with_a_ttl_and_one_db_read_serves_100_cold_readers() {
+    let world = World::cluster().await;
+    let name = unique_prefix("cold");
+    let writer = world.pod().await;
+    open(&writer, &name).await.update(flags(7), None, "ada").await.unwrap();
+    let redis = writer.redis.as_ref().unwrap();
+    let key = format!("keel:settings:{name}");
+    let ttl: i64 = redis.client().pttl(&key).await.unwrap();
+    assert!((1..=30 * 60 * 1000).contains(&ttl), "cache entry has the 30 min TTL: {ttl}");
+
+    // A reader finds it in Redis: no database read.
+    let reader = world.pod().await;
+    let settings = open(&reader, &name).await;
+    assert_eq!(settings.get().limit, 7);
+    assert_eq!(metric(&reader.telemetry, "keel_settings_db_loads_total"), 0.0);
+    assert!(metric(&reader.telemetry, "keel_settings_reads_total{name=\"") >= 1.0);
+
+    // Cold cache: 100 concurrent refills share one database read.
+    let _: i64 = redis.client().del(&key).await.unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let settings = settings.clone();
+            tokio::spawn(async move { settings.reload().await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(metric(&reader.telemetry, "keel_settings_db_loads_total"), 1.0);
+    let refilled: Option<String> = redis.client().get(&key).await.unwrap();
+    assert!(refilled.is_some(), "the database read refilled the cache");
+    drop((settings, reader, writer));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_cached_json_is_a_miss_and_is_rewritten() {
+    let world = World::cluster().await;
+    let name = unique_prefix("corrupt");
+    let pod = world.pod().await;
+    let settings = open(&pod, &name).await;
+    settings.update(flags(5), None, "ada").await.unwrap();
+    let redis = pod.redis.as_ref().unwrap();
+    let key = format!("keel:settings:{name}");
+    let _: () = redis.client().set(&key, "{not json", None, None, false).await.unwrap();
+
+    let fresh = open(&world.pod().await, &name).await;
+    assert_eq!(fresh.get().limit, 5, "the database answers when the cache is garbage");
+    let repaired: String = redis.client().get(&key).await.unwrap();
+    let repaired: serde_json::Value = serde_json::from_str(&repaired).unwrap();
+    assert_eq!((repaired["version"].as_i64(), repaired["value"]["limit"].as_u64()), (Some(1), Some(5)));
+    drop((settings, fresh, pod));
+    world.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_survive_redis_going_down() {
+    let temp = TempDatabase::create("settings_redis_down").await;
+    let mut server = RedisServer::start().await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    let mut config = RedisConfig::new(server.url());
+    config.command_timeout = Duration::from_millis(300);
+    let store = RedisStore::connect(&config, &telemetry).await.unwrap();
+    let deps = SettingsDeps::new(
+        Arc::new(DbSettingsStore::new(database.clone())),
+        Cache::redis(store.clone()),
+        Bus::postgres(&database, &telemetry).await.unwrap(),
+        telemetry.clone(),
+    );
+    let settings: Settings<Flags> = Settings::open("flags", deps, SettingsConfig::default()).await.unwrap();
+    settings.update(flags(1), None, "ada").await.unwrap();
+
+    server.stop();
+    assert_eq!(settings.get().limit, 1, "reads never touch Redis");
+    settings.reload().await;
+    assert_eq!(settings.sync_state().last_error, None, "the database answered instead");
+    settings.update(flags(2), Some(1), "ada").await.unwrap();
+    assert_eq!(settings.get().limit, 2);
+    assert!(metric(&telemetry, "keel_settings_sync_errors_total{name=\"flags\",stage=\"cache\"}") >= 1.0);
+    drop(settings);
+    temp.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_keeps_the_last_value_and_staleness_grows() {
+    let temp = TempDatabase::create("settings_db_down").await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let config =
+        DbConfig { url: Some(temp.url().to_owned()), acquire_timeout: Duration::from_secs(1), ..DbConfig::default() };
+    let database = Database::connect(&config, &telemetry).await.unwrap();
+    database.run_migrations().await.unwrap();
+    let clock = ManualClock::new();
+    let cache = Cache::memory();
+    let deps = SettingsDeps {
+        clock: clock.shared(),
+        ..SettingsDeps::new(
+            Arc::new(DbSettingsStore::new(database.clone())),
+            cache.clone(),
+            Bus::memory(&telemetry),
+            telemetry.clone(),
+        )
+    };
+    let settings: Settings<Flags> = Settings::open("flags", deps, SettingsConfig::default()).await.unwrap();
+    settings.update(flags(4), None, "ada").await.unwrap();
+
+    // Cut the database off: no new connections, existing ones terminated.
+    let mut admin = diesel_admin().await;
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false", temp.name()))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+        temp.name()
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    cache.delete("keel:settings:flags").await.unwrap();
+
+    settings.reload().await;
+    assert_eq!(settings.get().limit, 4, "the last known value is kept");
+    let state = settings.sync_state();
+    assert!(state.last_error.is_some(), "{state:?}");
+    clock.advance(Duration::from_secs(600));
+    assert_eq!(settings.sync_state().staleness, Duration::from_secs(600));
+    assert_eq!(metric(&telemetry, "keel_settings_staleness_seconds{name=\"flags\"}"), 600.0);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(metric(&telemetry, "keel_settings_staleness_seconds{name=\"flags\"}"), 660.0);
+
+    let err = settings.update(flags(5), None, "ada").await.unwrap_err();
+    assert!(matches!(err, UpdateError::Store { .. }), "{err}");
+
+    diesel::sql_query(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", temp.name()))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    settings.reload().await;
+    assert_eq!(settings.sync_state().staleness, Duration::ZERO, "recovered");
+    drop(settings);
+    temp.drop_database().await;
+}
+
+async fn diesel_admin() -> diesel_async::AsyncPgConnection {
+    use diesel_async::AsyncConnection;
+    diesel_async::AsyncPgConnection::establish(&postgres_admin_url()).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_hour_of_polling_by_two_pods_reads_the_database_at_most_twice() {
+    let world = World::embedded().await;
+    let name = "flags";
+    let a = world.pod().await;
+    let b = world.pod().await;
+    // Both pods share one telemetry view of the database reads.
+    let deps_b = SettingsDeps { telemetry: a.telemetry.clone(), ..b.deps.clone() };
+    {
+        let writer: Settings<Flags> = Settings::open(name, a.deps.clone(), SettingsConfig::default()).await.unwrap();
+        writer.update(flags(1), None, "ada").await.unwrap();
+    }
+    a.deps.cache.delete("keel:settings:flags").await.unwrap();
+    let before = metric(&a.telemetry, "keel_settings_db_loads_total");
+
+    let sa: Settings<Flags> = Settings::open(name, a.deps.clone(), SettingsConfig::default()).await.unwrap();
+    let sb: Settings<Flags> = Settings::open(name, deps_b, SettingsConfig::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let reads = metric(&a.telemetry, "keel_settings_db_loads_total") - before;
+    assert!((1.0..=2.0).contains(&reads), "{reads} database reads in an hour");
+    assert_eq!((sa.get().limit, sb.get().limit), (1, 1));
+    drop((sa, sb, a, b));
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn invalid_names_and_documents_are_typed_errors() {
+    let world = World::embedded().await;
+    let pod = world.pod().await;
+    let err = Settings::<Flags>::open("Bad Name", pod.deps.clone(), SettingsConfig::default()).await.unwrap_err();
+    assert!(err.to_string().contains("invalid settings name"));
+    let validated: Settings<Flags> =
+        Settings::open_validated("limits", pod.deps.clone(), SettingsConfig::default(), |f: &Flags| {
+            if f.limit > 100 { Err("limit must be at most 100".into()) } else { Ok(()) }
+        })
+        .await
+        .unwrap();
+    let err = validated.update(flags(101), None, "ada").await.unwrap_err();
+    assert!(matches!(err, UpdateError::Invalid { .. }) && err.to_string().contains("at most 100"), "{err}");
+    let erased: &dyn keel_settings_sync::DynSettings = &validated;
+    let err = erased.update_json(serde_json::json!({"dark_mode": "yes"}), None, "ada").await.unwrap_err();
+    assert!(matches!(err, UpdateError::Invalid { .. }), "{err}");
+    assert_eq!(validated.version(), 0);
+    let _ = pod.database;
+}

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS settings_audit; DROP TABLE IF EXISTS settings;
