@@ -1,16 +1,19 @@
 use axum::Router;
 
-use crate::{AppInfo, HttpMetrics, Services, health_router, metrics_router, middleware};
+use crate::{AppInfo, HttpMetrics, Services, health_router, metrics_router, middleware, settings_router};
 
 /// The full router of a Keel binary: operational endpoints plus every
 /// feature router, wrapped in the middleware stack.
 pub fn app_router(services: &Services) -> Router {
     let name = services.file.app.name.clone().unwrap_or_else(|| services.process.to_owned());
-    let routes = Router::new().merge(metrics_router(services.telemetry.clone())).merge(health_router(
-        services.health.clone(),
-        AppInfo::build(name),
-        services.file.health.codes,
-        services.shutdown.clone(),
-    ));
+    let routes = Router::new()
+        .merge(metrics_router(services.telemetry.clone()))
+        .merge(health_router(
+            services.health.clone(),
+            AppInfo::build(name),
+            services.file.health.codes,
+            services.shutdown.clone(),
+        ))
+        .merge(settings_router(services.settings.clone(), services.admin_token.clone()));
     middleware::apply(routes, &services.middleware_config(), &HttpMetrics::new(&services.telemetry))
 }

@@ -45,6 +45,9 @@ pub struct CommonArgs {
     /// Identifier of this process in the cluster (default: hostname-pid).
     #[arg(long, env = "KEEL_INSTANCE_ID", value_name = "ID")]
     pub instance_id: Option<String>,
+    /// Prefix of Redis keys and bus channels, so several deployments can share one Redis.
+    #[arg(long, env = "KEEL_NAMESPACE", value_name = "NAME", default_value = "keel")]
+    pub namespace: String,
     /// Do not run database migrations at start-up.
     #[arg(long, env = "KEEL_NO_MIGRATE")]
     pub no_migrate: bool,

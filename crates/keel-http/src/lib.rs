@@ -32,6 +32,7 @@
 //! # }
 //! ```
 
+mod admin;
 #[cfg(feature = "runtime")]
 mod app;
 #[cfg(feature = "runtime")]
@@ -44,9 +45,11 @@ mod ops;
 #[cfg(feature = "runtime")]
 mod runtime;
 mod server;
+mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use admin::AdminToken;
 #[cfg(feature = "runtime")]
 pub use app::app_router;
 pub use error::ApiError;
@@ -55,5 +58,6 @@ pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFut
 pub use middleware::MiddlewareConfig;
 pub use ops::metrics_router;
 #[cfg(feature = "runtime")]
-pub use runtime::{AdminToken, RunMode, STORAGE_GROUP, Services, StartError};
+pub use runtime::{RunMode, STORAGE_GROUP, Services, StartError};
 pub use server::{DrainConfig, ServeError, serve};
+pub use settings::settings_router;

@@ -5,12 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use keel_core::Shutdown;
-use keel_health_status::{CheckKind, ComponentSpec, Health, HealthOptions, Mandatory, Mode, SharedCheck};
+use keel_health_status::{CheckKind, ComponentSpec, Health, HealthOptions, Mandatory, Mode, Report, SharedCheck};
+use keel_settings_sync::{
+    DbSettingsStore, MonitoringSettings, Settings, SettingsConfig, SettingsDeps, SettingsError, SettingsRegistry,
+};
 use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore, StoreError};
 use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 
 use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
-use crate::{DrainConfig, MiddlewareConfig};
+use crate::{AdminToken, DrainConfig, MiddlewareConfig};
 
 /// Embedded (one process, SQLite, in-process cache) or cluster (PostgreSQL
 /// and/or Redis shared by replicas).
@@ -46,6 +49,9 @@ pub enum StartError {
     /// Telemetry could not be set up (exit 70).
     #[error(transparent)]
     Telemetry(#[from] keel_telemetry::TelemetryError),
+    /// A settings document could not be opened (exit 69).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// An operating-system facility (signal handlers, a thread) could not be
     /// set up (exit 70).
     #[error("cannot {what}: {source}")]
@@ -63,7 +69,7 @@ impl StartError {
         ExitCode::from(match self {
             StartError::Config(_) => EXIT_CONFIG,
             StartError::Store(StoreError::InvalidUrl { .. }) => EXIT_CONFIG,
-            StartError::Store(_) => EXIT_UNAVAILABLE,
+            StartError::Store(_) | StartError::Settings(_) => EXIT_UNAVAILABLE,
             StartError::Logging(_) | StartError::Telemetry(_) | StartError::Os { .. } => EXIT_SOFTWARE,
         })
     }
@@ -98,23 +104,10 @@ pub struct Services {
     pub admin_token: Option<AdminToken>,
     /// Health of this process: storage checks, checks from `[health]`.
     pub health: Health,
-}
-
-/// The admin bearer token; its `Debug` output is redacted.
-#[derive(Clone)]
-pub struct AdminToken(String);
-
-impl AdminToken {
-    /// The secret.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
-    }
+    /// Every settings document this process serves.
+    pub settings: SettingsRegistry,
+    /// The built-in `monitoring` document (capture toggle, live log level).
+    pub monitoring: Settings<MonitoringSettings>,
 }
 
 impl Services {
@@ -156,7 +149,7 @@ impl Services {
             (None, keel_store::Backend::Postgres) => Bus::postgres(&database, &telemetry).await?,
             (None, keel_store::Backend::Sqlite) => Bus::memory(&telemetry),
         };
-        let admin_token = non_empty(args.admin_token.as_deref()).map(|t| AdminToken(t.to_owned()));
+        let admin_token = args.admin_token.as_deref().and_then(AdminToken::new);
         if admin_token.is_none() {
             tracing::warn!("admin endpoints are disabled (403); set KEEL_ADMIN_TOKEN or --admin-token to enable them");
         }
@@ -170,7 +163,23 @@ impl Services {
         );
         let shutdown = Shutdown::new();
         shutdown.trigger_on_signals().map_err(|source| StartError::Os { what: "install signal handlers", source })?;
-        let health = start_health(&file, &telemetry, &database, redis.as_ref())?;
+        let settings_deps = SettingsDeps::new(
+            std::sync::Arc::new(DbSettingsStore::new(database.clone())),
+            cache.clone(),
+            bus.clone(),
+            telemetry.clone(),
+        );
+        let monitoring: Settings<MonitoringSettings> = Settings::open_validated(
+            MonitoringSettings::NAME,
+            settings_deps,
+            SettingsConfig { namespace: args.namespace.clone(), ..SettingsConfig::default() },
+            |m: &MonitoringSettings| keel_telemetry::check_filter(&m.log_level).map_err(|err| err.to_string()),
+        )
+        .await?;
+        follow_log_level(&monitoring, &log, &shutdown);
+        let mut settings = SettingsRegistry::new();
+        settings.register(monitoring.clone());
+        let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings)?;
         await_first_checks(&health, &file).await;
         Ok(Self {
             process,
@@ -186,6 +195,8 @@ impl Services {
             shutdown,
             admin_token,
             health,
+            settings,
+            monitoring,
         })
     }
 
@@ -235,24 +246,74 @@ fn redis_check(redis: &RedisStore) -> SharedCheck {
 /// Builds the health registry: the `[health]` groups plus a `storage` (Must)
 /// group for the database and Redis, their checks, and every configured
 /// check. Monitors run isolated so a stuck check still fails on time.
+/// Applies the `monitoring` document's `log_level` now (if it was ever
+/// written) and on every change, in this process.
+fn follow_log_level(monitoring: &Settings<MonitoringSettings>, log: &LogHandle, shutdown: &Shutdown) {
+    let apply = |log: &LogHandle, level: &str| match log.set_filter(level) {
+        Ok(()) => tracing::info!(log_level = level, "log level applied from the monitoring settings"),
+        Err(err) => tracing::warn!(%err, "ignoring the monitoring settings' log level"),
+    };
+    if monitoring.version() > 0 {
+        apply(log, &monitoring.get().log_level);
+    }
+    let mut changes = monitoring.subscribe();
+    let (log, token) = (log.clone(), shutdown.token());
+    shutdown.spawn(async move {
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let level = changes.borrow_and_update().log_level.clone();
+                    apply(&log, &level);
+                }
+                () = token.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// WARN while any settings document cannot be confirmed against its store.
+fn settings_check(registry: &SettingsRegistry) -> SharedCheck {
+    let registry = registry.clone();
+    std::sync::Arc::new(move || {
+        let stale: Vec<String> = registry
+            .iter()
+            .filter_map(|doc| {
+                let state = doc.sync_state();
+                state.last_error.map(|err| format!("{} stale for {}s ({err})", doc.name(), state.staleness.as_secs()))
+            })
+            .collect();
+        std::future::ready(if stale.is_empty() { Report::ok() } else { Report::warn(stale.join("; ")) })
+    })
+}
+
+/// Built-in components confirm a recovery (and the start-up climb from KO)
+/// quickly rather than a whole interval later.
+fn builtin_spec(name: String) -> ComponentSpec {
+    ComponentSpec { rise_interval: Some(Duration::from_millis(500)), ..ComponentSpec::new(name) }
+}
+
 fn start_health(
     file: &FileConfig,
     telemetry: &Telemetry,
     database: &Database,
     redis: Option<&RedisStore>,
+    settings: &SettingsRegistry,
 ) -> Result<Health, StartError> {
     let mut groups = file.health.validate().map_err(invalid_health)?;
     let configured = |name: &str| file.health.checks.iter().any(|c| c.name == name);
-    let mut storage: Vec<(String, SharedCheck)> = Vec::new();
+    let mut builtins: Vec<(String, SharedCheck)> = Vec::new();
     let db_name = database.backend().as_str();
     if !configured(db_name) {
-        storage.push((db_name.to_owned(), database_check(database)));
+        builtins.push((db_name.to_owned(), database_check(database)));
     }
     if let Some(redis) = redis.filter(|_| !configured("redis")) {
-        storage.push(("redis".to_owned(), redis_check(redis)));
+        builtins.push(("redis".to_owned(), redis_check(redis)));
     }
     let unclaimed: Vec<String> =
-        storage.iter().map(|(n, _)| n.clone()).filter(|n| groups.group_of(n).is_none()).collect();
+        builtins.iter().map(|(n, _)| n.clone()).filter(|n| groups.group_of(n).is_none()).collect();
     if groups.group(STORAGE_GROUP).is_none() && !unclaimed.is_empty() {
         groups = groups.with(Mandatory::new(STORAGE_GROUP, Mode::Must, unclaimed)).map_err(invalid_health)?;
     }
@@ -260,11 +321,12 @@ fn start_health(
     let health = Health::with_options(groups, options)
         .map_err(|source| StartError::Os { what: "start the health watchdog", source })?;
     health.instrument(telemetry);
-    for (name, check) in storage {
-        // Confirm a recovery (and the start-up climb from KO) quickly rather
-        // than a whole interval later.
-        let spec = ComponentSpec { rise_interval: Some(Duration::from_millis(500)), ..ComponentSpec::new(name) };
-        health.register_shared(spec, check).map_err(invalid_health)?;
+    if !configured("settings") {
+        // Not storage: a stale settings copy degrades (WARN), it does not stop service.
+        builtins.push(("settings".to_owned(), settings_check(settings)));
+    }
+    for (name, check) in builtins {
+        health.register_shared(builtin_spec(name), check).map_err(invalid_health)?;
     }
     for config in &file.health.checks {
         let check = match config.kind {

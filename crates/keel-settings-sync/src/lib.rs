@@ -5,7 +5,7 @@
 //!
 //! - **Reads** ([`Settings::get`]) return an `Arc<T>` from an in-process copy
 //!   (`ArcSwap`), never touching the network.
-//! - **Refills** read the shared cache (`keel:settings:<name>`, Redis in a
+//! - **Refills** read the shared cache (`<namespace>:settings:<name>`, Redis in a
 //!   cluster, TTL 30 min), then the database; concurrent refills share one
 //!   load; a corrupt cache entry is treated as a miss and rewritten.
 //! - **Writes** ([`Settings::update`]) are optimistic-concurrency updates with
@@ -57,7 +57,6 @@ pub use builtin::MonitoringSettings;
 pub use db::DbSettingsStore;
 pub use dynamic::{DocumentView, DynSettings, SettingsRegistry};
 pub use settings::{
-    Document, INVALIDATION_CHANNEL, Settings, SettingsConfig, SettingsDeps, SettingsError, SyncState, UpdateError,
-    Versioned,
+    Document, Settings, SettingsConfig, SettingsDeps, SettingsError, SyncState, UpdateError, Versioned,
 };
 pub use store::{Change, SettingsStore, StoreError, StoreFuture, StoredDocument};

@@ -19,16 +19,17 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{Metrics, Source};
 use crate::store::{Change, SettingsStore, StoreError, StoredDocument, millis_to_time};
 
-/// The bus channel carrying `{name, version}` invalidations.
-pub const INVALIDATION_CHANNEL: &str = "keel.settings";
-
 /// What a settings document must be.
 pub trait Document: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static> Document for T {}
 
-/// Timing of the cache and the fallback poll.
+/// Naming, cache lifetime and the fallback poll.
 #[derive(Debug, Clone)]
 pub struct SettingsConfig {
+    /// Prefix of the cache key (`<namespace>:settings:<name>`) and of the
+    /// invalidation channel (`<namespace>.settings`), so deployments can
+    /// share one Redis. Default `keel`.
+    pub namespace: String,
     /// Lifetime of the shared cache entry (default 30 min).
     pub cache_ttl: Duration,
     /// Fallback poll when an invalidation was missed (default 5 min, ±10 %).
@@ -37,9 +38,22 @@ pub struct SettingsConfig {
     pub retry_interval: Duration,
 }
 
+impl SettingsConfig {
+    /// The bus channel carrying `{name, version}` invalidations.
+    pub fn channel(&self) -> String {
+        format!("{}.settings", self.namespace)
+    }
+
+    /// The cache key of document `name`.
+    pub fn cache_key(&self, name: &str) -> String {
+        format!("{}:settings:{name}", self.namespace)
+    }
+}
+
 impl Default for SettingsConfig {
     fn default() -> Self {
         Self {
+            namespace: "keel".into(),
             cache_ttl: Duration::from_secs(30 * 60),
             poll_interval: Duration::from_secs(5 * 60),
             retry_interval: Duration::from_secs(5),
@@ -141,6 +155,9 @@ pub enum SettingsError {
     /// The name is not usable as a cache key and URL segment.
     #[error("invalid settings name {0:?}: use 1-64 characters from [a-z0-9_.-]")]
     InvalidName(String),
+    /// The namespace is not usable as a key and channel prefix.
+    #[error("invalid settings namespace {0:?}: use 1-64 characters from [a-z0-9_.-]")]
+    InvalidNamespace(String),
     /// The bus subscription failed.
     #[error("cannot subscribe to settings invalidations: {0}")]
     Bus(#[from] keel_store::StoreError),
@@ -253,13 +270,16 @@ impl<T: Document> Settings<T> {
         if !valid_name(name) {
             return Err(SettingsError::InvalidName(name.to_owned()));
         }
+        if !valid_name(&config.namespace) {
+            return Err(SettingsError::InvalidNamespace(config.namespace.clone()));
+        }
         let initial =
             Versioned { value: Arc::new(T::default()), version: 0, updated_at: None, updated_by: String::new() };
         let (changes, _) = watch::channel(initial.value.clone());
-        let subscription = deps.bus.subscribe(INVALIDATION_CHANNEL).await?;
+        let subscription = deps.bus.subscribe(&config.channel()).await?;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<T>>| Inner {
             name: name.to_owned(),
-            cache_key: format!("keel:settings:{name}"),
+            cache_key: config.cache_key(name),
             metrics: Metrics::new(&deps.telemetry, name, weak.clone()).with_cache_backend(deps.cache.backend()),
             deps,
             config,
@@ -335,7 +355,7 @@ impl<T: Document> Settings<T> {
         self.inner.write_cache(&stored).await;
         self.inner.apply(&stored, Source::Db);
         let message = json!({ "name": name, "version": stored.version }).to_string();
-        match self.inner.deps.bus.publish(INVALIDATION_CHANNEL, Bytes::from(message)).await {
+        match self.inner.deps.bus.publish(&self.inner.config.channel(), Bytes::from(message)).await {
             Ok(()) => self.inner.metrics.invalidation_sent(),
             Err(err) => {
                 self.inner.metrics.sync_error("publish");

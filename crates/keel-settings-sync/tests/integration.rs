@@ -140,7 +140,7 @@ async fn behaviour(world: World) {
 
     // An older version never replaces a newer one: not from the bus...
     let stale = format!(r#"{{"name":"{name}","version":2}}"#);
-    a.deps.bus.publish(keel_settings_sync::INVALIDATION_CHANNEL, Bytes::from(stale)).await.unwrap();
+    a.deps.bus.publish(&SettingsConfig::default().channel(), Bytes::from(stale)).await.unwrap();
     // ...nor from a cache entry rolled back behind our back.
     let old_entry = serde_json::json!({"version": 1, "value": flags(1), "updated_at_ms": 0, "updated_by": "ada"});
     b.deps
@@ -355,6 +355,9 @@ async fn invalid_names_and_documents_are_typed_errors() {
     let pod = world.pod().await;
     let err = Settings::<Flags>::open("Bad Name", pod.deps.clone(), SettingsConfig::default()).await.unwrap_err();
     assert!(err.to_string().contains("invalid settings name"));
+    let config = SettingsConfig { namespace: "Has Spaces".into(), ..SettingsConfig::default() };
+    let err = Settings::<Flags>::open("ok", pod.deps.clone(), config).await.unwrap_err();
+    assert!(err.to_string().contains("invalid settings namespace"));
     let validated: Settings<Flags> =
         Settings::open_validated("limits", pod.deps.clone(), SettingsConfig::default(), |f: &Flags| {
             if f.limit > 100 { Err("limit must be at most 100".into()) } else { Ok(()) }

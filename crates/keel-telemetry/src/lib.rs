@@ -22,7 +22,7 @@
 mod logging;
 pub mod names;
 
-pub use logging::{LogFormat, LogHandle, LoggingError, init_logging};
+pub use logging::{LogFormat, LogHandle, LoggingError, check_filter, init_logging};
 pub use opentelemetry::metrics::Meter;
 pub use opentelemetry_sdk::metrics::SdkMeterProvider;
 

@@ -77,6 +77,11 @@ impl LogHandle {
     }
 }
 
+/// Checks that `directive` is a valid filter (e.g. `info,keel_store=debug`).
+pub fn check_filter(directive: &str) -> Result<(), LoggingError> {
+    parse_filter(directive).map(|_| ())
+}
+
 fn parse_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
     EnvFilter::builder()
         .parse(directive)

@@ -1,0 +1,161 @@
+//! `/api/v1/settings` through `oneshot`, on embedded SQLite.
+
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::Request;
+use axum::response::Response;
+use keel_http::{AdminToken, settings_router};
+use keel_settings_sync::{
+    DbSettingsStore, MonitoringSettings, Settings, SettingsConfig, SettingsDeps, SettingsRegistry,
+};
+use keel_store::{Bus, Cache, Database, DbConfig};
+use keel_telemetry::Telemetry;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+async fn router(token: Option<&str>) -> (Router, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = Telemetry::new("t").unwrap();
+    let db =
+        Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry).await.unwrap();
+    db.run_migrations().await.unwrap();
+    let deps =
+        SettingsDeps::new(Arc::new(DbSettingsStore::new(db)), Cache::memory(), Bus::memory(&telemetry), telemetry);
+    let monitoring: Settings<MonitoringSettings> =
+        Settings::open_validated("monitoring", deps, SettingsConfig::default(), |m: &MonitoringSettings| {
+            keel_telemetry::check_filter(&m.log_level).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap();
+    let mut registry = SettingsRegistry::new();
+    registry.register(monitoring);
+    (settings_router(registry, token.and_then(AdminToken::new)), dir)
+}
+
+async fn send(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value>) -> Response {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header("content-type", "application/json");
+            Body::from(body.to_string())
+        }
+        None => Body::empty(),
+    };
+    app.clone().oneshot(request.body(body).unwrap()).await.unwrap()
+}
+
+async fn json(response: Response) -> Value {
+    serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap()
+}
+
+const ADMIN: (&str, &str) = ("authorization", "Bearer s3cret");
+
+#[tokio::test]
+async fn read_update_and_history() {
+    let (app, _dir) = router(Some("s3cret")).await;
+    let list = json(send(&app, "GET", "/api/v1/settings", &[], None).await).await;
+    assert_eq!(list["settings"][0]["name"], "monitoring");
+
+    let response = send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"0\"");
+    let body = json(response).await;
+    assert_eq!(body["value"], json!({"enable_monitoring": true, "log_level": "info"}));
+    assert_eq!(body["version"], 0);
+
+    let new = json!({"enable_monitoring": false, "log_level": "debug"});
+    let response = send(
+        &app,
+        "PUT",
+        "/api/v1/settings/monitoring",
+        &[ADMIN, ("if-match", "\"0\""), ("x-actor", "ada")],
+        Some(new.clone()),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let body = json(response).await;
+    assert_eq!((body["version"].as_i64(), body["updated_by"].as_str()), (Some(1), Some("ada")));
+    assert_eq!(body["value"], new);
+    assert!(body["updated_at"].as_str().unwrap().ends_with('Z'));
+
+    // A stale If-Match is refused.
+    let stale =
+        send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN, ("if-match", "\"0\"")], Some(new.clone())).await;
+    assert_eq!(stale.status(), 412);
+    assert_eq!(json(stale).await["error"]["code"], "precondition_failed");
+
+    // Without If-Match the write is unconditional.
+    let again = send(
+        &app,
+        "PUT",
+        "/api/v1/settings/monitoring",
+        &[ADMIN],
+        Some(json!({"enable_monitoring": true, "log_level": "warn"})),
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+
+    let history = json(send(&app, "GET", "/api/v1/settings/monitoring/history", &[], None).await).await;
+    assert_eq!(history["name"], "monitoring");
+    let changes = history["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!((changes[0]["version"].as_i64(), changes[0]["actor"].as_str()), (Some(2), Some("admin")));
+    assert_eq!((changes[1]["version"].as_i64(), changes[1]["actor"].as_str()), (Some(1), Some("ada")));
+    assert_eq!(changes[0]["old"], new);
+    assert_eq!(changes[1]["old"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_4xx() {
+    let (app, _dir) = router(Some("s3cret")).await;
+    let body = Some(json!({"enable_monitoring": "yes please"}));
+    let invalid = send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], body).await;
+    assert_eq!(invalid.status(), 422);
+    assert!(json(invalid).await["error"]["message"].as_str().unwrap().contains("not a valid monitoring document"));
+
+    let unknown_field = send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(json!({"enable": true}))).await;
+    assert_eq!(unknown_field.status(), 422);
+    let bad_filter =
+        send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(json!({"log_level": "info,[=x"}))).await;
+    assert_eq!(bad_filter.status(), 422, "the validator runs before anything is written");
+
+    let mut request = Request::put("/api/v1/settings/monitoring")
+        .header("authorization", "Bearer s3cret")
+        .header("content-type", "application/json");
+    request = request.header("if-match", "\"0\"");
+    let malformed = app.clone().oneshot(request.body(Body::from("{oops")).unwrap()).await.unwrap();
+    assert_eq!(malformed.status(), 400);
+
+    let bad_if_match =
+        send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN, ("if-match", "yesterday")], Some(json!({}))).await;
+    assert_eq!(bad_if_match.status(), 400);
+    assert_eq!(send(&app, "GET", "/api/v1/settings/nope", &[], None).await.status(), 404);
+    assert_eq!(send(&app, "GET", "/api/v1/settings/monitoring/history?limit=0", &[], None).await.status(), 400);
+    let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
+    assert_eq!(current["version"], 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn writes_need_the_admin_token() {
+    let (app, _dir) = router(Some("s3cret")).await;
+    let body = Some(json!({"enable_monitoring": false}));
+    let missing = send(&app, "PUT", "/api/v1/settings/monitoring", &[], body.clone()).await;
+    assert_eq!(missing.status(), 401);
+    let wrong =
+        send(&app, "PUT", "/api/v1/settings/monitoring", &[("authorization", "Bearer guess")], body.clone()).await;
+    assert_eq!(wrong.status(), 403);
+
+    let (disabled, _dir2) = router(None).await;
+    let response = send(&disabled, "PUT", "/api/v1/settings/monitoring", &[ADMIN], body).await;
+    assert_eq!(response.status(), 403);
+    assert!(json(response).await["error"]["message"].as_str().unwrap().contains("KEEL_ADMIN_TOKEN"));
+}
