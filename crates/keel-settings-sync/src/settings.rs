@@ -165,6 +165,17 @@ pub enum SettingsError {
 
 type Validator<T> = Arc<dyn Fn(&T) -> Result<(), String> + Send + Sync>;
 
+const READ_CACHE_SLOTS: usize = 16;
+
+/// (document id, generation, value) of one recent read on this thread.
+type CachedRead = (u64, u64, Arc<dyn std::any::Any + Send + Sync>);
+
+thread_local! {
+    /// Per thread: recent reads. Ids are never reused, so an entry can only
+    /// be stale (and then reloaded), never wrong.
+    static READS: std::cell::RefCell<Vec<CachedRead>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A typed settings document shared by every process of a cluster.
 ///
 /// Reads ([`get`](Self::get)) come from an in-process copy and never touch
@@ -194,6 +205,10 @@ impl<T: Document> fmt::Debug for Settings<T> {
 pub(crate) type InnerHandle<T> = Inner<T>;
 
 pub(crate) struct Inner<T: Document> {
+    /// Process-unique id of this document handle, for the per-thread cache.
+    id: u64,
+    /// Bumped (after `current` is replaced) on every new version.
+    generation: AtomicU64,
     name: String,
     cache_key: String,
     deps: SettingsDeps,
@@ -277,7 +292,10 @@ impl<T: Document> Settings<T> {
             Versioned { value: Arc::new(T::default()), version: 0, updated_at: None, updated_by: String::new() };
         let (changes, _) = watch::channel(initial.value.clone());
         let subscription = deps.bus.subscribe(&config.channel()).await?;
+        static IDS: AtomicU64 = AtomicU64::new(1);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<T>>| Inner {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             name: name.to_owned(),
             cache_key: config.cache_key(name),
             metrics: Metrics::new(&deps.telemetry, name, weak.clone()).with_cache_backend(deps.cache.backend()),
@@ -302,10 +320,33 @@ impl<T: Document> Settings<T> {
         &self.inner.name
     }
 
-    /// The current value, from memory.
+    /// The current value, from memory: one atomic load and an `Arc` clone
+    /// when this thread already holds the current version.
     pub fn get(&self) -> Arc<T> {
         self.inner.metrics.count_l1_read();
-        self.inner.current.load().value.clone()
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let cached = READS.with(|reads| {
+            let reads = reads.borrow();
+            let (_, seen, value) = reads.iter().find(|(id, _, _)| *id == self.inner.id)?;
+            if *seen != generation {
+                return None;
+            }
+            value.clone().downcast::<T>().ok()
+        });
+        if let Some(value) = cached {
+            return value;
+        }
+        let value = self.inner.current.load().value.clone();
+        READS.with(|reads| {
+            let mut reads = reads.borrow_mut();
+            reads.retain(|(id, _, _)| *id != self.inner.id);
+            // A thread reading many documents keeps only the most recent ones.
+            if reads.len() >= READ_CACHE_SLOTS {
+                reads.remove(0);
+            }
+            reads.push((self.inner.id, generation, value.clone()));
+        });
+        value
     }
 
     /// The current value with its version metadata, from memory.
@@ -521,6 +562,9 @@ impl<T: Document> Inner<T> {
         if previous.version >= stored.version {
             return true;
         }
+        // Published after the swap: a reader that sees the new generation
+        // will load the new value.
+        self.generation.fetch_add(1, Ordering::Release);
         if changed {
             tracing::info!(settings = %self.name, version = stored.version, by = %stored.updated_by, "settings changed");
             self.changes.send_replace(value);
@@ -591,5 +635,42 @@ mod tests {
         assert_eq!(announced_version(br#"{"name":"a","version":3}"#, "a"), Some(3));
         assert_eq!(announced_version(br#"{"name":"b","version":3}"#, "a"), None);
         assert_eq!(announced_version(b"garbage", "a"), None);
+    }
+}
+
+#[cfg(test)]
+mod read_cache_tests {
+    use super::*;
+    use keel_store::{Database, DbConfig};
+
+    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Doc {
+        n: u64,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_thread_sees_each_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::new("t").unwrap();
+        let db = Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry)
+            .await
+            .unwrap();
+        db.run_migrations().await.unwrap();
+        let deps = SettingsDeps::new(
+            Arc::new(crate::DbSettingsStore::new(db)),
+            Cache::memory(),
+            Bus::memory(&telemetry),
+            telemetry,
+        );
+        let a: Settings<Doc> = Settings::open("a", deps.clone(), SettingsConfig::default()).await.unwrap();
+        let b: Settings<Doc> = Settings::open("b", deps, SettingsConfig::default()).await.unwrap();
+        for n in 1..=20 {
+            a.update(Doc { n }, None, "t").await.unwrap();
+            assert_eq!(a.get().n, n, "the writer's thread");
+            assert_eq!(b.get().n, 0, "documents do not share cache slots");
+            let reader = a.clone();
+            let seen = std::thread::spawn(move || (reader.get().n, reader.get().n)).join().unwrap();
+            assert_eq!(seen, (n, n), "a fresh thread");
+        }
     }
 }
