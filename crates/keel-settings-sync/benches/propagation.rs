@@ -5,6 +5,9 @@
 //! Run with `cargo xtask bench -p keel-settings-sync --bench propagation`
 //! (needs the local PostgreSQL and Redis, like the tests).
 
+// The report printed to standard output is this benchmark's result.
+#![allow(clippy::print_stdout)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
