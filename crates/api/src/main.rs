@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use keel_http::cli::{CommonArgs, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
-use keel_http::{Services, app_router, serve};
+use keel_http::cli::CommonArgs;
 
 /// Keel API server.
 #[derive(Parser, Debug)]
@@ -23,45 +22,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match keel_http::cli::parse_args::<Args>() {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(args)),
-        Err(err) => {
-            eprintln!("api: cannot start the async runtime: {err}");
-            ExitCode::from(EXIT_SOFTWARE)
-        }
-    }
-}
-
-async fn run(args: Args) -> ExitCode {
-    let services = match Services::start("api", &args.common).await {
-        Ok(services) => services,
-        Err(err) => {
-            eprintln!("api: {err}");
-            return err.exit_code();
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(listener) => listener,
-        Err(err) => {
-            tracing::error!(listen = %args.listen, %err, "cannot listen");
-            return ExitCode::from(EXIT_UNAVAILABLE);
-        }
-    };
-    let addr = listener.local_addr().map_or_else(|_| args.listen.to_string(), |a| a.to_string());
-    tracing::info!(mode = %services.mode, %addr, "api listening on http://{addr}");
-
-    match serve(listener, app_router(&services), services.shutdown.clone(), services.drain_config()).await {
-        Ok(()) => {
-            tracing::info!("api stopped cleanly");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            tracing::error!(%err, "api stopped with an error");
-            ExitCode::from(EXIT_SOFTWARE)
-        }
+    match keel_http::cli::parse_args::<Args>() {
+        Ok(args) => keel_http::run_process("api", args.listen, &args.common, "listening on"),
+        Err(code) => code,
     }
 }

@@ -43,6 +43,8 @@ mod metrics;
 pub mod middleware;
 mod ops;
 #[cfg(feature = "runtime")]
+mod process;
+#[cfg(feature = "runtime")]
 mod runtime;
 mod server;
 mod settings;
@@ -57,6 +59,8 @@ pub use health::{AppInfo, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
 pub use ops::metrics_router;
+#[cfg(feature = "runtime")]
+pub use process::run_process;
 #[cfg(feature = "runtime")]
 pub use runtime::{RunMode, STORAGE_GROUP, Services, StartError};
 pub use server::{DrainConfig, ServeError, serve};
