@@ -65,3 +65,22 @@ pub const SETTINGS_SYNC_ERRORS: &str = "keel.settings.sync_errors";
 pub const SETTINGS_VERSION: &str = "keel.settings.version";
 /// Seconds since the settings were last confirmed while refreshes fail, by document.
 pub const SETTINGS_STALENESS: &str = "keel.settings.staleness";
+
+/// Items per flushed batch (histogram), by batcher.
+pub const BATCHER_BATCH_SIZE: &str = "keel.batcher.batch.size";
+/// Batch size over capacity (histogram, 0..1), by batcher.
+pub const BATCHER_BATCH_UTILIZATION: &str = "keel.batcher.batch.utilization";
+/// Flush duration histogram (seconds), by batcher and reason.
+pub const BATCHER_FLUSH_DURATION: &str = "keel.batcher.flush.duration";
+/// Batches written, by batcher and reason (`capacity`, `interval`, `shutdown`, `retry`).
+pub const BATCHER_BATCHES: &str = "keel.batcher.batches";
+/// Items written, by batcher.
+pub const BATCHER_FLUSHED: &str = "keel.batcher.flushed";
+/// Items dropped, by batcher and reason (`full`, `attempts`, `shutdown`).
+pub const BATCHER_DROPPED: &str = "keel.batcher.dropped";
+/// Failed sink writes, by batcher.
+pub const BATCHER_FLUSH_ERRORS: &str = "keel.batcher.flush.errors";
+/// Failed change notifications, by batcher.
+pub const BATCHER_PUBLISH_ERRORS: &str = "keel.batcher.publish.errors";
+/// Items waiting in the channel, by batcher.
+pub const BATCHER_QUEUE_DEPTH: &str = "keel.batcher.queue.depth";

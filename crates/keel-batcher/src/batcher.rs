@@ -1,0 +1,498 @@
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, Reason};
+
+/// A value that carries the time it describes; the newest wins.
+pub trait Stamped {
+    /// When the value was observed.
+    fn stamp(&self) -> SystemTime;
+}
+
+/// Why a sink write failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// A boxed sink or listener future.
+pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// Where batches go. A write must be atomic (all of the batch or none) and
+/// idempotent: a failed batch is written again.
+pub trait BatchSink<K, V>: Send + Sync + 'static {
+    /// Writes one batch (at most `max_batch_size` items, unique keys).
+    fn write<'a>(&'a self, batch: &'a [(K, V)]) -> SinkFuture<'a>;
+}
+
+/// Told about the keys of every successful write (e.g. to notify watchers).
+pub trait FlushListener<K>: Send + Sync + 'static {
+    /// The keys just written.
+    fn flushed<'a>(&'a self, keys: &'a [K]) -> SinkFuture<'a>;
+}
+
+/// Batcher settings.
+#[derive(Debug, Clone)]
+pub struct BatcherConfig {
+    /// Unique keys that trigger a flush, and the most written per sink call (500).
+    pub max_batch_size: usize,
+    /// Channel capacity as a multiple of `max_batch_size` (5).
+    pub channel_multiplier: usize,
+    /// Time between scheduled flushes (5 s).
+    pub flush_interval: Duration,
+    /// Time allowed for the final flush at shutdown (15 s).
+    pub final_flush_timeout: Duration,
+    /// Minimum time between two warnings about dropped items (10 s).
+    pub drop_warning_interval: Duration,
+    /// Writes of the same item before it is dropped (5).
+    pub max_attempts: u32,
+    /// Wait before the first retry, doubled each time (200 ms)...
+    pub retry_backoff: Duration,
+    /// ...up to this (10 s).
+    pub max_retry_backoff: Duration,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 500,
+            channel_multiplier: 5,
+            flush_interval: Duration::from_secs(5),
+            final_flush_timeout: Duration::from_secs(15),
+            drop_warning_interval: Duration::from_secs(10),
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(200),
+            max_retry_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BatcherConfig {
+    fn validate(&self) -> Result<(), BatcherError> {
+        let problem = if self.max_batch_size == 0 {
+            "max_batch_size must be at least 1"
+        } else if self.channel_multiplier == 0 {
+            "channel_multiplier must be at least 1"
+        } else if self.flush_interval.is_zero() || self.final_flush_timeout.is_zero() {
+            "flush_interval and final_flush_timeout must be positive"
+        } else if self.max_attempts == 0 {
+            "max_attempts must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(BatcherError::Config(problem.into()))
+    }
+}
+
+/// Why a batcher could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatcherError {
+    /// Invalid configuration.
+    #[error("invalid batcher configuration: {0}")]
+    Config(String),
+}
+
+/// Why an item was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AddError {
+    /// The channel is full; the item was dropped and counted.
+    #[error("the batcher is at capacity; the item was dropped")]
+    Full,
+    /// The batcher has shut down.
+    #[error("the batcher is closed")]
+    Closed,
+}
+
+/// Counters, with `offered = flushed + deduplicated + dropped + pending`
+/// whenever no flush is in progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatcherStats {
+    /// Items passed to `add` while open.
+    pub offered: u64,
+    /// Items written by the sink.
+    pub flushed: u64,
+    /// Items superseded by a newer value for the same key (or older ones ignored).
+    pub deduplicated: u64,
+    /// Items dropped because the channel was full.
+    pub dropped_full: u64,
+    /// Items dropped after `max_attempts` failed writes.
+    pub dropped_attempts: u64,
+    /// Items dropped because the final flush failed or timed out.
+    pub dropped_shutdown: u64,
+    /// Items waiting: in the channel or in the map (or being written).
+    pub pending: u64,
+    /// Successful sink writes.
+    pub batches: u64,
+}
+
+impl BatcherStats {
+    /// Every kind of drop.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_full + self.dropped_attempts + self.dropped_shutdown
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) offered: AtomicU64,
+    pub(crate) flushed: AtomicU64,
+    pub(crate) deduplicated: AtomicU64,
+    pub(crate) dropped_full: AtomicU64,
+    pub(crate) dropped_attempts: AtomicU64,
+    pub(crate) dropped_shutdown: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) batches: AtomicU64,
+}
+
+/// The deduplicating batcher. Cloning shares it.
+pub struct Batcher<K, V> {
+    tx: mpsc::Sender<(K, V)>,
+    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
+    last_warning: Arc<Mutex<Option<Instant>>>,
+    config: Arc<BatcherConfig>,
+    cancel: CancellationToken,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl<K, V> Clone for Batcher<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            counters: self.counters.clone(),
+            metrics: self.metrics.clone(),
+            last_warning: self.last_warning.clone(),
+            config: self.config.clone(),
+            cancel: self.cancel.clone(),
+            task: self.task.clone(),
+        }
+    }
+}
+
+impl<K, V> fmt::Debug for Batcher<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batcher").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl<K, V> Batcher<K, V>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Stamped + Clone + Send + Sync + 'static,
+{
+    /// Starts a batcher writing to `sink`. `name` labels its metrics.
+    pub fn start(name: &str, config: BatcherConfig, sink: Arc<dyn BatchSink<K, V>>) -> Result<Self, BatcherError> {
+        Self::start_with(name, config, sink, None, None)
+    }
+
+    /// [`start`](Self::start) with metrics in `telemetry` and a listener told
+    /// about every successful write.
+    pub fn start_with(
+        name: &str,
+        config: BatcherConfig,
+        sink: Arc<dyn BatchSink<K, V>>,
+        listener: Option<Arc<dyn FlushListener<K>>>,
+        telemetry: Option<&keel_telemetry::Telemetry>,
+    ) -> Result<Self, BatcherError> {
+        config.validate()?;
+        let capacity = config.max_batch_size.saturating_mul(config.channel_multiplier);
+        let (tx, rx) = mpsc::channel(capacity);
+        let counters = Arc::new(Counters::default());
+        let metrics = Arc::new(Metrics::new(name, telemetry, tx.downgrade(), config.max_batch_size));
+        let cancel = CancellationToken::new();
+        let config = Arc::new(config);
+        let owner = Owner {
+            rx,
+            map: HashMap::new(),
+            arrivals: 0,
+            sink,
+            listener,
+            config: config.clone(),
+            counters: counters.clone(),
+            metrics: metrics.clone(),
+            failures: 0,
+        };
+        let task = tokio::spawn(owner.run(cancel.clone()));
+        Ok(Self {
+            tx,
+            counters,
+            metrics,
+            last_warning: Arc::new(Mutex::new(None)),
+            config,
+            cancel,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+
+    /// Queues `value` under `key` without waiting. A full channel drops the
+    /// item (counted, returned as [`AddError::Full`]).
+    pub fn add(&self, key: K, value: V) -> Result<(), AddError> {
+        if self.cancel.is_cancelled() {
+            return Err(AddError::Closed);
+        }
+        // Counted as pending before it is visible to the owner, so the
+        // invariant holds at every instant the owner is idle.
+        self.counters.pending.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send((key, value)) {
+            Ok(()) => {
+                self.counters.offered.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                self.counters.offered.fetch_add(1, Ordering::AcqRel);
+                self.counters.dropped_full.fetch_add(1, Ordering::AcqRel);
+                self.metrics.dropped(Reason::Full, 1);
+                self.warn_dropped();
+                Err(AddError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                Err(AddError::Closed)
+            }
+        }
+    }
+
+    fn warn_dropped(&self) {
+        let now = Instant::now();
+        let mut last = self.last_warning.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_none_or(|at| now.duration_since(at) >= self.config.drop_warning_interval) {
+            *last = Some(now);
+            tracing::warn!(
+                dropped_total = self.counters.dropped_full.load(Ordering::Relaxed),
+                "batcher channel at capacity: dropping items"
+            );
+        }
+    }
+}
+
+impl<K, V> Batcher<K, V> {
+    /// Current counters.
+    pub fn stats(&self) -> BatcherStats {
+        let c = &self.counters;
+        BatcherStats {
+            offered: c.offered.load(Ordering::Acquire),
+            flushed: c.flushed.load(Ordering::Acquire),
+            deduplicated: c.deduplicated.load(Ordering::Acquire),
+            dropped_full: c.dropped_full.load(Ordering::Acquire),
+            dropped_attempts: c.dropped_attempts.load(Ordering::Acquire),
+            dropped_shutdown: c.dropped_shutdown.load(Ordering::Acquire),
+            pending: c.pending.load(Ordering::Acquire),
+            batches: c.batches.load(Ordering::Acquire),
+        }
+    }
+
+    /// Items in the channel, not yet taken by the owner task.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// The channel's capacity.
+    pub fn queue_capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
+    /// Stops accepting items, drains the channel into the map and writes it
+    /// (within `final_flush_timeout`). Items that could not be written are
+    /// counted as dropped. Idempotent.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Entry<V> {
+    value: V,
+    arrival: u64,
+    attempts: u32,
+}
+
+struct Owner<K, V> {
+    rx: mpsc::Receiver<(K, V)>,
+    map: HashMap<K, Entry<V>>,
+    arrivals: u64,
+    sink: Arc<dyn BatchSink<K, V>>,
+    listener: Option<Arc<dyn FlushListener<K>>>,
+    config: Arc<BatcherConfig>,
+    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
+    /// Consecutive failed flushes, for the backoff.
+    failures: u32,
+}
+
+impl<K, V> Owner<K, V>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Stamped + Clone + Send + Sync + 'static,
+{
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut deadline = Instant::now() + self.config.flush_interval;
+        // While a failed batch waits for its retry, capacity does not force
+        // flushes: the retry deadline governs.
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let wake = retry_at.map_or(deadline, |r| r.min(deadline));
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                item = self.rx.recv() => match item {
+                    Some((key, value)) => {
+                        self.insert(key, value);
+                        if retry_at.is_none() && self.map.len() >= self.config.max_batch_size {
+                            retry_at = self.flush(Reason::Capacity).await;
+                            deadline = Instant::now() + self.config.flush_interval;
+                        }
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    let reason = if retry_at.is_some_and(|r| r <= Instant::now()) { Reason::Retry } else { Reason::Interval };
+                    retry_at = self.flush(reason).await;
+                    deadline = Instant::now() + self.config.flush_interval;
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        self.arrivals += 1;
+        let arrival = self.arrivals;
+        match self.map.get_mut(&key) {
+            Some(existing) => {
+                // One of the two is superseded either way.
+                self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
+                self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                if value.stamp() >= existing.value.stamp() {
+                    *existing = Entry { value, arrival, attempts: 0 };
+                }
+            }
+            None => {
+                self.map.insert(key, Entry { value, arrival, attempts: 0 });
+            }
+        }
+    }
+
+    /// Writes the whole map in batches. Returns when to retry, if a batch failed.
+    async fn flush(&mut self, reason: Reason) -> Option<Instant> {
+        if self.map.is_empty() {
+            return None;
+        }
+        let mut entries: Vec<(K, Entry<V>)> = self.map.drain().collect();
+        // Oldest arrivals first, so a capacity flush writes what waited longest.
+        entries.sort_by_key(|(_, e)| e.arrival);
+        let mut failed = false;
+        while !entries.is_empty() {
+            let rest = entries.split_off(entries.len().min(self.config.max_batch_size));
+            let chunk = std::mem::replace(&mut entries, rest);
+            if !self.write(chunk, reason).await {
+                failed = true;
+            }
+        }
+        if failed {
+            self.failures += 1;
+            let backoff = self.config.retry_backoff.saturating_mul(1u32 << (self.failures - 1).min(16));
+            Some(Instant::now() + backoff.min(self.config.max_retry_backoff))
+        } else {
+            self.failures = 0;
+            None
+        }
+    }
+
+    /// Writes one batch; on failure merges it back. Returns success.
+    async fn write(&mut self, chunk: Vec<(K, Entry<V>)>, reason: Reason) -> bool {
+        let batch: Vec<(K, V)> = chunk.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect();
+        let started = Instant::now();
+        let result = self.sink.write(&batch).await;
+        self.metrics.flush(reason, batch.len(), started.elapsed(), result.is_ok());
+        match result {
+            Ok(()) => {
+                let n = batch.len() as u64;
+                self.counters.flushed.fetch_add(n, Ordering::AcqRel);
+                self.counters.pending.fetch_sub(n, Ordering::AcqRel);
+                self.counters.batches.fetch_add(1, Ordering::AcqRel);
+                if let Some(listener) = &self.listener {
+                    let keys: Vec<K> = batch.into_iter().map(|(k, _)| k).collect();
+                    if let Err(err) = listener.flushed(&keys).await {
+                        self.metrics.publish_error();
+                        tracing::warn!(%err, "batch written but the change notification failed");
+                    }
+                }
+                true
+            }
+            Err(err) => {
+                tracing::warn!(%err, items = batch.len(), "batch write failed; will retry");
+                self.merge_back(chunk);
+                false
+            }
+        }
+    }
+
+    fn merge_back(&mut self, chunk: Vec<(K, Entry<V>)>) {
+        for (key, mut entry) in chunk {
+            entry.attempts += 1;
+            match self.map.get(&key) {
+                // A newer value arrived meanwhile: it wins, the failed one is superseded.
+                Some(newer) if newer.value.stamp() >= entry.value.stamp() => {
+                    self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
+                    self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                }
+                Some(_) => {
+                    self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
+                    self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                    self.keep_or_drop(key, entry);
+                }
+                None => self.keep_or_drop(key, entry),
+            }
+        }
+    }
+
+    fn keep_or_drop(&mut self, key: K, entry: Entry<V>) {
+        if entry.attempts >= self.config.max_attempts {
+            self.counters.dropped_attempts.fetch_add(1, Ordering::AcqRel);
+            self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.dropped(Reason::Attempts, 1);
+        } else {
+            self.map.insert(key, entry);
+        }
+    }
+
+    /// Drains the channel into the map and writes everything once, within
+    /// the final flush timeout; what remains is counted as dropped.
+    async fn finish(mut self) {
+        self.rx.close();
+        while let Ok((key, value)) = self.rx.try_recv() {
+            self.insert(key, value);
+        }
+        let timeout = self.config.final_flush_timeout;
+        let flushed = tokio::time::timeout(timeout, self.flush(Reason::Shutdown)).await;
+        let left = match flushed {
+            // The aborted write's batch was taken out of the map: everything
+            // still pending is lost.
+            Err(_) => {
+                tracing::error!(?timeout, "final batch flush timed out");
+                self.counters.pending.load(Ordering::Acquire)
+            }
+            Ok(_) => self.map.len() as u64,
+        };
+        if left > 0 {
+            tracing::error!(items = left, "batcher stopped with unwritten items");
+            self.counters.dropped_shutdown.fetch_add(left, Ordering::AcqRel);
+            self.counters.pending.fetch_sub(left, Ordering::AcqRel);
+            self.metrics.dropped(Reason::Shutdown, left);
+        }
+    }
+}

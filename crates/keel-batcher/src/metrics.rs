@@ -1,0 +1,124 @@
+use std::time::Duration;
+
+use keel_telemetry::{Telemetry, names};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Reason {
+    Capacity,
+    Interval,
+    Retry,
+    Shutdown,
+    Full,
+    Attempts,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Capacity => "capacity",
+            Reason::Interval => "interval",
+            Reason::Retry => "retry",
+            Reason::Shutdown => "shutdown",
+            Reason::Full => "full",
+            Reason::Attempts => "attempts",
+        }
+    }
+}
+
+/// OpenTelemetry instruments of one batcher (absent without telemetry).
+pub(crate) struct Metrics {
+    inner: Option<Instruments>,
+    max_batch_size: usize,
+}
+
+struct Instruments {
+    name: KeyValue,
+    batch_size: Histogram<u64>,
+    utilization: Histogram<f64>,
+    duration: Histogram<f64>,
+    batches: Counter<u64>,
+    flushed: Counter<u64>,
+    dropped: Counter<u64>,
+    errors: Counter<u64>,
+    publish_errors: Counter<u64>,
+    _depth: ObservableGauge<u64>,
+}
+
+impl Metrics {
+    pub(crate) fn new<T: Send + 'static>(
+        name: &str,
+        telemetry: Option<&Telemetry>,
+        queue: tokio::sync::mpsc::WeakSender<T>,
+        max_batch_size: usize,
+    ) -> Self {
+        let inner = telemetry.map(|telemetry| {
+            let meter = telemetry.meter("keel-batcher");
+            let label = KeyValue::new("batcher", name.to_owned());
+            let depth_label = [label.clone()];
+            Instruments {
+                batch_size: meter
+                    .u64_histogram(names::BATCHER_BATCH_SIZE)
+                    .with_description("Items per written batch")
+                    .build(),
+                utilization: meter
+                    .f64_histogram(names::BATCHER_BATCH_UTILIZATION)
+                    .with_description("Batch size over the maximum")
+                    .with_boundaries(vec![0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+                    .build(),
+                duration: meter
+                    .f64_histogram(names::BATCHER_FLUSH_DURATION)
+                    .with_unit("s")
+                    .with_description("Duration of batch writes")
+                    .with_boundaries(names::CLIENT_DURATION_BUCKETS.to_vec())
+                    .build(),
+                batches: meter.u64_counter(names::BATCHER_BATCHES).with_description("Batches written").build(),
+                flushed: meter.u64_counter(names::BATCHER_FLUSHED).with_description("Items written").build(),
+                dropped: meter.u64_counter(names::BATCHER_DROPPED).with_description("Items dropped").build(),
+                errors: meter.u64_counter(names::BATCHER_FLUSH_ERRORS).with_description("Failed batch writes").build(),
+                publish_errors: meter
+                    .u64_counter(names::BATCHER_PUBLISH_ERRORS)
+                    .with_description("Failed change notifications")
+                    .build(),
+                _depth: meter
+                    .u64_observable_gauge(names::BATCHER_QUEUE_DEPTH)
+                    .with_description("Items waiting in the channel")
+                    .with_callback(move |gauge| {
+                        if let Some(tx) = queue.upgrade() {
+                            gauge.observe((tx.max_capacity() - tx.capacity()) as u64, &depth_label);
+                        }
+                    })
+                    .build(),
+                name: label,
+            }
+        });
+        Self { inner, max_batch_size }
+    }
+
+    pub(crate) fn flush(&self, reason: Reason, size: usize, took: Duration, ok: bool) {
+        let Some(m) = &self.inner else { return };
+        let with_reason = [m.name.clone(), KeyValue::new("reason", reason.as_str())];
+        m.duration.record(took.as_secs_f64(), &with_reason);
+        if ok {
+            m.batches.add(1, &with_reason);
+            m.flushed.add(size as u64, std::slice::from_ref(&m.name));
+            m.batch_size.record(size as u64, std::slice::from_ref(&m.name));
+            m.utilization.record(size as f64 / self.max_batch_size as f64, std::slice::from_ref(&m.name));
+        } else {
+            m.errors.add(1, std::slice::from_ref(&m.name));
+        }
+    }
+
+    pub(crate) fn dropped(&self, reason: Reason, n: u64) {
+        if let Some(m) = &self.inner {
+            m.dropped.add(n, &[m.name.clone(), KeyValue::new("reason", reason.as_str())]);
+        }
+    }
+
+    pub(crate) fn publish_error(&self) {
+        if let Some(m) = &self.inner {
+            m.publish_errors.add(1, std::slice::from_ref(&m.name));
+        }
+    }
+}
