@@ -49,9 +49,15 @@
 //! ```
 
 mod batcher;
+mod chunks;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod metadata;
 mod metrics;
 
 pub use batcher::{
     AddError, BatchSink, Batcher, BatcherConfig, BatcherError, BatcherStats, FlushListener, SinkError, SinkFuture,
     Stamped,
 };
+pub use chunks::{ChunkError, ID_LEN, IDS_PER_CHUNK, MAX_PAYLOAD, decode_chunk, encode_chunks};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use metadata::{DbMetadataSink, MetadataKey, MetadataNotifier, MetadataRow, MetadataValue};
