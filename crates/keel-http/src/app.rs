@@ -1,6 +1,8 @@
 use axum::Router;
 
-use crate::{AppInfo, HttpMetrics, Services, health_router, metrics_router, middleware, settings_router};
+use crate::{
+    AppInfo, HttpMetrics, Services, agents_router, health_router, metrics_router, middleware, settings_router,
+};
 
 /// The full router of a Keel binary: operational endpoints plus every
 /// feature router, wrapped in the middleware stack.
@@ -14,6 +16,7 @@ pub fn app_router(services: &Services) -> Router {
             services.file.health.codes,
             services.shutdown.clone(),
         ))
-        .merge(settings_router(services.settings.clone(), services.admin_token.clone()));
+        .merge(settings_router(services.settings.clone(), services.admin_token.clone()))
+        .merge(agents_router(services.metadata.clone()));
     middleware::apply(routes, &services.middleware_config(), &HttpMetrics::new(&services.telemetry))
 }

@@ -34,6 +34,8 @@
 
 mod admin;
 #[cfg(feature = "runtime")]
+mod agents;
+#[cfg(feature = "runtime")]
 mod app;
 #[cfg(feature = "runtime")]
 pub mod cli;
@@ -52,6 +54,8 @@ mod settings;
 pub mod testing;
 
 pub use admin::AdminToken;
+#[cfg(feature = "runtime")]
+pub use agents::{AgentMetadata, MAX_CLOCK_SKEW, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_LEN, agents_router};
 #[cfg(feature = "runtime")]
 pub use app::app_router;
 pub use error::ApiError;

@@ -38,7 +38,9 @@ async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, annou
     let addr = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
     tracing::info!(mode = %services.mode, %addr, "{process} {announce} http://{addr}");
 
-    match serve(listener, app_router(&services), services.shutdown.clone(), services.drain_config()).await {
+    let served = serve(listener, app_router(&services), services.shutdown.clone(), services.drain_config()).await;
+    services.close().await;
+    match served {
         Ok(()) => {
             tracing::info!("{process} stopped cleanly");
             ExitCode::SUCCESS

@@ -13,7 +13,8 @@ use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore, StoreE
 use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 
 use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
-use crate::{AdminToken, DrainConfig, MiddlewareConfig};
+use crate::{AdminToken, AgentMetadata, DrainConfig, MiddlewareConfig};
+use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 
 /// Embedded (one process, SQLite, in-process cache) or cluster (PostgreSQL
 /// and/or Redis shared by replicas).
@@ -108,6 +109,8 @@ pub struct Services {
     pub settings: SettingsRegistry,
     /// The built-in `monitoring` document (capture toggle, live log level).
     pub monitoring: Settings<MonitoringSettings>,
+    /// The agent-metadata service (batched writes, watches).
+    pub metadata: AgentMetadata,
 }
 
 impl Services {
@@ -179,7 +182,10 @@ impl Services {
         follow_log_level(&monitoring, &log, &shutdown);
         let mut settings = SettingsRegistry::new();
         settings.register(monitoring.clone());
-        let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings)?;
+        let metadata =
+            start_metadata(&file, &args.namespace, &telemetry, &database, redis.is_some(), &bus, shutdown.token())
+                .await?;
+        let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings, &metadata)?;
         await_first_checks(&health, &file).await;
         Ok(Self {
             process,
@@ -197,7 +203,16 @@ impl Services {
             health,
             settings,
             monitoring,
+            metadata,
         })
+    }
+
+    /// Flushes what the process still holds (the metadata batcher) once the
+    /// server has stopped accepting requests.
+    pub async fn close(&self) {
+        self.metadata.batcher().shutdown().await;
+        let stats = self.metadata.batcher().stats();
+        tracing::info!(flushed = stats.flushed, dropped = stats.dropped(), "metadata batcher flushed");
     }
 
     /// Request limits from the `[http]` section.
@@ -295,12 +310,69 @@ fn builtin_spec(name: String) -> ComponentSpec {
     ComponentSpec { rise_interval: Some(Duration::from_millis(500)), ..ComponentSpec::new(name) }
 }
 
+/// The agent-metadata batcher writing to the database, announcing changes on
+/// Redis (cluster), PostgreSQL NOTIFY (no Redis) or in-process (embedded),
+/// flushed by [`Services::close`] within the shutdown grace period.
+async fn start_metadata(
+    file: &FileConfig,
+    namespace: &str,
+    telemetry: &Telemetry,
+    database: &Database,
+    has_redis: bool,
+    bus: &Bus,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<AgentMetadata, StartError> {
+    let channel = MetadataNotifier::channel(namespace);
+    let notifier = if !has_redis && database.backend() == keel_store::Backend::Postgres {
+        MetadataNotifier::postgres(database.clone(), channel.clone())
+    } else {
+        MetadataNotifier::bus(bus.clone(), channel.clone())
+    };
+    let grace = file.http.shutdown_grace.map_or(DrainConfig::default().grace, Duration::from);
+    let config = BatcherConfig { final_flush_timeout: grace.min(Duration::from_secs(15)), ..BatcherConfig::default() };
+    let sink = std::sync::Arc::new(DbMetadataSink::new(database.clone()));
+    let batcher = Batcher::start_with(
+        "agent_metadata",
+        config,
+        sink.clone(),
+        Some(std::sync::Arc::new(notifier)),
+        Some(telemetry),
+    )
+    .map_err(|err| StartError::Config(ConfigError::Invalid { key: "batcher", reason: err.to_string() }))?;
+    Ok(AgentMetadata::new(batcher, sink, bus, &channel, stop).await?)
+}
+
+/// WARN while the batcher dropped items in the last minute or its channel is
+/// more than 80 % full.
+fn batcher_check(metadata: &AgentMetadata) -> SharedCheck {
+    let batcher = metadata.batcher().clone();
+    let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
+    std::sync::Arc::new(move || {
+        let stats = batcher.stats();
+        let now = tokio::time::Instant::now();
+        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stats.dropped() > last.0 {
+            *last = (stats.dropped(), Some(now));
+        }
+        let recent_drops = last.1.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
+        let (depth, capacity) = (batcher.queue_depth(), batcher.queue_capacity());
+        std::future::ready(if recent_drops {
+            Report::warn(format!("{} items dropped in total, some in the last minute", stats.dropped()))
+        } else if depth * 5 > capacity * 4 {
+            Report::warn(format!("queue {depth}/{capacity} is more than 80% full"))
+        } else {
+            Report::ok()
+        })
+    })
+}
+
 fn start_health(
     file: &FileConfig,
     telemetry: &Telemetry,
     database: &Database,
     redis: Option<&RedisStore>,
     settings: &SettingsRegistry,
+    metadata: &AgentMetadata,
 ) -> Result<Health, StartError> {
     let mut groups = file.health.validate().map_err(invalid_health)?;
     let configured = |name: &str| file.health.checks.iter().any(|c| c.name == name);
@@ -324,6 +396,9 @@ fn start_health(
     if !configured("settings") {
         // Not storage: a stale settings copy degrades (WARN), it does not stop service.
         builtins.push(("settings".to_owned(), settings_check(settings)));
+    }
+    if !configured("batcher") {
+        builtins.push(("batcher".to_owned(), batcher_check(metadata)));
     }
     for (name, check) in builtins {
         health.register_shared(builtin_spec(name), check).map_err(invalid_health)?;
