@@ -144,13 +144,16 @@ impl BatcherStats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) offered: AtomicU64,
+    /// Items the owner took from the channel (owner-only writes).
+    pub(crate) received: AtomicU64,
     pub(crate) flushed: AtomicU64,
     pub(crate) deduplicated: AtomicU64,
     pub(crate) dropped_full: AtomicU64,
     pub(crate) dropped_attempts: AtomicU64,
     pub(crate) dropped_shutdown: AtomicU64,
-    pub(crate) pending: AtomicU64,
+    /// Items the owner holds (map and batch being written). Written only by
+    /// the owner task, so producers never contend on it.
+    pub(crate) held: AtomicU64,
     pub(crate) batches: AtomicU64,
 }
 
@@ -208,7 +211,7 @@ where
         let capacity = config.max_batch_size.saturating_mul(config.channel_multiplier);
         let (tx, rx) = mpsc::channel(capacity);
         let counters = Arc::new(Counters::default());
-        let metrics = Arc::new(Metrics::new(name, telemetry, tx.downgrade(), config.max_batch_size));
+        let metrics = Arc::new(Metrics::new(name, telemetry, tx.downgrade(), counters.clone(), config.max_batch_size));
         let cancel = CancellationToken::new();
         let config = Arc::new(config);
         let owner = Owner {
@@ -235,31 +238,23 @@ where
     }
 
     /// Queues `value` under `key` without waiting. A full channel drops the
-    /// item (counted, returned as [`AddError::Full`]).
+    /// item (counted, returned as [`AddError::Full`]); after shutdown the
+    /// answer is [`AddError::Closed`].
     pub fn add(&self, key: K, value: V) -> Result<(), AddError> {
-        if self.cancel.is_cancelled() {
-            return Err(AddError::Closed);
-        }
-        // Counted as pending before it is visible to the owner, so the
-        // invariant holds at every instant the owner is idle.
-        self.counters.pending.fetch_add(1, Ordering::AcqRel);
+        // A queued item is counted by the owner when it takes it, and in the
+        // queue depth until then: the happy path touches no shared counter.
         match self.tx.try_send((key, value)) {
-            Ok(()) => {
-                self.counters.offered.fetch_add(1, Ordering::AcqRel);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.counters.pending.fetch_sub(1, Ordering::AcqRel);
-                self.counters.offered.fetch_add(1, Ordering::AcqRel);
-                self.counters.dropped_full.fetch_add(1, Ordering::AcqRel);
-                self.metrics.dropped(Reason::Full, 1);
-                self.warn_dropped();
+                let dropped = self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                // Under overload every add drops: look at the clock only for
+                // the first drop and every 1024th after it.
+                if dropped % 1024 == 0 {
+                    self.warn_dropped();
+                }
                 Err(AddError::Full)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.counters.pending.fetch_sub(1, Ordering::AcqRel);
-                Err(AddError::Closed)
-            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AddError::Closed),
         }
     }
 
@@ -280,14 +275,17 @@ impl<K, V> Batcher<K, V> {
     /// Current counters.
     pub fn stats(&self) -> BatcherStats {
         let c = &self.counters;
+        let queued = (self.tx.max_capacity() - self.tx.capacity()) as u64;
+        let dropped_full = c.dropped_full.load(Ordering::Acquire);
         BatcherStats {
-            offered: c.offered.load(Ordering::Acquire),
+            offered: c.received.load(Ordering::Acquire) + queued + dropped_full,
             flushed: c.flushed.load(Ordering::Acquire),
             deduplicated: c.deduplicated.load(Ordering::Acquire),
-            dropped_full: c.dropped_full.load(Ordering::Acquire),
+            dropped_full,
             dropped_attempts: c.dropped_attempts.load(Ordering::Acquire),
             dropped_shutdown: c.dropped_shutdown.load(Ordering::Acquire),
-            pending: c.pending.load(Ordering::Acquire),
+            // Measured, not derived: what the channel and the owner really hold.
+            pending: c.held.load(Ordering::Acquire) + queued,
             batches: c.batches.load(Ordering::Acquire),
         }
     }
@@ -369,19 +367,20 @@ where
     }
 
     fn insert(&mut self, key: K, value: V) {
+        self.counters.received.fetch_add(1, Ordering::AcqRel);
         self.arrivals += 1;
         let arrival = self.arrivals;
         match self.map.get_mut(&key) {
             Some(existing) => {
                 // One of the two is superseded either way.
                 self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
-                self.counters.pending.fetch_sub(1, Ordering::AcqRel);
                 if value.stamp() >= existing.value.stamp() {
                     *existing = Entry { value, arrival, attempts: 0 };
                 }
             }
             None => {
                 self.map.insert(key, Entry { value, arrival, attempts: 0 });
+                self.counters.held.fetch_add(1, Ordering::AcqRel);
             }
         }
     }
@@ -422,7 +421,7 @@ where
             Ok(()) => {
                 let n = batch.len() as u64;
                 self.counters.flushed.fetch_add(n, Ordering::AcqRel);
-                self.counters.pending.fetch_sub(n, Ordering::AcqRel);
+                self.counters.held.fetch_sub(n, Ordering::AcqRel);
                 self.counters.batches.fetch_add(1, Ordering::AcqRel);
                 if let Some(listener) = &self.listener {
                     let keys: Vec<K> = batch.into_iter().map(|(k, _)| k).collect();
@@ -448,11 +447,13 @@ where
                 // A newer value arrived meanwhile: it wins, the failed one is superseded.
                 Some(newer) if newer.value.stamp() >= entry.value.stamp() => {
                     self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
-                    self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                    self.counters.held.fetch_sub(1, Ordering::AcqRel);
                 }
                 Some(_) => {
+                    // The failed value is newer: it replaces the one in the map.
                     self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
-                    self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                    self.counters.held.fetch_sub(1, Ordering::AcqRel);
+                    self.map.remove(&key);
                     self.keep_or_drop(key, entry);
                 }
                 None => self.keep_or_drop(key, entry),
@@ -460,11 +461,11 @@ where
         }
     }
 
+    /// Puts a failed entry (still counted as held) back, or drops it.
     fn keep_or_drop(&mut self, key: K, entry: Entry<V>) {
         if entry.attempts >= self.config.max_attempts {
             self.counters.dropped_attempts.fetch_add(1, Ordering::AcqRel);
-            self.counters.pending.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.dropped(Reason::Attempts, 1);
+            self.counters.held.fetch_sub(1, Ordering::AcqRel);
         } else {
             self.map.insert(key, entry);
         }
@@ -479,20 +480,15 @@ where
         }
         let timeout = self.config.final_flush_timeout;
         let flushed = tokio::time::timeout(timeout, self.flush(Reason::Shutdown)).await;
-        let left = match flushed {
-            // The aborted write's batch was taken out of the map: everything
-            // still pending is lost.
-            Err(_) => {
-                tracing::error!(?timeout, "final batch flush timed out");
-                self.counters.pending.load(Ordering::Acquire)
-            }
-            Ok(_) => self.map.len() as u64,
-        };
+        if flushed.is_err() {
+            tracing::error!(?timeout, "final batch flush timed out");
+        }
+        // Whatever is still held (the map, or the batch whose write was
+        // abandoned) is lost: count it.
+        let left = self.counters.held.swap(0, Ordering::AcqRel);
         if left > 0 {
             tracing::error!(items = left, "batcher stopped with unwritten items");
             self.counters.dropped_shutdown.fetch_add(left, Ordering::AcqRel);
-            self.counters.pending.fetch_sub(left, Ordering::AcqRel);
-            self.metrics.dropped(Reason::Shutdown, left);
         }
     }
 }

@@ -1,0 +1,121 @@
+//! PostgreSQL write throughput for 500-row batches of agent metadata:
+//! the batcher's UNNEST upsert against (a) one upsert statement per row and
+//! (b) binary `COPY` into an unlogged table of the same shape, in one run.
+//!
+//! Run with `cargo xtask bench -p keel-batcher --bench sink` (needs the local
+//! PostgreSQL, like the tests).
+
+// The report printed to standard output is this benchmark's result.
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant, SystemTime};
+
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use futures_util::pin_mut;
+use keel_batcher::{BatchSink, DbMetadataSink, MetadataKey, MetadataValue};
+use keel_store::testing::TempDatabase;
+use keel_telemetry::Telemetry;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use uuid::Uuid;
+
+const BATCH: usize = 500;
+const BATCHES: usize = 20;
+
+fn batch(round: usize, agents: &[Uuid]) -> Vec<(MetadataKey, MetadataValue)> {
+    let at = SystemTime::now();
+    (0..BATCH)
+        .map(|i| {
+            (
+                MetadataKey { agent_id: agents[i % agents.len()], key: format!("key-{}", i / agents.len()) },
+                MetadataValue { value: format!("value-{round}-{i}"), error: String::new(), collected_at: at },
+            )
+        })
+        .collect()
+}
+
+fn report(label: &str, rows: usize, took: Duration, baseline: Option<f64>) -> f64 {
+    let rate = rows as f64 / took.as_secs_f64();
+    match baseline {
+        Some(base) => println!("{label:<44} {rate:>12.0} rows/s  ({:.2}x the UNNEST sink)", rate / base),
+        None => println!("{label:<44} {rate:>12.0} rows/s"),
+    }
+    rate
+}
+
+const PER_ROW: &str = "INSERT INTO agent_metadata (agent_id, key, value, error, collected_at) \
+    VALUES ($1::uuid, $2, $3, $4, to_timestamp($5::double precision / 1000000)) \
+    ON CONFLICT (agent_id, key) DO UPDATE SET value = excluded.value, error = excluded.error, collected_at = excluded.collected_at \
+    WHERE excluded.collected_at >= agent_metadata.collected_at";
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes every bench binary
+    }
+    let temp = TempDatabase::create("sink_bench").await;
+    let telemetry = Telemetry::new("bench").expect("telemetry");
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.expect("migrations");
+    let agents: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
+    let sink = DbMetadataSink::new(database.clone());
+    println!("agent metadata, {BATCHES} batches of {BATCH} rows (upserts of the same keys after the first round)");
+
+    sink.write(&batch(0, &agents)).await.expect("warm-up");
+    let started = Instant::now();
+    for round in 1..=BATCHES {
+        sink.write(&batch(round, &agents)).await.expect("write");
+    }
+    let unnest = report("UNNEST upsert, one statement per batch", BATCH * BATCHES, started.elapsed(), None);
+
+    let mut conn = AsyncPgConnection::establish(temp.url()).await.expect("connect");
+    let started = Instant::now();
+    for round in 1..=BATCHES {
+        for (key, value) in batch(round, &agents) {
+            diesel::sql_query(PER_ROW)
+                .bind::<Text, _>(key.agent_id.to_string())
+                .bind::<Text, _>(&key.key)
+                .bind::<Text, _>(&value.value)
+                .bind::<Text, _>(&value.error)
+                .bind::<BigInt, _>(micros(value.collected_at))
+                .execute(&mut conn)
+                .await
+                .expect("row");
+        }
+    }
+    report("(a) one upsert statement per row", BATCH * BATCHES, started.elapsed(), Some(unnest));
+
+    conn.batch_execute(
+        "CREATE UNLOGGED TABLE copy_target (agent_id uuid, key text, value text, error text, collected_at timestamptz)",
+    )
+    .await
+    .expect("table");
+    let (client, connection) = tokio_postgres::connect(temp.url(), tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let types = [Type::UUID, Type::TEXT, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
+    let started = Instant::now();
+    for round in 1..=BATCHES {
+        let sink = client
+            .copy_in("COPY copy_target (agent_id, key, value, error, collected_at) FROM STDIN BINARY")
+            .await
+            .expect("copy");
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        for (key, value) in batch(round, &agents) {
+            writer
+                .as_mut()
+                .write(&[&key.agent_id, &key.key, &value.value, &value.error, &value.collected_at])
+                .await
+                .expect("copy row");
+        }
+        writer.finish().await.expect("copy finish");
+    }
+    report("(b) binary COPY into an unlogged table", BATCH * BATCHES, started.elapsed(), Some(unnest));
+    drop((conn, client, sink, database));
+    temp.drop_database().await;
+}
