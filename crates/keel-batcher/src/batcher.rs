@@ -249,7 +249,7 @@ where
                 let dropped = self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
                 // Under overload every add drops: look at the clock only for
                 // the first drop and every 1024th after it.
-                if dropped % 1024 == 0 {
+                if dropped.is_multiple_of(1024) {
                     self.warn_dropped();
                 }
                 Err(AddError::Full)
