@@ -6,4 +6,4 @@ CREATE TABLE IF NOT EXISTS agent_metadata (
     error TEXT NOT NULL DEFAULT '',
     collected_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (agent_id, key)
-);
+) WITH (fillfactor = 70); -- room on each page for HOT updates: rows are rewritten in place by every flush
