@@ -5,11 +5,16 @@
 
 use std::time::Duration;
 
-use keel_http::testing::{http_get, http_request, spawn_until_listening, terminate};
+use keel_http::testing::{LogLines, http_get, http_request, spawn_with_logs, terminate, wait_for_log};
 use keel_store::testing::{TempDatabase, redis_url};
 use tokio::process::{Child, Command};
 
 async fn start_api(database_url: &str, namespace: &str, dir: &std::path::Path) -> (Child, String) {
+    let (child, addr, _) = start_api_with_logs(database_url, namespace, dir).await;
+    (child, addr)
+}
+
+async fn start_api_with_logs(database_url: &str, namespace: &str, dir: &std::path::Path) -> (Child, String, LogLines) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_api"));
     command
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -18,7 +23,7 @@ async fn start_api(database_url: &str, namespace: &str, dir: &std::path::Path) -
         .env("REDIS_URL", redis_url())
         .env("KEEL_ADMIN_TOKEN", "s3cret")
         .env("KEEL_NAMESPACE", namespace);
-    spawn_until_listening(command, "api listening").await
+    spawn_with_logs(command, "api listening").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +33,7 @@ async fn a_settings_change_on_one_api_is_served_by_the_other() {
     // The test's own key and channel namespace: other tests share this Redis.
     let namespace = temp.name().to_owned();
     let (mut first, a) = start_api(temp.url(), &namespace, dir.path()).await;
-    let (mut second, b) = start_api(temp.url(), &namespace, dir.path()).await;
+    let (mut second, b, mut logs_b) = start_api_with_logs(temp.url(), &namespace, dir.path()).await;
 
     let (status, body) = http_get(&b, "/api/v1/settings/monitoring").await;
     assert_eq!(status, 200, "{body}");
@@ -63,6 +68,20 @@ async fn a_settings_change_on_one_api_is_served_by_the_other() {
     }
     let (status, _) = http_request(&b, "PUT", "/api/v1/settings/monitoring", &headers, document).await;
     assert_eq!(status, 412, "the first write moved the version on");
+    // The other process changed its running log filter.
+    let applied = wait_for_log(&mut logs_b, "log level applied", Duration::from_secs(5)).await;
+    assert_eq!(applied["log_level"], "debug");
+    let debug = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = logs_b.recv().await {
+            if line["level"] == "DEBUG" {
+                return line;
+            }
+        }
+        panic!("process exited");
+    })
+    .await
+    .expect("no DEBUG line after the log level changed to debug");
+    assert_eq!(debug["level"], "DEBUG");
 
     assert_eq!(terminate(&mut first).await, Some(0));
     assert_eq!(terminate(&mut second).await, Some(0));

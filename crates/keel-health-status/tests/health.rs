@@ -420,3 +420,59 @@ async fn rise_and_fall_intervals_apply_while_moving() {
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!((component(&health, "db").0, calls.load(Ordering::SeqCst)), (Ko, 5));
 }
+
+#[tokio::test(start_paused = true)]
+async fn status_duration_and_transitions_are_exported() {
+    let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
+    let health = ungrouped();
+    health.instrument(&telemetry);
+    let (check, _) = scripted(&[Up, Up, Ko]);
+    health.register(spec("db", Thresholds::default()), check).unwrap();
+    tokio::time::sleep(TICK * 2 + TICK / 2).await;
+    let text = telemetry.encode().unwrap();
+    assert!(text.contains("keel_health_status{component=\"db\"} 1"), "WARN after OK, OK, KO:\n{text}");
+    assert!(text.contains("keel_health_check_duration_seconds_count{component=\"db\"} 3"), "{text}");
+    for (from, to) in [("KO", "WARN"), ("WARN", "OK"), ("OK", "WARN")] {
+        let series = format!("keel_health_transitions_total{{component=\"db\",from=\"{from}\",to=\"{to}\"}} 1");
+        assert!(text.contains(&series), "{series} missing:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_http_checks_probe_real_sockets() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A tiny HTTP server: /ok answers 200, anything else 503.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                let n = socket.read(&mut buffer).await.unwrap_or(0);
+                let status = if String::from_utf8_lossy(&buffer[..n]).starts_with("GET /ok ") {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = socket
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    let run = |check: keel_health_status::SharedCheck| async move { check.check().await };
+    use keel_health_status::checks;
+    assert_eq!(run(checks::tcp(addr.to_string())).await.status, Up);
+    assert_eq!(run(checks::http(&format!("http://{addr}/ok"), None).unwrap()).await.status, Up);
+    let bad = run(checks::http(&format!("http://{addr}/down"), None).unwrap()).await;
+    assert_eq!(bad.status, Ko);
+    assert!(bad.message.contains("status 503"), "{}", bad.message);
+    assert_eq!(run(checks::http(&format!("http://{addr}/down"), Some(503)).unwrap()).await.status, Up, "expect_status");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let refused = run(checks::tcp(closed.to_string())).await;
+    assert_eq!(refused.status, Ko);
+    assert!(checks::http("https://example.invalid/", None).is_err(), "https is refused up front");
+}

@@ -344,8 +344,11 @@ async fn start_metadata(
 
 /// WARN while the batcher dropped items in the last minute or its channel is
 /// more than 80 % full.
-fn batcher_check(metadata: &AgentMetadata) -> SharedCheck {
-    let batcher = metadata.batcher().clone();
+fn batcher_check<K, V>(batcher: Batcher<K, V>) -> SharedCheck
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
     let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
     std::sync::Arc::new(move || {
         let stats = batcher.stats();
@@ -398,7 +401,7 @@ fn start_health(
         builtins.push(("settings".to_owned(), settings_check(settings)));
     }
     if !configured("batcher") {
-        builtins.push(("batcher".to_owned(), batcher_check(metadata)));
+        builtins.push(("batcher".to_owned(), batcher_check(metadata.batcher().clone())));
     }
     for (name, check) in builtins {
         health.register_shared(builtin_spec(name), check).map_err(invalid_health)?;
@@ -434,4 +437,56 @@ async fn await_first_checks(health: &Health, file: &FileConfig) {
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use keel_batcher::{BatchSink, Batcher, BatcherConfig, SinkFuture, Stamped};
+    use keel_core::Status;
+
+    #[derive(Clone)]
+    struct Item;
+
+    impl Stamped for Item {
+        fn stamp(&self) -> SystemTime {
+            SystemTime::UNIX_EPOCH
+        }
+    }
+
+    struct Stalled;
+
+    impl BatchSink<u32, Item> for Stalled {
+        fn write<'a>(&'a self, _batch: &'a [(u32, Item)]) -> SinkFuture<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batcher_health_warns_on_a_full_queue_and_on_recent_drops() {
+        let config = BatcherConfig { max_batch_size: 2, channel_multiplier: 5, ..BatcherConfig::default() };
+        let batcher: Batcher<u32, Item> = Batcher::start("t", config, Arc::new(Stalled)).unwrap();
+        let check = super::batcher_check(batcher.clone());
+        assert_eq!(check.check().await.status, Status::Ok);
+
+        // Two keys reach the stalled sink; then 9 of 10 channel slots fill.
+        batcher.add(0, Item).unwrap();
+        batcher.add(1, Item).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for key in 2..11 {
+            batcher.add(key, Item).unwrap();
+        }
+        let report = check.check().await;
+        assert_eq!(report.status, Status::Warn);
+        assert!(report.message.contains("more than 80% full"), "{}", report.message);
+
+        batcher.add(11, Item).unwrap();
+        assert!(batcher.add(12, Item).is_err(), "the channel is full");
+        let report = check.check().await;
+        assert!(report.message.contains("dropped"), "{}", report.message);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(check.check().await.message.contains("full"), "drops age out; the queue is still full");
+    }
 }

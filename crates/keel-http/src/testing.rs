@@ -35,7 +35,30 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// the log line whose message starts with `marker`; returns the child and
 /// that line's `addr` field. The child is killed when dropped, and its stderr
 /// keeps being drained so it never blocks on a full pipe.
-pub async fn spawn_until_listening(mut command: Command, marker: &str) -> (Child, String) {
+pub async fn spawn_until_listening(command: Command, marker: &str) -> (Child, String) {
+    let (child, addr, _) = spawn_with_logs(command, marker).await;
+    (child, addr)
+}
+
+/// Later log lines of a process started by [`spawn_with_logs`].
+pub type LogLines = tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>;
+
+/// Waits (at most `limit`) for a log line whose message contains `text`.
+pub async fn wait_for_log(lines: &mut LogLines, text: &str, limit: Duration) -> serde_json::Value {
+    tokio::time::timeout(limit, async {
+        while let Some(line) = lines.recv().await {
+            if line["message"].as_str().is_some_and(|m| m.contains(text)) {
+                return line;
+            }
+        }
+        panic!("the process exited before logging {text:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line with {text:?} within {limit:?}"))
+}
+
+/// [`spawn_until_listening`], also returning every later log line.
+pub async fn spawn_with_logs(mut command: Command, marker: &str) -> (Child, String, LogLines) {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -61,9 +84,15 @@ pub async fn spawn_until_listening(mut command: Command, marker: &str) -> (Child
         Ok(None) => panic!("process exited before {marker:?}:\n{}", seen.join("\n")),
         Err(_) => panic!("no {marker:?} within 30s:\n{}", seen.join("\n")),
     };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Nobody listening is fine: keep draining the pipe.
+            let _ = tx.send(serde_json::from_str(&line).unwrap_or_default());
+        }
+    });
     let addr = line["addr"].as_str().unwrap_or_else(|| panic!("{marker:?} line has no addr: {line}")).to_owned();
-    (child, addr)
+    (child, addr, rx)
 }
 
 /// Sends SIGTERM to `child` and returns its exit code (waiting up to 15 s).
