@@ -85,7 +85,7 @@ impl Metrics {
                     .with_description("Items dropped, by reason")
                     .with_callback(move |counter| {
                         let [full, attempts, shutdown] = &drop_labels;
-                        counter.observe(counters.dropped_full.load(Ordering::Relaxed), full);
+                        counter.observe(counters.dropped_full.sum(), full);
                         counter.observe(counters.dropped_attempts.load(Ordering::Relaxed), attempts);
                         counter.observe(counters.dropped_shutdown.load(Ordering::Relaxed), shutdown);
                     })
