@@ -98,8 +98,8 @@ const PG_LOAD: &str = "SELECT key, value, error, (extract(epoch FROM collected_a
 const SQLITE_LOAD: &str =
     "SELECT key, value, error, collected_at AS collected_us FROM agent_metadata WHERE agent_id = ? ORDER BY key";
 
-fn pool_error(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Pool(err.to_string())
+fn no_backend(what: &str) -> StoreError {
+    StoreError::Pool(what.to_owned())
 }
 
 impl DbMetadataSink {
@@ -110,9 +110,8 @@ impl DbMetadataSink {
 
     async fn upsert(&self, batch: &[(MetadataKey, MetadataValue)]) -> Result<(), StoreError> {
         #[cfg(feature = "postgres")]
-        if let Some(pool) = self.database.postgres() {
+        if let Some(mut conn) = self.database.postgres_connection().await? {
             use diesel::sql_types::Array;
-            let mut conn = pool.get().await.map_err(pool_error)?;
             let agents: Vec<String> = batch.iter().map(|(k, _)| k.agent_id.to_string()).collect();
             let keys: Vec<&str> = batch.iter().map(|(k, _)| k.key.as_str()).collect();
             let values: Vec<&str> = batch.iter().map(|(_, v)| v.value.as_str()).collect();
@@ -129,8 +128,7 @@ impl DbMetadataSink {
             return Ok(());
         }
         #[cfg(feature = "sqlite")]
-        if let Some(pool) = self.database.sqlite() {
-            let mut conn = pool.get().await.map_err(pool_error)?;
+        if let Some(mut conn) = self.database.sqlite_connection().await? {
             conn.transaction(async |conn| {
                 for (key, value) in batch {
                     diesel::sql_query(SQLITE_UPSERT)
@@ -147,7 +145,7 @@ impl DbMetadataSink {
             .await?;
             return Ok(());
         }
-        Err(pool_error("no database backend compiled in"))
+        Err(no_backend("no database backend compiled in"))
     }
 
     /// The stored metadata of `agent_id`, sorted by key.
@@ -156,22 +154,20 @@ impl DbMetadataSink {
             .database
             .timed("select", "agent_metadata", async {
                 #[cfg(feature = "postgres")]
-                if let Some(pool) = self.database.postgres() {
-                    let mut conn = pool.get().await.map_err(pool_error)?;
+                if let Some(mut conn) = self.database.postgres_connection().await? {
                     return Ok(diesel::sql_query(PG_LOAD)
                         .bind::<Text, _>(agent_id.to_string())
                         .load(&mut conn)
                         .await?);
                 }
                 #[cfg(feature = "sqlite")]
-                if let Some(pool) = self.database.sqlite() {
-                    let mut conn = pool.get().await.map_err(pool_error)?;
+                if let Some(mut conn) = self.database.sqlite_connection().await? {
                     return Ok(diesel::sql_query(SQLITE_LOAD)
                         .bind::<Text, _>(agent_id.to_string())
                         .load(&mut conn)
                         .await?);
                 }
-                Err(pool_error("no database backend compiled in"))
+                Err(no_backend("no database backend compiled in"))
             })
             .await?;
         Ok(rows
@@ -242,8 +238,8 @@ impl MetadataNotifier {
             #[cfg(feature = "postgres")]
             Target::Notify(database) => {
                 use diesel::sql_types::Array;
-                let pool = database.postgres().ok_or_else(|| pool_error("NOTIFY needs PostgreSQL"))?;
-                let mut conn = pool.get().await.map_err(pool_error)?;
+                let mut conn =
+                    database.postgres_connection().await?.ok_or_else(|| no_backend("NOTIFY needs PostgreSQL"))?;
                 diesel::sql_query(PG_NOTIFY_ALL)
                     .bind::<Text, _>(&self.channel)
                     .bind::<Array<Text>, _>(chunks)

@@ -209,24 +209,22 @@ macro_rules! with_sql {
     }};
 }
 
-fn pool_error(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(keel_store::StoreError::Pool(err.to_string()))
+fn no_backend() -> StoreError {
+    StoreError::Database(keel_store::StoreError::Pool("no database backend compiled in".into()))
 }
 
 impl SettingsStore for DbSettingsStore {
     fn load<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Result<Option<StoredDocument>, StoreError>> {
         Box::pin(self.database.timed("select", "settings", async move {
             #[cfg(feature = "postgres")]
-            if let Some(pool) = self.database.postgres() {
-                let mut conn = pool.get().await.map_err(pool_error)?;
+            if let Some(mut conn) = self.database.postgres_connection().await? {
                 return with_sql!(load, &mut conn, POSTGRES, name);
             }
             #[cfg(feature = "sqlite")]
-            if let Some(pool) = self.database.sqlite() {
-                let mut conn = pool.get().await.map_err(pool_error)?;
+            if let Some(mut conn) = self.database.sqlite_connection().await? {
                 return with_sql!(load, &mut conn, SQLITE, name);
             }
-            Err(pool_error("no database backend compiled in"))
+            Err(no_backend())
         }))
     }
 
@@ -239,16 +237,14 @@ impl SettingsStore for DbSettingsStore {
     ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
         Box::pin(self.database.timed("update", "settings", async move {
             #[cfg(feature = "postgres")]
-            if let Some(pool) = self.database.postgres() {
-                let mut conn = pool.get().await.map_err(pool_error)?;
+            if let Some(mut conn) = self.database.postgres_connection().await? {
                 return with_sql!(save, conn, POSTGRES, name, value, expected, actor);
             }
             #[cfg(feature = "sqlite")]
-            if let Some(pool) = self.database.sqlite() {
-                let mut conn = pool.get().await.map_err(pool_error)?;
+            if let Some(mut conn) = self.database.sqlite_connection().await? {
                 return with_sql!(save, conn, SQLITE, name, value, expected, actor);
             }
-            Err(pool_error("no database backend compiled in"))
+            Err(no_backend())
         }))
     }
 
@@ -256,16 +252,14 @@ impl SettingsStore for DbSettingsStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         Box::pin(self.database.timed("select", "settings_audit", async move {
             #[cfg(feature = "postgres")]
-            if let Some(pool) = self.database.postgres() {
-                let mut conn = pool.get().await.map_err(pool_error)?;
+            if let Some(mut conn) = self.database.postgres_connection().await? {
                 return with_sql!(history, &mut conn, POSTGRES, name, limit);
             }
             #[cfg(feature = "sqlite")]
-            if let Some(pool) = self.database.sqlite() {
-                let mut conn = pool.get().await.map_err(pool_error)?;
+            if let Some(mut conn) = self.database.sqlite_connection().await? {
                 return with_sql!(history, &mut conn, SQLITE, name, limit);
             }
-            Err(pool_error("no database backend compiled in"))
+            Err(no_backend())
         }))
     }
 }

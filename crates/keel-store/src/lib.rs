@@ -50,12 +50,12 @@ pub mod testing;
 
 pub use bus::{Bus, BusBackend, Subscription};
 pub use cache::Cache;
-#[cfg(feature = "postgres")]
-pub use db::PgPool;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use db::{Backend, Database, DbConfig, PoolStatus};
+#[cfg(feature = "postgres")]
+pub use db::{PgConnection, PgPool};
 #[cfg(feature = "sqlite")]
-pub use db::{SqliteConnection, SqlitePool};
+pub use db::{PooledSqliteConnection, SqliteConnection, SqlitePool};
 pub use error::StoreError;
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStore};

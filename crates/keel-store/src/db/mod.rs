@@ -18,9 +18,9 @@ use crate::StoreError;
 use crate::metrics::StoreMetrics;
 
 #[cfg(feature = "postgres")]
-pub use postgres::PgPool;
+pub use postgres::{PgConnection, PgPool};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteConnection, SqlitePool};
+pub use sqlite::{PooledSqliteConnection, SqliteConnection, SqlitePool};
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -175,6 +175,24 @@ impl Database {
             Pool::Sqlite(pool) => Some(pool),
             #[cfg(feature = "postgres")]
             Pool::Postgres(_) => None,
+        }
+    }
+
+    /// A pooled PostgreSQL connection; `Ok(None)` when this is SQLite.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_connection(&self) -> Result<Option<PgConnection>, StoreError> {
+        match self.postgres() {
+            Some(pool) => pool.get().await.map(Some).map_err(|err| StoreError::Pool(err.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// A pooled SQLite connection; `Ok(None)` when this is PostgreSQL.
+    #[cfg(feature = "sqlite")]
+    pub async fn sqlite_connection(&self) -> Result<Option<PooledSqliteConnection>, StoreError> {
+        match self.sqlite() {
+            Some(pool) => pool.get().await.map(Some).map_err(|err| StoreError::Pool(err.to_string())),
+            None => Ok(None),
         }
     }
 

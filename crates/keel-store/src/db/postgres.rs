@@ -9,6 +9,8 @@ use crate::StoreError;
 
 /// A deadpool pool of async PostgreSQL connections.
 pub type PgPool = Pool<AsyncPgConnection>;
+/// A connection borrowed from a [`PgPool`] (returned on drop).
+pub type PgConnection = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 

@@ -12,6 +12,8 @@ use crate::StoreError;
 pub type SqliteConnection = SyncConnectionWrapper<diesel::SqliteConnection>;
 /// A deadpool pool of [`SqliteConnection`]s.
 pub type SqlitePool = Pool<SqliteConnection>;
+/// A connection borrowed from a [`SqlitePool`] (returned on drop).
+pub type PooledSqliteConnection = diesel_async::pooled_connection::deadpool::Object<SqliteConnection>;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
