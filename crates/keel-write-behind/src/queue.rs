@@ -1,0 +1,539 @@
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// An item with a key, for coalescing.
+pub trait Keyed {
+    /// The key type.
+    type Key: Eq + Hash + Clone + Send + Sync + 'static;
+    /// The key: two queued items with the same key coalesce (if enabled).
+    fn key(&self) -> Self::Key;
+}
+
+/// Why a repository or dead-letter write failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RepoError(pub String);
+
+/// A boxed repository future.
+pub type RepoFuture<'a> = Pin<Box<dyn Future<Output = Result<(), RepoError>> + Send + 'a>>;
+
+/// Where items are persisted. `upsert_many` must be atomic and idempotent:
+/// after a failure the same items are written again, possibly in smaller
+/// batches.
+pub trait Repository<T>: Send + Sync + 'static {
+    /// Persists all of `items`, or none.
+    fn upsert_many<'a>(&'a self, items: &'a [T]) -> RepoFuture<'a>;
+}
+
+/// An item that could not be persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter<T> {
+    /// The item.
+    pub item: T,
+    /// The last error.
+    pub error: String,
+    /// How many writes were tried.
+    pub attempts: u32,
+    /// When it was given up.
+    pub at: SystemTime,
+}
+
+/// Where items go when they cannot be persisted.
+pub trait DeadLetters<T>: Send + Sync + 'static {
+    /// Stores the letters.
+    fn store<'a>(&'a self, letters: &'a [DeadLetter<T>]) -> RepoFuture<'a>;
+}
+
+/// What `enqueue` does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullMode {
+    /// Wait for room (backpressure).
+    #[default]
+    Wait,
+    /// Answer [`EnqueueError::Full`] at once.
+    Reject,
+}
+
+/// Queue settings.
+#[derive(Debug, Clone)]
+pub struct WriteBehindConfig {
+    /// Items queued or being written at most (10 000).
+    pub capacity: usize,
+    /// Items per repository call at most (500).
+    pub batch_size: usize,
+    /// Longest wait from the oldest queued item to its batch (1 s).
+    pub flush_interval: Duration,
+    /// Retries of a single failing item before it is dead-lettered (5).
+    pub max_retries: u32,
+    /// First retry delay, doubled each time (100 ms)...
+    pub backoff_initial: Duration,
+    /// ...up to this (10 s).
+    pub backoff_max: Duration,
+    /// Random spread of each delay, as a fraction (0.2 = ±20 %).
+    pub jitter: f64,
+    /// Replace a queued item by a newer one with the same key.
+    pub coalesce: bool,
+    /// Full queue behaviour of [`WriteBehind::enqueue`].
+    pub full_mode: FullMode,
+    /// Time [`WriteBehind::shutdown`] gives the drain (30 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for WriteBehindConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            batch_size: 500,
+            flush_interval: Duration::from_secs(1),
+            max_retries: 5,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            jitter: 0.2,
+            coalesce: false,
+            full_mode: FullMode::Wait,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a queue could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteBehindError {
+    /// Invalid configuration.
+    #[error("invalid write-behind configuration: {0}")]
+    Config(String),
+}
+
+/// Why an item was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// The queue is full (reject mode, or `try_enqueue`).
+    #[error("the write-behind queue is full")]
+    Full,
+    /// The queue has shut down.
+    #[error("the write-behind queue is closed")]
+    Closed,
+}
+
+/// Counters; `enqueued = persisted + failed + queue_depth + in_flight` when
+/// nothing is moving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Items accepted as new writes.
+    pub enqueued: u64,
+    /// Items that replaced a queued item with the same key (not in `enqueued`).
+    pub coalesced: u64,
+    /// Items persisted.
+    pub persisted: u64,
+    /// Items dead-lettered.
+    pub failed: u64,
+    /// Re-attempts of items after a failed write.
+    pub retries: u64,
+    /// Successful repository calls.
+    pub batches: u64,
+    /// Items waiting.
+    pub queue_depth: u64,
+    /// Items being written (or waiting for a retry).
+    pub in_flight: u64,
+    /// Age of the oldest waiting item.
+    pub oldest_age: Duration,
+    /// Dead letters the sink itself failed to store (logged with the items).
+    pub dead_letter_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    coalesced: AtomicU64,
+    persisted: AtomicU64,
+    failed: AtomicU64,
+    retries: AtomicU64,
+    batches: AtomicU64,
+    in_flight: AtomicU64,
+    dead_letter_errors: AtomicU64,
+}
+
+struct Queued<T> {
+    item: T,
+    since: Instant,
+}
+
+/// The queue proper; with coalescing, `index` finds a key's slot.
+struct Pending<T: Keyed> {
+    items: VecDeque<Option<Queued<T>>>,
+    /// Live items in `items` (the rest are holes left by coalescing).
+    live: usize,
+    index: HashMap<T::Key, usize>,
+    /// Position of `items[0]` in the stream, so indices survive pops.
+    offset: usize,
+}
+
+impl<T: Keyed> Pending<T> {
+    fn new() -> Self {
+        Self { items: VecDeque::new(), live: 0, index: HashMap::new(), offset: 0 }
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.items.iter().flatten().next().map(|q| q.since)
+    }
+
+    fn take(&mut self, max: usize) -> Vec<T> {
+        let mut batch = Vec::with_capacity(max.min(self.live));
+        while batch.len() < max {
+            let Some(slot) = self.items.pop_front() else { break };
+            self.offset += 1;
+            if let Some(queued) = slot {
+                self.index.remove(&queued.item.key());
+                self.live -= 1;
+                batch.push(queued.item);
+            }
+        }
+        batch
+    }
+}
+
+struct Shared<T: Keyed> {
+    config: WriteBehindConfig,
+    pending: Mutex<Pending<T>>,
+    /// One permit per free place: held by every queued or in-flight item.
+    room: Semaphore,
+    wake: Notify,
+    counters: Counters,
+    closing: CancellationToken,
+}
+
+impl<T: Keyed> Shared<T> {
+    fn pending(&self) -> MutexGuard<'_, Pending<T>> {
+        // Each critical section leaves the queue consistent before anything
+        // that can panic.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The write-behind queue. Cloning shares it.
+pub struct WriteBehind<T: Keyed> {
+    shared: Arc<Shared<T>>,
+    flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl<T: Keyed> Clone for WriteBehind<T> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone(), flusher: self.flusher.clone() }
+    }
+}
+
+impl<T: Keyed> fmt::Debug for WriteBehind<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBehind").field("metrics", &self.metrics()).finish_non_exhaustive()
+    }
+}
+
+impl<T: Keyed> WriteBehind<T> {
+    /// Counters and gauges now.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.shared.counters;
+        let (depth, oldest) = {
+            let pending = self.shared.pending();
+            (pending.live as u64, pending.oldest())
+        };
+        Metrics {
+            enqueued: c.enqueued.load(Ordering::Acquire),
+            coalesced: c.coalesced.load(Ordering::Acquire),
+            persisted: c.persisted.load(Ordering::Acquire),
+            failed: c.failed.load(Ordering::Acquire),
+            retries: c.retries.load(Ordering::Acquire),
+            batches: c.batches.load(Ordering::Acquire),
+            queue_depth: depth,
+            in_flight: c.in_flight.load(Ordering::Acquire),
+            oldest_age: oldest.map_or(Duration::ZERO, |t| t.elapsed()),
+            dead_letter_errors: c.dead_letter_errors.load(Ordering::Acquire),
+        }
+    }
+}
+
+impl<T> WriteBehind<T>
+where
+    T: Keyed + Clone + Send + Sync + 'static,
+{
+    /// Starts the queue and its flusher.
+    pub fn start(
+        config: WriteBehindConfig,
+        repository: Arc<dyn Repository<T>>,
+        dead_letters: Arc<dyn DeadLetters<T>>,
+    ) -> Result<Self, WriteBehindError> {
+        let problem = if config.capacity == 0 || config.batch_size == 0 {
+            Some("capacity and batch_size must be at least 1")
+        } else if config.flush_interval.is_zero() || config.shutdown_timeout.is_zero() {
+            Some("flush_interval and shutdown_timeout must be positive")
+        } else if !(0.0..1.0).contains(&config.jitter) {
+            Some("jitter must be in [0, 1)")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(WriteBehindError::Config(problem.into()));
+        }
+        let shared = Arc::new(Shared {
+            room: Semaphore::new(config.capacity),
+            config,
+            pending: Mutex::new(Pending::new()),
+            wake: Notify::new(),
+            counters: Counters::default(),
+            closing: CancellationToken::new(),
+        });
+        let flusher = Flusher { shared: shared.clone(), repository, dead_letters };
+        let task = tokio::spawn(flusher.run());
+        Ok(Self { shared, flusher: Arc::new(Mutex::new(Some(task))) })
+    }
+
+    /// Queues `item`, waiting for room in `Wait` mode. Cancelling the wait
+    /// changes nothing.
+    pub async fn enqueue(&self, item: T) -> Result<(), EnqueueError> {
+        if self.shared.config.full_mode == FullMode::Reject {
+            return self.try_enqueue(item);
+        }
+        if let Some(replaced) = self.coalesce(&item) {
+            return replaced;
+        }
+        match self.shared.room.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                self.push(item);
+                Ok(())
+            }
+            Err(_) => Err(EnqueueError::Closed),
+        }
+    }
+
+    /// Queues `item` if there is room now.
+    pub fn try_enqueue(&self, item: T) -> Result<(), EnqueueError> {
+        if let Some(replaced) = self.coalesce(&item) {
+            return replaced;
+        }
+        match self.shared.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.push(item);
+                Ok(())
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(EnqueueError::Full),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(EnqueueError::Closed),
+        }
+    }
+
+    /// With coalescing, replaces a queued item with the same key (no room
+    /// needed). `None`: nothing to replace.
+    fn coalesce(&self, item: &T) -> Option<Result<(), EnqueueError>> {
+        if self.shared.closing.is_cancelled() {
+            return Some(Err(EnqueueError::Closed));
+        }
+        if !self.shared.config.coalesce {
+            return None;
+        }
+        let mut pending = self.shared.pending();
+        let position = *pending.index.get(&item.key())?;
+        let offset = pending.offset;
+        let slot = pending.items.get_mut(position - offset)?;
+        if let Some(queued) = slot {
+            queued.item = item.clone();
+            self.shared.counters.coalesced.fetch_add(1, Ordering::AcqRel);
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    fn push(&self, item: T) {
+        let full_batch = {
+            let mut pending = self.shared.pending();
+            if self.shared.config.coalesce {
+                let position = pending.offset + pending.items.len();
+                pending.index.insert(item.key(), position);
+            }
+            pending.items.push_back(Some(Queued { item, since: Instant::now() }));
+            pending.live += 1;
+            self.shared.counters.enqueued.fetch_add(1, Ordering::AcqRel);
+            pending.live >= self.shared.config.batch_size
+        };
+        if full_batch || self.shared.pending().live == 1 {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Stops accepting items, writes everything still queued within
+    /// `shutdown_timeout`, and dead-letters what is left. Idempotent.
+    pub async fn shutdown(&self) {
+        self.shared.closing.cancel();
+        self.shared.room.close();
+        self.shared.wake.notify_one();
+        let task = self.flusher.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Flusher<T: Keyed> {
+    shared: Arc<Shared<T>>,
+    repository: Arc<dyn Repository<T>>,
+    dead_letters: Arc<dyn DeadLetters<T>>,
+}
+
+/// An item being written, with how many writes it has seen.
+struct Attempt<T> {
+    item: T,
+    attempts: u32,
+}
+
+impl<T> Flusher<T>
+where
+    T: Keyed + Clone + Send + Sync + 'static,
+{
+    async fn run(self) {
+        let config = self.shared.config.clone();
+        loop {
+            // Wait for a full batch, the interval after the oldest item, or
+            // shutdown.
+            let (live, oldest) = {
+                let pending = self.shared.pending();
+                (pending.live, pending.oldest())
+            };
+            if self.shared.closing.is_cancelled() {
+                break;
+            }
+            if live < config.batch_size {
+                let wake = self.shared.wake.notified();
+                let deadline = oldest.map(|t| t + config.flush_interval);
+                tokio::select! {
+                    () = wake => continue,
+                    () = self.shared.closing.cancelled() => break,
+                    () = sleep_until_opt(deadline) => {}
+                }
+            }
+            let batch = self.shared.pending().take(config.batch_size);
+            if !batch.is_empty() {
+                self.write(batch).await;
+            }
+        }
+        self.drain(&config).await;
+    }
+
+    /// Writes everything left within the shutdown timeout, then dead-letters
+    /// what remains.
+    async fn drain(&self, config: &WriteBehindConfig) {
+        let drained = tokio::time::timeout(config.shutdown_timeout, async {
+            loop {
+                let batch = self.shared.pending().take(config.batch_size);
+                if batch.is_empty() {
+                    break;
+                }
+                self.write(batch).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            // The abandoned write's items are still counted in flight.
+            let stranded = self.shared.counters.in_flight.swap(0, Ordering::AcqRel);
+            if stranded > 0 {
+                tracing::error!(
+                    items = stranded,
+                    "write-behind shutdown timed out during a write; those items may or may not be persisted"
+                );
+                self.shared.counters.failed.fetch_add(stranded, Ordering::AcqRel);
+            }
+        }
+        let left = self.shared.pending().take(usize::MAX);
+        if !left.is_empty() {
+            let letters: Vec<Attempt<T>> = left.into_iter().map(|item| Attempt { item, attempts: 0 }).collect();
+            self.shared.counters.in_flight.fetch_add(letters.len() as u64, Ordering::AcqRel);
+            self.dead_letter(letters, "not written before the shutdown timeout").await;
+        }
+    }
+
+    async fn write(&self, batch: Vec<T>) {
+        self.shared.counters.in_flight.fetch_add(batch.len() as u64, Ordering::AcqRel);
+        let mut work: Vec<Vec<Attempt<T>>> =
+            vec![batch.into_iter().map(|item| Attempt { item, attempts: 0 }).collect()];
+        while let Some(mut part) = work.pop() {
+            let items: Vec<T> = part.iter().map(|a| a.item.clone()).collect();
+            for attempt in &mut part {
+                attempt.attempts += 1;
+                if attempt.attempts > 1 {
+                    self.shared.counters.retries.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            match self.repository.upsert_many(&items).await {
+                Ok(()) => {
+                    let n = part.len();
+                    self.shared.counters.batches.fetch_add(1, Ordering::AcqRel);
+                    self.shared.counters.persisted.fetch_add(n as u64, Ordering::AcqRel);
+                    self.settle(n);
+                }
+                Err(err) if part.len() > 1 => {
+                    // Split to isolate poison: each half is retried on its own.
+                    tracing::warn!(%err, items = part.len(), "batch failed; splitting it");
+                    let second = part.split_off(part.len() / 2);
+                    work.push(second);
+                    work.push(part);
+                }
+                Err(err) => {
+                    let attempts = part[0].attempts;
+                    if attempts > self.shared.config.max_retries {
+                        self.dead_letter(part, &err.0).await;
+                    } else {
+                        tokio::time::sleep(self.backoff(attempts)).await;
+                        work.push(part);
+                    }
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let config = &self.shared.config;
+        let base =
+            config.backoff_initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(config.backoff_max);
+        let spread =
+            if config.jitter > 0.0 { 1.0 - config.jitter + fastrand::f64() * 2.0 * config.jitter } else { 1.0 };
+        base.mul_f64(spread)
+    }
+
+    async fn dead_letter(&self, part: Vec<Attempt<T>>, error: &str) {
+        let now = SystemTime::now();
+        let n = part.len();
+        let letters: Vec<DeadLetter<T>> = part
+            .into_iter()
+            .map(|a| DeadLetter { item: a.item, error: error.to_owned(), attempts: a.attempts, at: now })
+            .collect();
+        if let Err(err) = self.dead_letters.store(&letters).await {
+            self.shared.counters.dead_letter_errors.fetch_add(n as u64, Ordering::AcqRel);
+            tracing::error!(%err, items = n, "cannot store dead letters; the items are lost and counted as failed");
+        }
+        tracing::warn!(items = n, error, "items dead-lettered");
+        self.shared.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
+        self.settle(n);
+    }
+
+    /// `n` items left the queue for good: free their room.
+    fn settle(&self, n: usize) {
+        self.shared.counters.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
+        self.shared.room.add_permits(n);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,274 @@
+//! The in-memory write-behind queue with paused time.
+
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_write_behind::{
+    DeadLetter, DeadLetters, EnqueueError, FullMode, Keyed, Metrics, RepoError, RepoFuture, Repository, WriteBehind,
+    WriteBehindConfig,
+};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Item {
+    key: &'static str,
+    value: u32,
+}
+
+impl Keyed for Item {
+    type Key = &'static str;
+    fn key(&self) -> &'static str {
+        self.key
+    }
+}
+
+fn item(key: &'static str, value: u32) -> Item {
+    Item { key, value }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Ok,
+    /// Fail the first n calls.
+    FailFirst(u32),
+    Always,
+    /// Fail any batch holding the key "poison".
+    Poison,
+    Hang,
+}
+
+/// A repository that records successful writes (with their time) and every call.
+struct Repo {
+    mode: Mode,
+    calls: Mutex<Vec<Vec<Item>>>,
+    written: Mutex<Vec<(Duration, Vec<Item>)>>,
+    letters: Mutex<Vec<DeadLetter<Item>>>,
+    start: Instant,
+}
+
+impl Repo {
+    fn new(mode: Mode) -> Arc<Self> {
+        Arc::new(Self {
+            mode,
+            calls: Mutex::default(),
+            written: Mutex::default(),
+            letters: Mutex::default(),
+            start: Instant::now(),
+        })
+    }
+
+    fn written(&self) -> Vec<(Duration, Vec<Item>)> {
+        self.written.lock().unwrap().clone()
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    /// How many calls included each item.
+    fn attempts_of(&self, key: &str) -> usize {
+        self.calls.lock().unwrap().iter().filter(|c| c.iter().any(|i| i.key == key)).count()
+    }
+}
+
+impl Repository<Item> for Repo {
+    fn upsert_many<'a>(&'a self, items: &'a [Item]) -> RepoFuture<'a> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(items.to_vec());
+            calls.len() as u32
+        };
+        let at = self.start.elapsed();
+        Box::pin(async move {
+            let fail = match self.mode {
+                Mode::Ok => false,
+                Mode::FailFirst(n) => call <= n,
+                Mode::Always => true,
+                Mode::Poison => items.iter().any(|i| i.key == "poison"),
+                Mode::Hang => std::future::pending().await,
+            };
+            if fail {
+                return Err(RepoError("repository unavailable".into()));
+            }
+            self.written.lock().unwrap().push((at, items.to_vec()));
+            Ok(())
+        })
+    }
+}
+
+impl DeadLetters<Item> for Repo {
+    fn store<'a>(&'a self, letters: &'a [DeadLetter<Item>]) -> RepoFuture<'a> {
+        self.letters.lock().unwrap().extend_from_slice(letters);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn config(batch_size: usize) -> WriteBehindConfig {
+    WriteBehindConfig {
+        batch_size,
+        flush_interval: Duration::from_secs(1),
+        jitter: 0.0,
+        ..WriteBehindConfig::default()
+    }
+}
+
+fn start(config: WriteBehindConfig, repo: &Arc<Repo>) -> WriteBehind<Item> {
+    WriteBehind::start(config, repo.clone(), repo.clone()).unwrap()
+}
+
+fn assert_balanced(m: Metrics) {
+    assert_eq!(
+        m.enqueued,
+        m.persisted + m.failed + m.queue_depth + m.in_flight,
+        "enqueued = persisted + failed + queue_depth + in_flight: {m:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_holds_capacity_and_a_cancelled_enqueue_counts_nothing() {
+    let repo = Repo::new(Mode::Hang);
+    let queue = start(WriteBehindConfig { capacity: 4, ..config(2) }, &repo);
+    for i in 0..4 {
+        queue.enqueue(item("k", i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await; // a batch is now stuck in the repository
+    let waiting = tokio::time::timeout(Duration::from_secs(5), queue.enqueue(item("k", 5))).await;
+    assert!(waiting.is_err(), "the fifth enqueue waits for room");
+    assert_eq!(queue.try_enqueue(item("k", 6)), Err(EnqueueError::Full));
+    let m = queue.metrics();
+    assert_eq!((m.enqueued, m.queue_depth + m.in_flight), (4, 4), "{m:?}");
+    assert_balanced(m);
+
+    let reject =
+        start(WriteBehindConfig { capacity: 1, full_mode: FullMode::Reject, ..config(2) }, &Repo::new(Mode::Hang));
+    reject.enqueue(item("a", 1)).await.unwrap();
+    assert_eq!(reject.enqueue(item("b", 1)).await, Err(EnqueueError::Full));
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_batches_go_at_once_and_the_rest_after_the_interval() {
+    let repo = Repo::new(Mode::Ok);
+    let queue = start(config(4), &repo);
+    for i in 0..10 {
+        queue.enqueue(item("k", i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let sizes: Vec<(Duration, usize)> = repo.written().into_iter().map(|(t, b)| (t, b.len())).collect();
+    assert_eq!(sizes, [(Duration::ZERO, 4), (Duration::ZERO, 4)], "2.5 batches: two right away");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sizes: Vec<(Duration, usize)> = repo.written().into_iter().map(|(t, b)| (t, b.len())).collect();
+    assert_eq!(sizes[2], (Duration::from_secs(1), 2), "the rest one interval after it was queued");
+    assert_balanced(queue.metrics());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_item_waits_for_the_interval() {
+    let repo = Repo::new(Mode::Ok);
+    let queue = start(config(500), &repo);
+    queue.enqueue(item("k", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(999)).await;
+    assert!(repo.written().is_empty());
+    assert_eq!(queue.metrics().oldest_age, Duration::from_millis(999));
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    assert_eq!(repo.written().len(), 1);
+    assert_eq!(queue.metrics().persisted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fewer_failures_than_the_limit_persist_once_with_the_retries_counted() {
+    let repo = Repo::new(Mode::FailFirst(3));
+    let queue = start(WriteBehindConfig { max_retries: 5, ..config(10) }, &repo);
+    queue.enqueue(item("k", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.retries, m.failed, m.batches), (1, 3, 0, 1), "{m:?}");
+    assert_eq!(repo.written().len(), 1, "written exactly once");
+    assert_balanced(m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn always_failing_items_are_tried_max_plus_one_times_then_dead_lettered() {
+    let repo = Repo::new(Mode::Always);
+    let queue = start(WriteBehindConfig { max_retries: 3, ..config(4) }, &repo);
+    for key in ["a", "b", "c", "d"] {
+        queue.enqueue(item(key, 1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(repo.attempts_of(key), 4, "{key} is tried max_retries + 1 times");
+    }
+    let letters = repo.letters.lock().unwrap().clone();
+    assert_eq!(letters.len(), 4);
+    assert!(letters.iter().all(|l| l.attempts == 4 && l.error == "repository unavailable"));
+    let calls = repo.calls();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(repo.calls(), calls, "the flusher stops retrying");
+    let m = queue.metrics();
+    assert_eq!((m.failed, m.persisted, m.in_flight), (4, 0, 0));
+    assert_balanced(m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_poison_item_does_not_hold_back_its_batch() {
+    let repo = Repo::new(Mode::Poison);
+    let queue = start(WriteBehindConfig { max_retries: 2, ..config(8) }, &repo);
+    for key in ["a", "b", "c", "poison", "e", "f", "g", "h"] {
+        queue.enqueue(item(key, 1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut persisted: Vec<&str> = repo.written().iter().flat_map(|(_, b)| b.iter().map(|i| i.key)).collect();
+    persisted.sort();
+    assert_eq!(persisted, ["a", "b", "c", "e", "f", "g", "h"]);
+    assert_eq!(repo.letters.lock().unwrap()[0].item.key, "poison");
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.failed), (7, 1));
+    assert_balanced(m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalescing_keeps_the_last_write_per_key() {
+    let repo = Repo::new(Mode::Ok);
+    let queue = start(WriteBehindConfig { coalesce: true, ..config(500) }, &repo);
+    for (key, value) in [("a", 1), ("a", 2), ("b", 1), ("a", 3)] {
+        queue.enqueue(item(key, value)).await.unwrap();
+    }
+    let m = queue.metrics();
+    assert_eq!((m.enqueued, m.coalesced, m.queue_depth), (2, 2, 2));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(repo.written()[0].1, [item("a", 3), item("b", 1)], "queue order kept, newest values");
+    assert_balanced(queue.metrics());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_everything_queued() {
+    let repo = Repo::new(Mode::Ok);
+    let queue = start(WriteBehindConfig { flush_interval: Duration::from_secs(3600), ..config(100) }, &repo);
+    for i in 0..250 {
+        queue.enqueue(item("k", i)).await.unwrap();
+    }
+    queue.shutdown().await;
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.queue_depth, m.in_flight), (250, 0, 0));
+    assert_balanced(m);
+    assert_eq!(queue.enqueue(item("late", 1)).await, Err(EnqueueError::Closed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_that_runs_out_of_time_dead_letters_the_rest() {
+    let repo = Repo::new(Mode::Hang);
+    let queue = start(WriteBehindConfig { shutdown_timeout: Duration::from_secs(5), ..config(2) }, &repo);
+    for i in 0..5 {
+        queue.enqueue(item("k", i)).await.unwrap();
+    }
+    let started = Instant::now();
+    queue.shutdown().await;
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.failed, m.queue_depth, m.in_flight), (0, 5, 0, 0), "{m:?}");
+    assert_balanced(m);
+    let letters = repo.letters.lock().unwrap().clone();
+    assert_eq!(letters.len(), 3, "the queued ones; the 2 stuck in the repository are counted failed");
+}
