@@ -84,3 +84,20 @@ pub const BATCHER_FLUSH_ERRORS: &str = "keel.batcher.flush.errors";
 pub const BATCHER_PUBLISH_ERRORS: &str = "keel.batcher.publish.errors";
 /// Items waiting in the channel, by batcher.
 pub const BATCHER_QUEUE_DEPTH: &str = "keel.batcher.queue.depth";
+
+/// Items accepted by a write-behind queue, by queue.
+pub const WRITE_BEHIND_ENQUEUED: &str = "keel.write_behind.enqueued";
+/// Items persisted, by queue.
+pub const WRITE_BEHIND_PERSISTED: &str = "keel.write_behind.persisted";
+/// Items dead-lettered, by queue.
+pub const WRITE_BEHIND_FAILED: &str = "keel.write_behind.failed";
+/// Item re-attempts after a failed write, by queue.
+pub const WRITE_BEHIND_RETRIES: &str = "keel.write_behind.retries";
+/// Successful repository writes, by queue.
+pub const WRITE_BEHIND_BATCHES: &str = "keel.write_behind.batches";
+/// Items waiting, by queue.
+pub const WRITE_BEHIND_QUEUE_DEPTH: &str = "keel.write_behind.queue.depth";
+/// Items being written or waiting for a retry, by queue.
+pub const WRITE_BEHIND_IN_FLIGHT: &str = "keel.write_behind.in_flight";
+/// Age of the oldest waiting item (seconds), by queue.
+pub const WRITE_BEHIND_OLDEST_AGE: &str = "keel.write_behind.oldest_age";

@@ -55,8 +55,12 @@
 //! # }
 //! ```
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod entries;
 mod queue;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite, micros};
 pub use queue::{
     DeadLetter, DeadLetters, EnqueueError, FullMode, Keyed, Metrics, RepoError, RepoFuture, Repository, WriteBehind,
     WriteBehindConfig, WriteBehindError,

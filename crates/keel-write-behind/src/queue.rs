@@ -221,15 +221,19 @@ impl<T: Keyed> Shared<T> {
     }
 }
 
+/// One exported figure: instrument name, description, and how to read it.
+type Exported = (&'static str, &'static str, fn(&Metrics) -> u64);
+
 /// The write-behind queue. Cloning shares it.
 pub struct WriteBehind<T: Keyed> {
     shared: Arc<Shared<T>>,
     flusher: Arc<Mutex<Option<JoinHandle<()>>>>,
+    instruments: Arc<Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>>,
 }
 
 impl<T: Keyed> Clone for WriteBehind<T> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone(), flusher: self.flusher.clone() }
+        Self { shared: self.shared.clone(), flusher: self.flusher.clone(), instruments: self.instruments.clone() }
     }
 }
 
@@ -239,12 +243,85 @@ impl<T: Keyed> fmt::Debug for WriteBehind<T> {
     }
 }
 
+impl<T: Keyed + Send + Sync + 'static> WriteBehind<T> {
+    /// Exports [`metrics`](Self::metrics) as OpenTelemetry instruments
+    /// labelled `queue = name`, read when scraped (nothing on the hot path).
+    pub fn instrument(&self, telemetry: &keel_telemetry::Telemetry, name: &str) {
+        use keel_telemetry::names;
+        use opentelemetry::KeyValue;
+        let meter = telemetry.meter("keel-write-behind");
+        let label = [KeyValue::new("queue", name.to_owned())];
+        let mut handles: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+        // Weak: the meter provider outlives queues and must not keep them alive.
+        let read_now = |shared: &std::sync::Weak<Shared<T>>| shared.upgrade().map(|s| s.metrics());
+        let counters: [Exported; 5] = [
+            (names::WRITE_BEHIND_ENQUEUED, "Items accepted", |m| m.enqueued),
+            (names::WRITE_BEHIND_PERSISTED, "Items persisted", |m| m.persisted),
+            (names::WRITE_BEHIND_FAILED, "Items dead-lettered", |m| m.failed),
+            (names::WRITE_BEHIND_RETRIES, "Item re-attempts", |m| m.retries),
+            (names::WRITE_BEHIND_BATCHES, "Successful repository writes", |m| m.batches),
+        ];
+        for (metric, description, read) in counters {
+            let (queue, label) = (Arc::downgrade(&self.shared), label.clone());
+            handles.push(Box::new(
+                meter
+                    .u64_observable_counter(metric)
+                    .with_description(description)
+                    .with_callback(move |c| {
+                        if let Some(m) = read_now(&queue) {
+                            c.observe(read(&m), &label);
+                        }
+                    })
+                    .build(),
+            ));
+        }
+        let gauges: [Exported; 2] = [
+            (names::WRITE_BEHIND_QUEUE_DEPTH, "Items waiting", |m| m.queue_depth),
+            (names::WRITE_BEHIND_IN_FLIGHT, "Items being written", |m| m.in_flight),
+        ];
+        for (metric, description, read) in gauges {
+            let (queue, label) = (Arc::downgrade(&self.shared), label.clone());
+            handles.push(Box::new(
+                meter
+                    .u64_observable_gauge(metric)
+                    .with_description(description)
+                    .with_callback(move |g| {
+                        if let Some(m) = read_now(&queue) {
+                            g.observe(read(&m), &label);
+                        }
+                    })
+                    .build(),
+            ));
+        }
+        let queue = Arc::downgrade(&self.shared);
+        handles.push(Box::new(
+            meter
+                .f64_observable_gauge(names::WRITE_BEHIND_OLDEST_AGE)
+                .with_unit("s")
+                .with_description("Age of the oldest waiting item")
+                .with_callback(move |g| {
+                    if let Some(m) = read_now(&queue) {
+                        g.observe(m.oldest_age.as_secs_f64(), &label);
+                    }
+                })
+                .build(),
+        ));
+        self.instruments.lock().unwrap_or_else(PoisonError::into_inner).extend(handles);
+    }
+}
+
 impl<T: Keyed> WriteBehind<T> {
     /// Counters and gauges now.
     pub fn metrics(&self) -> Metrics {
-        let c = &self.shared.counters;
+        self.shared.metrics()
+    }
+}
+
+impl<T: Keyed> Shared<T> {
+    fn metrics(&self) -> Metrics {
+        let c = &self.counters;
         let (depth, oldest) = {
-            let pending = self.shared.pending();
+            let pending = self.pending();
             (pending.live as u64, pending.oldest())
         };
         Metrics {
@@ -294,7 +371,7 @@ where
         });
         let flusher = Flusher { shared: shared.clone(), repository, dead_letters };
         let task = tokio::spawn(flusher.run());
-        Ok(Self { shared, flusher: Arc::new(Mutex::new(Some(task))) })
+        Ok(Self { shared, flusher: Arc::new(Mutex::new(Some(task))), instruments: Arc::default() })
     }
 
     /// Queues `item`, waiting for room in `Wait` mode. Cancelling the wait

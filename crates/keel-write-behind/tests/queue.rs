@@ -272,3 +272,22 @@ async fn a_shutdown_that_runs_out_of_time_dead_letters_the_rest() {
     let letters = repo.letters.lock().unwrap().clone();
     assert_eq!(letters.len(), 3, "the queued ones; the 2 stuck in the repository are counted failed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_snapshot_is_exported_as_opentelemetry_metrics() {
+    let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
+    let repo = Repo::new(Mode::Ok);
+    let queue = start(config(500), &repo);
+    queue.instrument(&telemetry, "entries");
+    for i in 0..3 {
+        queue.enqueue(item("k", i)).await.unwrap();
+    }
+    let text = telemetry.encode().unwrap();
+    assert!(text.contains("keel_write_behind_enqueued_total{queue=\"entries\"} 3"), "{text}");
+    assert!(text.contains("keel_write_behind_queue_depth{queue=\"entries\"} 3"), "{text}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = telemetry.encode().unwrap();
+    assert!(text.contains("keel_write_behind_persisted_total{queue=\"entries\"} 3"), "{text}");
+    assert!(text.contains("keel_write_behind_batches_total{queue=\"entries\"} 1"), "{text}");
+    assert!(text.contains("keel_write_behind_oldest_age_seconds{queue=\"entries\"} 0"), "{text}");
+}

@@ -1,0 +1,275 @@
+//! The reference service's storage: versioned entries and dead letters in
+//! PostgreSQL or SQLite.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Bool, Integer, Text};
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use keel_store::{Database, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::{DeadLetter, DeadLetters, Keyed, RepoError, RepoFuture, Repository};
+
+/// One write of an entry (a tombstone when `deleted`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryWrite {
+    /// The key.
+    pub key: String,
+    /// The JSON value (`null` for a tombstone).
+    pub value: serde_json::Value,
+    /// Monotonic per key: a write only lands over a lower version.
+    pub version: i64,
+    /// Microseconds since the Unix epoch.
+    pub updated_at_us: i64,
+    /// Whether this write deletes the entry.
+    pub deleted: bool,
+}
+
+impl Keyed for EntryWrite {
+    type Key = String;
+    fn key(&self) -> String {
+        self.key.clone()
+    }
+}
+
+/// A stored entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The JSON value.
+    pub value: serde_json::Value,
+    /// Its version.
+    pub version: i64,
+    /// When it was written.
+    pub updated_at: SystemTime,
+    /// Whether it is a tombstone.
+    pub deleted: bool,
+}
+
+/// Microseconds since the Unix epoch of `time`.
+pub fn micros(time: SystemTime) -> i64 {
+    i64::try_from(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(i64::MAX)
+}
+
+#[derive(QueryableByName)]
+struct EntryRow {
+    #[diesel(sql_type = Text)]
+    value: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+    #[diesel(sql_type = BigInt)]
+    updated_us: i64,
+    #[diesel(sql_type = Bool)]
+    deleted: bool,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn no_backend() -> StoreError {
+    StoreError::Pool("no database backend compiled in".into())
+}
+
+const PG_UPSERT: &str = "INSERT INTO entries (key, value, version, updated_at, deleted) \
+    SELECT k, v::jsonb, ver, to_timestamp(t::double precision / 1000000), d \
+    FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[]) AS u(k, v, ver, t, d) \
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, updated_at = excluded.updated_at, deleted = excluded.deleted \
+    WHERE excluded.version > entries.version";
+const SQLITE_UPSERT: &str = "INSERT INTO entries (key, value, version, updated_at, deleted) VALUES (?, ?, ?, ?, ?) \
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, updated_at = excluded.updated_at, deleted = excluded.deleted \
+    WHERE excluded.version > entries.version";
+const PG_GET: &str = "SELECT value::text AS value, version, (extract(epoch FROM updated_at) * 1000000)::bigint AS updated_us, deleted FROM entries WHERE key = $1";
+const SQLITE_GET: &str = "SELECT value, version, updated_at AS updated_us, deleted FROM entries WHERE key = ?";
+
+/// Entries in the `entries` table. Writes are idempotent and ordered by
+/// version: replaying an old write, or applying writes out of order, never
+/// replaces a newer value.
+#[derive(Debug, Clone)]
+pub struct DbEntries {
+    database: Database,
+}
+
+impl DbEntries {
+    /// Entries on `database` (migrations must have run).
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+
+    /// The stored entry (tombstones included).
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let rows: Vec<EntryRow> = self
+            .database
+            .timed("select", "entries", async {
+                #[cfg(feature = "postgres")]
+                if let Some(mut conn) = self.database.postgres_connection().await? {
+                    return Ok(diesel::sql_query(PG_GET).bind::<Text, _>(key).load(&mut conn).await?);
+                }
+                #[cfg(feature = "sqlite")]
+                if let Some(mut conn) = self.database.sqlite_connection().await? {
+                    return Ok(diesel::sql_query(SQLITE_GET).bind::<Text, _>(key).load(&mut conn).await?);
+                }
+                Err(no_backend())
+            })
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(|row| {
+                let value = serde_json::from_str(&row.value)
+                    .map_err(|err| StoreError::Pool(format!("stored entry {key:?} is not JSON: {err}")))?;
+                Ok(Entry {
+                    value,
+                    version: row.version,
+                    updated_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(row.updated_us).unwrap_or_default()),
+                    deleted: row.deleted,
+                })
+            })
+            .transpose()
+    }
+
+    async fn upsert(&self, items: &[EntryWrite]) -> Result<(), StoreError> {
+        // One statement cannot touch a row twice: keep each key's newest write.
+        let mut newest: HashMap<&str, &EntryWrite> = HashMap::with_capacity(items.len());
+        for item in items {
+            let slot = newest.entry(item.key.as_str()).or_insert(item);
+            if item.version > slot.version {
+                *slot = item;
+            }
+        }
+        let items: Vec<&EntryWrite> = newest.into_values().collect();
+        #[cfg(feature = "postgres")]
+        if let Some(mut conn) = self.database.postgres_connection().await? {
+            use diesel::sql_types::Array;
+            diesel::sql_query(PG_UPSERT)
+                .bind::<Array<Text>, _>(items.iter().map(|i| i.key.as_str()).collect::<Vec<_>>())
+                .bind::<Array<Text>, _>(items.iter().map(|i| i.value.to_string()).collect::<Vec<_>>())
+                .bind::<Array<BigInt>, _>(items.iter().map(|i| i.version).collect::<Vec<_>>())
+                .bind::<Array<BigInt>, _>(items.iter().map(|i| i.updated_at_us).collect::<Vec<_>>())
+                .bind::<Array<Bool>, _>(items.iter().map(|i| i.deleted).collect::<Vec<_>>())
+                .execute(&mut conn)
+                .await?;
+            return Ok(());
+        }
+        #[cfg(feature = "sqlite")]
+        if let Some(mut conn) = self.database.sqlite_connection().await? {
+            conn.transaction(async |conn| {
+                for item in &items {
+                    diesel::sql_query(SQLITE_UPSERT)
+                        .bind::<Text, _>(&item.key)
+                        .bind::<Text, _>(item.value.to_string())
+                        .bind::<BigInt, _>(item.version)
+                        .bind::<BigInt, _>(item.updated_at_us)
+                        .bind::<Bool, _>(item.deleted)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok::<_, diesel::result::Error>(())
+            })
+            .await?;
+            return Ok(());
+        }
+        Err(no_backend())
+    }
+}
+
+impl Repository<EntryWrite> for DbEntries {
+    fn upsert_many<'a>(&'a self, items: &'a [EntryWrite]) -> RepoFuture<'a> {
+        Box::pin(async move {
+            self.database.timed("upsert", "entries", self.upsert(items)).await.map_err(|err| RepoError(err.to_string()))
+        })
+    }
+}
+
+const PG_DEAD: &str = "INSERT INTO write_behind_dead_letters (queue, item, error, attempts, failed_at) \
+    SELECT $1, i::jsonb, e, a, to_timestamp(t::double precision / 1000000) \
+    FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[]) AS u(i, e, a, t)";
+const SQLITE_DEAD: &str =
+    "INSERT INTO write_behind_dead_letters (queue, item, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?)";
+const PG_COUNT: &str = "SELECT count(*)::bigint AS n FROM write_behind_dead_letters WHERE queue = $1";
+const SQLITE_COUNT: &str = "SELECT count(*) AS n FROM write_behind_dead_letters WHERE queue = ?";
+
+/// Dead letters in the `write_behind_dead_letters` table, as JSON, tagged
+/// with the queue's name.
+#[derive(Debug, Clone)]
+pub struct DbDeadLetters {
+    database: Database,
+    queue: String,
+}
+
+impl DbDeadLetters {
+    /// Dead letters of queue `queue` on `database`.
+    pub fn new(database: Database, queue: impl Into<String>) -> Self {
+        Self { database, queue: queue.into() }
+    }
+
+    /// How many letters this queue has stored.
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        #[cfg(feature = "postgres")]
+        if let Some(mut conn) = self.database.postgres_connection().await? {
+            let rows: Vec<Count> = diesel::sql_query(PG_COUNT).bind::<Text, _>(&self.queue).load(&mut conn).await?;
+            return Ok(rows.into_iter().next().map_or(0, |c| c.n));
+        }
+        #[cfg(feature = "sqlite")]
+        if let Some(mut conn) = self.database.sqlite_connection().await? {
+            let rows: Vec<Count> = diesel::sql_query(SQLITE_COUNT).bind::<Text, _>(&self.queue).load(&mut conn).await?;
+            return Ok(rows.into_iter().next().map_or(0, |c| c.n));
+        }
+        Err(no_backend())
+    }
+
+    async fn insert<T: Serialize>(&self, letters: &[DeadLetter<T>]) -> Result<(), StoreError> {
+        let items: Vec<String> = letters
+            .iter()
+            .map(|l| serde_json::to_string(&l.item).unwrap_or_else(|err| format!("{{\"unserializable\":\"{err}\"}}")))
+            .collect();
+        let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+        let attempts: Vec<i32> = letters.iter().map(|l| i32::try_from(l.attempts).unwrap_or(i32::MAX)).collect();
+        let times: Vec<i64> = letters.iter().map(|l| micros(l.at)).collect();
+        #[cfg(feature = "postgres")]
+        if let Some(mut conn) = self.database.postgres_connection().await? {
+            use diesel::sql_types::Array;
+            diesel::sql_query(PG_DEAD)
+                .bind::<Text, _>(&self.queue)
+                .bind::<Array<Text>, _>(&items)
+                .bind::<Array<Text>, _>(&errors)
+                .bind::<Array<Integer>, _>(&attempts)
+                .bind::<Array<BigInt>, _>(&times)
+                .execute(&mut conn)
+                .await?;
+            return Ok(());
+        }
+        #[cfg(feature = "sqlite")]
+        if let Some(mut conn) = self.database.sqlite_connection().await? {
+            conn.transaction(async |conn| {
+                for (i, item) in items.iter().enumerate() {
+                    diesel::sql_query(SQLITE_DEAD)
+                        .bind::<Text, _>(&self.queue)
+                        .bind::<Text, _>(item)
+                        .bind::<Text, _>(errors[i])
+                        .bind::<Integer, _>(attempts[i])
+                        .bind::<BigInt, _>(times[i])
+                        .execute(conn)
+                        .await?;
+                }
+                Ok::<_, diesel::result::Error>(())
+            })
+            .await?;
+            return Ok(());
+        }
+        Err(no_backend())
+    }
+}
+
+impl<T: Serialize + Send + Sync + 'static> DeadLetters<T> for DbDeadLetters {
+    fn store<'a>(&'a self, letters: &'a [DeadLetter<T>]) -> RepoFuture<'a> {
+        Box::pin(async move {
+            self.database
+                .timed("insert", "write_behind_dead_letters", self.insert(letters))
+                .await
+                .map_err(|err| RepoError(err.to_string()))
+        })
+    }
+}
