@@ -150,6 +150,11 @@ pub struct Metrics {
     pub oldest_age: Duration,
     /// Dead letters the sink itself failed to store (logged with the items).
     pub dead_letter_errors: u64,
+    /// How long the repository has been failing without a success in
+    /// between (zero while it works).
+    pub failing_for: Duration,
+    /// The configured capacity.
+    pub capacity: u64,
 }
 
 #[derive(Default)]
@@ -204,6 +209,8 @@ impl<T: Keyed> Pending<T> {
 }
 
 struct Shared<T: Keyed> {
+    /// When the repository started failing; cleared by any success.
+    failing_since: Mutex<Option<Instant>>,
     config: WriteBehindConfig,
     pending: Mutex<Pending<T>>,
     /// One permit per free place: held by every queued or in-flight item.
@@ -335,6 +342,12 @@ impl<T: Keyed> Shared<T> {
             in_flight: c.in_flight.load(Ordering::Acquire),
             oldest_age: oldest.map_or(Duration::ZERO, |t| t.elapsed()),
             dead_letter_errors: c.dead_letter_errors.load(Ordering::Acquire),
+            failing_for: self
+                .failing_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map_or(Duration::ZERO, |since| since.elapsed()),
+            capacity: self.config.capacity as u64,
         }
     }
 }
@@ -362,6 +375,7 @@ where
             return Err(WriteBehindError::Config(problem.into()));
         }
         let shared = Arc::new(Shared {
+            failing_since: Mutex::new(None),
             room: Semaphore::new(config.capacity),
             config,
             pending: Mutex::new(Pending::new()),
@@ -549,7 +563,16 @@ where
                     self.shared.counters.retries.fetch_add(1, Ordering::AcqRel);
                 }
             }
-            match self.repository.upsert_many(&items).await {
+            let result = self.repository.upsert_many(&items).await;
+            {
+                let mut since = self.shared.failing_since.lock().unwrap_or_else(PoisonError::into_inner);
+                match (&result, *since) {
+                    (Ok(()), _) => *since = None,
+                    (Err(_), None) => *since = Some(Instant::now()),
+                    (Err(_), Some(_)) => {}
+                }
+            }
+            match result {
                 Ok(()) => {
                     let n = part.len();
                     self.shared.counters.batches.fetch_add(1, Ordering::AcqRel);

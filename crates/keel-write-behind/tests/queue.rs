@@ -185,6 +185,7 @@ async fn fewer_failures_than_the_limit_persist_once_with_the_retries_counted() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let m = queue.metrics();
     assert_eq!((m.persisted, m.retries, m.failed, m.batches), (1, 3, 0, 1), "{m:?}");
+    assert_eq!(m.failing_for, Duration::ZERO, "a success clears the failure clock");
     assert_eq!(repo.written().len(), 1, "written exactly once");
     assert_balanced(m);
 }
@@ -204,8 +205,11 @@ async fn always_failing_items_are_tried_max_plus_one_times_then_dead_lettered() 
     assert_eq!(letters.len(), 4);
     assert!(letters.iter().all(|l| l.attempts == 4 && l.error == "repository unavailable"));
     let calls = repo.calls();
+    let failing = queue.metrics().failing_for;
+    assert!(failing >= Duration::from_secs(29), "failing since the first write: {failing:?}");
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(repo.calls(), calls, "the flusher stops retrying");
+    assert_eq!(queue.metrics().failing_for, failing + Duration::from_secs(60), "still failing, no success since");
     let m = queue.metrics();
     assert_eq!((m.failed, m.persisted, m.in_flight), (4, 0, 0));
     assert_balanced(m);
