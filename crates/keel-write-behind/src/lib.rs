@@ -57,6 +57,7 @@
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod entries;
+mod persist;
 mod queue;
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -3,9 +3,11 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use crate::persist::{Attempt, Counters, Persister, RetryPolicy};
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -157,18 +159,6 @@ pub struct Metrics {
     pub capacity: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    enqueued: AtomicU64,
-    coalesced: AtomicU64,
-    persisted: AtomicU64,
-    failed: AtomicU64,
-    retries: AtomicU64,
-    batches: AtomicU64,
-    in_flight: AtomicU64,
-    dead_letter_errors: AtomicU64,
-}
-
 struct Queued<T> {
     item: T,
     since: Instant,
@@ -209,8 +199,6 @@ impl<T: Keyed> Pending<T> {
 }
 
 struct Shared<T: Keyed> {
-    /// When the repository started failing; cleared by any success.
-    failing_since: Mutex<Option<Instant>>,
     config: WriteBehindConfig,
     pending: Mutex<Pending<T>>,
     /// One permit per free place: held by every queued or in-flight item.
@@ -342,11 +330,7 @@ impl<T: Keyed> Shared<T> {
             in_flight: c.in_flight.load(Ordering::Acquire),
             oldest_age: oldest.map_or(Duration::ZERO, |t| t.elapsed()),
             dead_letter_errors: c.dead_letter_errors.load(Ordering::Acquire),
-            failing_for: self
-                .failing_since
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .map_or(Duration::ZERO, |since| since.elapsed()),
+            failing_for: c.failing_for(),
             capacity: self.config.capacity as u64,
         }
     }
@@ -375,7 +359,6 @@ where
             return Err(WriteBehindError::Config(problem.into()));
         }
         let shared = Arc::new(Shared {
-            failing_since: Mutex::new(None),
             room: Semaphore::new(config.capacity),
             config,
             pending: Mutex::new(Pending::new()),
@@ -480,12 +463,6 @@ struct Flusher<T: Keyed> {
     dead_letters: Arc<dyn DeadLetters<T>>,
 }
 
-/// An item being written, with how many writes it has seen.
-struct Attempt<T> {
-    item: T,
-    attempts: u32,
-}
-
 impl<T> Flusher<T>
 where
     T: Keyed + Clone + Send + Sync + 'static,
@@ -547,81 +524,28 @@ where
         if !left.is_empty() {
             let letters: Vec<Attempt<T>> = left.into_iter().map(|item| Attempt { item, attempts: 0 }).collect();
             self.shared.counters.in_flight.fetch_add(letters.len() as u64, Ordering::AcqRel);
-            self.dead_letter(letters, "not written before the shutdown timeout").await;
+            self.persister().dead_letter(letters, "not written before the shutdown timeout", &|n| self.settle(n)).await;
+        }
+    }
+
+    fn persister(&self) -> Persister<'_, T> {
+        let config = &self.shared.config;
+        Persister {
+            repository: &*self.repository,
+            dead_letters: &*self.dead_letters,
+            policy: RetryPolicy {
+                max_retries: config.max_retries,
+                backoff_initial: config.backoff_initial,
+                backoff_max: config.backoff_max,
+                jitter: config.jitter,
+            },
+            counters: &self.shared.counters,
         }
     }
 
     async fn write(&self, batch: Vec<T>) {
         self.shared.counters.in_flight.fetch_add(batch.len() as u64, Ordering::AcqRel);
-        let mut work: Vec<Vec<Attempt<T>>> =
-            vec![batch.into_iter().map(|item| Attempt { item, attempts: 0 }).collect()];
-        while let Some(mut part) = work.pop() {
-            let items: Vec<T> = part.iter().map(|a| a.item.clone()).collect();
-            for attempt in &mut part {
-                attempt.attempts += 1;
-                if attempt.attempts > 1 {
-                    self.shared.counters.retries.fetch_add(1, Ordering::AcqRel);
-                }
-            }
-            let result = self.repository.upsert_many(&items).await;
-            {
-                let mut since = self.shared.failing_since.lock().unwrap_or_else(PoisonError::into_inner);
-                match (&result, *since) {
-                    (Ok(()), _) => *since = None,
-                    (Err(_), None) => *since = Some(Instant::now()),
-                    (Err(_), Some(_)) => {}
-                }
-            }
-            match result {
-                Ok(()) => {
-                    let n = part.len();
-                    self.shared.counters.batches.fetch_add(1, Ordering::AcqRel);
-                    self.shared.counters.persisted.fetch_add(n as u64, Ordering::AcqRel);
-                    self.settle(n);
-                }
-                Err(err) if part.len() > 1 => {
-                    // Split to isolate poison: each half is retried on its own.
-                    tracing::warn!(%err, items = part.len(), "batch failed; splitting it");
-                    let second = part.split_off(part.len() / 2);
-                    work.push(second);
-                    work.push(part);
-                }
-                Err(err) => {
-                    let attempts = part[0].attempts;
-                    if attempts > self.shared.config.max_retries {
-                        self.dead_letter(part, &err.0).await;
-                    } else {
-                        tokio::time::sleep(self.backoff(attempts)).await;
-                        work.push(part);
-                    }
-                }
-            }
-        }
-    }
-
-    fn backoff(&self, attempts: u32) -> Duration {
-        let config = &self.shared.config;
-        let base =
-            config.backoff_initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(config.backoff_max);
-        let spread =
-            if config.jitter > 0.0 { 1.0 - config.jitter + fastrand::f64() * 2.0 * config.jitter } else { 1.0 };
-        base.mul_f64(spread)
-    }
-
-    async fn dead_letter(&self, part: Vec<Attempt<T>>, error: &str) {
-        let now = SystemTime::now();
-        let n = part.len();
-        let letters: Vec<DeadLetter<T>> = part
-            .into_iter()
-            .map(|a| DeadLetter { item: a.item, error: error.to_owned(), attempts: a.attempts, at: now })
-            .collect();
-        if let Err(err) = self.dead_letters.store(&letters).await {
-            self.shared.counters.dead_letter_errors.fetch_add(n as u64, Ordering::AcqRel);
-            tracing::error!(%err, items = n, "cannot store dead letters; the items are lost and counted as failed");
-        }
-        tracing::warn!(items = n, error, "items dead-lettered");
-        self.shared.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
-        self.settle(n);
+        self.persister().write(batch, &|n| self.settle(n)).await;
     }
 
     /// `n` items left the queue for good: free their room.
