@@ -216,8 +216,9 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
     Ok(())
 }
 
-/// Lints every library crate with `--no-default-features` (warnings denied),
-/// proving each builds without its optional backends.
+/// Lints every library crate with `--no-default-features`, then with each of
+/// its features alone (warnings denied), proving each backend builds by
+/// itself and nothing depends on another being on.
 pub fn check_feature_builds(root: &Path) -> Result<()> {
     let metadata = metadata(root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -231,11 +232,18 @@ pub fn check_feature_builds(root: &Path) -> Result<()> {
         if !is_lib || name == "xtask" {
             continue;
         }
-        crate::cmd::run(
-            Command::new(&cargo)
-                .args(["clippy", "--quiet", "-p", name, "--lib", "--no-default-features", "--", "-D", "warnings"])
-                .current_dir(root),
-        )?;
+        let features: Vec<&str> = package["features"]
+            .as_object()
+            .map(|f| f.keys().map(String::as_str).filter(|f| !matches!(*f, "default" | "testing")).collect())
+            .unwrap_or_default();
+        for feature in std::iter::once("").chain(features) {
+            let mut args = vec!["clippy", "--quiet", "-p", name, "--lib", "--no-default-features"];
+            if !feature.is_empty() {
+                args.extend(["--features", feature]);
+            }
+            args.extend(["--", "-D", "warnings"]);
+            crate::cmd::run(Command::new(&cargo).args(&args).current_dir(root))?;
+        }
     }
     Ok(())
 }

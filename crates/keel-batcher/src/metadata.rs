@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
-use diesel_async::{AsyncConnection as _, RunQueryDsl};
+#[cfg(feature = "sqlite")]
+use diesel_async::AsyncConnection as _;
+use diesel_async::RunQueryDsl;
 use keel_store::{Bus, Database, StoreError};
 use uuid::Uuid;
 
@@ -82,19 +84,23 @@ pub struct DbMetadataSink {
     database: Database,
 }
 
+#[cfg(feature = "postgres")]
 const PG_UPSERT: &str = "INSERT INTO agent_metadata (agent_id, key, value, error, collected_at) \
     SELECT a::uuid, k, v, e, to_timestamp(t::double precision / 1000000) \
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS u(a, k, v, e, t) \
     ON CONFLICT (agent_id, key) DO UPDATE SET value = excluded.value, error = excluded.error, collected_at = excluded.collected_at \
     WHERE excluded.collected_at >= agent_metadata.collected_at";
 
+#[cfg(feature = "sqlite")]
 const SQLITE_UPSERT: &str = "INSERT INTO agent_metadata (agent_id, key, value, error, collected_at) VALUES (?, ?, ?, ?, ?) \
     ON CONFLICT (agent_id, key) DO UPDATE SET value = excluded.value, error = excluded.error, collected_at = excluded.collected_at \
     WHERE excluded.collected_at >= agent_metadata.collected_at";
 
+#[cfg(feature = "postgres")]
 const PG_LOAD: &str = "SELECT key, value, error, (extract(epoch FROM collected_at) * 1000000)::bigint AS collected_us \
     FROM agent_metadata WHERE agent_id = $1::uuid ORDER BY key";
 
+#[cfg(feature = "sqlite")]
 const SQLITE_LOAD: &str =
     "SELECT key, value, error, collected_at AS collected_us FROM agent_metadata WHERE agent_id = ? ORDER BY key";
 
@@ -209,6 +215,7 @@ enum Target {
     Bus(Bus),
 }
 
+#[cfg(feature = "postgres")]
 const PG_NOTIFY_ALL: &str = "SELECT pg_notify($1, chunk) FROM unnest($2::text[]) AS chunk";
 
 impl MetadataNotifier {

@@ -82,6 +82,7 @@ struct Sql {
     history: &'static str,
 }
 
+#[cfg(feature = "postgres")]
 const POSTGRES: Sql = Sql {
     load: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1",
     lock: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1 FOR UPDATE",
@@ -94,6 +95,7 @@ const POSTGRES: Sql = Sql {
               FROM settings_audit WHERE name = $1 ORDER BY version DESC LIMIT $2",
 };
 
+#[cfg(feature = "sqlite")]
 const SQLITE: Sql = Sql {
     load: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by FROM settings WHERE name = ?",
     // SQLite serialises writers; the version guard on the update does the rest.

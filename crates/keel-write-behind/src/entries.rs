@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool, Integer, Text};
-use diesel_async::{AsyncConnection as _, RunQueryDsl};
+#[cfg(feature = "sqlite")]
+use diesel_async::AsyncConnection as _;
+use diesel_async::RunQueryDsl;
 use keel_store::{Database, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -74,15 +76,19 @@ fn no_backend() -> StoreError {
     StoreError::Pool("no database backend compiled in".into())
 }
 
+#[cfg(feature = "postgres")]
 const PG_UPSERT: &str = "INSERT INTO entries (key, value, version, updated_at, deleted) \
     SELECT k, v::jsonb, ver, to_timestamp(t::double precision / 1000000), d \
     FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[]) AS u(k, v, ver, t, d) \
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, updated_at = excluded.updated_at, deleted = excluded.deleted \
     WHERE excluded.version > entries.version";
+#[cfg(feature = "sqlite")]
 const SQLITE_UPSERT: &str = "INSERT INTO entries (key, value, version, updated_at, deleted) VALUES (?, ?, ?, ?, ?) \
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, updated_at = excluded.updated_at, deleted = excluded.deleted \
     WHERE excluded.version > entries.version";
+#[cfg(feature = "postgres")]
 const PG_GET: &str = "SELECT value::text AS value, version, (extract(epoch FROM updated_at) * 1000000)::bigint AS updated_us, deleted FROM entries WHERE key = $1";
+#[cfg(feature = "sqlite")]
 const SQLITE_GET: &str = "SELECT value, version, updated_at AS updated_us, deleted FROM entries WHERE key = ?";
 
 /// Entries in the `entries` table. Writes are idempotent and ordered by
@@ -183,12 +189,16 @@ impl Repository<EntryWrite> for DbEntries {
     }
 }
 
+#[cfg(feature = "postgres")]
 const PG_DEAD: &str = "INSERT INTO write_behind_dead_letters (queue, item, error, attempts, failed_at) \
     SELECT $1, i::jsonb, e, a, to_timestamp(t::double precision / 1000000) \
     FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[]) AS u(i, e, a, t)";
+#[cfg(feature = "sqlite")]
 const SQLITE_DEAD: &str =
     "INSERT INTO write_behind_dead_letters (queue, item, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?)";
+#[cfg(feature = "postgres")]
 const PG_COUNT: &str = "SELECT count(*)::bigint AS n FROM write_behind_dead_letters WHERE queue = $1";
+#[cfg(feature = "sqlite")]
 const SQLITE_COUNT: &str = "SELECT count(*) AS n FROM write_behind_dead_letters WHERE queue = ?";
 
 /// Dead letters in the `write_behind_dead_letters` table, as JSON, tagged

@@ -55,11 +55,15 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redis")]
+mod durable;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod entries;
 mod persist;
 mod queue;
 
+#[cfg(feature = "redis")]
+pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite, micros};
 pub use queue::{

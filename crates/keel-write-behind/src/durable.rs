@@ -1,0 +1,343 @@
+//! Durable mode: the queue is a Redis Stream read by a consumer group, so a
+//! consumer killed at any moment loses nothing.
+//!
+//! Producers `XADD` (waiting while the stream is longer than the capacity).
+//! Consumers first claim entries another consumer left pending longer than
+//! the visibility timeout (`XAUTOCLAIM`), then read new ones (`XREADGROUP`),
+//! persist them through the repository (idempotent: a version guard makes a
+//! replay harmless), and only then `XACK` and `XDEL` them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::Value;
+use keel_store::{RedisStore, StoreError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::persist::{Counters, Persister, RetryPolicy};
+use crate::{DeadLetters, Metrics, Repository};
+
+/// Durable-mode settings.
+#[derive(Debug, Clone)]
+pub struct DurableConfig {
+    /// The stream key.
+    pub stream: String,
+    /// The consumer group.
+    pub group: String,
+    /// This consumer's name (stable per process, e.g. the instance id).
+    pub consumer: String,
+    /// Stream length above which producers wait (10 000).
+    pub capacity: u64,
+    /// Entries per read and per repository call (500).
+    pub batch_size: usize,
+    /// Entries pending this long on a silent consumer are claimed (30 s).
+    pub visibility_timeout: Duration,
+    /// Pause between polls when there is nothing to read, and between
+    /// capacity checks of a waiting producer (50 ms).
+    pub idle_poll: Duration,
+    /// Retries of a single failing item before it is dead-lettered (5).
+    pub max_retries: u32,
+    /// First retry delay, doubled each time (100 ms)...
+    pub backoff_initial: Duration,
+    /// ...up to this (10 s).
+    pub backoff_max: Duration,
+    /// Random spread of each delay (0.2 = ±20 %).
+    pub jitter: f64,
+}
+
+impl DurableConfig {
+    /// Defaults for `stream`, `group` and `consumer`.
+    pub fn new(stream: impl Into<String>, group: impl Into<String>, consumer: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            group: group.into(),
+            consumer: consumer.into(),
+            capacity: 10_000,
+            batch_size: 500,
+            visibility_timeout: Duration::from_secs(30),
+            idle_poll: Duration::from_millis(50),
+            max_retries: 5,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Why a durable operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+    /// The stream is at capacity (`try_enqueue`).
+    #[error("the durable queue is full")]
+    Full,
+    /// The item cannot be serialized.
+    #[error("cannot serialize the item: {0}")]
+    Encode(String),
+    /// Redis answered something unexpected.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+/// Appends items to the stream.
+#[derive(Debug, Clone)]
+pub struct DurableProducer {
+    redis: RedisStore,
+    config: Arc<DurableConfig>,
+}
+
+impl DurableProducer {
+    /// A producer for `config.stream`.
+    pub fn new(redis: RedisStore, config: DurableConfig) -> Self {
+        Self { redis, config: Arc::new(config) }
+    }
+
+    /// The stream's length: the backlog, since consumers delete what they
+    /// persist.
+    pub async fn backlog(&self) -> Result<u64, DurableError> {
+        Ok(self.redis.timed("XLEN", self.redis.client().xlen::<u64, _>(&self.config.stream)).await?)
+    }
+
+    /// Appends `item`, waiting while the stream is at capacity. Several
+    /// producers can overshoot the capacity by at most one item each.
+    pub async fn enqueue<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
+        while self.backlog().await? >= self.config.capacity {
+            tokio::time::sleep(self.config.idle_poll).await;
+        }
+        self.append(item).await
+    }
+
+    /// Appends `item`, or answers [`DurableError::Full`].
+    pub async fn try_enqueue<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
+        if self.backlog().await? >= self.config.capacity {
+            return Err(DurableError::Full);
+        }
+        self.append(item).await
+    }
+
+    async fn append<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
+        let json = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
+        let add =
+            self.redis.client().xadd::<String, _, _, _, _>(&self.config.stream, false, None::<()>, "*", ("item", json));
+        Ok(self.redis.timed("XADD", add).await?)
+    }
+}
+
+/// Reads the stream as one member of the consumer group and persists what
+/// it reads.
+pub struct DurableConsumer<T> {
+    redis: RedisStore,
+    config: DurableConfig,
+    repository: Arc<dyn Repository<T>>,
+    dead_letters: Arc<dyn DeadLetters<T>>,
+    counters: Counters,
+}
+
+impl<T> std::fmt::Debug for DurableConsumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableConsumer").field("consumer", &self.config.consumer).finish_non_exhaustive()
+    }
+}
+
+type Entry = (String, Option<String>);
+
+impl<T> DurableConsumer<T>
+where
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Joins (creating if needed) the consumer group.
+    pub async fn new(
+        redis: RedisStore,
+        config: DurableConfig,
+        repository: Arc<dyn Repository<T>>,
+        dead_letters: Arc<dyn DeadLetters<T>>,
+    ) -> Result<Self, DurableError> {
+        let create = redis.client().xgroup_create::<(), _, _, _>(&config.stream, &config.group, "0", true);
+        match redis.timed("XGROUP", create).await {
+            Ok(()) => {}
+            Err(StoreError::Redis(err)) if err.details().contains("BUSYGROUP") => {}
+            Err(err) => return Err(err.into()),
+        }
+        Ok(Self { redis, config, repository, dead_letters, counters: Counters::default() })
+    }
+
+    /// Persists what this consumer handled so far.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.counters;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Acquire);
+        Metrics {
+            enqueued: load(&c.persisted) + load(&c.failed),
+            persisted: load(&c.persisted),
+            failed: load(&c.failed),
+            retries: load(&c.retries),
+            batches: load(&c.batches),
+            dead_letter_errors: load(&c.dead_letter_errors),
+            failing_for: c.failing_for(),
+            capacity: self.config.capacity,
+            ..Metrics::default()
+        }
+    }
+
+    /// Polls until `stop` is cancelled; entries being written when it is
+    /// are finished first. Redis errors are logged and retried.
+    pub async fn run(&self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            match self.poll_once().await {
+                Ok(0) => {
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(self.config.idle_poll) => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "durable queue poll failed; retrying");
+                    tokio::time::sleep(self.config.idle_poll * 10).await;
+                }
+            }
+        }
+    }
+
+    /// One round: claim abandoned entries, else read new ones; persist and
+    /// acknowledge them. Returns how many entries were handled.
+    pub async fn poll_once(&self) -> Result<usize, DurableError> {
+        let mut entries = self.claim().await?;
+        if entries.is_empty() {
+            entries = self.read_new().await?;
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let n = entries.len();
+        self.handle(entries).await?;
+        Ok(n)
+    }
+
+    async fn claim(&self) -> Result<Vec<Entry>, DurableError> {
+        let idle = self.config.visibility_timeout.as_millis().to_string();
+        let args = vec![
+            self.config.stream.clone(),
+            self.config.group.clone(),
+            self.config.consumer.clone(),
+            idle,
+            "0-0".to_owned(),
+            "COUNT".to_owned(),
+            self.config.batch_size.to_string(),
+        ];
+        let reply: Value =
+            self.redis.timed("XAUTOCLAIM", self.redis.client().custom(fred::cmd!("XAUTOCLAIM"), args)).await?;
+        // [next-cursor, [[id, [field, value, ...]] | nil, ...], (deleted ids)]
+        let mut parts = into_array(reply)?.into_iter();
+        let _cursor = parts.next();
+        let claimed = parts.next().map(into_array).transpose()?.unwrap_or_default();
+        let entries = parse_entries(claimed)?;
+        if !entries.is_empty() {
+            tracing::warn!(entries = entries.len(), "claimed entries abandoned by another consumer");
+        }
+        Ok(entries)
+    }
+
+    async fn read_new(&self) -> Result<Vec<Entry>, DurableError> {
+        let args = vec![
+            "GROUP".to_owned(),
+            self.config.group.clone(),
+            self.config.consumer.clone(),
+            "COUNT".to_owned(),
+            self.config.batch_size.to_string(),
+            "STREAMS".to_owned(),
+            self.config.stream.clone(),
+            ">".to_owned(),
+        ];
+        let reply: Value =
+            self.redis.timed("XREADGROUP", self.redis.client().custom(fred::cmd!("XREADGROUP"), args)).await?;
+        if matches!(reply, Value::Null) {
+            return Ok(Vec::new());
+        }
+        // [[stream, [[id, [field, value, ...]], ...]]]
+        let mut entries = Vec::new();
+        for stream in into_array(reply)? {
+            let mut pair = into_array(stream)?.into_iter();
+            let _name = pair.next();
+            let items = pair.next().map(into_array).transpose()?.unwrap_or_default();
+            entries.extend(parse_entries(items)?);
+        }
+        Ok(entries)
+    }
+
+    async fn handle(&self, entries: Vec<Entry>) -> Result<(), DurableError> {
+        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+        let mut items = Vec::with_capacity(entries.len());
+        let mut undecodable = Vec::new();
+        for (id, payload) in entries {
+            match payload.as_deref().map(serde_json::from_str::<T>) {
+                Some(Ok(item)) => items.push(item),
+                other => {
+                    let reason = match other {
+                        Some(Err(err)) => err.to_string(),
+                        _ => "entry has no item field".to_owned(),
+                    };
+                    undecodable.push((id, reason));
+                }
+            }
+        }
+        for (id, reason) in &undecodable {
+            // Nothing can persist it; keep the evidence in the log and count it.
+            tracing::error!(%id, %reason, "durable queue entry does not decode; dropping it");
+            self.counters.failed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        let persister = Persister {
+            repository: &*self.repository,
+            dead_letters: &*self.dead_letters,
+            policy: RetryPolicy {
+                max_retries: self.config.max_retries,
+                backoff_initial: self.config.backoff_initial,
+                backoff_max: self.config.backoff_max,
+                jitter: self.config.jitter,
+            },
+            counters: &self.counters,
+        };
+        if !items.is_empty() {
+            persister.write(items, &|_| {}).await;
+        }
+        // Persisted or dead-lettered: either way done. Acknowledge, then
+        // delete so the stream length is the backlog.
+        let client = self.redis.client();
+        self.redis
+            .timed("XACK", client.xack::<u64, _, _, _>(&self.config.stream, &self.config.group, ids.clone()))
+            .await?;
+        self.redis.timed("XDEL", client.xdel::<u64, _, _>(&self.config.stream, ids)).await?;
+        Ok(())
+    }
+}
+
+fn into_array(value: Value) -> Result<Vec<Value>, DurableError> {
+    match value {
+        Value::Array(items) => Ok(items),
+        Value::Null => Ok(Vec::new()),
+        other => Err(DurableError::Protocol(format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// `[[id, [field, value, ...]] | nil, ...]` → (id, the `item` field).
+fn parse_entries(items: Vec<Value>) -> Result<Vec<Entry>, DurableError> {
+    let mut entries = Vec::with_capacity(items.len());
+    for entry in items {
+        let mut pair = into_array(entry)?.into_iter();
+        let Some(id) = pair.next().and_then(|v| v.as_string()) else { continue };
+        let fields = pair.next().map(into_array).transpose()?.unwrap_or_default();
+        let mut payload = None;
+        let mut fields = fields.into_iter();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            if name.as_str().as_deref() == Some("item") {
+                payload = value.as_string();
+            }
+        }
+        entries.push((id, payload));
+    }
+    Ok(entries)
+}

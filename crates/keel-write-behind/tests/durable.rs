@@ -1,0 +1,168 @@
+//! Durable mode on a real Redis Stream, persisting into real PostgreSQL.
+
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fred::prelude::*;
+use keel_store::RedisStore;
+use keel_store::testing::{TempDatabase, redis, unique_prefix};
+use keel_telemetry::Telemetry;
+use keel_write_behind::{
+    DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableError, DurableProducer, EntryWrite, RepoFuture,
+    Repository, micros,
+};
+use serde_json::json;
+
+fn write(key: usize, version: i64) -> EntryWrite {
+    EntryWrite {
+        key: format!("k{key}"),
+        value: json!({"v": version}),
+        version,
+        updated_at_us: micros(SystemTime::now()),
+        deleted: false,
+    }
+}
+
+struct Hang;
+
+impl Repository<EntryWrite> for Hang {
+    fn upsert_many<'a>(&'a self, _items: &'a [EntryWrite]) -> RepoFuture<'a> {
+        Box::pin(std::future::pending())
+    }
+}
+
+async fn pending(redis: &RedisStore, stream: &str, group: &str) -> u64 {
+    let summary: fred::types::Value =
+        redis.client().custom(fred::cmd!("XPENDING"), vec![stream.to_owned(), group.to_owned()]).await.unwrap();
+    match summary {
+        fred::types::Value::Array(parts) => parts.first().and_then(|v| v.as_u64()).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Polls `consumer` until `target` entries are persisted (bounded).
+async fn drain(consumer: &DurableConsumer<EntryWrite>, target: u64) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while consumer.metrics().persisted < target {
+            if consumer.poll_once().await.unwrap() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {target} persisted", consumer.metrics().persisted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_flow_through_the_stream_into_postgres_and_the_stream_empties() {
+    let temp = TempDatabase::create("wb_durable").await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    let store = redis(&telemetry).await;
+    let stream = unique_prefix("stream");
+    let config = DurableConfig { batch_size: 100, ..DurableConfig::new(&stream, "workers", "c1") };
+    let producer = DurableProducer::new(store.clone(), config.clone());
+    let entries = Arc::new(DbEntries::new(database.clone()));
+    let consumer = DurableConsumer::new(
+        store.clone(),
+        config,
+        entries.clone(),
+        Arc::new(DbDeadLetters::new(database.clone(), "durable")),
+    )
+    .await
+    .unwrap();
+    for version in 1..=3 {
+        for key in 0..200 {
+            producer.enqueue(&write(key, version)).await.unwrap();
+        }
+    }
+    drain(&consumer, 600).await;
+    assert_eq!(producer.backlog().await.unwrap(), 0, "persisted entries are deleted from the stream");
+    assert_eq!(pending(&store, &stream, "workers").await, 0);
+    for key in 0..200 {
+        assert_eq!(entries.get(&format!("k{key}")).await.unwrap().unwrap().version, 3);
+    }
+    let _: i64 = store.client().del(&stream).await.unwrap();
+    drop((consumer, entries, database));
+    temp.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_dead_consumer_are_claimed_and_persisted_by_another() {
+    let temp = TempDatabase::create("wb_claim").await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    let store = redis(&telemetry).await;
+    let stream = unique_prefix("claim");
+    let base = DurableConfig {
+        batch_size: 50,
+        visibility_timeout: Duration::from_millis(300),
+        ..DurableConfig::new(&stream, "workers", "doomed")
+    };
+    let producer = DurableProducer::new(store.clone(), base.clone());
+    for key in 0..50 {
+        producer.enqueue(&write(key, 1)).await.unwrap();
+    }
+    let letters = Arc::new(DbDeadLetters::new(database.clone(), "claim"));
+
+    // The first consumer takes the batch and dies before acknowledging it.
+    let doomed = DurableConsumer::new(store.clone(), base.clone(), Arc::new(Hang), letters.clone()).await.unwrap();
+    let dying = tokio::spawn(async move { doomed.poll_once().await });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while pending(&store, &stream, "workers").await < 50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the doomed consumer never read the batch");
+    dying.abort();
+
+    // Another consumer claims them once they have idled past the visibility timeout.
+    let entries = Arc::new(DbEntries::new(database.clone()));
+    let survivor = DurableConsumer::new(
+        store.clone(),
+        DurableConfig { consumer: "survivor".into(), ..base },
+        entries.clone(),
+        letters.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(survivor.poll_once().await.unwrap(), 0, "nothing is claimable before the visibility timeout");
+    drain(&survivor, 50).await;
+    assert_eq!(producer.backlog().await.unwrap(), 0);
+    assert_eq!(pending(&store, &stream, "workers").await, 0);
+    for key in 0..50 {
+        assert!(entries.get(&format!("k{key}")).await.unwrap().is_some(), "k{key} lost");
+    }
+    assert_eq!(letters.count().await.unwrap(), 0);
+    let _: i64 = store.client().del(&stream).await.unwrap();
+    drop((survivor, entries, letters, database));
+    temp.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_wait_while_the_stream_is_at_capacity() {
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis(&telemetry).await;
+    let stream = unique_prefix("full");
+    let producer =
+        DurableProducer::new(store.clone(), DurableConfig { capacity: 5, ..DurableConfig::new(&stream, "g", "c") });
+    for key in 0..5 {
+        producer.try_enqueue(&write(key, 1)).await.unwrap();
+    }
+    assert!(matches!(producer.try_enqueue(&write(5, 1)).await, Err(DurableError::Full)));
+    let waiting = tokio::time::timeout(Duration::from_millis(300), producer.enqueue(&write(5, 1))).await;
+    assert!(waiting.is_err(), "enqueue waits while the stream is full");
+    // Room appears (a consumer deleted what it persisted): the wait ends.
+    let oldest: Vec<(String, std::collections::HashMap<String, String>)> =
+        store.client().xrange(&stream, "-", "+", Some(1)).await.unwrap();
+    let _: u64 = store.client().xdel(&stream, oldest[0].0.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), producer.enqueue(&write(5, 1))).await.unwrap().unwrap();
+    assert_eq!(producer.backlog().await.unwrap(), 5);
+    let _: i64 = store.client().del(&stream).await.unwrap();
+}
