@@ -118,6 +118,26 @@ impl RedisStore {
         .await
     }
 
+    /// Stores `version:value` under `key` for `ttl`, unless the stored entry
+    /// already carries a version at least as high. Atomic (one Lua script),
+    /// so concurrent writers can never leave an older version behind.
+    /// Returns whether it was stored.
+    pub async fn set_if_newer(&self, key: &str, version: i64, value: Bytes, ttl: Duration) -> Result<bool, StoreError> {
+        const SCRIPT: &str = r#"
+            local current = redis.call('GET', KEYS[1])
+            if current then
+                local stored = tonumber(string.match(current, '^(-?%d+):'))
+                if stored and stored >= tonumber(ARGV[1]) then return 0 end
+            end
+            redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+            return 1
+        "#;
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let args: Vec<fred::types::Value> = vec![version.into(), value.into(), millis.into()];
+        let stored: i64 = self.timed("EVAL", self.client.eval(SCRIPT, vec![key.to_owned()], args)).await?;
+        Ok(stored == 1)
+    }
+
     /// `DEL key`.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.timed("DEL", self.client.del::<(), _>(key)).await

@@ -242,3 +242,24 @@ async fn postgres_bus_listener_recovers_after_pg_terminate_backend() {
     drop((sub, subscriber_bus, publisher, db));
     temp.drop_database().await;
 }
+
+async fn assert_set_if_newer(cache: &Cache, key: &str) {
+    let ttl = Duration::from_secs(60);
+    assert!(cache.set_if_newer(key, 5, Bytes::from_static(b"five"), ttl).await.unwrap());
+    assert!(!cache.set_if_newer(key, 4, Bytes::from_static(b"four"), ttl).await.unwrap(), "older loses");
+    assert!(!cache.set_if_newer(key, 5, Bytes::from_static(b"again"), ttl).await.unwrap(), "equal loses");
+    assert_eq!(cache.get_versioned(key).await.unwrap(), Some((5, Bytes::from_static(b"five"))));
+    assert!(cache.set_if_newer(key, 6, Bytes::from_static(b"six:with:colons"), ttl).await.unwrap());
+    assert_eq!(cache.get_versioned(key).await.unwrap(), Some((6, Bytes::from_static(b"six:with:colons"))));
+    cache.delete(key).await.unwrap();
+    assert!(cache.set_if_newer(key, 1, Bytes::from_static(b"one"), ttl).await.unwrap(), "absent: stored");
+    cache.delete(key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versioned_cache_writes_never_go_backwards_on_redis_and_in_process() {
+    let telemetry = telemetry();
+    let store = redis(&telemetry).await;
+    assert_set_if_newer(&Cache::redis(store), &format!("{}:v", unique_prefix("cas"))).await;
+    assert_set_if_newer(&Cache::memory(), "v").await;
+}

@@ -39,16 +39,39 @@ impl MemoryCache {
 
     pub(crate) fn set(&self, key: &str, value: Bytes, ttl: Duration) {
         let now = Instant::now();
+        insert(&mut self.lock(), key, value, now, ttl);
+    }
+
+    pub(crate) fn set_if_newer(&self, key: &str, version: i64, value: Bytes, ttl: Duration) -> bool {
+        let now = Instant::now();
+        // Compare and store under one lock: atomic like the Redis script.
         let mut state = self.lock();
-        state.entries.insert(key.to_owned(), (value, now + ttl));
-        if state.entries.len() > state.sweep_at {
-            state.entries.retain(|_, (_, expires)| *expires > now);
-            state.sweep_at = (state.entries.len() * 2).max(1024);
+        if let Some((current, expires)) = state.entries.get(key)
+            && *expires > now
+            && super::split_version(current).is_some_and(|(stored, _)| stored >= version)
+        {
+            return false;
         }
+        let mut tagged = Vec::with_capacity(value.len() + 21);
+        tagged.extend_from_slice(version.to_string().as_bytes());
+        tagged.push(b':');
+        tagged.extend_from_slice(&value);
+        insert(&mut state, key, Bytes::from(tagged), now, ttl);
+        true
     }
 
     pub(crate) fn delete(&self, key: &str) {
         self.lock().entries.remove(key);
+    }
+}
+
+/// Inserts, sweeping expired entries once the map has doubled since the
+/// last sweep.
+fn insert(state: &mut State, key: &str, value: Bytes, now: Instant, ttl: Duration) {
+    state.entries.insert(key.to_owned(), (value, now + ttl));
+    if state.entries.len() > state.sweep_at {
+        state.entries.retain(|_, (_, expires)| *expires > now);
+        state.sweep_at = (state.entries.len() * 2).max(1024);
     }
 }
 

@@ -17,6 +17,13 @@ pub struct Cache {
     inner: Inner,
 }
 
+/// `"<version>:<value>"` → `(version, value)`.
+fn split_version(raw: &Bytes) -> Option<(i64, Bytes)> {
+    let colon = raw.iter().position(|b| *b == b':')?;
+    let version = std::str::from_utf8(&raw[..colon]).ok()?.parse().ok()?;
+    Some((version, raw.slice(colon + 1..)))
+}
+
 #[derive(Clone, Debug)]
 enum Inner {
     Memory(MemoryCache),
@@ -64,6 +71,23 @@ impl Cache {
             #[cfg(feature = "redis")]
             Inner::Redis(r) => r.set(key, value, ttl).await,
         }
+    }
+
+    /// Stores `value` under `key` tagged with `version`, unless the entry
+    /// there already has a version at least as high; atomically, on every
+    /// backend. Read it back with [`get_versioned`](Self::get_versioned).
+    /// Returns whether it was stored.
+    pub async fn set_if_newer(&self, key: &str, version: i64, value: Bytes, ttl: Duration) -> Result<bool, StoreError> {
+        match &self.inner {
+            Inner::Memory(m) => Ok(m.set_if_newer(key, version, value, ttl)),
+            #[cfg(feature = "redis")]
+            Inner::Redis(r) => r.set_if_newer(key, version, value, ttl).await,
+        }
+    }
+
+    /// The `(version, value)` stored by [`set_if_newer`](Self::set_if_newer).
+    pub async fn get_versioned(&self, key: &str) -> Result<Option<(i64, Bytes)>, StoreError> {
+        Ok(self.get(key).await?.and_then(|raw| split_version(&raw)))
     }
 
     /// Removes `key`; absent keys are not an error.
