@@ -136,6 +136,9 @@ pub struct DurableConsumer<T> {
     repository: Arc<dyn Repository<T>>,
     dead_letters: Arc<dyn DeadLetters<T>>,
     counters: Counters,
+    /// Until this consumer's own unacknowledged entries (from before a
+    /// restart) are handled, reads start at `0` instead of `>`.
+    recovering: std::sync::atomic::AtomicBool,
 }
 
 impl<T> std::fmt::Debug for DurableConsumer<T> {
@@ -163,7 +166,14 @@ where
             Err(StoreError::Redis(err)) if err.details().contains("BUSYGROUP") => {}
             Err(err) => return Err(err.into()),
         }
-        Ok(Self { redis, config, repository, dead_letters, counters: Counters::default() })
+        Ok(Self {
+            redis,
+            config,
+            repository,
+            dead_letters,
+            counters: Counters::default(),
+            recovering: std::sync::atomic::AtomicBool::new(true),
+        })
     }
 
     /// Persists what this consumer handled so far.
@@ -242,7 +252,22 @@ where
         Ok(entries)
     }
 
+    /// This consumer's own unacknowledged entries first (after a restart),
+    /// then new ones.
     async fn read_new(&self) -> Result<Vec<Entry>, DurableError> {
+        use std::sync::atomic::Ordering;
+        if self.recovering.load(Ordering::Acquire) {
+            let own = self.read_from("0").await?;
+            if !own.is_empty() {
+                tracing::warn!(entries = own.len(), "resuming entries this consumer read before it stopped");
+                return Ok(own);
+            }
+            self.recovering.store(false, Ordering::Release);
+        }
+        self.read_from(">").await
+    }
+
+    async fn read_from(&self, from: &str) -> Result<Vec<Entry>, DurableError> {
         let args = vec![
             "GROUP".to_owned(),
             self.config.group.clone(),
@@ -251,7 +276,7 @@ where
             self.config.batch_size.to_string(),
             "STREAMS".to_owned(),
             self.config.stream.clone(),
-            ">".to_owned(),
+            from.to_owned(),
         ];
         let reply: Value =
             self.redis.timed("XREADGROUP", self.redis.client().custom(fred::cmd!("XREADGROUP"), args)).await?;

@@ -146,6 +146,43 @@ async fn entries_of_a_dead_consumer_are_claimed_and_persisted_by_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_resumes_its_own_unacknowledged_entries_at_once() {
+    let temp = TempDatabase::create("wb_resume").await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    let store = redis(&telemetry).await;
+    let stream = unique_prefix("resume");
+    // A long visibility timeout: only the restart path can recover these.
+    let config =
+        DurableConfig { visibility_timeout: Duration::from_secs(3600), ..DurableConfig::new(&stream, "workers", "w1") };
+    let producer = DurableProducer::new(store.clone(), config.clone());
+    for key in 0..20 {
+        producer.enqueue(&write(key, 1)).await.unwrap();
+    }
+    let letters = Arc::new(DbDeadLetters::new(database.clone(), "resume"));
+    let crashed = DurableConsumer::new(store.clone(), config.clone(), Arc::new(Hang), letters.clone()).await.unwrap();
+    let running = tokio::spawn(async move { crashed.poll_once().await });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while pending(&store, &stream, "workers").await < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    running.abort();
+
+    let entries = Arc::new(DbEntries::new(database.clone()));
+    let restarted = DurableConsumer::new(store.clone(), config, entries.clone(), letters).await.unwrap();
+    assert_eq!(restarted.poll_once().await.unwrap(), 20, "its own pending entries come back on the first poll");
+    assert_eq!(restarted.metrics().persisted, 20);
+    assert_eq!(pending(&store, &stream, "workers").await, 0);
+    let _: i64 = store.client().del(&stream).await.unwrap();
+    drop((restarted, entries, database));
+    temp.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_wait_while_the_stream_is_at_capacity() {
     let telemetry = Telemetry::new("t").unwrap();
     let store = redis(&telemetry).await;
