@@ -1,7 +1,8 @@
 use axum::Router;
 
 use crate::{
-    AppInfo, HttpMetrics, Services, agents_router, health_router, metrics_router, middleware, settings_router,
+    AppInfo, HttpMetrics, Services, agents_router, entries_router, health_router, metrics_router, middleware,
+    settings_router,
 };
 
 /// The full router of a Keel binary: operational endpoints plus every
@@ -17,6 +18,7 @@ pub fn app_router(services: &Services) -> Router {
             services.shutdown.clone(),
         ))
         .merge(settings_router(services.settings.clone(), services.admin_token.clone()))
-        .merge(agents_router(services.metadata.clone()));
+        .merge(agents_router(services.metadata.clone()))
+        .merge(entries_router(services.entries.clone()));
     middleware::apply(routes, &services.middleware_config(), &HttpMetrics::new(&services.telemetry))
 }

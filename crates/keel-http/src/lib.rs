@@ -39,6 +39,8 @@ mod agents;
 mod app;
 #[cfg(feature = "runtime")]
 pub mod cli;
+#[cfg(feature = "runtime")]
+mod entries;
 mod error;
 mod health;
 mod metrics;
@@ -58,6 +60,8 @@ pub use admin::AdminToken;
 pub use agents::{AgentMetadata, MAX_CLOCK_SKEW, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_LEN, agents_router};
 #[cfg(feature = "runtime")]
 pub use app::app_router;
+#[cfg(feature = "runtime")]
+pub use entries::{Entries, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE, entries_router};
 pub use error::ApiError;
 pub use health::{AppInfo, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};

@@ -13,8 +13,11 @@ use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore, StoreE
 use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 
 use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
-use crate::{AdminToken, AgentMetadata, DrainConfig, MiddlewareConfig};
+use crate::{AdminToken, AgentMetadata, DrainConfig, Entries, EntrySink, MiddlewareConfig};
 use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
+use keel_write_behind::{
+    DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableProducer, WriteBehind, WriteBehindConfig,
+};
 
 /// Embedded (one process, SQLite, in-process cache) or cluster (PostgreSQL
 /// and/or Redis shared by replicas).
@@ -50,6 +53,9 @@ pub enum StartError {
     /// Telemetry could not be set up (exit 70).
     #[error(transparent)]
     Telemetry(#[from] keel_telemetry::TelemetryError),
+    /// The write-behind queue could not start (exit 69).
+    #[error("cannot start the entries queue: {0}")]
+    WriteBehind(String),
     /// A settings document could not be opened (exit 69).
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -70,7 +76,7 @@ impl StartError {
         ExitCode::from(match self {
             StartError::Config(_) => EXIT_CONFIG,
             StartError::Store(StoreError::InvalidUrl { .. }) => EXIT_CONFIG,
-            StartError::Store(_) | StartError::Settings(_) => EXIT_UNAVAILABLE,
+            StartError::Store(_) | StartError::Settings(_) | StartError::WriteBehind(_) => EXIT_UNAVAILABLE,
             StartError::Logging(_) | StartError::Telemetry(_) | StartError::Os { .. } => EXIT_SOFTWARE,
         })
     }
@@ -111,6 +117,8 @@ pub struct Services {
     pub monitoring: Settings<MonitoringSettings>,
     /// The agent-metadata service (batched writes, watches).
     pub metadata: AgentMetadata,
+    /// The entries service (write-behind).
+    pub entries: Entries,
 }
 
 impl Services {
@@ -185,7 +193,18 @@ impl Services {
         let metadata =
             start_metadata(&file, &args.namespace, &telemetry, &database, redis.is_some(), &bus, shutdown.token())
                 .await?;
-        let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings, &metadata)?;
+        let entries = start_entries(
+            process,
+            &args.namespace,
+            &instance_id,
+            &telemetry,
+            &database,
+            redis.as_ref(),
+            &cache,
+            &shutdown,
+        )
+        .await?;
+        let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings, &metadata, &entries)?;
         await_first_checks(&health, &file).await;
         Ok(Self {
             process,
@@ -204,12 +223,18 @@ impl Services {
             settings,
             monitoring,
             metadata,
+            entries,
         })
     }
 
     /// Flushes what the process still holds (the metadata batcher) once the
     /// server has stopped accepting requests.
     pub async fn close(&self) {
+        if let EntrySink::Memory(queue) = self.entries.sink() {
+            queue.shutdown().await;
+            let m = queue.metrics();
+            tracing::info!(persisted = m.persisted, failed = m.failed, "entries queue drained");
+        }
         self.metadata.batcher().shutdown().await;
         let stats = self.metadata.batcher().stats();
         tracing::info!(flushed = stats.flushed, dropped = stats.dropped(), "metadata batcher flushed");
@@ -342,6 +367,91 @@ async fn start_metadata(
     Ok(AgentMetadata::new(batcher, sink, bus, &channel, stop).await?)
 }
 
+/// The entries service: with Redis, writes go to a Redis Stream (`api`
+/// produces, `worker` consumes and persists); without, to an in-process
+/// write-behind queue drained by [`Services::close`].
+#[allow(clippy::too_many_arguments)]
+async fn start_entries(
+    process: &str,
+    namespace: &str,
+    instance_id: &str,
+    telemetry: &Telemetry,
+    database: &Database,
+    redis: Option<&RedisStore>,
+    cache: &Cache,
+    shutdown: &Shutdown,
+) -> Result<Entries, StartError> {
+    let store = DbEntries::new(database.clone());
+    let dead_letters = std::sync::Arc::new(DbDeadLetters::new(database.clone(), "entries"));
+    let sink = match redis {
+        Some(redis) => {
+            let config = DurableConfig::new(format!("{namespace}:entries:stream"), "keel-entries", instance_id);
+            if process == "worker" {
+                let consumer = DurableConsumer::new(
+                    redis.clone(),
+                    config.clone(),
+                    std::sync::Arc::new(store.clone()),
+                    dead_letters,
+                )
+                .await
+                .map_err(|err| StartError::WriteBehind(err.to_string()))?;
+                let stop = shutdown.token();
+                shutdown.spawn(async move { consumer.run(stop).await });
+                tracing::info!(consumer = instance_id, "consuming the entries stream");
+            }
+            EntrySink::Durable(DurableProducer::new(redis.clone(), config))
+        }
+        None => {
+            let queue =
+                WriteBehind::start(WriteBehindConfig::default(), std::sync::Arc::new(store.clone()), dead_letters)
+                    .map_err(|err| StartError::WriteBehind(err.to_string()))?;
+            queue.instrument(telemetry, "entries");
+            EntrySink::Memory(queue)
+        }
+    };
+    Ok(Entries::new(cache.clone(), namespace, sink, store))
+}
+
+/// In-process queue: KO when its repository has failed for a minute, WARN
+/// above 80 % of capacity or after new dead letters in the last minute.
+/// Redis Stream: WARN when the backlog is above 80 % of capacity.
+fn entries_check(entries: &Entries) -> SharedCheck {
+    let sink = entries.sink().clone();
+    let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
+    std::sync::Arc::new(move || {
+        let (sink, last) = (sink.clone(), last.clone());
+        async move {
+            match sink {
+                EntrySink::Memory(queue) => {
+                    let m = queue.metrics();
+                    let now = tokio::time::Instant::now();
+                    let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if m.failed > last.0 {
+                        *last = (m.failed, Some(now));
+                    }
+                    let held = m.queue_depth + m.in_flight;
+                    if m.failing_for >= Duration::from_secs(60) {
+                        Report::fail(format!("repository failing for {}s", m.failing_for.as_secs()))
+                    } else if held * 5 > m.capacity * 4 {
+                        Report::warn(format!("queue {held}/{} is more than 80% full", m.capacity))
+                    } else if last.1.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
+                        Report::warn(format!("{} items dead-lettered, some in the last minute", m.failed))
+                    } else {
+                        Report::ok()
+                    }
+                }
+                EntrySink::Durable(producer) => match producer.backlog().await {
+                    Ok(backlog) if backlog * 5 > 10_000 * 4 => {
+                        Report::warn(format!("stream backlog {backlog} is above 80% of capacity"))
+                    }
+                    Ok(_) => Report::ok(),
+                    Err(err) => Report::fail(format!("cannot read the stream backlog: {err}")),
+                },
+            }
+        }
+    })
+}
+
 /// WARN while the batcher dropped items in the last minute or its channel is
 /// more than 80 % full.
 fn batcher_check<K, V>(batcher: Batcher<K, V>) -> SharedCheck
@@ -376,6 +486,7 @@ fn start_health(
     redis: Option<&RedisStore>,
     settings: &SettingsRegistry,
     metadata: &AgentMetadata,
+    entries: &Entries,
 ) -> Result<Health, StartError> {
     let mut groups = file.health.validate().map_err(invalid_health)?;
     let configured = |name: &str| file.health.checks.iter().any(|c| c.name == name);
@@ -402,6 +513,9 @@ fn start_health(
     }
     if !configured("batcher") {
         builtins.push(("batcher".to_owned(), batcher_check(metadata.batcher().clone())));
+    }
+    if !configured("entries") {
+        builtins.push(("entries".to_owned(), entries_check(entries)));
     }
     for (name, check) in builtins {
         health.register_shared(builtin_spec(name), check).map_err(invalid_health)?;
