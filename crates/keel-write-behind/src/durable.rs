@@ -89,12 +89,39 @@ pub enum DurableError {
 pub struct DurableProducer {
     redis: RedisStore,
     config: Arc<DurableConfig>,
+    /// Last measured backlog, when, and appends since: the length is only
+    /// measured again when it could be near capacity or is stale.
+    known: Arc<std::sync::Mutex<Known>>,
 }
+
+#[derive(Debug)]
+struct Known {
+    backlog: u64,
+    at: Option<tokio::time::Instant>,
+    appended: u64,
+}
+
+/// How long a measured backlog is trusted.
+const BACKLOG_FRESH: Duration = Duration::from_millis(100);
 
 impl DurableProducer {
     /// A producer for `config.stream`.
     pub fn new(redis: RedisStore, config: DurableConfig) -> Self {
-        Self { redis, config: Arc::new(config) }
+        let known = Known { backlog: 0, at: None, appended: 0 };
+        Self { redis, config: Arc::new(config), known: Arc::new(std::sync::Mutex::new(known)) }
+    }
+
+    /// Whether the last measurement proves there is room, without asking Redis.
+    fn room_known(&self) -> bool {
+        let known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.at.is_some_and(|at| at.elapsed() < BACKLOG_FRESH) && known.backlog + known.appended < self.config.capacity
+    }
+
+    async fn measure(&self) -> Result<u64, DurableError> {
+        let backlog = self.backlog().await?;
+        *self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Known { backlog, at: Some(tokio::time::Instant::now()), appended: 0 };
+        Ok(backlog)
     }
 
     /// The stream's length: the backlog, since consumers delete what they
@@ -103,10 +130,12 @@ impl DurableProducer {
         Ok(self.redis.timed("XLEN", self.redis.client().xlen::<u64, _>(&self.config.stream)).await?)
     }
 
-    /// Appends `item`, waiting while the stream is at capacity. Several
-    /// producers can overshoot the capacity by at most one item each.
+    /// Appends `item`, waiting while the stream is at capacity. The length
+    /// is measured when the last reading is older than 100 ms or could be
+    /// near capacity, so concurrent producers overshoot by at most what they
+    /// append in that window.
     pub async fn enqueue<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
-        while self.backlog().await? >= self.config.capacity {
+        while !self.room_known() && self.measure().await? >= self.config.capacity {
             tokio::time::sleep(self.config.idle_poll).await;
         }
         self.append(item).await
@@ -114,7 +143,7 @@ impl DurableProducer {
 
     /// Appends `item`, or answers [`DurableError::Full`].
     pub async fn try_enqueue<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
-        if self.backlog().await? >= self.config.capacity {
+        if !self.room_known() && self.measure().await? >= self.config.capacity {
             return Err(DurableError::Full);
         }
         self.append(item).await
@@ -124,7 +153,9 @@ impl DurableProducer {
         let json = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
         let add =
             self.redis.client().xadd::<String, _, _, _, _>(&self.config.stream, false, None::<()>, "*", ("item", json));
-        Ok(self.redis.timed("XADD", add).await?)
+        let id = self.redis.timed("XADD", add).await?;
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).appended += 1;
+        Ok(id)
     }
 }
 

@@ -195,6 +195,7 @@ async fn producers_wait_while_the_stream_is_at_capacity() {
     assert!(matches!(producer.try_enqueue(&write(5, 1)).await, Err(DurableError::Full)));
     let waiting = tokio::time::timeout(Duration::from_millis(300), producer.enqueue(&write(5, 1))).await;
     assert!(waiting.is_err(), "enqueue waits while the stream is full");
+    assert_eq!(producer.backlog().await.unwrap(), 5, "and appended nothing while waiting");
     // Room appears (a consumer deleted what it persisted): the wait ends.
     let oldest: Vec<(String, std::collections::HashMap<String, String>)> =
         store.client().xrange(&stream, "-", "+", Some(1)).await.unwrap();
