@@ -204,3 +204,47 @@ async fn producers_wait_while_the_stream_is_at_capacity() {
     assert_eq!(producer.backlog().await.unwrap(), 5);
     let _: i64 = store.client().del(&stream).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_consumers_share_one_stream_without_duplicates_or_losses() {
+    let temp = TempDatabase::create("wb_shared").await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    let store = redis(&telemetry).await;
+    let stream = unique_prefix("shared");
+    let config = DurableConfig { batch_size: 20, ..DurableConfig::new(&stream, "workers", "a") };
+    let producer = DurableProducer::new(store.clone(), config.clone());
+    for key in 0..400 {
+        producer.enqueue(&write(key, 1)).await.unwrap();
+    }
+    let entries = Arc::new(DbEntries::new(database.clone()));
+    let letters = Arc::new(DbDeadLetters::new(database.clone(), "shared"));
+    let a = DurableConsumer::new(store.clone(), config.clone(), entries.clone(), letters.clone()).await.unwrap();
+    let b = DurableConsumer::new(
+        store.clone(),
+        DurableConfig { consumer: "b".into(), ..config },
+        entries.clone(),
+        letters.clone(),
+    )
+    .await
+    .unwrap();
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let run = |consumer: Arc<DurableConsumer<EntryWrite>>| {
+        tokio::spawn(async move {
+            while consumer.poll_once().await.unwrap() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let (ta, tb) = (run(a.clone()), run(b.clone()));
+    ta.await.unwrap();
+    tb.await.unwrap();
+    let (pa, pb) = (a.metrics().persisted, b.metrics().persisted);
+    assert_eq!(pa + pb, 400, "each entry handled exactly once: {pa} + {pb}");
+    assert!(pa > 0 && pb > 0, "both consumers took a share: {pa} / {pb}");
+    assert_eq!(producer.backlog().await.unwrap(), 0);
+    let _: i64 = store.client().del(&stream).await.unwrap();
+    drop((a, b, entries, letters, database));
+    temp.drop_database().await;
+}
