@@ -67,6 +67,18 @@ pub struct FileConfig {
     /// `[health]`: default mode, codes, groups and checks.
     #[serde(default)]
     pub health: keel_health_status::HealthConfig,
+    /// `[write_behind]`.
+    #[serde(default)]
+    pub write_behind: WriteBehindSection,
+}
+
+/// `[write_behind]` keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteBehindSection {
+    /// The `entries` health component turns KO once the repository has
+    /// failed this long without a success (default `60s`).
+    pub ko_after: Option<HumanDuration>,
 }
 
 /// `[app]` keys.

@@ -412,10 +412,10 @@ async fn start_entries(
     Ok(Entries::new(cache.clone(), namespace, sink, store))
 }
 
-/// In-process queue: KO when its repository has failed for a minute, WARN
+/// In-process queue: KO when its repository has failed for `ko_after`, WARN
 /// above 80 % of capacity or after new dead letters in the last minute.
 /// Redis Stream: WARN when the backlog is above 80 % of capacity.
-fn entries_check(entries: &Entries) -> SharedCheck {
+fn entries_check(entries: &Entries, ko_after: Duration) -> SharedCheck {
     let sink = entries.sink().clone();
     let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
     std::sync::Arc::new(move || {
@@ -430,7 +430,7 @@ fn entries_check(entries: &Entries) -> SharedCheck {
                         *last = (m.failed, Some(now));
                     }
                     let held = m.queue_depth + m.in_flight;
-                    if m.failing_for >= Duration::from_secs(60) {
+                    if m.failing_for >= ko_after {
                         Report::fail(format!("repository failing for {}s", m.failing_for.as_secs()))
                     } else if held * 5 > m.capacity * 4 {
                         Report::warn(format!("queue {held}/{} is more than 80% full", m.capacity))
@@ -515,7 +515,8 @@ fn start_health(
         builtins.push(("batcher".to_owned(), batcher_check(metadata.batcher().clone())));
     }
     if !configured("entries") {
-        builtins.push(("entries".to_owned(), entries_check(entries)));
+        let ko_after = file.write_behind.ko_after.map_or(Duration::from_secs(60), Duration::from);
+        builtins.push(("entries".to_owned(), entries_check(entries, ko_after)));
     }
     for (name, check) in builtins {
         health.register_shared(builtin_spec(name), check).map_err(invalid_health)?;
