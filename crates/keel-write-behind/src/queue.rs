@@ -90,6 +90,10 @@ pub struct WriteBehindConfig {
     pub full_mode: FullMode,
     /// Time [`WriteBehind::shutdown`] gives the drain (30 s).
     pub shutdown_timeout: Duration,
+    /// Batches written at the same time (2): while one waits for its commit,
+    /// the next is on its way. The repository's version guard keeps the
+    /// result right whatever order they finish in.
+    pub write_concurrency: usize,
 }
 
 impl Default for WriteBehindConfig {
@@ -105,6 +109,7 @@ impl Default for WriteBehindConfig {
             coalesce: false,
             full_mode: FullMode::Wait,
             shutdown_timeout: Duration::from_secs(30),
+            write_concurrency: 2,
         }
     }
 }
@@ -346,8 +351,8 @@ where
         repository: Arc<dyn Repository<T>>,
         dead_letters: Arc<dyn DeadLetters<T>>,
     ) -> Result<Self, WriteBehindError> {
-        let problem = if config.capacity == 0 || config.batch_size == 0 {
-            Some("capacity and batch_size must be at least 1")
+        let problem = if config.capacity == 0 || config.batch_size == 0 || config.write_concurrency == 0 {
+            Some("capacity, batch_size and write_concurrency must be at least 1")
         } else if config.flush_interval.is_zero() || config.shutdown_timeout.is_zero() {
             Some("flush_interval and shutdown_timeout must be positive")
         } else if !(0.0..1.0).contains(&config.jitter) {
@@ -463,12 +468,23 @@ struct Flusher<T: Keyed> {
     dead_letters: Arc<dyn DeadLetters<T>>,
 }
 
+impl<T: Keyed> Clone for Flusher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            repository: self.repository.clone(),
+            dead_letters: self.dead_letters.clone(),
+        }
+    }
+}
+
 impl<T> Flusher<T>
 where
     T: Keyed + Clone + Send + Sync + 'static,
 {
     async fn run(self) {
         let config = self.shared.config.clone();
+        let mut writes = tokio::task::JoinSet::new();
         loop {
             // Wait for a full batch, the interval after the oldest item, or
             // shutdown.
@@ -490,16 +506,21 @@ where
             }
             let batch = self.shared.pending().take(config.batch_size);
             if !batch.is_empty() {
-                self.write(batch).await;
+                while writes.len() >= config.write_concurrency {
+                    writes.join_next().await;
+                }
+                let flusher = self.clone();
+                writes.spawn(async move { flusher.write(batch).await });
             }
         }
-        self.drain(&config).await;
+        self.drain(&config, writes).await;
     }
 
     /// Writes everything left within the shutdown timeout, then dead-letters
     /// what remains.
-    async fn drain(&self, config: &WriteBehindConfig) {
+    async fn drain(&self, config: &WriteBehindConfig, mut writes: tokio::task::JoinSet<()>) {
         let drained = tokio::time::timeout(config.shutdown_timeout, async {
+            while writes.join_next().await.is_some() {}
             loop {
                 let batch = self.shared.pending().take(config.batch_size);
                 if batch.is_empty() {
@@ -509,6 +530,9 @@ where
             }
         })
         .await;
+        // Abandon whatever write is still running (its items stay counted in
+        // flight until counted as failed below).
+        writes.abort_all();
         if drained.is_err() {
             // The abandoned write's items are still counted in flight.
             let stranded = self.shared.counters.in_flight.swap(0, Ordering::AcqRel);
