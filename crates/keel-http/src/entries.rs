@@ -42,6 +42,7 @@ pub struct Entries {
     sink: EntrySink,
     store: DbEntries,
     last_version: Arc<AtomicI64>,
+    consumer: Option<Arc<keel_write_behind::DurableConsumer<EntryWrite>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,7 +56,26 @@ impl Entries {
     /// Entries cached under `<namespace>:entries:<key>`, written to `sink`,
     /// read back from `store` on a cache miss.
     pub fn new(cache: Cache, namespace: &str, sink: EntrySink, store: DbEntries) -> Self {
-        Self { cache, prefix: format!("{namespace}:entries:").into(), sink, store, last_version: Arc::default() }
+        Self {
+            cache,
+            prefix: format!("{namespace}:entries:").into(),
+            sink,
+            store,
+            last_version: Arc::default(),
+            consumer: None,
+        }
+    }
+
+    /// Records the stream consumer this process runs (the worker), so health
+    /// can watch its repository.
+    pub fn with_consumer(mut self, consumer: Arc<keel_write_behind::DurableConsumer<EntryWrite>>) -> Self {
+        self.consumer = Some(consumer);
+        self
+    }
+
+    /// The stream consumer this process runs, if any.
+    pub fn consumer(&self) -> Option<&Arc<keel_write_behind::DurableConsumer<EntryWrite>>> {
+        self.consumer.as_ref()
     }
 
     /// The write sink.

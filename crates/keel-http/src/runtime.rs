@@ -383,21 +383,25 @@ async fn start_entries(
 ) -> Result<Entries, StartError> {
     let store = DbEntries::new(database.clone());
     let dead_letters = std::sync::Arc::new(DbDeadLetters::new(database.clone(), "entries"));
+    let mut consumer = None;
     let sink = match redis {
         Some(redis) => {
             let config = DurableConfig::new(format!("{namespace}:entries:stream"), "keel-entries", instance_id);
             if process == "worker" {
-                let consumer = DurableConsumer::new(
-                    redis.clone(),
-                    config.clone(),
-                    std::sync::Arc::new(store.clone()),
-                    dead_letters,
-                )
-                .await
-                .map_err(|err| StartError::WriteBehind(err.to_string()))?;
-                let stop = shutdown.token();
-                shutdown.spawn(async move { consumer.run(stop).await });
+                let running = std::sync::Arc::new(
+                    DurableConsumer::new(
+                        redis.clone(),
+                        config.clone(),
+                        std::sync::Arc::new(store.clone()),
+                        dead_letters,
+                    )
+                    .await
+                    .map_err(|err| StartError::WriteBehind(err.to_string()))?,
+                );
+                let (stop, task) = (shutdown.token(), running.clone());
+                shutdown.spawn(async move { task.run(stop).await });
                 tracing::info!(consumer = instance_id, "consuming the entries stream");
+                consumer = Some(running);
             }
             EntrySink::Durable(DurableProducer::new(redis.clone(), config))
         }
@@ -409,44 +413,51 @@ async fn start_entries(
             EntrySink::Memory(queue)
         }
     };
-    Ok(Entries::new(cache.clone(), namespace, sink, store))
+    let entries = Entries::new(cache.clone(), namespace, sink, store);
+    Ok(match consumer {
+        Some(consumer) => entries.with_consumer(consumer),
+        None => entries,
+    })
 }
 
 /// In-process queue: KO when its repository has failed for `ko_after`, WARN
 /// above 80 % of capacity or after new dead letters in the last minute.
 /// Redis Stream: WARN when the backlog is above 80 % of capacity.
 fn entries_check(entries: &Entries, ko_after: Duration) -> SharedCheck {
-    let sink = entries.sink().clone();
+    let (sink, consumer) = (entries.sink().clone(), entries.consumer().cloned());
     let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
     std::sync::Arc::new(move || {
-        let (sink, last) = (sink.clone(), last.clone());
+        let (sink, consumer, last) = (sink.clone(), consumer.clone(), last.clone());
         async move {
-            match sink {
+            // The figures of whoever persists here: the in-process queue, or
+            // the stream consumer (worker); in cluster mode the stream backlog
+            // stands in for the queue depth.
+            let (persisting, held, capacity) = match &sink {
                 EntrySink::Memory(queue) => {
                     let m = queue.metrics();
-                    let now = tokio::time::Instant::now();
-                    let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if m.failed > last.0 {
-                        *last = (m.failed, Some(now));
-                    }
-                    let held = m.queue_depth + m.in_flight;
-                    if m.failing_for >= ko_after {
-                        Report::fail(format!("repository failing for {}s", m.failing_for.as_secs()))
-                    } else if held * 5 > m.capacity * 4 {
-                        Report::warn(format!("queue {held}/{} is more than 80% full", m.capacity))
-                    } else if last.1.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
-                        Report::warn(format!("{} items dead-lettered, some in the last minute", m.failed))
-                    } else {
-                        Report::ok()
-                    }
+                    (Some(m), m.queue_depth + m.in_flight, m.capacity)
                 }
                 EntrySink::Durable(producer) => match producer.backlog().await {
-                    Ok(backlog) if backlog * 5 > 10_000 * 4 => {
-                        Report::warn(format!("stream backlog {backlog} is above 80% of capacity"))
-                    }
-                    Ok(_) => Report::ok(),
-                    Err(err) => Report::fail(format!("cannot read the stream backlog: {err}")),
+                    Ok(backlog) => (consumer.map(|c| c.metrics()), backlog, 10_000),
+                    Err(err) => return Report::fail(format!("cannot read the stream backlog: {err}")),
                 },
+            };
+            let now = tokio::time::Instant::now();
+            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(m) = persisting {
+                if m.failing_for >= ko_after {
+                    return Report::fail(format!("repository failing for {}s", m.failing_for.as_secs()));
+                }
+                if m.failed > last.0 {
+                    *last = (m.failed, Some(now));
+                }
+            }
+            if held * 5 > capacity * 4 {
+                Report::warn(format!("backlog {held}/{capacity} is more than 80% of capacity"))
+            } else if last.1.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
+                Report::warn(format!("{} items dead-lettered, some in the last minute", last.0))
+            } else {
+                Report::ok()
             }
         }
     })
@@ -603,5 +614,63 @@ mod tests {
         assert!(report.message.contains("dropped"), "{}", report.message);
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(check.check().await.message.contains("full"), "drops age out; the queue is still full");
+    }
+
+    struct Down;
+
+    impl keel_write_behind::Repository<keel_write_behind::EntryWrite> for Down {
+        fn upsert_many<'a>(&'a self, _items: &'a [keel_write_behind::EntryWrite]) -> keel_write_behind::RepoFuture<'a> {
+            Box::pin(async { Err(keel_write_behind::RepoError("database down".into())) })
+        }
+    }
+
+    impl keel_write_behind::DeadLetters<keel_write_behind::EntryWrite> for Down {
+        fn store<'a>(
+            &'a self,
+            _letters: &'a [keel_write_behind::DeadLetter<keel_write_behind::EntryWrite>],
+        ) -> keel_write_behind::RepoFuture<'a> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_health_is_ko_after_the_repository_failed_for_ko_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
+        let config = keel_store::DbConfig { data_dir: dir.path().into(), ..keel_store::DbConfig::default() };
+        let db = keel_store::Database::connect(&config, &telemetry).await.unwrap();
+        let queue_config = keel_write_behind::WriteBehindConfig { max_retries: 1, jitter: 0.0, ..Default::default() };
+        let down = Arc::new(Down);
+        let queue = keel_write_behind::WriteBehind::start(queue_config, down.clone(), down).unwrap();
+        let entries = crate::Entries::new(
+            keel_store::Cache::memory(),
+            "t",
+            crate::EntrySink::Memory(queue.clone()),
+            keel_write_behind::DbEntries::new(db),
+        );
+        let check = super::entries_check(&entries, Duration::from_secs(30));
+        assert_eq!(check.check().await.status, Status::Ok);
+
+        let write = |n: i64| keel_write_behind::EntryWrite {
+            key: "k".into(),
+            value: serde_json::json!(n),
+            version: n,
+            updated_at_us: n,
+            deleted: false,
+        };
+        queue.enqueue(write(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await; // flushed, retried once, dead-lettered
+        let report = check.check().await;
+        assert_eq!(report.status, Status::Warn, "{}", report.message);
+        assert!(report.message.contains("dead-lettered"), "{}", report.message);
+
+        queue.enqueue(write(2)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await; // the second write is failing again
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let failing = queue.metrics().failing_for;
+        assert!(failing >= Duration::from_secs(30), "{failing:?}");
+        let report = check.check().await;
+        assert_eq!(report.status, Status::Ko, "{}", report.message);
+        assert!(report.message.starts_with("repository failing for"), "{}", report.message);
     }
 }
