@@ -1,0 +1,40 @@
+//! Log capture for operators.
+//!
+//! [`CaptureLayer`] is a `tracing` layer that, while capture is enabled,
+//! turns each event into a [`LogRecord`] (time, level, target, message,
+//! fields, process, instance) and hands it to a bounded channel without ever
+//! waiting: when the channel is full the record is dropped and counted.
+//! While capture is off the layer costs one relaxed atomic load per event.
+//! Secrets registered with the [`Redactor`] never appear in a record.
+//! [`Capture::drain`] feeds captured records to a [`LogSink`] in batches;
+//! [`MemoryLogs`] is the in-process ring (embedded mode).
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::sync::Arc;
+//! use keel_monitoring::{Capture, CaptureConfig, MemoryLogs, Redactor};
+//! use tracing_subscriber::layer::SubscriberExt as _;
+//!
+//! let (capture, records) = Capture::new(CaptureConfig::new("api", "api-1"), Redactor::new(["s3cret"]));
+//! let subscriber = tracing_subscriber::registry().with(capture.layer());
+//! let logs = Arc::new(MemoryLogs::new(100));
+//! let drain = tokio::spawn(Capture::drain(records, logs.clone(), 10, std::time::Duration::from_millis(10)));
+//! tracing::subscriber::with_default(subscriber, || tracing::warn!(token = "s3cret", "login failed"));
+//! drop(capture); // closes the channel: the drain flushes and ends
+//! drain.await.unwrap();
+//! let recent = logs.recent("api", tracing::Level::INFO, 10);
+//! assert_eq!(recent[0].message, "login failed");
+//! assert_eq!(recent[0].fields["token"], "[redacted]");
+//! # }
+//! ```
+
+mod capture;
+mod memory;
+mod record;
+
+pub use capture::{Capture, CaptureConfig, CaptureLayer, LogSink, SinkError, SinkFuture};
+pub use memory::MemoryLogs;
+pub use record::{LogRecord, REDACTED, Redactor};
