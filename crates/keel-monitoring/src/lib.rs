@@ -34,7 +34,11 @@
 mod capture;
 mod memory;
 mod record;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use capture::{Capture, CaptureConfig, CaptureLayer, LogSink, SinkError, SinkFuture};
 pub use memory::MemoryLogs;
 pub use record::{LogRecord, REDACTED, Redactor};
+#[cfg(feature = "redis")]
+pub use redis::RedisLogs;

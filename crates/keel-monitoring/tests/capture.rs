@@ -88,3 +88,30 @@ async fn the_ring_keeps_the_newest_records_per_process() {
     logs.clear();
     assert!(logs.recent("worker", Level::TRACE, 10).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lists_are_capped_newest_first_and_filtered() {
+    let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
+    let store = keel_store::testing::redis(&telemetry).await;
+    let namespace = keel_store::testing::unique_prefix("logs");
+    let logs = keel_monitoring::RedisLogs::new(store, &namespace, 5);
+    let record = |level: &str, i: usize| LogRecord {
+        time_ms: i as u64,
+        level: level.into(),
+        target: "t".into(),
+        message: format!("m{i}"),
+        process: "api".into(),
+        instance: "i".into(),
+        fields: Default::default(),
+    };
+    let batch: Vec<LogRecord> = (0..8).map(|i| record(if i % 2 == 0 { "INFO" } else { "ERROR" }, i)).collect();
+    logs.push(&batch).await.unwrap();
+    let all: Vec<String> =
+        logs.recent("api", Level::TRACE, 100).await.unwrap().into_iter().map(|r| r.message).collect();
+    assert_eq!(all, ["m7", "m6", "m5", "m4", "m3"], "capped at 5, newest first");
+    let errors: Vec<String> =
+        logs.recent("api", Level::ERROR, 100).await.unwrap().into_iter().map(|r| r.message).collect();
+    assert_eq!(errors, ["m7", "m5", "m3"]);
+    logs.clear("api").await.unwrap();
+    assert!(logs.recent("api", Level::TRACE, 100).await.unwrap().is_empty());
+}
