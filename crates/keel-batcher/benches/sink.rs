@@ -49,10 +49,6 @@ const PER_ROW: &str = "INSERT INTO agent_metadata (agent_id, key, value, error, 
     ON CONFLICT (agent_id, key) DO UPDATE SET value = excluded.value, error = excluded.error, collected_at = excluded.collected_at \
     WHERE excluded.collected_at >= agent_metadata.collected_at";
 
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -82,7 +78,7 @@ async fn main() {
                 .bind::<Text, _>(&key.key)
                 .bind::<Text, _>(&value.value)
                 .bind::<Text, _>(&value.error)
-                .bind::<BigInt, _>(micros(value.collected_at))
+                .bind::<BigInt, _>(keel_core::unix_micros(value.collected_at))
                 .execute(&mut conn)
                 .await
                 .expect("row");

@@ -2,7 +2,7 @@
 //! key, written by a [`Batcher`](crate::Batcher) through [`DbMetadataSink`],
 //! and change notifications through [`MetadataNotifier`].
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use diesel::QueryableByName;
@@ -52,14 +52,6 @@ pub struct MetadataRow {
     pub error: String,
     /// When it was collected.
     pub collected_at: SystemTime,
-}
-
-fn micros(time: SystemTime) -> i64 {
-    i64::try_from(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(i64::MAX)
-}
-
-fn from_micros(value: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_micros(u64::try_from(value).unwrap_or_default())
 }
 
 #[derive(QueryableByName)]
@@ -122,7 +114,7 @@ impl DbMetadataSink {
             let keys: Vec<&str> = batch.iter().map(|(k, _)| k.key.as_str()).collect();
             let values: Vec<&str> = batch.iter().map(|(_, v)| v.value.as_str()).collect();
             let errors: Vec<&str> = batch.iter().map(|(_, v)| v.error.as_str()).collect();
-            let times: Vec<i64> = batch.iter().map(|(_, v)| micros(v.collected_at)).collect();
+            let times: Vec<i64> = batch.iter().map(|(_, v)| keel_core::unix_micros(v.collected_at)).collect();
             diesel::sql_query(PG_UPSERT)
                 .bind::<Array<Text>, _>(agents)
                 .bind::<Array<Text>, _>(keys)
@@ -142,7 +134,7 @@ impl DbMetadataSink {
                         .bind::<Text, _>(&key.key)
                         .bind::<Text, _>(&value.value)
                         .bind::<Text, _>(&value.error)
-                        .bind::<BigInt, _>(micros(value.collected_at))
+                        .bind::<BigInt, _>(keel_core::unix_micros(value.collected_at))
                         .execute(conn)
                         .await?;
                 }
@@ -182,7 +174,7 @@ impl DbMetadataSink {
                 key: r.key,
                 value: r.value,
                 error: r.error,
-                collected_at: from_micros(r.collected_us),
+                collected_at: keel_core::from_unix_micros(r.collected_us),
             })
             .collect())
     }

@@ -27,9 +27,11 @@ mod duration;
 mod ids;
 mod shutdown;
 mod status;
+mod unix;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::{DurationError, HumanDuration, parse_duration};
 pub use ids::default_instance_id;
 pub use shutdown::{DrainTimeout, Shutdown};
 pub use status::{Status, StatusParseError};
+pub use unix::{from_unix_micros, from_unix_millis, unix_micros, unix_millis};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,7 +12,7 @@ use axum::routing::put;
 use axum::{Json, Router};
 use bytes::Bytes;
 use keel_store::Cache;
-use keel_write_behind::{DbEntries, DurableProducer, EnqueueError, EntryWrite, WriteBehind, micros};
+use keel_write_behind::{DbEntries, DurableProducer, EnqueueError, EntryWrite, WriteBehind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -87,7 +87,7 @@ impl Entries {
     /// later write always carries a higher version (last writer wins across
     /// processes, by clock).
     fn next_version(&self) -> i64 {
-        let now = micros(SystemTime::now());
+        let now = keel_core::unix_micros(SystemTime::now());
         let mut last = self.last_version.load(Ordering::Acquire);
         loop {
             let next = now.max(last + 1);
@@ -100,7 +100,7 @@ impl Entries {
 
     async fn write(&self, key: String, value: Value, deleted: bool) -> Result<Response, ApiError> {
         let version = self.next_version();
-        let updated_at_us = micros(SystemTime::now());
+        let updated_at_us = keel_core::unix_micros(SystemTime::now());
         let cached = serde_json::to_vec(&Cached { value: value.clone(), updated_at_us, deleted }).unwrap_or_default();
         if let Err(err) =
             self.cache.set_if_newer(&format!("{}{key}", self.prefix), version, Bytes::from(cached), CACHE_TTL).await
@@ -138,7 +138,7 @@ impl Entries {
         let stored =
             self.store.get(key).await.map_err(|err| ApiError::unavailable(format!("cannot read the entry: {err}")))?;
         let Some(entry) = stored else { return Ok(None) };
-        let updated_at_us = micros(entry.updated_at);
+        let updated_at_us = keel_core::unix_micros(entry.updated_at);
         let cached = Cached { value: entry.value.clone(), updated_at_us, deleted: entry.deleted };
         if let Ok(bytes) = serde_json::to_vec(&cached) {
             let _ = self.cache.set_if_newer(&cache_key, entry.version, Bytes::from(bytes), CACHE_TTL).await;
@@ -182,7 +182,7 @@ async fn read(State(entries): State<Entries>, Path(key): Path<String>) -> Result
     let key = valid_key(&key)?;
     match entries.read(&key).await? {
         Some((value, version, updated_at_us)) => {
-            let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(updated_at_us).unwrap_or_default());
+            let at = keel_core::from_unix_micros(updated_at_us);
             Ok(Json(json!({
                 "key": key,
                 "value": value,

@@ -194,7 +194,7 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
         event.record(&mut visitor);
         let metadata = event.metadata();
         let mut record = LogRecord {
-            time_ms: LogRecord::now_ms(),
+            time_ms: u64::try_from(keel_core::unix_millis(std::time::SystemTime::now())).unwrap_or_default(),
             level: metadata.level().to_string(),
             target: metadata.target().to_owned(),
             message: visitor.message,

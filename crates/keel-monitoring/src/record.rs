@@ -1,6 +1,5 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,10 +26,6 @@ impl LogRecord {
     /// The level as a `tracing` level (`INFO` for anything unknown).
     pub fn tracing_level(&self) -> tracing::Level {
         self.level.parse().unwrap_or(tracing::Level::INFO)
-    }
-
-    pub(crate) fn now_ms() -> u64 {
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
     }
 }
 

@@ -108,11 +108,6 @@ const SQLITE: Sql = Sql {
     history: "SELECT version, actor, changed_at AS time_ms, old_value AS old, new_value AS new FROM settings_audit WHERE name = ? ORDER BY version DESC LIMIT ?",
 };
 
-fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
-
 enum SaveFailure {
     Store(StoreError),
     Db(diesel::result::Error),
@@ -155,7 +150,7 @@ macro_rules! with_sql {
     }};
     (save, $conn:expr, $sql:expr, $name:expr, $value:expr, $expected:expr, $actor:expr) => {{
         let new_text = $value.to_string();
-        let now = now_ms();
+        let now = keel_core::unix_millis(std::time::SystemTime::now());
         let result: Result<StoredDocument, SaveFailure> = $conn
             .transaction(async |conn| {
                 let current: Option<DocRow> =

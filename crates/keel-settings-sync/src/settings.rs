@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Source};
-use crate::store::{Change, SettingsStore, StoreError, StoredDocument, millis_to_time};
+use crate::store::{Change, SettingsStore, StoreError, StoredDocument};
 
 /// What a settings document must be.
 pub trait Document: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static {}
@@ -553,7 +553,7 @@ impl<T: Document> Inner<T> {
         let next = Versioned {
             value: value.clone(),
             version: stored.version,
-            updated_at: Some(millis_to_time(stored.updated_at_ms)),
+            updated_at: Some(keel_core::from_unix_millis(stored.updated_at_ms)),
             updated_by: stored.updated_by.clone(),
         };
         // Versions only move forward, even against a concurrent apply.

@@ -27,12 +27,8 @@ pub struct StoredDocument {
 impl StoredDocument {
     /// `updated_at_ms` as a time.
     pub fn updated_at(&self) -> SystemTime {
-        millis_to_time(self.updated_at_ms)
+        keel_core::from_unix_millis(self.updated_at_ms)
     }
-}
-
-pub(crate) fn millis_to_time(ms: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or_default())
 }
 
 /// One audited change.

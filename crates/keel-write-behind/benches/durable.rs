@@ -16,7 +16,6 @@ use keel_store::testing::{TempDatabase, redis, unique_prefix};
 use keel_telemetry::Telemetry;
 use keel_write_behind::{
     DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableProducer, EntryWrite, RepoFuture, Repository,
-    micros,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +32,7 @@ impl Repository<EntryWrite> for Timed {
     fn upsert_many<'a>(&'a self, items: &'a [EntryWrite]) -> RepoFuture<'a> {
         Box::pin(async move {
             self.inner.upsert_many(items).await?;
-            let now = micros(SystemTime::now());
+            let now = keel_core::unix_micros(SystemTime::now());
             let mut latencies = self.latencies.lock().expect("lock");
             latencies
                 .extend(items.iter().map(|i| Duration::from_micros(u64::try_from(now - i.updated_at_us).unwrap_or(0))));
@@ -90,7 +89,7 @@ async fn main() {
                         key: format!("key-{i}"),
                         value: serde_json::json!({"n": i}),
                         version: 1,
-                        updated_at_us: micros(SystemTime::now()),
+                        updated_at_us: keel_core::unix_micros(SystemTime::now()),
                         deleted: false,
                     };
                     producer.enqueue(&write).await.expect("enqueue");

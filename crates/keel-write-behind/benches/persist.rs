@@ -16,7 +16,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures_util::pin_mut;
 use keel_store::testing::TempDatabase;
 use keel_telemetry::Telemetry;
-use keel_write_behind::{DbDeadLetters, DbEntries, EntryWrite, WriteBehind, WriteBehindConfig, micros};
+use keel_write_behind::{DbDeadLetters, DbEntries, EntryWrite, WriteBehind, WriteBehindConfig};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
@@ -28,7 +28,7 @@ fn item(i: usize, version: i64) -> EntryWrite {
         key: format!("key-{i}"),
         value: serde_json::json!({"n": i, "tag": "bench"}),
         version,
-        updated_at_us: micros(SystemTime::now()),
+        updated_at_us: keel_core::unix_micros(SystemTime::now()),
         deleted: false,
     }
 }

@@ -2,7 +2,7 @@
 //! PostgreSQL or SQLite.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool, Integer, Text};
@@ -47,11 +47,6 @@ pub struct Entry {
     pub updated_at: SystemTime,
     /// Whether it is a tombstone.
     pub deleted: bool,
-}
-
-/// Microseconds since the Unix epoch of `time`.
-pub fn micros(time: SystemTime) -> i64 {
-    i64::try_from(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_micros()).unwrap_or(i64::MAX)
 }
 
 #[derive(QueryableByName)]
@@ -129,7 +124,7 @@ impl DbEntries {
                 Ok(Entry {
                     value,
                     version: row.version,
-                    updated_at: UNIX_EPOCH + Duration::from_micros(u64::try_from(row.updated_us).unwrap_or_default()),
+                    updated_at: keel_core::from_unix_micros(row.updated_us),
                     deleted: row.deleted,
                 })
             })
@@ -237,7 +232,7 @@ impl DbDeadLetters {
             .collect();
         let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
         let attempts: Vec<i32> = letters.iter().map(|l| i32::try_from(l.attempts).unwrap_or(i32::MAX)).collect();
-        let times: Vec<i64> = letters.iter().map(|l| micros(l.at)).collect();
+        let times: Vec<i64> = letters.iter().map(|l| keel_core::unix_micros(l.at)).collect();
         #[cfg(feature = "postgres")]
         if let Some(mut conn) = self.database.postgres_connection().await? {
             use diesel::sql_types::Array;

@@ -65,7 +65,7 @@ mod queue;
 #[cfg(feature = "redis")]
 pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite, micros};
+pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite};
 pub use queue::{
     DeadLetter, DeadLetters, EnqueueError, FullMode, Keyed, Metrics, RepoError, RepoFuture, Repository, WriteBehind,
     WriteBehindConfig, WriteBehindError,

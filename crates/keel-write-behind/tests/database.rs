@@ -12,12 +12,18 @@ use keel_store::testing::{TempDatabase, postgres_admin_url};
 use keel_store::{Database, DbConfig};
 use keel_telemetry::Telemetry;
 use keel_write_behind::{
-    DbDeadLetters, DbEntries, DeadLetter, DeadLetters, EntryWrite, Repository, WriteBehind, WriteBehindConfig, micros,
+    DbDeadLetters, DbEntries, DeadLetter, DeadLetters, EntryWrite, Repository, WriteBehind, WriteBehindConfig,
 };
 use serde_json::json;
 
 fn write(key: &str, version: i64, value: serde_json::Value) -> EntryWrite {
-    EntryWrite { key: key.into(), value, version, updated_at_us: micros(SystemTime::now()), deleted: false }
+    EntryWrite {
+        key: key.into(),
+        value,
+        version,
+        updated_at_us: keel_core::unix_micros(SystemTime::now()),
+        deleted: false,
+    }
 }
 
 async fn repository_semantics(database: Database) {

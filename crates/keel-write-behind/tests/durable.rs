@@ -12,7 +12,7 @@ use keel_store::testing::{TempDatabase, redis, unique_prefix};
 use keel_telemetry::Telemetry;
 use keel_write_behind::{
     DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableError, DurableProducer, EntryWrite, RepoFuture,
-    Repository, micros,
+    Repository,
 };
 use serde_json::json;
 
@@ -21,7 +21,7 @@ fn write(key: usize, version: i64) -> EntryWrite {
         key: format!("k{key}"),
         value: json!({"v": version}),
         version,
-        updated_at_us: micros(SystemTime::now()),
+        updated_at_us: keel_core::unix_micros(SystemTime::now()),
         deleted: false,
     }
 }

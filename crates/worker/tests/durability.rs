@@ -10,7 +10,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use keel_http::testing::spawn_until_listening;
 use keel_store::testing::{TempDatabase, redis, redis_url};
 use keel_telemetry::Telemetry;
-use keel_write_behind::{DurableConfig, DurableProducer, EntryWrite, micros};
+use keel_write_behind::{DurableConfig, DurableProducer, EntryWrite};
 use tokio::process::{Child, Command};
 
 const KEYS: usize = 1000;
@@ -54,7 +54,7 @@ async fn a_killed_worker_resumes_and_every_key_ends_at_its_latest_version() {
                 key: format!("k{key}"),
                 value: serde_json::json!({"v": version}),
                 version,
-                updated_at_us: micros(SystemTime::now()),
+                updated_at_us: keel_core::unix_micros(SystemTime::now()),
                 deleted: false,
             };
             producer.enqueue(&write).await.unwrap();
