@@ -332,13 +332,10 @@ where
         for (id, payload) in entries {
             match payload.as_deref().map(serde_json::from_str::<T>) {
                 Some(Ok(item)) => items.push(item),
-                other => {
-                    let reason = match other {
-                        Some(Err(err)) => err.to_string(),
-                        _ => "entry has no item field".to_owned(),
-                    };
-                    undecodable.push((id, reason));
-                }
+                Some(Err(err)) => undecodable.push((id, err.to_string())),
+                // A pending id whose entry is gone was deleted after it was
+                // persisted: acknowledging it is all that is left to do.
+                None => tracing::debug!(%id, "pending entry already deleted"),
             }
         }
         for (id, reason) in &undecodable {
@@ -360,13 +357,23 @@ where
         if !items.is_empty() {
             persister.write(items, &|_| {}).await;
         }
-        // Persisted or dead-lettered: either way done. Acknowledge, then
-        // delete so the stream length is the backlog.
-        let client = self.redis.client();
-        self.redis
-            .timed("XACK", client.xack::<u64, _, _, _>(&self.config.stream, &self.config.group, ids.clone()))
-            .await?;
-        self.redis.timed("XDEL", client.xdel::<u64, _, _>(&self.config.stream, ids)).await?;
+        // Persisted or dead-lettered: either way done. Acknowledge and delete
+        // in one script: a consumer killed between two separate commands
+        // would leave entries acknowledged but never deleted (stuck in the
+        // backlog for good) or deleted but still pending.
+        const ACK_AND_DELETE: &str = "redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2)) \
+             return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))";
+        // Lua's `unpack` takes a few thousand values at most; chunks keep
+        // any configured batch size within it.
+        const IDS_PER_SCRIPT: usize = 1_000;
+        for chunk in ids.chunks(IDS_PER_SCRIPT) {
+            let mut args = Vec::with_capacity(chunk.len() + 1);
+            args.push(self.config.group.clone());
+            args.extend_from_slice(chunk);
+            let keys = vec![self.config.stream.clone()];
+            let done = self.redis.client().eval::<u64, _, _, _>(ACK_AND_DELETE, keys, args);
+            self.redis.timed("EVAL", done).await?;
+        }
         Ok(())
     }
 }

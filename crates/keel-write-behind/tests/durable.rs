@@ -248,3 +248,39 @@ async fn several_consumers_share_one_stream_without_duplicates_or_losses() {
     drop((a, b, entries, letters, database));
     temp.drop_database().await;
 }
+
+/// Counts what it is given; nothing may reach its dead-letter side.
+#[derive(Default)]
+struct Count(std::sync::atomic::AtomicUsize);
+
+impl Repository<EntryWrite> for Count {
+    fn upsert_many<'a>(&'a self, items: &'a [EntryWrite]) -> RepoFuture<'a> {
+        self.0.fetch_add(items.len(), std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl keel_write_behind::DeadLetters<EntryWrite> for Count {
+    fn store<'a>(&'a self, letters: &'a [keel_write_behind::DeadLetter<EntryWrite>]) -> RepoFuture<'a> {
+        panic!("nothing should be dead-lettered, got {}", letters.len())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_acknowledgement_script_is_fully_removed() {
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis(&telemetry).await;
+    let stream = unique_prefix("big");
+    let config = DurableConfig { batch_size: 9_000, capacity: 10_000, ..DurableConfig::new(&stream, "workers", "c1") };
+    let producer = DurableProducer::new(store.clone(), config.clone());
+    let count = Arc::new(Count::default());
+    let consumer = DurableConsumer::new(store.clone(), config, count.clone(), count.clone()).await.unwrap();
+    for key in 0..9_000 {
+        producer.enqueue(&write(key, 1)).await.unwrap();
+    }
+    assert_eq!(consumer.poll_once().await.unwrap(), 9_000, "one read takes the whole batch");
+    assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 9_000);
+    assert_eq!(producer.backlog().await.unwrap(), 0, "every entry is deleted, across script chunks");
+    assert_eq!(pending(&store, &stream, "workers").await, 0, "every entry is acknowledged");
+    let _: i64 = store.client().del(&stream).await.unwrap();
+}
