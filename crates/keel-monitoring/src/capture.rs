@@ -39,12 +39,22 @@ pub struct CaptureConfig {
     pub buffer: usize,
     /// Capture starts on.
     pub enabled: bool,
+    /// Events whose target starts with one of these are never captured: the
+    /// Redis client's own logs would otherwise feed back into the sink that
+    /// writes to Redis (default `fred`, `redis_protocol`).
+    pub ignore_targets: Vec<String>,
 }
 
 impl CaptureConfig {
     /// Defaults for `process` and `instance`.
     pub fn new(process: impl Into<String>, instance: impl Into<String>) -> Self {
-        Self { process: process.into(), instance: instance.into(), buffer: 10_000, enabled: true }
+        Self {
+            process: process.into(),
+            instance: instance.into(),
+            buffer: 10_000,
+            enabled: true,
+            ignore_targets: vec!["fred".into(), "redis_protocol".into()],
+        }
     }
 }
 
@@ -55,6 +65,7 @@ struct Shared {
     process: String,
     instance: String,
     redactor: Redactor,
+    ignore_targets: Vec<String>,
     tx: mpsc::Sender<LogRecord>,
 }
 
@@ -87,6 +98,7 @@ impl Capture {
             process: config.process,
             instance: config.instance,
             redactor,
+            ignore_targets: config.ignore_targets,
             tx,
         };
         (Self { shared: Arc::new(shared) }, rx)
@@ -121,19 +133,39 @@ impl Capture {
     /// at least every `interval`, until the channel closes. A failing sink
     /// loses that batch (logging never blocks the application), and the
     /// count is returned when the drain ends.
-    pub async fn drain(
+    pub async fn drain(records: mpsc::Receiver<LogRecord>, sink: Arc<dyn LogSink>, batch: usize, interval: Duration) -> u64 {
+        Self::drain_until(records, sink, batch, interval, std::future::pending()).await
+    }
+
+    /// [`drain`](Self::drain) that also ends when `stop` completes, after
+    /// storing what the buffer holds at that moment (the global subscriber
+    /// keeps the channel open for the life of the process).
+    pub async fn drain_until(
         mut records: mpsc::Receiver<LogRecord>,
         sink: Arc<dyn LogSink>,
         batch: usize,
         interval: Duration,
+        stop: impl Future<Output = ()>,
     ) -> u64 {
         let mut lost = 0u64;
         let mut pending = Vec::with_capacity(batch);
+        tokio::pin!(stop);
+        let mut stopping = false;
         loop {
             let closed = tokio::select! {
-                received = records.recv_many(&mut pending, batch) => received == 0,
-                () = tokio::time::sleep(interval), if !pending.is_empty() => false,
+                received = records.recv_many(&mut pending, batch), if !stopping => received == 0,
+                () = tokio::time::sleep(interval), if !pending.is_empty() && !stopping => false,
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    false
+                }
             };
+            if stopping {
+                // What was captured before the stop, then no more.
+                let held = records.len();
+                records.recv_many(&mut pending, held).await;
+            }
+            let closed = closed || stopping;
             if !pending.is_empty() && (closed || pending.len() >= batch || records.is_empty()) {
                 if let Err(err) = sink.push(&pending).await {
                     lost += pending.len() as u64;
@@ -185,6 +217,10 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
         if !shared.enabled.load(Ordering::Relaxed) {
             return;
         }
+        let metadata = event.metadata();
+        if shared.ignore_targets.iter().any(|prefix| metadata.target().starts_with(prefix.as_str())) {
+            return;
+        }
         // Full buffer: drop before doing any work for this record.
         let Ok(permit) = shared.tx.try_reserve() else {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -192,7 +228,6 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
         };
         let mut visitor = Fields::default();
         event.record(&mut visitor);
-        let metadata = event.metadata();
         let mut record = LogRecord {
             time_ms: u64::try_from(keel_core::unix_millis(std::time::SystemTime::now())).unwrap_or_default(),
             level: metadata.level().to_string(),

@@ -7,7 +7,13 @@
 //! While capture is off the layer costs one relaxed atomic load per event.
 //! Secrets registered with the [`Redactor`] never appear in a record.
 //! [`Capture::drain`] feeds captured records to a [`LogSink`] in batches;
-//! [`MemoryLogs`] is the in-process ring (embedded mode).
+//! [`LogStore`] keeps them in Redis lists (`RedisLogs`, feature `redis`) or
+//! the in-process ring [`MemoryLogs`] (embedded mode).
+//!
+//! [`HttpStats`] counts requests, errors and latency percentiles per route;
+//! a [`Collector`] turns them, CPU, memory, the tokio runtime and any named
+//! sections into a [`StatsDocument`] that [`Collector::run`] publishes to a
+//! [`StatsStore`] every interval with a time to live of three intervals.
 //!
 //! # Example
 //!
@@ -15,7 +21,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! use std::sync::Arc;
-//! use keel_monitoring::{Capture, CaptureConfig, MemoryLogs, Redactor};
+//! use keel_monitoring::{Capture, CaptureConfig, LogQuery, MemoryLogs, Redactor};
 //! use tracing_subscriber::layer::SubscriberExt as _;
 //!
 //! let (capture, records) = Capture::new(CaptureConfig::new("api", "api-1"), Redactor::new(["s3cret"]));
@@ -25,20 +31,27 @@
 //! tracing::subscriber::with_default(subscriber, || tracing::warn!(token = "s3cret", "login failed"));
 //! drop(capture); // closes the channel: the drain flushes and ends
 //! drain.await.unwrap();
-//! let recent = logs.recent("api", tracing::Level::INFO, 10);
+//! let query = LogQuery { min_level: tracing::Level::INFO, limit: 10, since_ms: None };
+//! let recent = logs.recent("api", &query);
 //! assert_eq!(recent[0].message, "login failed");
 //! assert_eq!(recent[0].fields["token"], "[redacted]");
 //! # }
 //! ```
 
 mod capture;
+mod collector;
+mod http;
 mod memory;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
+mod store;
 
 pub use capture::{Capture, CaptureConfig, CaptureLayer, LogSink, SinkError, SinkFuture};
+pub use collector::{Collector, RouteWindows, Section, StatsDocument, TokioStats};
+pub use http::{HttpSnapshot, HttpStats, RouteSummary};
 pub use memory::MemoryLogs;
 pub use record::{LogRecord, REDACTED, Redactor};
 #[cfg(feature = "redis")]
-pub use redis::RedisLogs;
+pub use redis::{RedisLogs, RedisStats};
+pub use store::{LogQuery, LogStore, MemoryStats, StatsStore};

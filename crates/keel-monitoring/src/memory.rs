@@ -1,7 +1,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::LogRecord;
+use crate::{LogQuery, LogRecord};
 use crate::capture::{LogSink, SinkFuture};
 
 /// The in-process log ring of embedded mode: the newest `capacity` records
@@ -23,18 +23,16 @@ impl MemoryLogs {
         self.rings.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Up to `limit` records of `process` at `min_level` or more severe,
-    /// newest first.
-    pub fn recent(&self, process: &str, min_level: tracing::Level, limit: usize) -> Vec<LogRecord> {
+    /// The records of `process` that match `query`, newest first.
+    pub fn recent(&self, process: &str, query: &LogQuery) -> Vec<LogRecord> {
         let rings = self.rings();
         let Some(ring) = rings.get(process) else { return Vec::new() };
-        // tracing orders levels by verbosity: ERROR < WARN < ... < TRACE.
-        ring.iter().rev().filter(|r| r.tracing_level() <= min_level).take(limit).cloned().collect()
+        ring.iter().rev().filter(|r| query.matches(r)).take(query.limit).cloned().collect()
     }
 
-    /// Forgets every record.
-    pub fn clear(&self) {
-        self.rings().clear();
+    /// Forgets the records of `process`.
+    pub fn clear(&self, process: &str) {
+        self.rings().remove(process);
     }
 }
 
