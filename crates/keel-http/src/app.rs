@@ -2,7 +2,7 @@ use axum::Router;
 
 use crate::{
     AppInfo, HttpMetrics, Services, agents_router, entries_router, health_router, metrics_router, middleware,
-    settings_router,
+    monitoring_router, settings_router,
 };
 
 /// The full router of a Keel binary: operational endpoints plus every
@@ -19,6 +19,8 @@ pub fn app_router(services: &Services) -> Router {
         ))
         .merge(settings_router(services.settings.clone(), services.admin_token.clone()))
         .merge(agents_router(services.metadata.clone()))
-        .merge(entries_router(services.entries.clone()));
-    middleware::apply(routes, &services.middleware_config(), &HttpMetrics::new(&services.telemetry))
+        .merge(entries_router(services.entries.clone()))
+        .merge(monitoring_router(services.operators.clone()));
+    let metrics = HttpMetrics::with_stats(&services.telemetry, services.http_stats.clone());
+    middleware::apply(routes, &services.middleware_config(), &metrics)
 }

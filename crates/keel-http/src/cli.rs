@@ -70,6 +70,23 @@ pub struct FileConfig {
     /// `[write_behind]`.
     #[serde(default)]
     pub write_behind: WriteBehindSection,
+    /// `[monitoring]`.
+    #[serde(default)]
+    pub monitoring: MonitoringSection,
+}
+
+/// `[monitoring]` keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSection {
+    /// How often the stats document is published (default `5s`); it lives
+    /// for three intervals.
+    pub stats_interval: Option<HumanDuration>,
+    /// Captured records kept per process (default 1000).
+    pub log_cap: Option<usize>,
+    /// Captured records buffered before they are stored; more are dropped
+    /// and counted (default 10000).
+    pub buffer: Option<usize>,
 }
 
 /// `[write_behind]` keys.
@@ -149,6 +166,14 @@ impl FileConfig {
         if config.http.request_timeout.is_some_and(|t| t.get().is_zero()) {
             return Err("http.request_timeout: must be greater than 0".into());
         }
+        if config.monitoring.stats_interval.is_some_and(|t| t.get() < std::time::Duration::from_millis(100)) {
+            return Err("monitoring.stats_interval: must be at least 100ms".into());
+        }
+        for (key, value) in [("log_cap", config.monitoring.log_cap), ("buffer", config.monitoring.buffer)] {
+            if value == Some(0) {
+                return Err(format!("monitoring.{key}: must be greater than 0"));
+            }
+        }
         config.health.validate().map_err(|err| err.to_string())?;
         Ok(config)
     }
@@ -227,6 +252,10 @@ mod tests {
         assert!(err.contains("nmae") && !err.contains('\n'), "{err}");
         let err = FileConfig::parse("[http]\nrequest_timeout = \"soon\"\n").unwrap_err();
         assert!(err.contains("invalid duration"), "{err}");
+        let err = FileConfig::parse("[monitoring]\nlog_cap = 0\n").unwrap_err();
+        assert!(err.starts_with("monitoring.log_cap"), "{err}");
+        let err = FileConfig::parse("[monitoring]\nstats_interval = \"1ms\"\n").unwrap_err();
+        assert!(err.starts_with("monitoring.stats_interval"), "{err}");
         let err = FileConfig::parse("[http]\nbody_limit = 0\n").unwrap_err();
         assert!(err.starts_with("http.body_limit"), "{err}");
         let err = FileConfig::parse("[[health.groups]]\nname = \"g\"\nmode = \"must\"\ncomponents = []\n").unwrap_err();

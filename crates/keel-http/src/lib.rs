@@ -8,6 +8,8 @@
 //!   body limit, and panic → 500 (counted).
 //! - [`metrics_router`]: `/metrics`; [`health_router`]: `/status`,
 //!   `/status/{name}`, `/livez`, `/readyz` over a `keel_health_status::Health`.
+//! - [`monitoring_router`]: captured logs, live stats and their SSE stream
+//!   for operators (admin token).
 //! - [`serve`]: graceful shutdown (readiness drops first, in-flight requests
 //!   finish, background tasks drain within a grace period).
 //! - `cli` and `Services` (feature `runtime`, on by default): the
@@ -45,6 +47,7 @@ mod error;
 mod health;
 mod metrics;
 pub mod middleware;
+mod monitoring;
 mod ops;
 #[cfg(feature = "runtime")]
 mod process;
@@ -66,6 +69,7 @@ pub use error::ApiError;
 pub use health::{AppInfo, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
+pub use monitoring::{MAX_LOG_LIMIT, MonitoringService, PROCESSES, monitoring_router};
 pub use ops::metrics_router;
 #[cfg(feature = "runtime")]
 pub use process::run_process;

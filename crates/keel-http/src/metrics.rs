@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
+use keel_monitoring::HttpStats;
 use keel_telemetry::{Telemetry, names};
 use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
 use opentelemetry::{KeyValue, Value};
@@ -34,6 +35,8 @@ struct Instruments {
     active: Arc<[AtomicI64; METHODS.len()]>,
     _active_gauge: ObservableGauge<i64>,
     panics: Counter<u64>,
+    /// Per-route figures for operators' stats documents, when wanted.
+    stats: Option<HttpStats>,
 }
 
 /// The method labels, in the order of [`Instruments::active`].
@@ -42,6 +45,16 @@ const METHODS: [&str; 10] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "O
 impl HttpMetrics {
     /// Creates the instruments.
     pub fn new(telemetry: &Telemetry) -> Self {
+        Self::build(telemetry, None)
+    }
+
+    /// Creates the instruments, also counting every request in `stats`
+    /// (the per-route figures of `keel-monitoring`'s stats documents).
+    pub fn with_stats(telemetry: &Telemetry, stats: HttpStats) -> Self {
+        Self::build(telemetry, Some(stats))
+    }
+
+    fn build(telemetry: &Telemetry, stats: Option<HttpStats>) -> Self {
         let meter = telemetry.meter("keel-http");
         let active: Arc<[AtomicI64; METHODS.len()]> = Arc::new(Default::default());
         let observed = active.clone();
@@ -71,6 +84,7 @@ impl HttpMetrics {
                     .u64_counter(names::HTTP_SERVER_PANICS)
                     .with_description("Handler panics answered with 500")
                     .build(),
+                stats,
             }),
         }
     }
@@ -197,13 +211,17 @@ where
         if let Some(pending) = this.state.take() {
             // Errors never reach here from axum (its services are infallible);
             // count them as 500 for other stacks.
-            let status = result.as_ref().map_or(500, |r| i64::from(r.status().as_u16()));
+            let status = result.as_ref().map_or(500, |r| r.status().as_u16());
+            let elapsed = pending.start.elapsed();
+            if let Some(stats) = &pending.guard.instruments.stats {
+                stats.record(&pending.route.as_str(), status, elapsed);
+            }
             let attrs = [
                 KeyValue::new("http.request.method", METHODS[pending.guard.method]),
                 KeyValue::new("http.route", pending.route),
-                KeyValue::new("http.response.status_code", status),
+                KeyValue::new("http.response.status_code", i64::from(status)),
             ];
-            pending.guard.instruments.duration.record(pending.start.elapsed().as_secs_f64(), &attrs);
+            pending.guard.instruments.duration.record(elapsed.as_secs_f64(), &attrs);
         }
         Poll::Ready(result)
     }

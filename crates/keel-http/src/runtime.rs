@@ -13,7 +13,11 @@ use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore, StoreE
 use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 
 use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
-use crate::{AdminToken, AgentMetadata, DrainConfig, Entries, EntrySink, MiddlewareConfig};
+use crate::{AdminToken, AgentMetadata, DrainConfig, Entries, EntrySink, MiddlewareConfig, MonitoringService};
+use keel_monitoring::{
+    Capture, CaptureConfig, Collector, HttpStats, LogRecord, LogStore, MemoryLogs, Redactor, RedisLogs, RedisStats,
+    StatsStore,
+};
 use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_write_behind::{
     DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableProducer, WriteBehind, WriteBehindConfig,
@@ -119,6 +123,12 @@ pub struct Services {
     pub metadata: AgentMetadata,
     /// The entries service (write-behind).
     pub entries: Entries,
+    /// Operator log capture, switched by `monitoring.enable_monitoring`.
+    pub capture: Capture,
+    /// Per-route HTTP figures for the stats documents.
+    pub http_stats: HttpStats,
+    /// The monitoring endpoints' logs, stats and event stream.
+    pub operators: MonitoringService,
 }
 
 impl Services {
@@ -129,13 +139,23 @@ impl Services {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let format = args.log_format.unwrap_or_else(LogFormat::detect);
-        let log = keel_telemetry::init_logging(format, &args.log_level)?;
-        let telemetry = Telemetry::new(process)?;
         let instance_id = args.instance_id.clone().unwrap_or_else(keel_core::default_instance_id);
-
         let database_url = non_empty(args.database_url.as_deref());
         let redis_url = non_empty(args.redis_url.as_deref());
+        // Capture starts before anything logs, so start-up lines are kept too;
+        // the settings document switches it once it is loaded.
+        let redactor = Redactor::new(
+            args.admin_token.iter().cloned().chain([database_url, redis_url].into_iter().flatten().filter_map(Redactor::url_password)),
+        );
+        let capture_config = CaptureConfig {
+            buffer: file.monitoring.buffer.unwrap_or(10_000),
+            ..CaptureConfig::new(process, instance_id.clone())
+        };
+        let (capture, captured) = Capture::new(capture_config, redactor);
+        let format = args.log_format.unwrap_or_else(LogFormat::detect);
+        let log = keel_telemetry::init_logging_with(format, &args.log_level, vec![Box::new(capture.layer())])?;
+        let telemetry = Telemetry::new(process)?;
+
         let mode = if database_url.is_none() && redis_url.is_none() { RunMode::Embedded } else { RunMode::Cluster };
 
         let database = Database::connect(
@@ -187,7 +207,7 @@ impl Services {
             |m: &MonitoringSettings| keel_telemetry::check_filter(&m.log_level).map_err(|err| err.to_string()),
         )
         .await?;
-        follow_log_level(&monitoring, &log, &shutdown);
+        follow_monitoring_settings(&monitoring, &log, &capture, &shutdown);
         let mut settings = SettingsRegistry::new();
         settings.register(monitoring.clone());
         let metadata =
@@ -204,6 +224,18 @@ impl Services {
             &shutdown,
         )
         .await?;
+        let http_stats = HttpStats::new();
+        let operators = start_monitoring(
+            MonitoringParts { process, instance_id: &instance_id, namespace: &args.namespace, file: &file },
+            captured,
+            (&telemetry, redis.as_ref(), &bus),
+            admin_token.clone(),
+            &shutdown,
+            Collector::new(process, instance_id.clone())
+                .with_http(http_stats.clone())
+                .with_section("batcher", batcher_section(metadata.batcher().clone()))
+                .with_section("write_behind", write_behind_section(&entries)),
+        );
         let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings, &metadata, &entries)?;
         await_first_checks(&health, &file).await;
         Ok(Self {
@@ -224,6 +256,9 @@ impl Services {
             monitoring,
             metadata,
             entries,
+            capture,
+            http_stats,
+            operators,
         })
     }
 
@@ -286,18 +321,31 @@ fn redis_check(redis: &RedisStore) -> SharedCheck {
 /// Builds the health registry: the `[health]` groups plus a `storage` (Must)
 /// group for the database and Redis, their checks, and every configured
 /// check. Monitors run isolated so a stuck check still fails on time.
-/// Applies the `monitoring` document's `log_level` now (if it was ever
-/// written) and on every change, in this process.
-fn follow_log_level(monitoring: &Settings<MonitoringSettings>, log: &LogHandle, shutdown: &Shutdown) {
-    let apply = |log: &LogHandle, level: &str| match log.set_filter(level) {
-        Ok(()) => tracing::info!(log_level = level, "log level applied from the monitoring settings"),
-        Err(err) => tracing::warn!(%err, "ignoring the monitoring settings' log level"),
+/// Applies the `monitoring` document now (if it was ever written) and on
+/// every change, in this process: `log_level` replaces the log filter and
+/// `enable_monitoring` switches the operator log capture.
+fn follow_monitoring_settings(
+    monitoring: &Settings<MonitoringSettings>,
+    log: &LogHandle,
+    capture: &Capture,
+    shutdown: &Shutdown,
+) {
+    let apply = |log: &LogHandle, capture: &Capture, document: &MonitoringSettings| {
+        match log.set_filter(&document.log_level) {
+            Ok(()) => tracing::info!(log_level = document.log_level, "log level applied from the monitoring settings"),
+            Err(err) => tracing::warn!(%err, "ignoring the monitoring settings' log level"),
+        }
+        if capture.is_enabled() != document.enable_monitoring {
+            capture.set_enabled(document.enable_monitoring);
+            let state = if document.enable_monitoring { "enabled" } else { "disabled" };
+            tracing::info!(enable_monitoring = document.enable_monitoring, "monitoring log capture {state}");
+        }
     };
     if monitoring.version() > 0 {
-        apply(log, &monitoring.get().log_level);
+        apply(log, capture, &monitoring.get());
     }
     let mut changes = monitoring.subscribe();
-    let (log, token) = (log.clone(), shutdown.token());
+    let (log, capture, token) = (log.clone(), capture.clone(), shutdown.token());
     shutdown.spawn(async move {
         loop {
             tokio::select! {
@@ -305,13 +353,97 @@ fn follow_log_level(monitoring: &Settings<MonitoringSettings>, log: &LogHandle, 
                     if changed.is_err() {
                         return;
                     }
-                    let level = changes.borrow_and_update().log_level.clone();
-                    apply(&log, &level);
+                    let document = changes.borrow_and_update().clone();
+                    apply(&log, &capture, &document);
                 }
                 () = token.cancelled() => return,
             }
         }
     });
+}
+
+/// What [`start_monitoring`] needs to know about this process.
+struct MonitoringParts<'a> {
+    process: &'static str,
+    instance_id: &'a str,
+    namespace: &'a str,
+    file: &'a FileConfig,
+}
+
+/// Log and stats stores (Redis in cluster mode, else this process), the
+/// capture drain, and the stats collector; both stop with the process.
+fn start_monitoring(
+    parts: MonitoringParts<'_>,
+    captured: tokio::sync::mpsc::Receiver<LogRecord>,
+    (telemetry, redis, bus): (&Telemetry, Option<&RedisStore>, &Bus),
+    admin_token: Option<AdminToken>,
+    shutdown: &Shutdown,
+    collector: Collector,
+) -> MonitoringService {
+    let section = &parts.file.monitoring;
+    let cap = section.log_cap.unwrap_or(1000);
+    // Without Redis every process keeps its own logs and stats, so their
+    // events stay in-process too (a PostgreSQL NOTIFY could not carry them).
+    let (logs, stats, events) = match redis {
+        Some(redis) => (
+            LogStore::Redis(RedisLogs::new(redis.clone(), parts.namespace, cap)),
+            StatsStore::Redis(RedisStats::new(redis.clone(), parts.namespace)),
+            bus.clone(),
+        ),
+        None => (LogStore::Memory(std::sync::Arc::new(MemoryLogs::new(cap))), StatsStore::memory(), Bus::memory(telemetry)),
+    };
+    let channel = MonitoringService::channel(parts.namespace);
+    let service = MonitoringService::new(logs, stats.clone(), events, channel, admin_token, shutdown.token());
+    let stop = shutdown.token().cancelled_owned();
+    shutdown.spawn(Capture::drain_until(captured, service.log_sink(), 500, Duration::from_millis(250), stop));
+    let interval = section.stats_interval.map_or(Duration::from_secs(5), Duration::from);
+    let announcer = service.clone();
+    let stop = shutdown.token().cancelled_owned();
+    shutdown.spawn(collector.run(stats, interval, move |document| announcer.announce_stats(document), stop));
+    tracing::info!(
+        process = parts.process,
+        instance = parts.instance_id,
+        stats_interval = ?interval,
+        store = if redis.is_some() { "redis" } else { "memory" },
+        "monitoring started"
+    );
+    service
+}
+
+/// The batcher's counters for the stats document.
+fn batcher_section<K, V>(batcher: Batcher<K, V>) -> impl Fn() -> serde_json::Value + Send + Sync + 'static
+where
+    K: Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    move || {
+        let s = batcher.stats();
+        serde_json::json!({
+            "offered": s.offered, "flushed": s.flushed, "deduplicated": s.deduplicated, "dropped": s.dropped(),
+            "pending": s.pending, "batches": s.batches,
+            "queue_depth": batcher.queue_depth(), "queue_capacity": batcher.queue_capacity(),
+        })
+    }
+}
+
+/// The write-behind figures of whoever persists in this process: the
+/// in-process queue, or the stream consumer (worker); `null` for a process
+/// that only produces to the stream.
+fn write_behind_section(entries: &Entries) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+    let (sink, consumer) = (entries.sink().clone(), entries.consumer().cloned());
+    move || {
+        let m = match (&sink, &consumer) {
+            (EntrySink::Memory(queue), _) => queue.metrics(),
+            (EntrySink::Durable(_), Some(consumer)) => consumer.metrics(),
+            (EntrySink::Durable(_), None) => return serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "enqueued": m.enqueued, "persisted": m.persisted, "failed": m.failed, "retries": m.retries,
+            "batches": m.batches, "queue_depth": m.queue_depth, "in_flight": m.in_flight,
+            "oldest_age_ms": u64::try_from(m.oldest_age.as_millis()).unwrap_or(u64::MAX),
+            "failing_for_s": m.failing_for.as_secs(),
+        })
+    }
 }
 
 /// WARN while any settings document cannot be confirmed against its store.

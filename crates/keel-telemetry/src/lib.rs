@@ -22,7 +22,9 @@
 mod logging;
 pub mod names;
 
-pub use logging::{LogFormat, LogHandle, LoggingError, check_filter, init_logging};
+pub use logging::{
+    ExtraLayer, FilteredRegistry, LogFormat, LogHandle, LoggingError, check_filter, init_logging, init_logging_with,
+};
 pub use opentelemetry::metrics::Meter;
 pub use opentelemetry_sdk::metrics::SdkMeterProvider;
 

@@ -2,9 +2,17 @@ use std::io::IsTerminal as _;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+/// The subscriber that extra layers given to [`init_logging_with`] sit on:
+/// the registry behind the live filter, so they see exactly the events and
+/// spans the filter lets through.
+pub type FilteredRegistry = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+
+/// A further layer for [`init_logging_with`] (log capture, trace export).
+pub type ExtraLayer = Box<dyn Layer<FilteredRegistry> + Send + Sync>;
 
 /// How log lines are written to standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +101,16 @@ fn parse_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
 /// `directive` is an `EnvFilter` directive such as `info`; `RUST_LOG` is not
 /// read here (binaries decide what the environment means).
 pub fn init_logging(format: LogFormat, directive: &str) -> Result<LogHandle, LoggingError> {
+    init_logging_with(format, directive, Vec::new())
+}
+
+/// [`init_logging`] with further layers behind the same live filter, e.g. an
+/// operator log capture or a trace exporter.
+pub fn init_logging_with(
+    format: LogFormat,
+    directive: &str,
+    extra: Vec<ExtraLayer>,
+) -> Result<LogHandle, LoggingError> {
     let (filter, handle) = reload::Layer::new(parse_filter(directive)?);
     let fmt_layer = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
@@ -109,6 +127,7 @@ pub fn init_logging(format: LogFormat, directive: &str) -> Result<LogHandle, Log
     };
     tracing_subscriber::registry()
         .with(filter)
+        .with(extra)
         .with(fmt_layer)
         .try_init()
         .map_err(|err| LoggingError::AlreadyInitialised(err.to_string()))?;
