@@ -153,9 +153,11 @@ fn parse_query(params: &LogParams) -> Result<LogQuery, ApiError> {
     };
     let limit = match params.limit.as_deref() {
         None => 100,
-        Some(text) => text.trim().parse::<usize>().ok().filter(|n| (1..=MAX_LOG_LIMIT).contains(n)).ok_or_else(|| {
-            ApiError::bad_request(format!("limit {text:?}: expected a number from 1 to {MAX_LOG_LIMIT}"))
-        })?,
+        Some(text) => {
+            text.trim().parse::<usize>().ok().filter(|n| (1..=MAX_LOG_LIMIT).contains(n)).ok_or_else(|| {
+                ApiError::bad_request(format!("limit {text:?}: expected a number from 1 to {MAX_LOG_LIMIT}"))
+            })?
+        }
     };
     let since_ms = match params.since.as_deref().map(str::trim) {
         None | Some("") => None,

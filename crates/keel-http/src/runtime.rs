@@ -14,11 +14,11 @@ use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 
 use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
 use crate::{AdminToken, AgentMetadata, DrainConfig, Entries, EntrySink, MiddlewareConfig, MonitoringService};
+use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_monitoring::{
     Capture, CaptureConfig, Collector, HttpStats, LogRecord, LogStore, MemoryLogs, Redactor, RedisLogs, RedisStats,
     StatsStore,
 };
-use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_write_behind::{
     DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableProducer, WriteBehind, WriteBehindConfig,
 };
@@ -145,7 +145,10 @@ impl Services {
         // Capture starts before anything logs, so start-up lines are kept too;
         // the settings document switches it once it is loaded.
         let redactor = Redactor::new(
-            args.admin_token.iter().cloned().chain([database_url, redis_url].into_iter().flatten().filter_map(Redactor::url_password)),
+            args.admin_token
+                .iter()
+                .cloned()
+                .chain([database_url, redis_url].into_iter().flatten().filter_map(Redactor::url_password)),
         );
         let capture_config = CaptureConfig {
             buffer: file.monitoring.buffer.unwrap_or(10_000),
@@ -390,7 +393,9 @@ fn start_monitoring(
             StatsStore::Redis(RedisStats::new(redis.clone(), parts.namespace)),
             bus.clone(),
         ),
-        None => (LogStore::Memory(std::sync::Arc::new(MemoryLogs::new(cap))), StatsStore::memory(), Bus::memory(telemetry)),
+        None => {
+            (LogStore::Memory(std::sync::Arc::new(MemoryLogs::new(cap))), StatsStore::memory(), Bus::memory(telemetry))
+        }
     };
     let channel = MonitoringService::channel(parts.namespace);
     let service = MonitoringService::new(logs, stats.clone(), events, channel, admin_token, shutdown.token());

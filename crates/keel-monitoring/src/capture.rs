@@ -133,7 +133,12 @@ impl Capture {
     /// at least every `interval`, until the channel closes. A failing sink
     /// loses that batch (logging never blocks the application), and the
     /// count is returned when the drain ends.
-    pub async fn drain(records: mpsc::Receiver<LogRecord>, sink: Arc<dyn LogSink>, batch: usize, interval: Duration) -> u64 {
+    pub async fn drain(
+        records: mpsc::Receiver<LogRecord>,
+        sink: Arc<dyn LogSink>,
+        batch: usize,
+        interval: Duration,
+    ) -> u64 {
         Self::drain_until(records, sink, batch, interval, std::future::pending()).await
     }
 

@@ -113,7 +113,11 @@ impl Collector {
     }
 
     /// Adds a section `name` filled by `snapshot` at every collection.
-    pub fn with_section(mut self, name: impl Into<String>, snapshot: impl Fn() -> Value + Send + Sync + 'static) -> Self {
+    pub fn with_section(
+        mut self,
+        name: impl Into<String>,
+        snapshot: impl Fn() -> Value + Send + Sync + 'static,
+    ) -> Self {
         self.sections.push((name.into(), Box::new(snapshot)));
         self
     }

@@ -37,7 +37,11 @@ struct RouteCells {
 
 impl RouteCells {
     fn new() -> Self {
-        Self { requests: AtomicU64::new(0), errors: AtomicU64::new(0), buckets: std::array::from_fn(|_| AtomicU64::new(0)) }
+        Self {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 
     fn read(&self) -> RouteCounts {

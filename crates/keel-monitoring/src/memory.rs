@@ -1,8 +1,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::{LogQuery, LogRecord};
 use crate::capture::{LogSink, SinkFuture};
+use crate::{LogQuery, LogRecord};
 
 /// The in-process log ring of embedded mode: the newest `capacity` records
 /// per process.

@@ -5,8 +5,8 @@
 use fred::prelude::*;
 use keel_store::{RedisStore, StoreError};
 
-use crate::{LogQuery, LogRecord, StatsDocument};
 use crate::capture::{LogSink, SinkError, SinkFuture};
+use crate::{LogQuery, LogRecord, StatsDocument};
 
 /// The Redis list sink and reader.
 #[derive(Debug, Clone)]
@@ -97,7 +97,8 @@ impl RedisStats {
             redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
             return 1
         "#;
-        let json = serde_json::to_string(document).map_err(|err| StoreError::Payload { backend: "redis", reason: err.to_string() })?;
+        let json = serde_json::to_string(document)
+            .map_err(|err| StoreError::Payload { backend: "redis", reason: err.to_string() })?;
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let expires = now_ms().saturating_add(ttl_ms);
         let keys = vec![self.key(&document.process, &document.instance), self.index()];

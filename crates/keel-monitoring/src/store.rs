@@ -124,9 +124,7 @@ impl StatsStore {
                 Ok(())
             }
             #[cfg(feature = "redis")]
-            StatsStore::Redis(stats) => {
-                stats.remove(process, instance).await.map_err(|err| SinkError(err.to_string()))
-            }
+            StatsStore::Redis(stats) => stats.remove(process, instance).await.map_err(|err| SinkError(err.to_string())),
         }
     }
 }

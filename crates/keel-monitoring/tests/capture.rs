@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_monitoring::{
-    Capture, CaptureConfig, Collector, HttpStats, LogQuery, LogRecord, LogSink, MemoryLogs, RedisLogs, RedisStats,
-    Redactor, SinkFuture, StatsStore,
+    Capture, CaptureConfig, Collector, HttpStats, LogQuery, LogRecord, LogSink, MemoryLogs, Redactor, RedisLogs,
+    RedisStats, SinkFuture, StatsStore,
 };
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -132,8 +132,10 @@ async fn a_flood_with_redis_stopped_never_blocks_and_counts_every_drop() {
     let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
     let mut server = keel_store::testing::RedisServer::start().await;
     // A short command timeout so the drain gives each batch up quickly.
-    let config =
-        keel_store::RedisConfig { command_timeout: Duration::from_millis(200), ..keel_store::RedisConfig::new(server.url()) };
+    let config = keel_store::RedisConfig {
+        command_timeout: Duration::from_millis(200),
+        ..keel_store::RedisConfig::new(server.url())
+    };
     let store = keel_store::RedisStore::connect(&config, &telemetry).await.unwrap();
     let logs = RedisLogs::new(store, "flood", 1000);
     server.stop();

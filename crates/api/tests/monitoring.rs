@@ -1,0 +1,280 @@
+//! Operator monitoring through the real binaries: captured logs, the
+//! settings toggle across processes, stats documents and their expiry, the
+//! SSE stream, and the admin token — in cluster mode (PostgreSQL + Redis,
+//! two `api` and one `worker`) and in embedded mode.
+
+// Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keel_http::testing::{http_request, spawn_until_listening, terminate};
+use keel_store::testing::{TempDatabase, redis_url};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const TOKEN: &str = "s3cret";
+const AUTH: (&str, &str) = ("authorization", "Bearer s3cret");
+/// Requests to `/livez` log two DEBUG lines each at this filter.
+const LOG_LEVEL: &str = "info,tower_http=debug";
+const CAP: usize = 30;
+
+/// The `worker` binary next to `api`, (re)built when `cargo test -p api`
+/// left it missing or older than `api` (`cargo test --workspace` builds both).
+fn worker_binary() -> PathBuf {
+    let api = PathBuf::from(env!("CARGO_BIN_EXE_api"));
+    let worker = api.with_file_name(format!("worker{}", std::env::consts::EXE_SUFFIX));
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if modified(&worker) < modified(&api) {
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "worker"])
+            .status()
+            .unwrap_or_else(|err| panic!("cannot run cargo to build the worker: {err}"));
+        assert!(built.success(), "cargo build -p worker failed");
+    }
+    worker
+}
+
+fn config_file(dir: &Path) -> PathBuf {
+    let path = dir.join("keel.toml");
+    std::fs::write(&path, format!("[monitoring]\nstats_interval = \"1s\"\nlog_cap = {CAP}\n")).unwrap();
+    path
+}
+
+fn command(binary: &Path, dir: &Path, instance: &str, cluster: Option<(&str, &str)>) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(["--log-format", "json", "--instance-id", instance])
+        .arg("--config")
+        .arg(config_file(dir))
+        .current_dir(dir)
+        .env("KEEL_ADMIN_TOKEN", TOKEN)
+        .env("KEEL_LOG_LEVEL", LOG_LEVEL);
+    if let Some((database_url, namespace)) = cluster {
+        command.env("DATABASE_URL", database_url).env("REDIS_URL", redis_url()).env("KEEL_NAMESPACE", namespace);
+    }
+    command
+}
+
+async fn start_api(dir: &Path, instance: &str, cluster: Option<(&str, &str)>) -> (Child, String) {
+    let mut command = command(Path::new(env!("CARGO_BIN_EXE_api")), dir, instance, cluster);
+    command.args(["--listen", "127.0.0.1:0"]);
+    spawn_until_listening(command, "api listening").await
+}
+
+async fn admin_get(addr: &str, path: &str) -> Value {
+    let (status, body) = http_request(addr, "GET", path, &[AUTH], "").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn records(addr: &str, query: &str) -> Vec<Value> {
+    admin_get(addr, &format!("/api/v1/monitoring/logs?{query}")).await["records"].as_array().unwrap().clone()
+}
+
+fn from_instance(records: &[Value], instance: &str) -> usize {
+    records.iter().filter(|r| r["instance"] == instance).count()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn hit(addr: &str, times: usize) {
+    for _ in 0..times {
+        let (status, _) = http_request(addr, "GET", "/livez", &[], "").await;
+        assert_eq!(status, 200);
+    }
+}
+
+async fn set_capture(addr: &str, enabled: bool) {
+    let document = format!(r#"{{"enable_monitoring":{enabled},"log_level":"{LOG_LEVEL}"}}"#);
+    let headers = [AUTH, ("content-type", "application/json")];
+    let (status, body) = http_request(addr, "PUT", "/api/v1/settings/monitoring", &headers, &document).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn instances(addr: &str) -> Vec<String> {
+    let stats = admin_get(addr, "/api/v1/monitoring/stats").await;
+    stats["instances"].as_array().unwrap().iter().map(|d| d["instance"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Opens the SSE stream and returns it once the response headers arrived.
+async fn open_stream(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/v1/monitoring/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\r\n\r\n").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    stream
+}
+
+async fn read_until(stream: &mut TcpStream, seen: &mut String, text: &str) {
+    let mut buffer = [0u8; 8192];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !seen.contains(text) {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "stream closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {text:?} on the stream: {seen}"));
+}
+
+/// Everything an operator can do against one process's point of view.
+async fn unauthorised_requests_are_refused(addr: &str) {
+    for (method, path) in [
+        ("GET", "/api/v1/monitoring/logs"),
+        ("GET", "/api/v1/monitoring/stats"),
+        ("GET", "/api/v1/monitoring/stream"),
+        ("DELETE", "/api/v1/monitoring/logs"),
+    ] {
+        let (status, body) = http_request(addr, method, path, &[], "").await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        let (status, _) = http_request(addr, method, path, &[("authorization", "Bearer wrong")], "").await;
+        assert_eq!(status, 403, "{method} {path} with a wrong token");
+    }
+    let (status, body) = http_request(addr, "GET", "/api/v1/monitoring/logs?level=loud", &[AUTH], "").await;
+    assert_eq!(status, 400, "{body}");
+}
+
+/// Levels filter as a minimum and the list keeps the newest `CAP` records.
+async fn filters_and_cap(addr: &str, producer: &str, instance: &str) {
+    hit(producer, CAP).await; // 2 DEBUG lines each: twice the cap
+    eventually(Duration::from_secs(10), "the list to fill", || async {
+        (records(addr, "process=api&limit=1000").await.len() == CAP).then_some(())
+    })
+    .await;
+    let all = records(addr, "process=api&limit=1000").await;
+    assert_eq!(all.len(), CAP, "capped");
+    assert!(from_instance(&all, instance) > 0);
+    assert!(all.windows(2).all(|w| w[0]["time"].as_str() >= w[1]["time"].as_str()), "newest first");
+    assert!(all.iter().any(|r| r["level"] == "DEBUG"));
+    let info = records(addr, "process=api&level=info&limit=1000").await;
+    assert!(info.iter().all(|r| ["INFO", "WARN", "ERROR"].contains(&r["level"].as_str().unwrap())), "{info:?}");
+    assert_eq!(records(addr, "process=api&limit=3").await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_monitoring_across_two_apis_and_a_worker() {
+    let temp = TempDatabase::create("api_monitoring").await;
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = temp.name().to_owned();
+    let cluster = Some((temp.url(), namespace.as_str()));
+    let (mut first, a) = start_api(dir.path(), "api-a", cluster).await;
+    let (mut second, b) = start_api(dir.path(), "api-b", cluster).await;
+    let mut worker = command(&worker_binary(), dir.path(), "worker-w", cluster);
+    worker.args(["--admin-listen", "127.0.0.1:0"]);
+    let (mut worker, _w) = spawn_until_listening(worker, "worker admin endpoints on").await;
+
+    unauthorised_requests_are_refused(&a).await;
+
+    // Every live instance of both processes is listed by either api.
+    eventually(Duration::from_secs(10), "stats of all three instances", || async {
+        (instances(&a).await == ["api-a", "api-b", "worker-w"]).then_some(())
+    })
+    .await;
+    let stats = admin_get(&b, "/api/v1/monitoring/stats").await;
+    let worker_doc = &stats["instances"][2];
+    assert_eq!(worker_doc["process"], "worker");
+    assert!(worker_doc["write_behind"]["persisted"].is_u64(), "{worker_doc}");
+    assert!(worker_doc["rss_bytes"].as_u64().unwrap() > 0 && worker_doc["uptime_s"].is_u64());
+
+    // The worker's own records, filtered by process.
+    let worker_records = records(&a, "process=worker&limit=1000").await;
+    assert!(!worker_records.is_empty(), "the worker's start-up lines are captured");
+    assert!(worker_records.iter().all(|r| r["process"] == "worker" && r["instance"] == "worker-w"));
+
+    // A stream on one api sees records logged by the other.
+    let mut stream = open_stream(&a).await;
+    hit(&b, 1).await;
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\"instance\":\"api-b\"").await;
+    assert!(seen.contains("event: log"), "{seen}");
+    read_until(&mut stream, &mut seen, "event: stats").await;
+    drop(stream);
+
+    filters_and_cap(&a, &b, "api-b").await;
+
+    // Disabled through the other api: api-b stops capturing within a second.
+    set_capture(&a, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, body) = http_request(&a, "DELETE", "/api/v1/monitoring/logs?process=api", &[AUTH], "").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"cleared":["api"]}"#));
+    hit(&b, 20).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // several drain intervals
+    assert_eq!(from_instance(&records(&a, "process=api&limit=1000").await, "api-b"), 0, "captured while disabled");
+    // And the same requests are captured again once it is re-enabled.
+    set_capture(&b, true).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    hit(&b, 5).await;
+    eventually(Duration::from_secs(5), "records after re-enabling", || async {
+        (from_instance(&records(&a, "process=api&limit=1000").await, "api-b") > 0).then_some(())
+    })
+    .await;
+
+    // A killed worker cannot clean up: its document expires (TTL 3 s).
+    worker.kill().await.unwrap();
+    eventually(Duration::from_secs(8), "the killed worker's stats to expire", || async {
+        (instances(&a).await == ["api-a", "api-b"]).then_some(())
+    })
+    .await;
+    // A stopped api removes its own document at once.
+    assert_eq!(terminate(&mut second).await, Some(0));
+    assert_eq!(instances(&a).await, ["api-a"]);
+    assert_eq!(terminate(&mut first).await, Some(0));
+    temp.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_monitoring_keeps_everything_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut api, addr) = start_api(dir.path(), "solo", None).await;
+    unauthorised_requests_are_refused(&addr).await;
+
+    eventually(Duration::from_secs(5), "its own stats", || async {
+        (instances(&addr).await == ["solo"]).then_some(())
+    })
+    .await;
+    let mut stream = open_stream(&addr).await;
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "event: stats").await; // the current stats first
+    hit(&addr, 1).await;
+    read_until(&mut stream, &mut seen, "event: log").await;
+    drop(stream);
+
+    filters_and_cap(&addr, &addr, "solo").await;
+    assert!(records(&addr, "process=worker").await.is_empty(), "no worker in embedded mode");
+
+    set_capture(&addr, false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, _) = http_request(&addr, "DELETE", "/api/v1/monitoring/logs", &[AUTH], "").await;
+    assert_eq!(status, 200);
+    hit(&addr, 10).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(records(&addr, "limit=1000").await.is_empty(), "captured while disabled");
+    let stats = admin_get(&addr, "/api/v1/monitoring/stats").await;
+    let livez = &stats["instances"][0]["http"]["/livez"];
+    assert!(livez["since_start"]["requests"].as_u64().unwrap() >= 40, "{livez}");
+    assert!(livez["last_minute"]["p99_ms"].as_f64().unwrap() > 0.0, "{livez}");
+    assert_eq!(terminate(&mut api).await, Some(0));
+}
