@@ -16,7 +16,7 @@ use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVA
 use crate::{AdminToken, AgentMetadata, DrainConfig, Entries, EntrySink, MiddlewareConfig, MonitoringService};
 use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_monitoring::{
-    Capture, CaptureConfig, Collector, HttpStats, LogRecord, LogStore, MemoryLogs, Redactor, RedisLogs, RedisStats,
+    Capture, CaptureConfig, Collector, HttpStats, LogStore, MemoryLogs, Records, Redactor, RedisLogs, RedisStats,
     StatsStore,
 };
 use keel_write_behind::{
@@ -377,7 +377,7 @@ struct MonitoringParts<'a> {
 /// capture drain, and the stats collector; both stop with the process.
 fn start_monitoring(
     parts: MonitoringParts<'_>,
-    captured: tokio::sync::mpsc::Receiver<LogRecord>,
+    captured: Records,
     (telemetry, redis, bus): (&Telemetry, Option<&RedisStore>, &Bus),
     admin_token: Option<AdminToken>,
     shutdown: &Shutdown,
@@ -400,7 +400,7 @@ fn start_monitoring(
     let channel = MonitoringService::channel(parts.namespace);
     let service = MonitoringService::new(logs, stats.clone(), events, channel, admin_token, shutdown.token());
     let stop = shutdown.token().cancelled_owned();
-    shutdown.spawn(Capture::drain_until(captured, service.log_sink(), 500, Duration::from_millis(250), stop));
+    shutdown.spawn(Capture::drain_until(captured, service.log_sink(), 500, Duration::from_millis(50), stop));
     let interval = section.stats_interval.map_or(Duration::from_secs(5), Duration::from);
     let announcer = service.clone();
     let stop = shutdown.token().cancelled_owned();

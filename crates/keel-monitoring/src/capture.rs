@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -62,11 +61,101 @@ struct Shared {
     enabled: AtomicBool,
     dropped: AtomicU64,
     captured: AtomicU64,
+    ignore_targets: Vec<String>,
+    tx: mpsc::Sender<RawEvent>,
+}
+
+/// Who captured, and what to hide: applied by the drain, off the logging
+/// thread.
+struct Identity {
     process: String,
     instance: String,
     redactor: Redactor,
-    ignore_targets: Vec<String>,
-    tx: mpsc::Sender<LogRecord>,
+}
+
+/// Fields kept inline in a [`RawEvent`]; more spill into a vector.
+const INLINE_FIELDS: usize = 12;
+
+/// What the logging thread hands over: only what cannot be had later, in as
+/// few allocations as possible (one, for up to [`INLINE_FIELDS`] fields):
+/// every value, the message included, is written into one string and
+/// located by `(name, start, end)`. Level and target live in the event's
+/// `'static` metadata, field names are `'static` too; process, instance and
+/// redaction are added by the drain.
+struct RawEvent {
+    time_ms: u64,
+    metadata: &'static tracing::Metadata<'static>,
+    text: String,
+    inline: [(&'static str, usize, usize); INLINE_FIELDS],
+    len: usize,
+    spilled: Vec<(&'static str, String)>,
+}
+
+impl RawEvent {
+    fn push(&mut self, name: &'static str, write: impl FnOnce(&mut String)) {
+        if self.len < INLINE_FIELDS {
+            let start = self.text.len();
+            write(&mut self.text);
+            self.inline[self.len] = (name, start, self.text.len());
+            self.len += 1;
+        } else {
+            let mut value = String::new();
+            write(&mut value);
+            self.spilled.push((name, value));
+        }
+    }
+}
+
+impl Visit for RawEvent {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field.name(), |text| text.push_str(value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        self.push(field.name(), |text| {
+            let _ = write!(text, "{value:?}");
+        });
+    }
+}
+
+/// The receiving end of a capture's buffer, for [`Capture::drain`].
+pub struct Records {
+    rx: mpsc::Receiver<RawEvent>,
+    identity: Arc<Identity>,
+}
+
+impl fmt::Debug for Records {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Records").field("buffered", &self.rx.len()).finish()
+    }
+}
+
+impl Records {
+    fn record(&self, raw: RawEvent) -> LogRecord {
+        let mut message = String::new();
+        let mut fields = std::collections::BTreeMap::new();
+        let inline = raw.inline[..raw.len].iter().map(|&(name, start, end)| (name, raw.text[start..end].to_owned()));
+        for (name, value) in inline.chain(raw.spilled) {
+            if name == "message" {
+                message = value;
+            } else {
+                fields.insert(name.to_owned(), value);
+            }
+        }
+        let mut record = LogRecord {
+            time_ms: raw.time_ms,
+            level: raw.metadata.level().as_str().to_owned(),
+            target: raw.metadata.target().to_owned(),
+            message,
+            process: self.identity.process.clone(),
+            instance: self.identity.instance.clone(),
+            fields,
+        };
+        self.identity.redactor.apply(&mut record);
+        record
+    }
 }
 
 /// The capture switch and counters; cloning shares them. Records flow to
@@ -89,19 +178,17 @@ impl fmt::Debug for Capture {
 
 impl Capture {
     /// A capture and the receiving end of its buffer.
-    pub fn new(config: CaptureConfig, redactor: Redactor) -> (Self, mpsc::Receiver<LogRecord>) {
+    pub fn new(config: CaptureConfig, redactor: Redactor) -> (Self, Records) {
         let (tx, rx) = mpsc::channel(config.buffer.max(1));
         let shared = Shared {
             enabled: AtomicBool::new(config.enabled),
             dropped: AtomicU64::new(0),
             captured: AtomicU64::new(0),
-            process: config.process,
-            instance: config.instance,
-            redactor,
             ignore_targets: config.ignore_targets,
             tx,
         };
-        (Self { shared: Arc::new(shared) }, rx)
+        let identity = Identity { process: config.process, instance: config.instance, redactor };
+        (Self { shared: Arc::new(shared) }, Records { rx, identity: Arc::new(identity) })
     }
 
     /// The `tracing` layer feeding this capture.
@@ -129,16 +216,15 @@ impl Capture {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Moves records from `records` to `sink` in batches of up to `batch`,
-    /// at least every `interval`, until the channel closes. A failing sink
-    /// loses that batch (logging never blocks the application), and the
-    /// count is returned when the drain ends.
-    pub async fn drain(
-        records: mpsc::Receiver<LogRecord>,
-        sink: Arc<dyn LogSink>,
-        batch: usize,
-        interval: Duration,
-    ) -> u64 {
+    /// Every `interval`, moves what the buffer holds to `sink` in batches of
+    /// up to `batch`, until the channel closes. A failing sink loses that
+    /// batch (logging never blocks the application), and the count is
+    /// returned when the drain ends.
+    ///
+    /// The drain polls rather than waits on the channel: a waiting receiver
+    /// would make every logged event wake it on another thread, which costs
+    /// the logging thread more than building the record does.
+    pub async fn drain(records: Records, sink: Arc<dyn LogSink>, batch: usize, interval: Duration) -> u64 {
         Self::drain_until(records, sink, batch, interval, std::future::pending()).await
     }
 
@@ -146,32 +232,29 @@ impl Capture {
     /// storing what the buffer holds at that moment (the global subscriber
     /// keeps the channel open for the life of the process).
     pub async fn drain_until(
-        mut records: mpsc::Receiver<LogRecord>,
+        mut records: Records,
         sink: Arc<dyn LogSink>,
         batch: usize,
         interval: Duration,
         stop: impl Future<Output = ()>,
     ) -> u64 {
+        let batch = batch.max(1);
         let mut lost = 0u64;
+        let mut raw = Vec::with_capacity(batch);
         let mut pending = Vec::with_capacity(batch);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
-        let mut stopping = false;
         loop {
-            let closed = tokio::select! {
-                received = records.recv_many(&mut pending, batch), if !stopping => received == 0,
-                () = tokio::time::sleep(interval), if !pending.is_empty() && !stopping => false,
-                () = &mut stop, if !stopping => {
-                    stopping = true;
-                    false
-                }
+            let stopping = tokio::select! {
+                _ = ticker.tick() => false,
+                () = &mut stop => true,
             };
-            if stopping {
-                // What was captured before the stop, then no more.
-                let held = records.len();
-                records.recv_many(&mut pending, held).await;
-            }
-            let closed = closed || stopping;
-            if !pending.is_empty() && (closed || pending.len() >= batch || records.is_empty()) {
+            // What is buffered now, batch by batch; never wait for more.
+            while !records.rx.is_empty() {
+                let take = records.rx.len().min(batch);
+                records.rx.recv_many(&mut raw, take).await;
+                pending.extend(raw.drain(..).map(|event| records.record(event)));
                 if let Err(err) = sink.push(&pending).await {
                     lost += pending.len() as u64;
                     // Not through tracing: this very layer would capture it.
@@ -179,7 +262,7 @@ impl Capture {
                 }
                 pending.clear();
             }
-            if closed {
+            if stopping || records.rx.is_closed() {
                 return lost;
             }
         }
@@ -190,30 +273,6 @@ impl Capture {
 #[derive(Clone, Debug)]
 pub struct CaptureLayer {
     capture: Capture,
-}
-
-#[derive(Default)]
-struct Fields {
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Visit for Fields {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message = value.to_owned();
-        } else {
-            self.fields.insert(field.name().to_owned(), value.to_owned());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            self.message = format!("{value:?}");
-        } else {
-            self.fields.insert(field.name().to_owned(), format!("{value:?}"));
-        }
-    }
 }
 
 impl<S: Subscriber> Layer<S> for CaptureLayer {
@@ -231,19 +290,16 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let mut visitor = Fields::default();
-        event.record(&mut visitor);
-        let mut record = LogRecord {
+        let mut raw = RawEvent {
             time_ms: u64::try_from(keel_core::unix_millis(std::time::SystemTime::now())).unwrap_or_default(),
-            level: metadata.level().to_string(),
-            target: metadata.target().to_owned(),
-            message: visitor.message,
-            process: shared.process.clone(),
-            instance: shared.instance.clone(),
-            fields: visitor.fields,
+            metadata,
+            text: String::with_capacity(128),
+            inline: [("", 0, 0); INLINE_FIELDS],
+            len: 0,
+            spilled: Vec::new(),
         };
-        shared.redactor.apply(&mut record);
-        permit.send(record);
+        event.record(&mut raw);
+        permit.send(raw);
         shared.captured.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -47,7 +47,7 @@ mod record;
 mod redis;
 mod store;
 
-pub use capture::{Capture, CaptureConfig, CaptureLayer, LogSink, SinkError, SinkFuture};
+pub use capture::{Capture, CaptureConfig, CaptureLayer, LogSink, Records, SinkError, SinkFuture};
 pub use collector::{Collector, RouteWindows, Section, StatsDocument, TokioStats};
 pub use http::{HttpSnapshot, HttpStats, RouteSummary};
 pub use memory::MemoryLogs;

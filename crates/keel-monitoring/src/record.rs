@@ -59,22 +59,24 @@ impl Redactor {
     /// `text` with every secret replaced.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
+        self.redact_in_place(&mut out);
+        out
+    }
+
+    /// Replaces every secret in `text`, allocating only when one is found.
+    fn redact_in_place(&self, text: &mut String) {
         for secret in self.secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), REDACTED);
+            if text.contains(secret.as_str()) {
+                *text = text.replace(secret.as_str(), REDACTED);
             }
         }
-        out
     }
 
     /// Redacts a record in place.
     pub fn apply(&self, record: &mut LogRecord) {
-        if self.secrets.is_empty() {
-            return;
-        }
-        record.message = self.redact(&record.message);
+        self.redact_in_place(&mut record.message);
         for value in record.fields.values_mut() {
-            *value = self.redact(value);
+            self.redact_in_place(value);
         }
     }
 }

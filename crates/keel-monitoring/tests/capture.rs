@@ -256,3 +256,38 @@ fn stop_signal() -> (tokio::sync::oneshot::Sender<()>, impl std::future::Future<
         let _ = rx.await;
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_is_kept_however_many_there_are() {
+    let (capture, records) = Capture::new(CaptureConfig::new("api", "api-1"), Redactor::new(["pw"]));
+    let logs = Arc::new(MemoryLogs::new(10));
+    let drain = tokio::spawn(Capture::drain(records, logs.clone(), 10, Duration::from_millis(5)));
+    let subscriber = tracing_subscriber::registry().with(capture.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::warn!(
+            a = 1,
+            b = 2,
+            c = 3,
+            d = 4,
+            e = 5,
+            f = 6,
+            g = 7,
+            h = 8,
+            i = 9,
+            j = 10,
+            k = 11,
+            l = 12,
+            m = 13,
+            n = "pw-in-the-14th",
+            "{} fields",
+            14
+        );
+    });
+    drop(capture);
+    drain.await.unwrap();
+    let record = &logs.recent("api", &query(Level::TRACE, 1))[0];
+    assert_eq!(record.message, "14 fields");
+    assert_eq!(record.fields.len(), 14);
+    assert_eq!((record.fields["a"].as_str(), record.fields["m"].as_str()), ("1", "13"));
+    assert_eq!(record.fields["n"], "[redacted]-in-the-14th", "spilled fields are redacted too");
+}
