@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use crossbeam_queue::ArrayQueue;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::Layer;
@@ -62,7 +62,7 @@ struct Shared {
     dropped: AtomicU64,
     captured: AtomicU64,
     ignore_targets: Vec<String>,
-    tx: mpsc::Sender<RawEvent>,
+    queue: Arc<ArrayQueue<RawEvent>>,
 }
 
 /// Who captured, and what to hide: applied by the drain, off the logging
@@ -122,13 +122,13 @@ impl Visit for RawEvent {
 
 /// The receiving end of a capture's buffer, for [`Capture::drain`].
 pub struct Records {
-    rx: mpsc::Receiver<RawEvent>,
+    queue: Arc<ArrayQueue<RawEvent>>,
     identity: Arc<Identity>,
 }
 
 impl fmt::Debug for Records {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Records").field("buffered", &self.rx.len()).finish()
+        f.debug_struct("Records").field("buffered", &self.queue.len()).finish()
     }
 }
 
@@ -179,16 +179,18 @@ impl fmt::Debug for Capture {
 impl Capture {
     /// A capture and the receiving end of its buffer.
     pub fn new(config: CaptureConfig, redactor: Redactor) -> (Self, Records) {
-        let (tx, rx) = mpsc::channel(config.buffer.max(1));
+        // Preallocated and lock-free: a full buffer refuses at once, and
+        // pushing never allocates or wakes anyone.
+        let queue = Arc::new(ArrayQueue::new(config.buffer.max(1)));
         let shared = Shared {
             enabled: AtomicBool::new(config.enabled),
             dropped: AtomicU64::new(0),
             captured: AtomicU64::new(0),
             ignore_targets: config.ignore_targets,
-            tx,
+            queue: queue.clone(),
         };
         let identity = Identity { process: config.process, instance: config.instance, redactor };
-        (Self { shared: Arc::new(shared) }, Records { rx, identity: Arc::new(identity) })
+        (Self { shared: Arc::new(shared) }, Records { queue, identity: Arc::new(identity) })
     }
 
     /// The `tracing` layer feeding this capture.
@@ -232,7 +234,7 @@ impl Capture {
     /// storing what the buffer holds at that moment (the global subscriber
     /// keeps the channel open for the life of the process).
     pub async fn drain_until(
-        mut records: Records,
+        records: Records,
         sink: Arc<dyn LogSink>,
         batch: usize,
         interval: Duration,
@@ -240,7 +242,6 @@ impl Capture {
     ) -> u64 {
         let batch = batch.max(1);
         let mut lost = 0u64;
-        let mut raw = Vec::with_capacity(batch);
         let mut pending = Vec::with_capacity(batch);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -251,10 +252,12 @@ impl Capture {
                 () = &mut stop => true,
             };
             // What is buffered now, batch by batch; never wait for more.
-            while !records.rx.is_empty() {
-                let take = records.rx.len().min(batch);
-                records.rx.recv_many(&mut raw, take).await;
-                pending.extend(raw.drain(..).map(|event| records.record(event)));
+            // Closed once every capture and layer is gone: only this end holds
+            // the queue. Checked before draining, so nothing pushed earlier is
+            // left behind.
+            let closed = Arc::strong_count(&records.queue) == 1;
+            while !records.queue.is_empty() {
+                pending.extend(std::iter::from_fn(|| records.queue.pop()).take(batch).map(|e| records.record(e)));
                 if let Err(err) = sink.push(&pending).await {
                     lost += pending.len() as u64;
                     // Not through tracing: this very layer would capture it.
@@ -262,7 +265,7 @@ impl Capture {
                 }
                 pending.clear();
             }
-            if stopping || records.rx.is_closed() {
+            if stopping || closed {
                 return lost;
             }
         }
@@ -285,11 +288,12 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
         if shared.ignore_targets.iter().any(|prefix| metadata.target().starts_with(prefix.as_str())) {
             return;
         }
-        // Full buffer: drop before doing any work for this record.
-        let Ok(permit) = shared.tx.try_reserve() else {
+        // Full buffer: drop before doing any work for this record (a race with
+        // another thread filling the last slot is caught by the push below).
+        if shared.queue.is_full() {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
-        };
+        }
         let mut raw = RawEvent {
             time_ms: u64::try_from(keel_core::unix_millis(std::time::SystemTime::now())).unwrap_or_default(),
             metadata,
@@ -299,7 +303,10 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
             spilled: Vec::new(),
         };
         event.record(&mut raw);
-        permit.send(raw);
-        shared.captured.fetch_add(1, Ordering::Relaxed);
+        if shared.queue.push(raw).is_ok() {
+            shared.captured.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
