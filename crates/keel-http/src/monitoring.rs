@@ -194,7 +194,7 @@ async fn logs(
         records.extend(service.logs.recent(process, &query).await.map_err(|err| unavailable("logs", &err))?);
     }
     // Newest first across processes.
-    records.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+    records.sort_by_key(|r| std::cmp::Reverse(r.time_ms));
     records.truncate(query.limit);
     Ok(Json(json!({ "records": records.iter().map(record_json).collect::<Vec<_>>() })))
 }
