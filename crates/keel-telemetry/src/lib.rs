@@ -66,6 +66,7 @@ impl Telemetry {
             .build()
             .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        instrument_process(&provider.meter("process"));
         Ok(Self { provider, registry, service })
     }
 
@@ -93,6 +94,39 @@ impl Telemetry {
         // validated as such by the registry).
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
+}
+
+/// Process gauges read at scrape time: uptime, resident memory, CPU time
+/// (OpenTelemetry process semantic conventions). The SDK keeps the callbacks
+/// for the life of the provider.
+fn instrument_process(meter: &Meter) {
+    let started = std::time::Instant::now();
+    meter
+        .f64_observable_gauge(names::PROCESS_UPTIME)
+        .with_unit("s")
+        .with_description("Seconds since the process started")
+        .with_callback(move |gauge| gauge.observe(started.elapsed().as_secs_f64(), &[]))
+        .build();
+    meter
+        .u64_observable_gauge(names::PROCESS_MEMORY_USAGE)
+        .with_unit("By")
+        .with_description("Resident memory of the process")
+        .with_callback(|gauge| {
+            if let Some(usage) = memory_stats::memory_stats() {
+                gauge.observe(usage.physical_mem as u64, &[]);
+            }
+        })
+        .build();
+    meter
+        .f64_observable_counter(names::PROCESS_CPU_TIME)
+        .with_unit("s")
+        .with_description("CPU time used by the process")
+        .with_callback(|counter| {
+            if let Ok(used) = cpu_time::ProcessTime::try_now() {
+                counter.observe(used.as_duration().as_secs_f64(), &[]);
+            }
+        })
+        .build();
 }
 
 /// The content type of [`Telemetry::encode`]'s output.
@@ -128,5 +162,13 @@ mod tests {
         a.meter("a").u64_counter("only.in.a").build().add(1, &[]);
         assert!(a.encode().unwrap().contains("only_in_a_total"));
         assert!(!b.encode().unwrap().contains("only_in_a_total"));
+    }
+
+    #[test]
+    fn process_gauges_are_exported() {
+        let text = Telemetry::new("p").unwrap().encode().unwrap();
+        for name in ["process_memory_usage_bytes ", "process_cpu_time_seconds_total ", "process_uptime_seconds "] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
     }
 }

@@ -33,6 +33,10 @@ pub const BUS_RECONNECTS: &str = "keel.bus.reconnects";
 
 /// Seconds since the process started.
 pub const PROCESS_UPTIME: &str = "process.uptime";
+/// Resident memory of the process (bytes).
+pub const PROCESS_MEMORY_USAGE: &str = "process.memory.usage";
+/// CPU time used by the process (seconds).
+pub const PROCESS_CPU_TIME: &str = "process.cpu.time";
 
 /// Bucket bounds for HTTP durations, from the OpenTelemetry HTTP semantic
 /// conventions.
