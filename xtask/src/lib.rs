@@ -1,6 +1,7 @@
 //! Library half of `cargo xtask`, so the checks can also run as tests.
 
 pub mod cmd;
+pub mod deploy;
 pub mod services;
 pub mod tidy;
 

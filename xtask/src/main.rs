@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{cmd, services, tidy};
+use xtask::{cmd, deploy, services, tidy};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -18,6 +18,9 @@ cargo xtask <command>
                      starting installed servers when they do not
   services status    report whether they answer
   bench [ARGS..]     run the criterion benchmarks (ARGS go to cargo bench)
+  deploy-check       promtool checks and rule tests, dashboards, Kubernetes
+                     manifests, and every metric they name against a running
+                     api and worker
 ";
 
 fn main() -> ExitCode {
@@ -45,6 +48,10 @@ fn run(args: &[String]) -> Result<()> {
             Some("status") => services::status(),
             _ => bail!("usage: cargo xtask services up|status"),
         },
+        Some("deploy-check") => {
+            services::up()?;
+            deploy::check(&root)
+        }
         Some("bench") => cmd::cargo(&root, &[&["bench", "--workspace"], &as_strs(&args[1..])[..]].concat()),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{HELP}");
@@ -64,6 +71,7 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("clippy", || cmd::cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("tidy", || run_tidy(&[], root))?;
     step("services", services::up)?;
+    step("deploy-check", || deploy::check(root))?;
     step("test", || test(root))?;
     eprintln!("xtask: ci passed in {:.0?}", started.elapsed());
     Ok(())

@@ -107,6 +107,14 @@ impl Metrics {
                 name: label,
             }
         });
+        if let Some(m) = &inner {
+            // Series exist from the start, so rates and alerts see a 0 rather
+            // than nothing before the first flush or failure.
+            let labels = std::slice::from_ref(&m.name);
+            for counter in [&m.flushed, &m.errors, &m.publish_errors] {
+                counter.add(0, labels);
+            }
+        }
         Self { inner, max_batch_size }
     }
 

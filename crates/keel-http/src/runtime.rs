@@ -535,6 +535,7 @@ async fn start_entries(
                     .await
                     .map_err(|err| StartError::WriteBehind(err.to_string()))?,
                 );
+                running.instrument(telemetry, "entries");
                 let (stop, task) = (shutdown.token(), running.clone());
                 shutdown.spawn(async move { task.run(stop).await });
                 tracing::info!(consumer = instance_id, "consuming the entries stream");

@@ -167,6 +167,7 @@ pub struct DurableConsumer<T> {
     repository: Arc<dyn Repository<T>>,
     dead_letters: Arc<dyn DeadLetters<T>>,
     counters: Counters,
+    instruments: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
     /// Until this consumer's own unacknowledged entries (from before a
     /// restart) are handled, reads start at `0` instead of `>`.
     recovering: std::sync::atomic::AtomicBool,
@@ -203,8 +204,19 @@ where
             repository,
             dead_letters,
             counters: Counters::default(),
+            instruments: std::sync::Mutex::default(),
             recovering: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Exports [`metrics`](Self::metrics) as the same OpenTelemetry
+    /// instruments as an in-process queue, labelled `queue = name`, so the
+    /// alerts and dashboards read a worker like an embedded api.
+    pub fn instrument(self: &Arc<Self>, telemetry: &keel_telemetry::Telemetry, name: &str) {
+        // Weak: the meter provider outlives consumers and must not keep them alive.
+        let consumer = Arc::downgrade(self);
+        let handles = crate::queue::export_metrics(telemetry, name, move || consumer.upgrade().map(|c| c.metrics()));
+        self.instruments.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(handles);
     }
 
     /// Persists what this consumer handled so far.

@@ -247,67 +247,78 @@ impl<T: Keyed + Send + Sync + 'static> WriteBehind<T> {
     /// Exports [`metrics`](Self::metrics) as OpenTelemetry instruments
     /// labelled `queue = name`, read when scraped (nothing on the hot path).
     pub fn instrument(&self, telemetry: &keel_telemetry::Telemetry, name: &str) {
-        use keel_telemetry::names;
-        use opentelemetry::KeyValue;
-        let meter = telemetry.meter("keel-write-behind");
-        let label = [KeyValue::new("queue", name.to_owned())];
-        let mut handles: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
         // Weak: the meter provider outlives queues and must not keep them alive.
-        let read_now = |shared: &std::sync::Weak<Shared<T>>| shared.upgrade().map(|s| s.metrics());
-        let counters: [Exported; 5] = [
-            (names::WRITE_BEHIND_ENQUEUED, "Items accepted", |m| m.enqueued),
-            (names::WRITE_BEHIND_PERSISTED, "Items persisted", |m| m.persisted),
-            (names::WRITE_BEHIND_FAILED, "Items dead-lettered", |m| m.failed),
-            (names::WRITE_BEHIND_RETRIES, "Item re-attempts", |m| m.retries),
-            (names::WRITE_BEHIND_BATCHES, "Successful repository writes", |m| m.batches),
-        ];
-        for (metric, description, read) in counters {
-            let (queue, label) = (Arc::downgrade(&self.shared), label.clone());
-            handles.push(Box::new(
-                meter
-                    .u64_observable_counter(metric)
-                    .with_description(description)
-                    .with_callback(move |c| {
-                        if let Some(m) = read_now(&queue) {
-                            c.observe(read(&m), &label);
-                        }
-                    })
-                    .build(),
-            ));
-        }
-        let gauges: [Exported; 2] = [
-            (names::WRITE_BEHIND_QUEUE_DEPTH, "Items waiting", |m| m.queue_depth),
-            (names::WRITE_BEHIND_IN_FLIGHT, "Items being written", |m| m.in_flight),
-        ];
-        for (metric, description, read) in gauges {
-            let (queue, label) = (Arc::downgrade(&self.shared), label.clone());
-            handles.push(Box::new(
-                meter
-                    .u64_observable_gauge(metric)
-                    .with_description(description)
-                    .with_callback(move |g| {
-                        if let Some(m) = read_now(&queue) {
-                            g.observe(read(&m), &label);
-                        }
-                    })
-                    .build(),
-            ));
-        }
         let queue = Arc::downgrade(&self.shared);
+        let handles = export_metrics(telemetry, name, move || queue.upgrade().map(|s| s.metrics()));
+        self.instruments.lock().unwrap_or_else(PoisonError::into_inner).extend(handles);
+    }
+}
+
+/// The OpenTelemetry instruments of a write-behind queue labelled
+/// `queue = name`, each reading `read` when scraped (`None`: the queue is
+/// gone, nothing is observed). Keep the returned handles.
+pub(crate) fn export_metrics(
+    telemetry: &keel_telemetry::Telemetry,
+    name: &str,
+    read: impl Fn() -> Option<Metrics> + Clone + Send + Sync + 'static,
+) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
+    use keel_telemetry::names;
+    use opentelemetry::KeyValue;
+    let meter = telemetry.meter("keel-write-behind");
+    let label = [KeyValue::new("queue", name.to_owned())];
+    let mut handles: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    let counters: [Exported; 5] = [
+        (names::WRITE_BEHIND_ENQUEUED, "Items accepted", |m| m.enqueued),
+        (names::WRITE_BEHIND_PERSISTED, "Items persisted", |m| m.persisted),
+        (names::WRITE_BEHIND_FAILED, "Items dead-lettered", |m| m.failed),
+        (names::WRITE_BEHIND_RETRIES, "Item re-attempts", |m| m.retries),
+        (names::WRITE_BEHIND_BATCHES, "Successful repository writes", |m| m.batches),
+    ];
+    for (metric, description, field) in counters {
+        let (read, label) = (read.clone(), label.clone());
         handles.push(Box::new(
             meter
-                .f64_observable_gauge(names::WRITE_BEHIND_OLDEST_AGE)
-                .with_unit("s")
-                .with_description("Age of the oldest waiting item")
-                .with_callback(move |g| {
-                    if let Some(m) = read_now(&queue) {
-                        g.observe(m.oldest_age.as_secs_f64(), &label);
+                .u64_observable_counter(metric)
+                .with_description(description)
+                .with_callback(move |c| {
+                    if let Some(m) = read() {
+                        c.observe(field(&m), &label);
                     }
                 })
                 .build(),
         ));
-        self.instruments.lock().unwrap_or_else(PoisonError::into_inner).extend(handles);
     }
+    let gauges: [Exported; 2] = [
+        (names::WRITE_BEHIND_QUEUE_DEPTH, "Items waiting", |m| m.queue_depth),
+        (names::WRITE_BEHIND_IN_FLIGHT, "Items being written", |m| m.in_flight),
+    ];
+    for (metric, description, field) in gauges {
+        let (read, label) = (read.clone(), label.clone());
+        handles.push(Box::new(
+            meter
+                .u64_observable_gauge(metric)
+                .with_description(description)
+                .with_callback(move |g| {
+                    if let Some(m) = read() {
+                        g.observe(field(&m), &label);
+                    }
+                })
+                .build(),
+        ));
+    }
+    handles.push(Box::new(
+        meter
+            .f64_observable_gauge(names::WRITE_BEHIND_OLDEST_AGE)
+            .with_unit("s")
+            .with_description("Age of the oldest waiting item")
+            .with_callback(move |g| {
+                if let Some(m) = read() {
+                    g.observe(m.oldest_age.as_secs_f64(), &label);
+                }
+            })
+            .build(),
+    ));
+    handles
 }
 
 impl<T: Keyed> WriteBehind<T> {
