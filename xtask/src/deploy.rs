@@ -70,6 +70,7 @@ pub fn check(root: &Path) -> Result<()> {
             }
         }
     }
+    crate::docs::check(root)?;
     eprintln!(
         "deploy-check: ok ({} rule and dashboard queries, {} metrics exported, {} probes)",
         queries.exprs.len(),

@@ -2,6 +2,7 @@
 
 pub mod cmd;
 pub mod deploy;
+pub mod docs;
 pub mod services;
 pub mod tidy;
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{cmd, deploy, services, tidy};
+use xtask::{cmd, deploy, docs, services, tidy};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -19,8 +19,10 @@ cargo xtask <command>
   services status    report whether they answer
   bench [ARGS..]     run the criterion benchmarks (ARGS go to cargo bench)
   deploy-check       promtool checks and rule tests, dashboards, Kubernetes
-                     manifests, and every metric they name against a running
-                     api and worker
+                     manifests, every metric they name against a running api
+                     and worker, and docs/OPERATIONS.md against the flags
+  docs               regenerate the configuration reference in
+                     docs/OPERATIONS.md from the binaries' flags
 ";
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn run(args: &[String]) -> Result<()> {
             services::up()?;
             deploy::check(&root)
         }
+        Some("docs") => docs::update(&root),
         Some("bench") => cmd::cargo(&root, &[&["bench", "--workspace"], &as_strs(&args[1..])[..]].concat()),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{HELP}");

@@ -126,3 +126,51 @@ fn compose_and_prometheus_files_are_valid_yaml() {
     }
     assert_eq!(compose["services"]["api"]["deploy"]["replicas"].as_i64(), Some(2));
 }
+
+#[test]
+fn every_alert_has_a_runbook_section_that_its_link_points_to() {
+    let root = xtask::workspace_root();
+    let operations = std::fs::read_to_string(root.join("docs/OPERATIONS.md")).unwrap();
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/rules/keel.yml")).unwrap();
+    let docs = yaml_rust2::YamlLoader::load_from_str(&rules).unwrap();
+    let mut alerts = 0;
+    for group in docs[0]["groups"].as_vec().unwrap() {
+        for rule in group["rules"].as_vec().unwrap() {
+            let Some(alert) = rule["alert"].as_str() else { continue };
+            alerts += 1;
+            assert!(operations.contains(&format!("\n### {alert}\n")), "no runbook section for {alert}");
+            let annotations = &rule["annotations"];
+            for key in ["summary", "description", "runbook_url"] {
+                assert!(annotations[key].as_str().is_some_and(|v| !v.is_empty()), "{alert} has no {key}");
+            }
+            let anchor = format!("OPERATIONS.md#{}", alert.to_lowercase());
+            assert!(annotations["runbook_url"].as_str().unwrap().ends_with(&anchor), "{alert}: runbook link");
+        }
+    }
+    assert!(alerts >= 12, "{alerts} alerts");
+}
+
+#[test]
+fn the_configuration_reference_is_generated_from_help_text() {
+    let api = "Usage: api [OPTIONS]\n\nOptions:\n      --listen <ADDR>   Address to listen on [env: KEEL_LISTEN=0.0.0.0:1] [default: 127.0.0.1:8080]\n      \
+               --no-migrate      Skip | migrations [env: KEEL_NO_MIGRATE=]\n  -h, --help            Print help\n";
+    let worker = "Options:\n      --admin-listen <ADDR>  Admin address [default: 127.0.0.1:9091]\n      --no-migrate  Skip | migrations [env: KEEL_NO_MIGRATE=]\n";
+    let flags = xtask::docs::parse_help(api);
+    assert_eq!(flags.len(), 2);
+    assert_eq!(flags[0].env.as_deref(), Some("KEEL_LISTEN"), "the current value is never shown");
+    assert_eq!((flags[0].default.as_deref(), flags[0].help.as_str()), (Some("127.0.0.1:8080"), "Address to listen on"));
+    let table = xtask::docs::render(api, worker);
+    assert!(
+        table.contains("| `--listen <ADDR>` | `KEEL_LISTEN` | `127.0.0.1:8080` | api | Address to listen on |"),
+        "{table}"
+    );
+    assert!(table.contains("| `--no-migrate` | `KEEL_NO_MIGRATE` | — | both | Skip \\| migrations |"), "{table}");
+    assert!(table.contains("| `--admin-listen <ADDR>` | — | `127.0.0.1:9091` | worker |"), "{table}");
+    let spliced = xtask::docs::splice(
+        "intro\n<!-- BEGIN GENERATED: cargo xtask docs -->\nold\n<!-- END GENERATED -->\nrest",
+        "new\n",
+    )
+    .unwrap();
+    assert_eq!(spliced, "intro\n<!-- BEGIN GENERATED: cargo xtask docs -->\nnew\n<!-- END GENERATED -->\nrest");
+    assert!(xtask::docs::splice("no markers", "x").is_err());
+}
