@@ -89,7 +89,10 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 }
 
 fn test(root: &std::path::Path) -> Result<()> {
-    cmd::cargo(root, &["test", "--workspace"])
+    cmd::cargo(root, &["test", "--workspace"])?;
+    // Trace export is feature-gated so the default build stays lean; its
+    // end-to-end test needs the binary built with it.
+    cmd::cargo(root, &["test", "-p", "api", "--features", "otlp", "--test", "otlp"])
 }
 
 fn run_tidy(args: &[String], default_root: &std::path::Path) -> Result<()> {

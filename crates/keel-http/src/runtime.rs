@@ -129,6 +129,9 @@ pub struct Services {
     pub http_stats: HttpStats,
     /// The monitoring endpoints' logs, stats and event stream.
     pub operators: MonitoringService,
+    /// The OTLP span exporter, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    #[cfg(feature = "otlp")]
+    pub trace_export: Option<std::sync::Arc<keel_telemetry::TraceExport>>,
 }
 
 impl Services {
@@ -156,7 +159,17 @@ impl Services {
         };
         let (capture, captured) = Capture::new(capture_config, redactor);
         let format = args.log_format.unwrap_or_else(LogFormat::detect);
-        let log = keel_telemetry::init_logging_with(format, &args.log_level, vec![Box::new(capture.layer())])?;
+        #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+        let mut layers: Vec<keel_telemetry::ExtraLayer> = vec![Box::new(capture.layer())];
+        #[cfg(feature = "otlp")]
+        let trace_export = match keel_telemetry::otlp_layer(process)? {
+            Some((layer, export)) => {
+                layers.push(layer);
+                Some(std::sync::Arc::new(export))
+            }
+            None => None,
+        };
+        let log = keel_telemetry::init_logging_with(format, &args.log_level, layers)?;
         let telemetry = Telemetry::new(process)?;
 
         let mode = if database_url.is_none() && redis_url.is_none() { RunMode::Embedded } else { RunMode::Cluster };
@@ -262,6 +275,8 @@ impl Services {
             capture,
             http_stats,
             operators,
+            #[cfg(feature = "otlp")]
+            trace_export,
         })
     }
 
@@ -276,6 +291,11 @@ impl Services {
         self.metadata.batcher().shutdown().await;
         let stats = self.metadata.batcher().stats();
         tracing::info!(flushed = stats.flushed, dropped = stats.dropped(), "metadata batcher flushed");
+        #[cfg(feature = "otlp")]
+        if let Some(export) = self.trace_export.clone() {
+            // Blocks until the exporter thread has sent what it holds.
+            let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
+        }
     }
 
     /// Request limits from the `[http]` section.

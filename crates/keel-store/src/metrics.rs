@@ -59,7 +59,17 @@ impl StoreMetrics {
     ) -> Result<T, E> {
         use opentelemetry::KeyValue;
         let start = std::time::Instant::now();
-        let out = fut.await;
+        let span = child_span(|| {
+            tracing::info_span!(
+                "db",
+                otel.name = %format_args!("{operation} {table}"),
+                otel.kind = "client",
+                db.system.name = system,
+                db.operation.name = operation,
+                db.collection.name = table,
+            )
+        });
+        let out = tracing::Instrument::instrument(fut, span).await;
         let attrs = [
             KeyValue::new("db.system.name", system),
             KeyValue::new("db.operation.name", operation),
@@ -79,7 +89,16 @@ impl StoreMetrics {
     ) -> Result<T, E> {
         use opentelemetry::KeyValue;
         let start = std::time::Instant::now();
-        let out = fut.await;
+        let span = child_span(|| {
+            tracing::info_span!(
+                "redis",
+                otel.name = command,
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = command,
+            )
+        });
+        let out = tracing::Instrument::instrument(fut, span).await;
         let attrs = [
             KeyValue::new("db.operation.name", command),
             KeyValue::new("outcome", if out.is_ok() { "ok" } else { "error" }),
@@ -87,4 +106,13 @@ impl StoreMetrics {
         self.redis_duration.record(start.elapsed().as_secs_f64(), &attrs);
         out
     }
+}
+
+/// A span for a database or Redis call made on behalf of something already
+/// traced (a request, a flush): the child of the current span. Calls made
+/// outside any span (background polls, log shipping) get none, so traces are
+/// not flooded with parentless spans.
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
+fn child_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() { tracing::Span::none() } else { make() }
 }

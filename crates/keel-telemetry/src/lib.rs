@@ -2,7 +2,8 @@
 //! readings are exposed in the Prometheus text format, `tracing` set-up for
 //! humans (pretty) or machines (JSON), and the names of every metric Keel
 //! exports (in [`names`]), kept in one place so dashboards and alerts have a
-//! single source of truth.
+//! single source of truth. With the `otlp` feature, `otlp_layer` exports
+//! `tracing` spans over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //!
 //! # Example
 //!
@@ -21,12 +22,16 @@
 
 mod logging;
 pub mod names;
+#[cfg(feature = "otlp")]
+mod otlp;
 
 pub use logging::{
     ExtraLayer, FilteredRegistry, LogFormat, LogHandle, LoggingError, check_filter, init_logging, init_logging_with,
 };
 pub use opentelemetry::metrics::Meter;
 pub use opentelemetry_sdk::metrics::SdkMeterProvider;
+#[cfg(feature = "otlp")]
+pub use otlp::{TraceExport, otlp_layer};
 
 use opentelemetry::metrics::MeterProvider as _;
 use prometheus::{Encoder as _, TextEncoder};
