@@ -219,20 +219,20 @@ impl Capture {
     }
 
     /// Every `interval`, moves what the buffer holds to `sink` in batches of
-    /// up to `batch`, until the channel closes. A failing sink loses that
+    /// up to `batch`, until every [`Capture`] and layer is dropped. A failing sink loses that
     /// batch (logging never blocks the application), and the count is
     /// returned when the drain ends.
     ///
-    /// The drain polls rather than waits on the channel: a waiting receiver
-    /// would make every logged event wake it on another thread, which costs
-    /// the logging thread more than building the record does.
+    /// The drain polls rather than waits: a waiting receiver would make every
+    /// logged event wake it on another thread, which costs the logging thread
+    /// more than building the record does.
     pub async fn drain(records: Records, sink: Arc<dyn LogSink>, batch: usize, interval: Duration) -> u64 {
         Self::drain_until(records, sink, batch, interval, std::future::pending()).await
     }
 
     /// [`drain`](Self::drain) that also ends when `stop` completes, after
     /// storing what the buffer holds at that moment (the global subscriber
-    /// keeps the channel open for the life of the process).
+    /// keeps the buffer open for the life of the process).
     pub async fn drain_until(
         records: Records,
         sink: Arc<dyn LogSink>,

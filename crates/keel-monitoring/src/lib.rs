@@ -1,9 +1,10 @@
-//! Log capture for operators.
+//! Log capture and process stats for operators.
 //!
 //! [`CaptureLayer`] is a `tracing` layer that, while capture is enabled,
-//! turns each event into a [`LogRecord`] (time, level, target, message,
-//! fields, process, instance) and hands it to a bounded channel without ever
-//! waiting: when the channel is full the record is dropped and counted.
+//! hands each event to a bounded, preallocated buffer without ever waiting:
+//! when the buffer is full the event is dropped and counted. The drain turns
+//! buffered events into [`LogRecord`]s (time, level, target, message,
+//! fields, process, instance), off the logging thread.
 //! While capture is off the layer costs one relaxed atomic load per event.
 //! Secrets registered with the [`Redactor`] never appear in a record.
 //! [`Capture::drain`] feeds captured records to a [`LogSink`] in batches;
