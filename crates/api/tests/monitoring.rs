@@ -127,6 +127,29 @@ async fn open_stream(addr: &str) -> TcpStream {
     stream
 }
 
+/// Whether `seen` holds a complete SSE event of `kind` whose data contains
+/// `needle`.
+fn has_event(seen: &str, kind: &str, needle: &str) -> bool {
+    seen.split("\n\n").any(|event| {
+        event.lines().any(|line| line == format!("event: {kind}"))
+            && event.lines().any(|line| line.starts_with("data:") && line.contains(needle))
+    })
+}
+
+/// Reads the stream until an event of `kind` whose data contains `needle`.
+async fn read_until_event(stream: &mut TcpStream, seen: &mut String, kind: &str, needle: &str) {
+    let mut buffer = [0u8; 8192];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !has_event(seen, kind, needle) {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "stream closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {kind} event with {needle:?} on the stream: {seen}"));
+}
+
 async fn read_until(stream: &mut TcpStream, seen: &mut String, text: &str) {
     let mut buffer = [0u8; 8192];
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -208,9 +231,8 @@ async fn cluster_monitoring_across_two_apis_and_a_worker() {
     let mut stream = open_stream(&a).await;
     hit(&b, 1).await;
     let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "\"instance\":\"api-b\"").await;
-    assert!(seen.contains("event: log"), "{seen}");
-    read_until(&mut stream, &mut seen, "event: stats").await;
+    read_until_event(&mut stream, &mut seen, "log", "\"instance\":\"api-b\"").await;
+    read_until_event(&mut stream, &mut seen, "stats", "\"instance\":\"worker-w\"").await;
     drop(stream);
 
     filters_and_cap(&a, &b, "api-b").await;
@@ -257,9 +279,9 @@ async fn embedded_monitoring_keeps_everything_in_process() {
     .await;
     let mut stream = open_stream(&addr).await;
     let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "event: stats").await; // the current stats first
+    read_until_event(&mut stream, &mut seen, "stats", "\"instance\":\"solo\"").await; // the current stats first
     hit(&addr, 1).await;
-    read_until(&mut stream, &mut seen, "event: log").await;
+    read_until_event(&mut stream, &mut seen, "log", "\"target\":\"tower_http::trace::on_response\"").await;
     drop(stream);
 
     filters_and_cap(&addr, &addr, "solo").await;
