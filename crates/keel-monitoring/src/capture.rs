@@ -63,6 +63,9 @@ struct Shared {
     captured: AtomicU64,
     ignore_targets: Vec<String>,
     queue: Arc<ArrayQueue<RawEvent>>,
+    /// Emptied text buffers the drain hands back, so the logging thread
+    /// neither allocates nor frees memory owned by another thread.
+    spare: Arc<ArrayQueue<String>>,
 }
 
 /// Who captured, and what to hide: applied by the drain, off the logging
@@ -123,6 +126,7 @@ impl Visit for RawEvent {
 /// The receiving end of a capture's buffer, for [`Capture::drain`].
 pub struct Records {
     queue: Arc<ArrayQueue<RawEvent>>,
+    spare: Arc<ArrayQueue<String>>,
     identity: Arc<Identity>,
 }
 
@@ -136,13 +140,21 @@ impl Records {
     fn record(&self, raw: RawEvent) -> LogRecord {
         let mut message = String::new();
         let mut fields = std::collections::BTreeMap::new();
-        let inline = raw.inline[..raw.len].iter().map(|&(name, start, end)| (name, raw.text[start..end].to_owned()));
+        let text = &raw.text;
+        let inline = raw.inline[..raw.len].iter().map(|&(name, start, end)| (name, text[start..end].to_owned()));
         for (name, value) in inline.chain(raw.spilled) {
             if name == "message" {
                 message = value;
             } else {
                 fields.insert(name.to_owned(), value);
             }
+        }
+        let mut text = raw.text;
+        // Kept only when small: one huge message must not pin its buffer. A
+        // full pool just frees it.
+        if text.capacity() <= 4096 {
+            text.clear();
+            let _ = self.spare.push(text);
         }
         let mut record = LogRecord {
             time_ms: raw.time_ms,
@@ -182,15 +194,17 @@ impl Capture {
         // Preallocated and lock-free: a full buffer refuses at once, and
         // pushing never allocates or wakes anyone.
         let queue = Arc::new(ArrayQueue::new(config.buffer.max(1)));
+        let spare = Arc::new(ArrayQueue::new(config.buffer.clamp(1, 1024)));
         let shared = Shared {
             enabled: AtomicBool::new(config.enabled),
             dropped: AtomicU64::new(0),
             captured: AtomicU64::new(0),
             ignore_targets: config.ignore_targets,
             queue: queue.clone(),
+            spare: spare.clone(),
         };
         let identity = Identity { process: config.process, instance: config.instance, redactor };
-        (Self { shared: Arc::new(shared) }, Records { queue, identity: Arc::new(identity) })
+        (Self { shared: Arc::new(shared) }, Records { queue, spare, identity: Arc::new(identity) })
     }
 
     /// The `tracing` layer feeding this capture.
@@ -251,13 +265,18 @@ impl Capture {
                 _ = ticker.tick() => false,
                 () = &mut stop => true,
             };
-            // What is buffered now, batch by batch; never wait for more.
             // Closed once every capture and layer is gone: only this end holds
             // the queue. Checked before draining, so nothing pushed earlier is
             // left behind.
             let closed = Arc::strong_count(&records.queue) == 1;
-            while !records.queue.is_empty() {
-                pending.extend(std::iter::from_fn(|| records.queue.pop()).take(batch).map(|e| records.record(e)));
+            // What was buffered at the tick, batch by batch, never waiting for
+            // more: a producer outpacing the sink cannot hold up the next tick
+            // or the stop.
+            let mut left = records.queue.len();
+            while left > 0 {
+                let take = left.min(batch);
+                left -= take;
+                pending.extend(std::iter::from_fn(|| records.queue.pop()).take(take).map(|e| records.record(e)));
                 if let Err(err) = sink.push(&pending).await {
                     lost += pending.len() as u64;
                     // Not through tracing: this very layer would capture it.
@@ -297,7 +316,7 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
         let mut raw = RawEvent {
             time_ms: u64::try_from(keel_core::unix_millis(std::time::SystemTime::now())).unwrap_or_default(),
             metadata,
-            text: String::with_capacity(128),
+            text: shared.spare.pop().unwrap_or_else(|| String::with_capacity(128)),
             inline: [("", 0, 0); INLINE_FIELDS],
             len: 0,
             spilled: Vec::new(),

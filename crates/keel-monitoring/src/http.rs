@@ -69,7 +69,7 @@ impl RouteCells {
 /// ```
 #[derive(Clone, Default)]
 pub struct HttpStats {
-    routes: Arc<RwLock<HashMap<Box<str>, Arc<RouteCells>>>>,
+    routes: Arc<RwLock<HashMap<Box<str>, Box<RouteCells>>>>,
 }
 
 impl std::fmt::Debug for HttpStats {
@@ -88,22 +88,19 @@ impl HttpStats {
     /// never a raw path) that answered `status` after `elapsed`. Statuses of
     /// 500 and above count as errors.
     pub fn record(&self, route: &str, status: u16, elapsed: Duration) {
-        let found = self.routes.read().unwrap_or_else(PoisonError::into_inner).get(route).cloned();
-        let cells = match found {
-            Some(cells) => cells,
-            None => self
-                .routes
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(route.into())
-                .or_insert_with(|| Arc::new(RouteCells::new()))
-                .clone(),
+        let count = |cells: &RouteCells| {
+            cells.requests.fetch_add(1, Ordering::Relaxed);
+            if status >= 500 {
+                cells.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            cells.buckets[bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
         };
-        cells.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            cells.errors.fetch_add(1, Ordering::Relaxed);
+        // Known routes are counted under the shared lock, with no clone.
+        if let Some(cells) = self.routes.read().unwrap_or_else(PoisonError::into_inner).get(route) {
+            return count(cells);
         }
-        cells.buckets[bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        count(routes.entry(route.into()).or_insert_with(|| Box::new(RouteCells::new())));
     }
 
     /// The counts since start, per route.
