@@ -85,7 +85,8 @@ fn bench(c: &mut Criterion) {
 
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("listener");
     let addr = listener.local_addr().expect("addr");
-    runtime.spawn(async move { axum::serve(listener, router).await });
+    let served = router.clone();
+    runtime.spawn(async move { axum::serve(listener, served).await });
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri: http::Uri = format!("http://{addr}/users/42").parse().expect("uri");
     let mut group = c.benchmark_group("capture_http");
@@ -104,8 +105,74 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    interleaved(&runtime, &capture, "capture", &Target::Router(&router), 20_000);
+    interleaved(&runtime, &capture, "capture_http", &Target::Http(&client, &uri), 2_000);
     eprintln!("capture: {} records captured, {} dropped (buffer full)", capture.captured(), capture.dropped());
     let _ = runtime.block_on(logs.clear("api"));
+}
+
+/// Where the interleaved comparison sends its requests.
+enum Target<'a> {
+    /// The router, in-process.
+    Router(&'a Router),
+    /// The served router, over a keep-alive loopback connection.
+    Http(&'a Client<HttpConnector, Empty<Bytes>>, &'a http::Uri),
+}
+
+/// Criterion measures `off` and `on` one after the other, so drift on a
+/// shared machine lands in the comparison. This alternates them instead: 41
+/// rounds of `requests` each way, the order swapped every round, and reports
+/// the median of the per-round ratios and its middle half.
+fn interleaved(runtime: &tokio::runtime::Runtime, capture: &Capture, name: &str, target: &Target<'_>, requests: u32) {
+    const ROUNDS: usize = 41;
+    let run = |enabled: bool| {
+        capture.set_enabled(enabled);
+        let started = std::time::Instant::now();
+        runtime.block_on(async {
+            for _ in 0..requests {
+                let status = match target {
+                    Target::Router(router) => {
+                        let request = Request::get("/users/42").body(Body::empty()).expect("request");
+                        Router::clone(router).oneshot(request).await.expect("infallible").status()
+                    }
+                    Target::Http(client, uri) => {
+                        let response = client.get((*uri).clone()).await.expect("request");
+                        let status = response.status();
+                        response.into_body().collect().await.expect("body");
+                        status
+                    }
+                };
+                assert_eq!(status, 200);
+            }
+        });
+        f64::from(requests) / started.elapsed().as_secs_f64()
+    };
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let (mut off_total, mut on_total) = (0.0, 0.0);
+    for round in 0..ROUNDS {
+        let (off, on) = if round % 2 == 0 {
+            let off = run(false);
+            (off, run(true))
+        } else {
+            let on = run(true);
+            (run(false), on)
+        };
+        off_total += off;
+        on_total += on;
+        ratios.push(on / off);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let n = ROUNDS as f64;
+    eprintln!(
+        "{name} interleaved: off {:.2}k req/s, on {:.2}k req/s (means); median on/off {:.3} \
+         (loss {:.1} %), middle half {:.3}..{:.3}",
+        off_total / n / 1000.0,
+        on_total / n / 1000.0,
+        ratios[ROUNDS / 2],
+        (1.0 - ratios[ROUNDS / 2]) * 100.0,
+        ratios[ROUNDS / 4],
+        ratios[3 * ROUNDS / 4],
+    );
 }
 
 criterion_group!(benches, bench);
