@@ -295,6 +295,9 @@ async fn embedded_monitoring_keeps_everything_in_process() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(records(&addr, "limit=1000").await.is_empty(), "captured while disabled");
     let stats = admin_get(&addr, "/api/v1/monitoring/stats").await;
+    let capture = &stats["instances"][0]["capture"];
+    assert_eq!((capture["enabled"].as_bool(), capture["dropped"].as_u64()), (Some(false), Some(0)), "{capture}");
+    assert!(capture["captured"].as_u64().unwrap() >= CAP as u64, "{capture}");
     let livez = &stats["instances"][0]["http"]["/livez"];
     assert!(livez["since_start"]["requests"].as_u64().unwrap() >= 40, "{livez}");
     assert!(livez["last_minute"]["p99_ms"].as_f64().unwrap() > 0.0, "{livez}");

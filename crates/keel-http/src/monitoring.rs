@@ -62,11 +62,6 @@ impl MonitoringService {
         format!("{namespace}:monitoring")
     }
 
-    /// The stats store.
-    pub fn stats(&self) -> &StatsStore {
-        &self.stats
-    }
-
     /// A sink that stores records in the log store, then announces them to
     /// every stream.
     pub fn log_sink(&self) -> Arc<dyn LogSink> {
@@ -230,10 +225,10 @@ async fn stats(State(service): State<MonitoringService>, headers: HeaderMap) -> 
 /// Turns one bus message into SSE events: `stats` with a document, or one
 /// `log` event per record.
 fn events_of(payload: &[u8]) -> Vec<Event> {
-    let Ok(message) = serde_json::from_slice::<Value>(payload) else { return Vec::new() };
+    let Ok(mut message) = serde_json::from_slice::<Value>(payload) else { return Vec::new() };
     match message["kind"].as_str() {
         Some("stats") => vec![Event::default().event("stats").data(message["stats"].to_string())],
-        Some("logs") => serde_json::from_value::<Vec<LogRecord>>(message["records"].clone())
+        Some("logs") => serde_json::from_value::<Vec<LogRecord>>(message["records"].take())
             .unwrap_or_default()
             .iter()
             .map(|record| Event::default().event("log").data(record_json(record).to_string()))

@@ -241,16 +241,23 @@ impl Services {
         )
         .await?;
         let http_stats = HttpStats::new();
+        let collector = Collector::new(process, instance_id.clone())
+            .with_http(http_stats.clone())
+            .with_section("capture", capture_section(capture.clone()))
+            .with_section("batcher", batcher_section(metadata.batcher().clone()))
+            .with_section("write_behind", write_behind_section(&entries));
         let operators = start_monitoring(
-            MonitoringParts { process, instance_id: &instance_id, namespace: &args.namespace, file: &file },
+            &MonitoringParts {
+                namespace: &args.namespace,
+                file: &file,
+                telemetry: &telemetry,
+                redis: redis.as_ref(),
+                bus: &bus,
+                admin_token: admin_token.clone(),
+                shutdown: &shutdown,
+            },
             captured,
-            (&telemetry, redis.as_ref(), &bus),
-            admin_token.clone(),
-            &shutdown,
-            Collector::new(process, instance_id.clone())
-                .with_http(http_stats.clone())
-                .with_section("batcher", batcher_section(metadata.batcher().clone()))
-                .with_section("write_behind", write_behind_section(&entries)),
+            collector,
         );
         let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings, &metadata, &entries)?;
         await_first_checks(&health, &file).await;
@@ -341,9 +348,6 @@ fn redis_check(redis: &RedisStore) -> SharedCheck {
     })
 }
 
-/// Builds the health registry: the `[health]` groups plus a `storage` (Must)
-/// group for the database and Redis, their checks, and every configured
-/// check. Monitors run isolated so a stuck check still fails on time.
 /// Applies the `monitoring` document now (if it was ever written) and on
 /// every change, in this process: `log_level` replaces the log filter and
 /// `enable_monitoring` switches the operator log capture.
@@ -385,54 +389,63 @@ fn follow_monitoring_settings(
     });
 }
 
-/// What [`start_monitoring`] needs to know about this process.
+/// What [`start_monitoring`] builds on.
 struct MonitoringParts<'a> {
-    process: &'static str,
-    instance_id: &'a str,
     namespace: &'a str,
     file: &'a FileConfig,
+    telemetry: &'a Telemetry,
+    redis: Option<&'a RedisStore>,
+    bus: &'a Bus,
+    admin_token: Option<AdminToken>,
+    shutdown: &'a Shutdown,
 }
 
 /// Log and stats stores (Redis in cluster mode, else this process), the
 /// capture drain, and the stats collector; both stop with the process.
-fn start_monitoring(
-    parts: MonitoringParts<'_>,
-    captured: Records,
-    (telemetry, redis, bus): (&Telemetry, Option<&RedisStore>, &Bus),
-    admin_token: Option<AdminToken>,
-    shutdown: &Shutdown,
-    collector: Collector,
-) -> MonitoringService {
-    let section = &parts.file.monitoring;
+fn start_monitoring(parts: &MonitoringParts<'_>, captured: Records, collector: Collector) -> MonitoringService {
+    let MonitoringParts { namespace, file, telemetry, redis, bus, shutdown, .. } = *parts;
+    let section = &file.monitoring;
     let cap = section.log_cap.unwrap_or(1000);
     // Without Redis every process keeps its own logs and stats, so their
     // events stay in-process too (a PostgreSQL NOTIFY could not carry them).
     let (logs, stats, events) = match redis {
         Some(redis) => (
-            LogStore::Redis(RedisLogs::new(redis.clone(), parts.namespace, cap)),
-            StatsStore::Redis(RedisStats::new(redis.clone(), parts.namespace)),
+            LogStore::Redis(RedisLogs::new(redis.clone(), namespace, cap)),
+            StatsStore::Redis(RedisStats::new(redis.clone(), namespace)),
             bus.clone(),
         ),
         None => {
             (LogStore::Memory(std::sync::Arc::new(MemoryLogs::new(cap))), StatsStore::memory(), Bus::memory(telemetry))
         }
     };
-    let channel = MonitoringService::channel(parts.namespace);
-    let service = MonitoringService::new(logs, stats.clone(), events, channel, admin_token, shutdown.token());
+    let channel = MonitoringService::channel(namespace);
+    let admin = parts.admin_token.clone();
+    let service = MonitoringService::new(logs, stats.clone(), events, channel, admin, shutdown.token());
     let stop = shutdown.token().cancelled_owned();
     shutdown.spawn(Capture::drain_until(captured, service.log_sink(), 500, Duration::from_millis(50), stop));
     let interval = section.stats_interval.map_or(Duration::from_secs(5), Duration::from);
     let announcer = service.clone();
     let stop = shutdown.token().cancelled_owned();
-    shutdown.spawn(collector.run(stats, interval, move |document| announcer.announce_stats(document), stop));
+    let (process, instance) = collector.identity();
     tracing::info!(
-        process = parts.process,
-        instance = parts.instance_id,
+        process,
+        instance,
         stats_interval = ?interval,
         store = if redis.is_some() { "redis" } else { "memory" },
         "monitoring started"
     );
+    shutdown.spawn(collector.run(stats, interval, move |document| announcer.announce_stats(document), stop));
     service
+}
+
+/// The capture switch and counters for the stats document: records kept
+/// and dropped because the buffer was full.
+fn capture_section(capture: Capture) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+    move || {
+        serde_json::json!({
+            "enabled": capture.is_enabled(), "captured": capture.captured(), "dropped": capture.dropped(),
+        })
+    }
 }
 
 /// The batcher's counters for the stats document.
@@ -648,6 +661,9 @@ where
     })
 }
 
+/// Builds the health registry: the `[health]` groups plus a `storage` (Must)
+/// group for the database and Redis, their checks, and every configured
+/// check. Monitors run isolated so a stuck check still fails on time.
 fn start_health(
     file: &FileConfig,
     telemetry: &Telemetry,
