@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Reason};
+use keel_core::FailureKind;
 
 /// A value that carries the time it describes; the newest wins.
 pub trait Stamped {
@@ -20,10 +21,35 @@ pub trait Stamped {
     fn stamp(&self) -> SystemTime;
 }
 
-/// Why a sink write failed.
+/// Why a sink write failed, and whether trying again may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    /// Transient (the sink is unreachable or busy: the batch is kept and
+    /// tried again) or permanent (the sink refused the data: the batch is
+    /// split and only the refused items are dropped).
+    pub kind: FailureKind,
+    /// What the sink said.
+    pub message: String,
+}
+
+impl SinkError {
+    /// The sink is unreachable or busy.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Transient, message: message.into() }
+    }
+
+    /// The sink refused the data.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Permanent, message: message.into() }
+    }
+}
+
+impl From<keel_store::StoreError> for SinkError {
+    fn from(err: keel_store::StoreError) -> Self {
+        Self { kind: err.kind(), message: err.to_string() }
+    }
+}
 
 /// A boxed sink or listener future.
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
@@ -54,8 +80,10 @@ pub struct BatcherConfig {
     pub final_flush_timeout: Duration,
     /// Minimum time between two warnings about dropped items (10 s).
     pub drop_warning_interval: Duration,
-    /// Writes of the same item before it is dropped (5).
-    pub max_attempts: u32,
+    /// Unique keys held at most while the sink is unreachable (20 000):
+    /// beyond it the owner stops taking items, the channel fills and new
+    /// adds are dropped and counted (`full`), never accepted and lost.
+    pub max_pending_keys: usize,
     /// Wait before the first retry, doubled each time (200 ms)...
     pub retry_backoff: Duration,
     /// ...up to this (10 s).
@@ -70,7 +98,7 @@ impl Default for BatcherConfig {
             flush_interval: Duration::from_secs(5),
             final_flush_timeout: Duration::from_secs(15),
             drop_warning_interval: Duration::from_secs(10),
-            max_attempts: 5,
+            max_pending_keys: 20_000,
             retry_backoff: Duration::from_millis(200),
             max_retry_backoff: Duration::from_secs(10),
         }
@@ -85,8 +113,8 @@ impl BatcherConfig {
             "channel_multiplier must be at least 1"
         } else if self.flush_interval.is_zero() || self.final_flush_timeout.is_zero() {
             "flush_interval and final_flush_timeout must be positive"
-        } else if self.max_attempts == 0 {
-            "max_attempts must be at least 1"
+        } else if self.max_pending_keys < self.max_batch_size {
+            "max_pending_keys must be at least max_batch_size"
         } else {
             return Ok(());
         };
@@ -125,8 +153,8 @@ pub struct BatcherStats {
     pub deduplicated: u64,
     /// Items dropped because the channel was full.
     pub dropped_full: u64,
-    /// Items dropped after `max_attempts` failed writes.
-    pub dropped_attempts: u64,
+    /// Items the sink refused (a permanent failure of the item on its own).
+    pub dropped_rejected: u64,
     /// Items dropped because the final flush failed or timed out.
     pub dropped_shutdown: u64,
     /// Items waiting: in the channel or in the map (or being written).
@@ -138,7 +166,7 @@ pub struct BatcherStats {
 impl BatcherStats {
     /// Every kind of drop.
     pub fn dropped(&self) -> u64 {
-        self.dropped_full + self.dropped_attempts + self.dropped_shutdown
+        self.dropped_full + self.dropped_rejected + self.dropped_shutdown
     }
 }
 
@@ -171,7 +199,7 @@ pub(crate) struct Counters {
     pub(crate) deduplicated: AtomicU64,
     /// Written by producers, one slot each.
     pub(crate) dropped_full: PerThread,
-    pub(crate) dropped_attempts: AtomicU64,
+    pub(crate) dropped_rejected: AtomicU64,
     pub(crate) dropped_shutdown: AtomicU64,
     /// Items the owner holds (map and batch being written). Written only by
     /// the owner task, so producers never contend on it.
@@ -304,7 +332,7 @@ impl<K, V> Batcher<K, V> {
             flushed: c.flushed.load(Ordering::Acquire),
             deduplicated: c.deduplicated.load(Ordering::Acquire),
             dropped_full,
-            dropped_attempts: c.dropped_attempts.load(Ordering::Acquire),
+            dropped_rejected: c.dropped_rejected.load(Ordering::Acquire),
             dropped_shutdown: c.dropped_shutdown.load(Ordering::Acquire),
             // Measured, not derived: what the channel and the owner really hold.
             pending: c.held.load(Ordering::Acquire) + queued,
@@ -337,7 +365,6 @@ impl<K, V> Batcher<K, V> {
 struct Entry<V> {
     value: V,
     arrival: u64,
-    attempts: u32,
 }
 
 struct Owner<K, V> {
@@ -368,7 +395,9 @@ where
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                item = self.rx.recv() => match item {
+                // At the key bound (the sink is away) the channel is left to
+                // fill, so further adds are refused rather than lost.
+                item = self.rx.recv(), if self.map.len() < self.config.max_pending_keys => match item {
                     Some((key, value)) => {
                         self.insert(key, value);
                         if retry_at.is_none() && self.map.len() >= self.config.max_batch_size {
@@ -397,17 +426,18 @@ where
                 // One of the two is superseded either way.
                 self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
                 if value.stamp() >= existing.value.stamp() {
-                    *existing = Entry { value, arrival, attempts: 0 };
+                    *existing = Entry { value, arrival };
                 }
             }
             None => {
-                self.map.insert(key, Entry { value, arrival, attempts: 0 });
+                self.map.insert(key, Entry { value, arrival });
                 self.counters.held.fetch_add(1, Ordering::AcqRel);
             }
         }
     }
 
-    /// Writes the whole map in batches. Returns when to retry, if a batch failed.
+    /// Writes the whole map in batches. Returns when to retry, if the sink
+    /// was unreachable: then what was not written is back in the map.
     async fn flush(&mut self, reason: Reason) -> Option<Instant> {
         if self.map.is_empty() {
             return None;
@@ -415,56 +445,76 @@ where
         let mut entries: Vec<(K, Entry<V>)> = self.map.drain().collect();
         // Oldest arrivals first, so a capacity flush writes what waited longest.
         entries.sort_by_key(|(_, e)| e.arrival);
-        let mut failed = false;
         while !entries.is_empty() {
             let rest = entries.split_off(entries.len().min(self.config.max_batch_size));
             let chunk = std::mem::replace(&mut entries, rest);
             if !self.write(chunk, reason).await {
-                failed = true;
+                // The sink is away: keep everything for the retry rather
+                // than waiting on it once per chunk.
+                self.merge_back(std::mem::take(&mut entries));
+                self.failures += 1;
+                let backoff =
+                    keel_core::Backoff::new(self.config.retry_backoff, self.config.max_retry_backoff).with_jitter(0.0);
+                return Some(Instant::now() + backoff.delay(self.failures));
             }
         }
-        if failed {
-            self.failures += 1;
-            let backoff = self.config.retry_backoff.saturating_mul(1u32 << (self.failures - 1).min(16));
-            Some(Instant::now() + backoff.min(self.config.max_retry_backoff))
-        } else {
-            self.failures = 0;
-            None
-        }
+        self.failures = 0;
+        None
     }
 
-    /// Writes one batch; on failure merges it back. Returns success.
+    /// Writes one batch. A refused batch is split until the refused items
+    /// are alone, and those are dropped (`rejected`). Returns `false` when
+    /// the sink is unreachable: what was not written is merged back.
     async fn write(&mut self, chunk: Vec<(K, Entry<V>)>, reason: Reason) -> bool {
-        let batch: Vec<(K, V)> = chunk.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect();
-        let started = Instant::now();
-        let result = self.sink.write(&batch).await;
-        self.metrics.flush(reason, batch.len(), started.elapsed(), result.is_ok());
-        match result {
-            Ok(()) => {
-                let n = batch.len() as u64;
-                self.counters.flushed.fetch_add(n, Ordering::AcqRel);
-                self.counters.held.fetch_sub(n, Ordering::AcqRel);
-                self.counters.batches.fetch_add(1, Ordering::AcqRel);
-                if let Some(listener) = &self.listener {
-                    let keys: Vec<K> = batch.into_iter().map(|(k, _)| k).collect();
-                    if let Err(err) = listener.flushed(&keys).await {
-                        self.metrics.publish_error();
-                        tracing::warn!(%err, "batch written but the change notification failed");
+        let mut work = vec![chunk];
+        while let Some(part) = work.pop() {
+            let batch: Vec<(K, V)> = part.iter().map(|(k, e)| (k.clone(), e.value.clone())).collect();
+            let started = Instant::now();
+            let result = self.sink.write(&batch).await;
+            self.metrics.flush(reason, batch.len(), started.elapsed(), result.is_ok());
+            match result {
+                Ok(()) => self.written(batch).await,
+                Err(err) if err.kind.is_transient() => {
+                    tracing::warn!(%err, items = batch.len(), "sink unreachable; the batch is kept and retried");
+                    self.merge_back(part);
+                    for part in work {
+                        self.merge_back(part);
                     }
+                    return false;
                 }
-                true
+                Err(err) if part.len() > 1 => {
+                    tracing::warn!(%err, items = part.len(), "batch refused; splitting it to find the refused items");
+                    let mut first = part;
+                    let second = first.split_off(first.len() / 2);
+                    work.push(second);
+                    work.push(first);
+                }
+                Err(err) => {
+                    tracing::error!(%err, "the sink refused an item; dropping it");
+                    self.counters.dropped_rejected.fetch_add(1, Ordering::AcqRel);
+                    self.counters.held.fetch_sub(1, Ordering::AcqRel);
+                }
             }
-            Err(err) => {
-                tracing::warn!(%err, items = batch.len(), "batch write failed; will retry");
-                self.merge_back(chunk);
-                false
+        }
+        true
+    }
+
+    async fn written(&mut self, batch: Vec<(K, V)>) {
+        let n = batch.len() as u64;
+        self.counters.flushed.fetch_add(n, Ordering::AcqRel);
+        self.counters.held.fetch_sub(n, Ordering::AcqRel);
+        self.counters.batches.fetch_add(1, Ordering::AcqRel);
+        if let Some(listener) = &self.listener {
+            let keys: Vec<K> = batch.into_iter().map(|(k, _)| k).collect();
+            if let Err(err) = listener.flushed(&keys).await {
+                self.metrics.publish_error();
+                tracing::warn!(%err, "batch written but the change notification failed");
             }
         }
     }
 
     fn merge_back(&mut self, chunk: Vec<(K, Entry<V>)>) {
-        for (key, mut entry) in chunk {
-            entry.attempts += 1;
+        for (key, entry) in chunk {
             match self.map.get(&key) {
                 // A newer value arrived meanwhile: it wins, the failed one is superseded.
                 Some(newer) if newer.value.stamp() >= entry.value.stamp() => {
@@ -475,21 +525,12 @@ where
                     // The failed value is newer: it replaces the one in the map.
                     self.counters.deduplicated.fetch_add(1, Ordering::AcqRel);
                     self.counters.held.fetch_sub(1, Ordering::AcqRel);
-                    self.map.remove(&key);
-                    self.keep_or_drop(key, entry);
+                    self.map.insert(key, entry);
                 }
-                None => self.keep_or_drop(key, entry),
+                None => {
+                    self.map.insert(key, entry);
+                }
             }
-        }
-    }
-
-    /// Puts a failed entry (still counted as held) back, or drops it.
-    fn keep_or_drop(&mut self, key: K, entry: Entry<V>) {
-        if entry.attempts >= self.config.max_attempts {
-            self.counters.dropped_attempts.fetch_add(1, Ordering::AcqRel);
-            self.counters.held.fetch_sub(1, Ordering::AcqRel);
-        } else {
-            self.map.insert(key, entry);
         }
     }
 

@@ -183,10 +183,7 @@ impl DbMetadataSink {
 impl BatchSink<MetadataKey, MetadataValue> for DbMetadataSink {
     fn write<'a>(&'a self, batch: &'a [(MetadataKey, MetadataValue)]) -> SinkFuture<'a> {
         Box::pin(async move {
-            self.database
-                .timed("upsert", "agent_metadata", self.upsert(batch))
-                .await
-                .map_err(|err| SinkError(err.to_string()))
+            self.database.timed("upsert", "agent_metadata", self.upsert(batch)).await.map_err(SinkError::from)
         })
     }
 }
@@ -258,8 +255,6 @@ impl MetadataNotifier {
 
 impl FlushListener<MetadataKey> for MetadataNotifier {
     fn flushed<'a>(&'a self, keys: &'a [MetadataKey]) -> SinkFuture<'a> {
-        Box::pin(
-            async move { self.notify(keys.iter().map(|k| k.agent_id)).await.map_err(|err| SinkError(err.to_string())) },
-        )
+        Box::pin(async move { self.notify(keys.iter().map(|k| k.agent_id)).await.map_err(SinkError::from) })
     }
 }

@@ -61,7 +61,7 @@ impl Metrics {
             let meter = telemetry.meter("keel-batcher");
             let label = KeyValue::new("batcher", name.to_owned());
             let depth_label = [label.clone()];
-            let drop_labels = ["full", "attempts", "shutdown"].map(|r| [label.clone(), KeyValue::new("reason", r)]);
+            let drop_labels = ["full", "rejected", "shutdown"].map(|r| [label.clone(), KeyValue::new("reason", r)]);
             Instruments {
                 batch_size: meter
                     .u64_histogram(names::BATCHER_BATCH_SIZE)
@@ -84,9 +84,9 @@ impl Metrics {
                     .u64_observable_counter(names::BATCHER_DROPPED)
                     .with_description("Items dropped, by reason")
                     .with_callback(move |counter| {
-                        let [full, attempts, shutdown] = &drop_labels;
+                        let [full, rejected, shutdown] = &drop_labels;
                         counter.observe(counters.dropped_full.sum(), full);
-                        counter.observe(counters.dropped_attempts.load(Ordering::Relaxed), attempts);
+                        counter.observe(counters.dropped_rejected.load(Ordering::Relaxed), rejected);
                         counter.observe(counters.dropped_shutdown.load(Ordering::Relaxed), shutdown);
                     })
                     .build(),

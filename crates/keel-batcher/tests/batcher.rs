@@ -41,6 +41,8 @@ struct Sink {
     writes: Mutex<Vec<Write>>,
     script: Mutex<VecDeque<Behaviour>>,
     start: Instant,
+    /// Refused (a permanent failure) in any batch, always.
+    poison: Mutex<Option<&'static str>>,
 }
 
 impl Sink {
@@ -49,6 +51,7 @@ impl Sink {
             writes: Mutex::new(Vec::new()),
             script: Mutex::new(script.iter().copied().collect()),
             start: Instant::now(),
+            poison: Mutex::new(None),
         })
     }
 
@@ -76,7 +79,11 @@ impl BatchSink<String, Item> for Sink {
     fn write<'a>(&'a self, batch: &'a [(String, Item)]) -> SinkFuture<'a> {
         let behaviour = self.script.lock().unwrap().pop_front().unwrap_or(Behaviour::Ok);
         let at = self.start.elapsed();
+        let poison = *self.poison.lock().unwrap();
         Box::pin(async move {
+            if let Some(poison) = poison.filter(|p| batch.iter().any(|(k, _)| k == p)) {
+                return Err(SinkError::permanent(format!("value of {poison} refused")));
+            }
             match behaviour {
                 Behaviour::Ok => {
                     let mut sorted = batch.to_vec();
@@ -84,7 +91,7 @@ impl BatchSink<String, Item> for Sink {
                     self.writes.lock().unwrap().push((at, sorted));
                     Ok(())
                 }
-                Behaviour::Fail => Err(SinkError("database unavailable".into())),
+                Behaviour::Fail => Err(SinkError::transient("database unavailable")),
                 Behaviour::Hang => std::future::pending().await,
             }
         })
@@ -220,18 +227,66 @@ async fn a_failed_flush_is_merged_back_and_retried_and_newer_values_win() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn after_max_attempts_keys_are_dropped_and_counted() {
-    let sink = Sink::new(&[Behaviour::Fail; 10]);
-    let batcher = start(BatcherConfig { max_attempts: 3, ..config(10) }, &sink);
-    batcher.add("a".into(), item("a", 1)).unwrap();
-    batcher.add("b".into(), item("b", 1)).unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+async fn defaults_ride_out_a_sixty_second_outage_without_dropping_anything() {
+    // The sink is unreachable for 60 s: with the default configuration
+    // (batches of 500, 200 ms doubling to 10 s) every retry fails until then.
+    let sink = Sink::new(&[]);
+    let batcher = start(BatcherConfig::default(), &sink);
+    *sink.script.lock().unwrap() = std::iter::repeat_n(Behaviour::Fail, 1_000).collect();
+    let started = Instant::now();
+    for i in 0..1_200u64 {
+        batcher.add(format!("k{i}"), item("v", i)).unwrap();
+        if i % 100 == 0 {
+            settle().await;
+        }
+    }
+    while started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stats = batcher.stats();
+        assert_eq!((stats.dropped(), stats.flushed), (0, 0), "nothing dropped or written during the outage");
+    }
+    sink.script.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let stats = batcher.stats();
-    assert_eq!((stats.dropped_attempts, stats.pending, stats.flushed), (2, 0, 0));
+    assert_eq!((stats.flushed, stats.dropped(), stats.pending), (1_200, 0, 0), "{stats:?}");
+    assert_eq!(sink.table().len(), 1_200);
     assert_accounted(stats);
-    batcher.add("c".into(), item("c", 1)).unwrap();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(batcher.stats().dropped_attempts, 3, "the failing sink keeps failing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_refused_key_is_dropped_as_rejected_and_the_rest_flushed() {
+    let sink = Sink::new(&[]);
+    *sink.poison.lock().unwrap() = Some("k250");
+    let batcher = start(BatcherConfig::default(), &sink);
+    for i in 0..500u64 {
+        batcher.add(format!("k{i}"), item("v", i)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let stats = batcher.stats();
+    assert_eq!((stats.flushed, stats.dropped_rejected, stats.dropped(), stats.pending), (499, 1, 1, 0), "{stats:?}");
+    let table = sink.table();
+    assert_eq!(table.len(), 499);
+    assert!(!table.contains_key("k250"));
+    assert_accounted(stats);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_key_bound_new_adds_are_refused_not_accepted_and_lost() {
+    let sink = Sink::new(&[Behaviour::Fail; 1_000]);
+    let config = BatcherConfig { max_pending_keys: 20, channel_multiplier: 1, ..config(10) };
+    let batcher = start(config, &sink);
+    let mut refused = 0;
+    for i in 0..100u64 {
+        if batcher.add(format!("k{i}"), item("v", i)) == Err(AddError::Full) {
+            refused += 1;
+        }
+        settle().await;
+    }
+    // 20 keys held by the owner, 10 waiting in the channel, the rest refused.
+    assert_eq!(refused, 70);
+    let stats = batcher.stats();
+    assert_eq!((stats.dropped_full, stats.pending), (70, 30), "{stats:?}");
+    assert_accounted(stats);
 }
 
 #[tokio::test(start_paused = true)]
@@ -298,7 +353,7 @@ async fn invalid_configuration_is_a_typed_error() {
     let sink = Sink::new(&[]);
     for bad in [
         BatcherConfig { max_batch_size: 0, ..BatcherConfig::default() },
-        BatcherConfig { max_attempts: 0, ..BatcherConfig::default() },
+        BatcherConfig { max_pending_keys: 10, ..BatcherConfig::default() },
     ] {
         let err = Batcher::<String, Item>::start("t", bad, sink.clone()).unwrap_err();
         assert!(err.to_string().starts_with("invalid batcher configuration"), "{err}");

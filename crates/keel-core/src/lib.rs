@@ -22,15 +22,19 @@
 //! assert!(Status::Ko < Status::Warn && Status::Warn < Status::Ok);
 //! ```
 
+mod backoff;
 mod clock;
 mod duration;
+mod failure;
 mod ids;
 mod shutdown;
 mod status;
 mod unix;
 
+pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::{DurationError, HumanDuration, parse_duration};
+pub use failure::FailureKind;
 pub use ids::default_instance_id;
 pub use shutdown::{DrainTimeout, Shutdown};
 pub use status::{Status, StatusParseError};

@@ -794,7 +794,7 @@ mod tests {
 
     impl keel_write_behind::Repository<keel_write_behind::EntryWrite> for Down {
         fn upsert_many<'a>(&'a self, _items: &'a [keel_write_behind::EntryWrite]) -> keel_write_behind::RepoFuture<'a> {
-            Box::pin(async { Err(keel_write_behind::RepoError("database down".into())) })
+            Box::pin(async { Err(keel_write_behind::RepoError::transient("database down")) })
         }
     }
 

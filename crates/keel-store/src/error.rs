@@ -1,3 +1,5 @@
+use keel_core::FailureKind;
+
 /// Errors from Keel's storage layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -54,4 +56,88 @@ pub enum StoreError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// Whether trying the same operation again may succeed
+    /// ([`FailureKind::Transient`]: the store is unreachable or busy) or
+    /// whether the store refused the data ([`FailureKind::Permanent`]).
+    ///
+    /// The one place where database and Redis errors are classified; queues
+    /// and batchers retry or isolate by it.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::Connect { .. } | StoreError::Pool(_) | StoreError::BusClosed | StoreError::Io { .. } => {
+                FailureKind::Transient
+            }
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
+            StoreError::Query(err) => query_kind(err),
+            #[cfg(feature = "redis")]
+            StoreError::Redis(err) => redis_kind(err),
+            StoreError::InvalidUrl { .. }
+            | StoreError::Migration(_)
+            | StoreError::InvalidChannel(_)
+            | StoreError::Payload { .. } => FailureKind::Permanent,
+        }
+    }
+}
+
+/// Messages of errors that carry no specific kind but say the server, not
+/// the data, is the problem (PostgreSQL SQLSTATE classes 08, 40, 53, 57, 58
+/// and SQLite's busy/locked answers).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const TRANSIENT_MESSAGES: [&str; 14] = [
+    "terminating connection",
+    "connection",
+    "the database system is",
+    "deadlock detected",
+    "could not serialize",
+    "canceling statement",
+    "too many clients",
+    "remaining connection slots",
+    "server closed",
+    "database is locked",
+    "database table is locked",
+    "out of memory",
+    "no space left",
+    "could not write",
+];
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn query_kind(err: &diesel::result::Error) -> FailureKind {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    match err {
+        E::DatabaseError(kind, info) => match kind {
+            K::UnableToSendCommand | K::SerializationFailure | K::ReadOnlyTransaction | K::ClosedConnection => {
+                FailureKind::Transient
+            }
+            K::UniqueViolation
+            | K::ForeignKeyViolation
+            | K::RestrictViolation
+            | K::NotNullViolation
+            | K::CheckViolation
+            | K::ExclusionViolation => FailureKind::Permanent,
+            _ => {
+                let message = info.message().to_ascii_lowercase();
+                if TRANSIENT_MESSAGES.iter().any(|m| message.contains(m)) {
+                    FailureKind::Transient
+                } else {
+                    FailureKind::Permanent
+                }
+            }
+        },
+        E::BrokenTransactionManager | E::RollbackErrorOnCommit { .. } | E::AlreadyInTransaction => {
+            FailureKind::Transient
+        }
+        _ => FailureKind::Permanent,
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redis_kind(err: &fred::error::Error) -> FailureKind {
+    use fred::error::ErrorKind as K;
+    match err.kind() {
+        K::InvalidArgument | K::InvalidCommand | K::Parse | K::Config | K::Url | K::NotFound => FailureKind::Permanent,
+        _ => FailureKind::Transient,
+    }
 }

@@ -57,5 +57,6 @@ pub use db::{PgConnection, PgPool};
 #[cfg(feature = "sqlite")]
 pub use db::{PooledSqliteConnection, SqliteConnection, SqlitePool};
 pub use error::StoreError;
+pub use keel_core::FailureKind;
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStore};

@@ -240,7 +240,7 @@ where
     /// are finished first. Redis errors are logged and retried.
     pub async fn run(&self, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            match self.poll_once().await {
+            match self.poll(Some(&stop)).await {
                 Ok(0) => {
                     tokio::select! {
                         () = stop.cancelled() => {}
@@ -258,7 +258,13 @@ where
 
     /// One round: claim abandoned entries, else read new ones; persist and
     /// acknowledge them. Returns how many entries were handled.
+    /// An entry is acknowledged only once it is persisted or its dead letter
+    /// is stored: while the database is unreachable this waits for it.
     pub async fn poll_once(&self) -> Result<usize, DurableError> {
+        self.poll(None).await
+    }
+
+    async fn poll(&self, stop: Option<&CancellationToken>) -> Result<usize, DurableError> {
         let mut entries = self.claim().await?;
         if entries.is_empty() {
             entries = self.read_new().await?;
@@ -267,7 +273,7 @@ where
             return Ok(0);
         }
         let n = entries.len();
-        self.handle(entries).await?;
+        self.handle(entries, stop).await?;
         Ok(n)
     }
 
@@ -337,37 +343,53 @@ where
         Ok(entries)
     }
 
-    async fn handle(&self, entries: Vec<Entry>) -> Result<(), DurableError> {
-        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+    async fn handle(&self, entries: Vec<Entry>, stop: Option<&CancellationToken>) -> Result<(), DurableError> {
+        let mut ids: Vec<String> = Vec::with_capacity(entries.len());
         let mut items = Vec::with_capacity(entries.len());
-        let mut undecodable = Vec::new();
+        let mut item_ids = Vec::with_capacity(entries.len());
         for (id, payload) in entries {
             match payload.as_deref().map(serde_json::from_str::<T>) {
-                Some(Ok(item)) => items.push(item),
-                Some(Err(err)) => undecodable.push((id, err.to_string())),
+                Some(Ok(item)) => {
+                    items.push(item);
+                    item_ids.push(id);
+                }
+                Some(Err(err)) => {
+                    // Nothing can persist it; keep the evidence in the log and count it.
+                    tracing::error!(%id, reason = %err, "durable queue entry does not decode; dropping it");
+                    self.counters.failed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    ids.push(id);
+                }
                 // A pending id whose entry is gone was deleted after it was
                 // persisted: acknowledging it is all that is left to do.
-                None => tracing::debug!(%id, "pending entry already deleted"),
+                None => {
+                    tracing::debug!(%id, "pending entry already deleted");
+                    ids.push(id);
+                }
             }
-        }
-        for (id, reason) in &undecodable {
-            // Nothing can persist it; keep the evidence in the log and count it.
-            tracing::error!(%id, %reason, "durable queue entry does not decode; dropping it");
-            self.counters.failed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let persister = Persister {
             repository: &*self.repository,
             dead_letters: &*self.dead_letters,
             policy: RetryPolicy {
                 max_retries: self.config.max_retries,
-                backoff_initial: self.config.backoff_initial,
-                backoff_max: self.config.backoff_max,
-                jitter: self.config.jitter,
+                backoff: keel_core::Backoff::new(self.config.backoff_initial, self.config.backoff_max)
+                    .with_jitter(self.config.jitter),
             },
             counters: &self.counters,
+            stop,
         };
         if !items.is_empty() {
-            persister.write(items, &|_| {}).await;
+            let unfinished = persister.write(items, &|_| {}).await;
+            if !unfinished.is_empty() {
+                // Stopping: what is neither persisted nor dead-lettered stays
+                // pending, for this consumer after a restart or another one.
+                tracing::warn!(entries = unfinished.len(), "stopping; unfinished entries stay pending in the stream");
+            }
+            let mut keep = vec![true; item_ids.len()];
+            for index in unfinished {
+                keep[index] = false;
+            }
+            ids.extend(item_ids.into_iter().zip(keep).filter_map(|(id, keep)| keep.then_some(id)));
         }
         // Persisted or dead-lettered: either way done. Acknowledge and delete
         // in one script: a consumer killed between two separate commands

@@ -178,9 +178,9 @@ impl DbEntries {
 
 impl Repository<EntryWrite> for DbEntries {
     fn upsert_many<'a>(&'a self, items: &'a [EntryWrite]) -> RepoFuture<'a> {
-        Box::pin(async move {
-            self.database.timed("upsert", "entries", self.upsert(items)).await.map_err(|err| RepoError(err.to_string()))
-        })
+        Box::pin(
+            async move { self.database.timed("upsert", "entries", self.upsert(items)).await.map_err(RepoError::from) },
+        )
     }
 }
 
@@ -228,9 +228,14 @@ impl DbDeadLetters {
     async fn insert<T: Serialize>(&self, letters: &[DeadLetter<T>]) -> Result<(), StoreError> {
         let items: Vec<String> = letters
             .iter()
-            .map(|l| serde_json::to_string(&l.item).unwrap_or_else(|err| format!("{{\"unserializable\":\"{err}\"}}")))
+            .map(|l| {
+                serde_json::to_string(&l.item)
+                    .map(storable_json)
+                    .unwrap_or_else(|err| format!("{{\"unserializable\":\"{err}\"}}"))
+            })
             .collect();
-        let errors: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+        let errors: Vec<String> = letters.iter().map(|l| l.error.replace('\0', "\u{fffd}")).collect();
+        let errors: Vec<&str> = errors.iter().map(String::as_str).collect();
         let attempts: Vec<i32> = letters.iter().map(|l| i32::try_from(l.attempts).unwrap_or(i32::MAX)).collect();
         let times: Vec<i64> = letters.iter().map(|l| keel_core::unix_micros(l.at)).collect();
         #[cfg(feature = "postgres")]
@@ -274,7 +279,44 @@ impl<T: Serialize + Send + Sync + 'static> DeadLetters<T> for DbDeadLetters {
             self.database
                 .timed("insert", "write_behind_dead_letters", self.insert(letters))
                 .await
-                .map_err(|err| RepoError(err.to_string()))
+                .map_err(RepoError::from)
         })
+    }
+}
+
+/// `json` with every U+0000 (which PostgreSQL's jsonb and text refuse)
+/// replaced by U+FFFD, so a dead letter can always be stored: it is the
+/// evidence of an item the store refused, possibly for exactly that byte.
+fn storable_json(json: String) -> String {
+    if !json.contains("\\u0000") {
+        return json;
+    }
+    fn clean(value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(s.replace('\0', "\u{fffd}")),
+            Value::Array(items) => Value::Array(items.into_iter().map(clean).collect()),
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (k.replace('\0', "\u{fffd}"), clean(v))).collect())
+            }
+            other => other,
+        }
+    }
+    match serde_json::from_str(&json) {
+        Ok(value) => clean(value).to_string(),
+        Err(_) => json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dead_letter_json_loses_its_nul_bytes_and_nothing_else() {
+        let item = serde_json::json!({"k\u{0}": ["a\u{0}b", {"x": "\\u0000"}], "n": 1});
+        let stored = super::storable_json(item.to_string());
+        assert!(!stored.contains("\\u0000\""), "{stored}");
+        let back: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, serde_json::json!({"k\u{fffd}": ["a\u{fffd}b", {"x": "\\u0000"}], "n": 1}));
+        assert_eq!(super::storable_json("{\"a\":1}".into()), "{\"a\":1}");
     }
 }

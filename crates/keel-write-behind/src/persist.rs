@@ -1,14 +1,22 @@
-//! Writing a batch through a repository: split to isolate poison items, retry
-//! single items with backoff, dead-letter what cannot be written. Shared by
-//! the in-memory flusher and the durable consumer.
+//! Writing a batch through a repository, shared by the in-memory flusher and
+//! the durable consumer.
+//!
+//! A transient failure (the store is unreachable or busy) keeps the whole
+//! batch and tries it again with capped exponential backoff for as long as
+//! it lasts; it is never an item's attempt. A permanent failure (the data is
+//! refused) splits the batch to isolate the poison items; only an item that
+//! fails permanently on its own is retried, up to `max_retries`, and then
+//! dead-lettered. An item counts as done only once it is persisted or its
+//! dead letter is stored.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::{DeadLetter, DeadLetters, Repository};
+use crate::{DeadLetter, DeadLetters, RepoError, Repository};
 
 /// Counters both queue kinds keep.
 #[derive(Debug, Default)]
@@ -21,7 +29,7 @@ pub(crate) struct Counters {
     pub(crate) batches: AtomicU64,
     pub(crate) in_flight: AtomicU64,
     pub(crate) dead_letter_errors: AtomicU64,
-    /// When the repository started failing; cleared by any success.
+    /// When the repository became unreachable; cleared by any answer from it.
     pub(crate) failing_since: Mutex<Option<Instant>>,
 }
 
@@ -29,29 +37,30 @@ impl Counters {
     pub(crate) fn failing_for(&self) -> Duration {
         self.failing_since.lock().unwrap_or_else(PoisonError::into_inner).map_or(Duration::ZERO, |s| s.elapsed())
     }
+
+    /// Records whether the repository answered (`reachable`) or not.
+    fn reachable(&self, reachable: bool) {
+        let mut since = self.failing_since.lock().unwrap_or_else(PoisonError::into_inner);
+        match (reachable, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
 }
 
 /// Retry timing.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryPolicy {
     pub(crate) max_retries: u32,
-    pub(crate) backoff_initial: Duration,
-    pub(crate) backoff_max: Duration,
-    pub(crate) jitter: f64,
+    pub(crate) backoff: keel_core::Backoff,
 }
 
-impl RetryPolicy {
-    fn backoff(&self, attempts: u32) -> Duration {
-        let base =
-            self.backoff_initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(16)).min(self.backoff_max);
-        let spread = if self.jitter > 0.0 { 1.0 - self.jitter + fastrand::f64() * 2.0 * self.jitter } else { 1.0 };
-        base.mul_f64(spread)
-    }
-}
-
-/// An item being written, with how many writes it has seen.
+/// An item being written, with its position in the batch and how many times
+/// it failed permanently on its own.
 pub(crate) struct Attempt<T> {
     pub(crate) item: T,
+    pub(crate) index: usize,
     pub(crate) attempts: u32,
 }
 
@@ -60,72 +69,122 @@ pub(crate) struct Persister<'a, T> {
     pub(crate) dead_letters: &'a dyn DeadLetters<T>,
     pub(crate) policy: RetryPolicy,
     pub(crate) counters: &'a Counters,
+    /// When cancelled, waiting stops and unfinished items are handed back
+    /// (durable mode: they stay pending in the stream). `None`: never.
+    pub(crate) stop: Option<&'a CancellationToken>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
     /// Writes `batch`, calling `done(n)` as items are persisted or
-    /// dead-lettered. Returns when every item is one or the other.
-    pub(crate) async fn write(&self, batch: Vec<T>, done: &(dyn Fn(usize) + Sync)) {
+    /// dead-lettered. Returns the positions (in `batch`) of the items left
+    /// unfinished because `stop` was cancelled; empty otherwise.
+    pub(crate) async fn write(&self, batch: Vec<T>, done: &(dyn Fn(usize) + Sync)) -> Vec<usize> {
         let mut work: Vec<Vec<Attempt<T>>> =
-            vec![batch.into_iter().map(|item| Attempt { item, attempts: 0 }).collect()];
+            vec![batch.into_iter().enumerate().map(|(index, item)| Attempt { item, index, attempts: 0 }).collect()];
+        let mut unreachable = 0u32;
         while let Some(mut part) = work.pop() {
+            if self.stopped() {
+                work.push(part);
+                return work.iter().flatten().map(|a| a.index).collect();
+            }
             let items: Vec<T> = part.iter().map(|a| a.item.clone()).collect();
-            for attempt in &mut part {
-                attempt.attempts += 1;
-                if attempt.attempts > 1 {
-                    self.counters.retries.fetch_add(1, Ordering::AcqRel);
-                }
-            }
             let result = self.repository.upsert_many(&items).await;
-            {
-                let mut since = self.counters.failing_since.lock().unwrap_or_else(PoisonError::into_inner);
-                match (&result, *since) {
-                    (Ok(()), _) => *since = None,
-                    (Err(_), None) => *since = Some(Instant::now()),
-                    (Err(_), Some(_)) => {}
-                }
-            }
+            self.counters.reachable(!matches!(&result, Err(err) if err.kind.is_transient()));
             match result {
                 Ok(()) => {
+                    unreachable = 0;
                     let n = part.len();
                     self.counters.batches.fetch_add(1, Ordering::AcqRel);
                     self.counters.persisted.fetch_add(n as u64, Ordering::AcqRel);
                     done(n);
                 }
+                Err(err) if err.kind.is_transient() => {
+                    // The store is away: the same batch waits for it, as
+                    // long as it takes. Nobody's attempt, never a dead letter.
+                    unreachable += 1;
+                    let delay = self.policy.backoff.delay(unreachable);
+                    tracing::warn!(%err, items = part.len(), retry_in = ?delay, "repository unreachable; the batch waits");
+                    self.pause(delay).await;
+                    work.push(part);
+                }
                 Err(err) if part.len() > 1 => {
-                    // Split to isolate poison: each half is retried on its own.
-                    tracing::warn!(%err, items = part.len(), "batch failed; splitting it");
+                    // Split to isolate poison: each half is tried on its own.
+                    tracing::warn!(%err, items = part.len(), "batch refused; splitting it to find the refused items");
                     let second = part.split_off(part.len() / 2);
                     work.push(second);
                     work.push(part);
                 }
                 Err(err) => {
-                    let attempts = part[0].attempts;
-                    if attempts > self.policy.max_retries {
-                        self.dead_letter(part, &err.0, done).await;
+                    part[0].attempts += 1;
+                    if part[0].attempts > self.policy.max_retries {
+                        if !self.dead_letter(part.as_slice(), &err, done).await {
+                            work.push(part);
+                        }
                     } else {
-                        tokio::time::sleep(self.policy.backoff(attempts)).await;
+                        self.counters.retries.fetch_add(1, Ordering::AcqRel);
+                        self.pause(self.policy.backoff.delay(part[0].attempts)).await;
                         work.push(part);
                     }
                 }
             }
         }
+        Vec::new()
     }
 
-    /// Gives up on `part`, storing it as dead letters (and counting it).
-    pub(crate) async fn dead_letter(&self, part: Vec<Attempt<T>>, error: &str, done: &(dyn Fn(usize) + Sync)) {
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// Sleeps `delay`, or less when `stop` is cancelled.
+    async fn pause(&self, delay: Duration) {
+        match self.stop {
+            Some(stop) => {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            None => tokio::time::sleep(delay).await,
+        }
+    }
+
+    /// Stores `part` as dead letters, trying again while the sink fails,
+    /// and counts them once stored. Returns `false` (nothing counted, the
+    /// items are not done) when `stop` ends the wait first.
+    pub(crate) async fn dead_letter(
+        &self,
+        part: &[Attempt<T>],
+        error: &RepoError,
+        done: &(dyn Fn(usize) + Sync),
+    ) -> bool {
         let now = SystemTime::now();
         let n = part.len();
         let letters: Vec<DeadLetter<T>> = part
-            .into_iter()
-            .map(|a| DeadLetter { item: a.item, error: error.to_owned(), attempts: a.attempts, at: now })
+            .iter()
+            .map(|a| DeadLetter { item: a.item.clone(), error: error.message.clone(), attempts: a.attempts, at: now })
             .collect();
-        if let Err(err) = self.dead_letters.store(&letters).await {
-            self.counters.dead_letter_errors.fetch_add(n as u64, Ordering::AcqRel);
-            tracing::error!(%err, items = n, "cannot store dead letters; the items are lost and counted as failed");
+        let mut failures = 0;
+        loop {
+            match self.dead_letters.store(&letters).await {
+                Ok(()) => {
+                    tracing::warn!(items = n, error = %error.message, "items dead-lettered");
+                    self.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
+                    done(n);
+                    return true;
+                }
+                Err(err) => {
+                    self.counters.dead_letter_errors.fetch_add(n as u64, Ordering::AcqRel);
+                    failures += 1;
+                    tracing::error!(%err, items = n, "cannot store dead letters; the items stay queued and are tried again");
+                    if self.stopped() {
+                        return false;
+                    }
+                    self.pause(self.policy.backoff.delay(failures)).await;
+                    if self.stopped() {
+                        return false;
+                    }
+                }
+            }
         }
-        tracing::warn!(items = n, error, "items dead-lettered");
-        self.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
-        done(n);
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::persist::{Attempt, Counters, Persister, RetryPolicy};
+use keel_core::{Backoff, FailureKind};
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -22,10 +23,37 @@ pub trait Keyed {
     fn key(&self) -> Self::Key;
 }
 
-/// Why a repository or dead-letter write failed.
+/// Why a repository or dead-letter write failed, and whether trying again
+/// may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct RepoError(pub String);
+#[error("{message}")]
+pub struct RepoError {
+    /// Transient (the store is unreachable or busy: the whole batch waits
+    /// and is tried again) or permanent (the data is refused: the batch is
+    /// split to find the items that cause it).
+    pub kind: FailureKind,
+    /// What the store said.
+    pub message: String,
+}
+
+impl RepoError {
+    /// The store is unreachable or busy.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Transient, message: message.into() }
+    }
+
+    /// The store refused the data.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Permanent, message: message.into() }
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
+impl From<keel_store::StoreError> for RepoError {
+    fn from(err: keel_store::StoreError) -> Self {
+        Self { kind: err.kind(), message: err.to_string() }
+    }
+}
 
 /// A boxed repository future.
 pub type RepoFuture<'a> = Pin<Box<dyn Future<Output = Result<(), RepoError>> + Send + 'a>>;
@@ -557,9 +585,20 @@ where
         }
         let left = self.shared.pending().take(usize::MAX);
         if !left.is_empty() {
-            let letters: Vec<Attempt<T>> = left.into_iter().map(|item| Attempt { item, attempts: 0 }).collect();
-            self.shared.counters.in_flight.fetch_add(letters.len() as u64, Ordering::AcqRel);
-            self.persister().dead_letter(letters, "not written before the shutdown timeout", &|n| self.settle(n)).await;
+            let n = left.len();
+            let letters: Vec<Attempt<T>> =
+                left.into_iter().enumerate().map(|(index, item)| Attempt { item, index, attempts: 0 }).collect();
+            self.shared.counters.in_flight.fetch_add(n as u64, Ordering::AcqRel);
+            // One try: the process is stopping and cannot wait for the store.
+            let stopping = CancellationToken::new();
+            stopping.cancel();
+            let persister = Persister { stop: Some(&stopping), ..self.persister() };
+            let reason = RepoError::transient("not written before the shutdown timeout");
+            if !persister.dead_letter(&letters, &reason, &|n| self.settle(n)).await {
+                tracing::error!(items = n, "write-behind stopped with items neither written nor dead-lettered");
+                self.shared.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
+                self.settle(n);
+            }
         }
     }
 
@@ -570,11 +609,10 @@ where
             dead_letters: &*self.dead_letters,
             policy: RetryPolicy {
                 max_retries: config.max_retries,
-                backoff_initial: config.backoff_initial,
-                backoff_max: config.backoff_max,
-                jitter: config.jitter,
+                backoff: Backoff::new(config.backoff_initial, config.backoff_max).with_jitter(config.jitter),
             },
             counters: &self.shared.counters,
+            stop: None,
         }
     }
 

@@ -37,6 +37,8 @@ enum Mode {
     Always,
     /// Fail any batch holding the key "poison".
     Poison,
+    /// Unreachable (a transient failure) while `down` is set.
+    Down,
     Hang,
 }
 
@@ -47,6 +49,9 @@ struct Repo {
     written: Mutex<Vec<(Duration, Vec<Item>)>>,
     letters: Mutex<Vec<DeadLetter<Item>>>,
     start: Instant,
+    down: std::sync::atomic::AtomicBool,
+    /// The dead-letter sink is unreachable while set.
+    letters_down: std::sync::atomic::AtomicBool,
 }
 
 impl Repo {
@@ -57,6 +62,8 @@ impl Repo {
             written: Mutex::default(),
             letters: Mutex::default(),
             start: Instant::now(),
+            down: std::sync::atomic::AtomicBool::new(mode == Mode::Down),
+            letters_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -68,9 +75,9 @@ impl Repo {
         self.calls.lock().unwrap().len()
     }
 
-    /// How many calls included each item.
+    /// How many calls wrote `key` on its own.
     fn attempts_of(&self, key: &str) -> usize {
-        self.calls.lock().unwrap().iter().filter(|c| c.iter().any(|i| i.key == key)).count()
+        self.calls.lock().unwrap().iter().filter(|c| c.len() == 1 && c[0].key == key).count()
     }
 }
 
@@ -88,10 +95,16 @@ impl Repository<Item> for Repo {
                 Mode::FailFirst(n) => call <= n,
                 Mode::Always => true,
                 Mode::Poison => items.iter().any(|i| i.key == "poison"),
+                Mode::Down => {
+                    if self.down.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err(RepoError::transient("connection refused"));
+                    }
+                    false
+                }
                 Mode::Hang => std::future::pending().await,
             };
             if fail {
-                return Err(RepoError("repository unavailable".into()));
+                return Err(RepoError::permanent("value refused"));
             }
             self.written.lock().unwrap().push((at, items.to_vec()));
             Ok(())
@@ -101,6 +114,9 @@ impl Repository<Item> for Repo {
 
 impl DeadLetters<Item> for Repo {
     fn store<'a>(&'a self, letters: &'a [DeadLetter<Item>]) -> RepoFuture<'a> {
+        if self.letters_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Box::pin(async { Err(RepoError::transient("connection refused")) });
+        }
         self.letters.lock().unwrap().extend_from_slice(letters);
         Box::pin(async { Ok(()) })
     }
@@ -191,7 +207,7 @@ async fn fewer_failures_than_the_limit_persist_once_with_the_retries_counted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn always_failing_items_are_tried_max_plus_one_times_then_dead_lettered() {
+async fn always_refused_items_are_tried_alone_max_plus_one_times_then_dead_lettered() {
     let repo = Repo::new(Mode::Always);
     let queue = start(WriteBehindConfig { max_retries: 3, ..config(4) }, &repo);
     for key in ["a", "b", "c", "d"] {
@@ -199,19 +215,17 @@ async fn always_failing_items_are_tried_max_plus_one_times_then_dead_lettered() 
     }
     tokio::time::sleep(Duration::from_secs(30)).await;
     for key in ["a", "b", "c", "d"] {
-        assert_eq!(repo.attempts_of(key), 4, "{key} is tried max_retries + 1 times");
+        assert_eq!(repo.attempts_of(key), 4, "{key} is tried alone max_retries + 1 times");
     }
     let letters = repo.letters.lock().unwrap().clone();
     assert_eq!(letters.len(), 4);
-    assert!(letters.iter().all(|l| l.attempts == 4 && l.error == "repository unavailable"));
+    assert!(letters.iter().all(|l| l.attempts == 4 && l.error == "value refused"));
     let calls = repo.calls();
-    let failing = queue.metrics().failing_for;
-    assert!(failing >= Duration::from_secs(29), "failing since the first write: {failing:?}");
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(repo.calls(), calls, "the flusher stops retrying");
-    assert_eq!(queue.metrics().failing_for, failing + Duration::from_secs(60), "still failing, no success since");
     let m = queue.metrics();
-    assert_eq!((m.failed, m.persisted, m.in_flight), (4, 0, 0));
+    assert_eq!(m.failing_for, Duration::ZERO, "a store that answers (even no) is not failing");
+    assert_eq!((m.failed, m.persisted, m.in_flight, m.retries), (4, 0, 0, 12));
     assert_balanced(m);
 }
 
@@ -297,4 +311,62 @@ async fn the_snapshot_is_exported_as_opentelemetry_metrics() {
     assert!(text.contains("keel_write_behind_persisted_total{queue=\"entries\"} 3"), "{text}");
     assert!(text.contains("keel_write_behind_batches_total{queue=\"entries\"} 1"), "{text}");
     assert!(text.contains("keel_write_behind_oldest_age_seconds{queue=\"entries\"} 0"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_down_for_thirty_seconds_loses_and_dead_letters_nothing_at_the_defaults() {
+    let repo = Repo::new(Mode::Down);
+    let queue = start(WriteBehindConfig::default(), &repo);
+    for i in 0..500 {
+        queue.enqueue(item(["a", "b", "c", "d", "e"][i % 5], i as u32)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.failed, m.in_flight, m.retries), (0, 0, 500, 0), "{m:?}");
+    assert!(m.failing_for >= Duration::from_secs(28), "unreachable since the first write: {:?}", m.failing_for);
+    assert!(repo.calls() < 20, "the whole batch waits with backoff, it is not split: {} calls", repo.calls());
+    assert!(repo.calls.lock().unwrap().iter().all(|c| c.len() == 500));
+    repo.down.store(false, std::sync::atomic::Ordering::Release);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.failed, m.in_flight, m.queue_depth), (500, 0, 0, 0), "{m:?}");
+    assert_eq!(m.failing_for, Duration::ZERO);
+    assert!(repo.letters.lock().unwrap().is_empty());
+    assert_balanced(m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_poison_item_among_499_good_is_the_only_dead_letter_at_the_defaults() {
+    let repo = Repo::new(Mode::Poison);
+    let queue = start(WriteBehindConfig::default(), &repo);
+    for i in 0..500u32 {
+        let key = if i == 321 { "poison" } else { ["a", "b", "c"][i as usize % 3] };
+        queue.enqueue(item(key, i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.failed, m.in_flight), (499, 1, 0), "{m:?}");
+    // Splitting is not an attempt: only the poison item's own tries count.
+    assert_eq!(m.retries, 5);
+    let letters = repo.letters.lock().unwrap().clone();
+    assert_eq!((letters.len(), letters[0].item.key, letters[0].attempts), (1, "poison", 6));
+    assert_balanced(m);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_item_whose_dead_letter_cannot_be_stored_stays_in_flight_until_it_can() {
+    let repo = Repo::new(Mode::Poison);
+    repo.letters_down.store(true, std::sync::atomic::Ordering::Release);
+    let queue = start(WriteBehindConfig { max_retries: 1, ..config(10) }, &repo);
+    queue.enqueue(item("poison", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let m = queue.metrics();
+    assert_eq!((m.failed, m.in_flight), (0, 1), "not given up while its dead letter is unstored: {m:?}");
+    assert!(m.dead_letter_errors > 1, "the dead-letter sink is tried again: {m:?}");
+    repo.letters_down.store(false, std::sync::atomic::Ordering::Release);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let m = queue.metrics();
+    assert_eq!((m.failed, m.in_flight), (1, 0), "{m:?}");
+    assert_eq!(repo.letters.lock().unwrap().len(), 1);
+    assert_balanced(m);
 }
