@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::ApiError;
+use crate::text::nul_error;
 
 /// Most keys accepted in one request.
 pub const MAX_KEYS: usize = 64;
@@ -118,19 +119,33 @@ fn valid_key(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Cuts `value` to at most `MAX_VALUE_LEN` bytes on a character boundary.
+/// Cuts `value` and `error` to at most `MAX_VALUE_LEN` bytes each, on a
+/// character boundary; a cut value is noted in the error.
 fn truncate(value: String, error: Option<String>) -> (String, String) {
     let error = error.unwrap_or_default();
-    if value.len() <= MAX_VALUE_LEN {
-        return (value, error);
+    let (value, cut_from) = cut(value);
+    let error = match cut_from {
+        None => error,
+        Some(from) => {
+            let note = format!("value truncated from {from} to {} bytes", value.len());
+            if error.is_empty() { note } else { format!("{error}; {note}") }
+        }
+    };
+    (value, cut(error).0)
+}
+
+/// `text` cut to `MAX_VALUE_LEN` bytes, and its length before when it was cut.
+fn cut(mut text: String) -> (String, Option<usize>) {
+    if text.len() <= MAX_VALUE_LEN {
+        return (text, None);
     }
+    let from = text.len();
     let mut end = MAX_VALUE_LEN;
-    while !value.is_char_boundary(end) {
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let note = format!("value truncated from {} to {end} bytes", value.len());
-    let error = if error.is_empty() { note } else { format!("{error}; {note}") };
-    (value[..end].to_owned(), error)
+    text.truncate(end);
+    (text, Some(from))
 }
 
 async fn submit(
@@ -170,6 +185,12 @@ async fn submit(
             return Err(ApiError::bad_request(format!(
                 "metadata[{index}].collected_at is more than 5 minutes in the future"
             )));
+        }
+        if item.value.contains('\0') {
+            return Err(nul_error(&format!("metadata[{index}].value")));
+        }
+        if item.error.as_deref().is_some_and(|e| e.contains('\0')) {
+            return Err(nul_error(&format!("metadata[{index}].error")));
         }
         let (value, error) = truncate(item.value, item.error);
         entries.push((MetadataKey { agent_id, key: item.key }, MetadataValue { value, error, collected_at }));
@@ -260,5 +281,8 @@ mod tests {
         assert_eq!(error, "value truncated from 3000 to 2048 bytes");
         let (value, error) = truncate("x".repeat(3000), Some("timeout".into()));
         assert_eq!((value.len(), error.as_str()), (2048, "timeout; value truncated from 3000 to 2048 bytes"));
+        let (value, error) = truncate("ok".into(), Some("é".repeat(1500)));
+        assert_eq!(value, "ok");
+        assert!(error.len() <= MAX_VALUE_LEN && error.len() > 2040, "the error is bounded like the value");
     }
 }

@@ -51,6 +51,14 @@ pub struct CommonArgs {
     /// Do not run database migrations at start-up.
     #[arg(long, env = "KEEL_NO_MIGRATE")]
     pub no_migrate: bool,
+    /// Longest an entry write waits for room in a full queue before it is
+    /// answered 503 with Retry-After (default 2s, or `[write_behind] enqueue_timeout`).
+    #[arg(long, env = "KEEL_ENQUEUE_TIMEOUT", value_name = "DURATION")]
+    pub enqueue_timeout: Option<HumanDuration>,
+    /// How long to wait for PostgreSQL and Redis at start-up before exiting
+    /// 69; 0 waits for as long as it takes (serving /livez, /readyz 503).
+    #[arg(long, env = "KEEL_STARTUP_TIMEOUT", value_name = "DURATION", default_value = "0")]
+    pub startup_timeout: HumanDuration,
 }
 
 /// The optional TOML file. Unknown keys are errors, so typos do not pass
@@ -96,6 +104,9 @@ pub struct WriteBehindSection {
     /// The `entries` health component turns KO once the repository has
     /// failed this long without a success (default `60s`).
     pub ko_after: Option<HumanDuration>,
+    /// Longest an entry write waits for room in a full queue (default `2s`);
+    /// `--enqueue-timeout` wins.
+    pub enqueue_timeout: Option<HumanDuration>,
 }
 
 /// `[app]` keys.

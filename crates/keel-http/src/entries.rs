@@ -12,11 +12,12 @@ use axum::routing::put;
 use axum::{Json, Router};
 use bytes::Bytes;
 use keel_store::Cache;
-use keel_write_behind::{DbEntries, DurableProducer, EnqueueError, EntryWrite, WriteBehind};
+use keel_write_behind::{DbEntries, DurableError, DurableProducer, EnqueueError, EntryWrite, WriteBehind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::ApiError;
+use crate::text::refuse_nul;
 
 /// Longest key, in bytes.
 pub const MAX_ENTRY_KEY: usize = 256;
@@ -24,6 +25,8 @@ pub const MAX_ENTRY_KEY: usize = 256;
 pub const MAX_ENTRY_VALUE: usize = 64 * 1024;
 /// How long a written entry stays in the cache.
 const CACHE_TTL: Duration = Duration::from_secs(3600);
+/// How long a write waits for room in a full queue by default.
+pub const DEFAULT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where writes go after the cache.
 #[derive(Clone, Debug)]
@@ -43,6 +46,9 @@ pub struct Entries {
     store: DbEntries,
     last_version: Arc<AtomicI64>,
     consumer: Option<Arc<keel_write_behind::DurableConsumer<EntryWrite>>>,
+    enqueue_timeout: Duration,
+    acknowledged: Arc<std::sync::atomic::AtomicU64>,
+    exported: Arc<std::sync::OnceLock<opentelemetry::metrics::ObservableCounter<u64>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -63,7 +69,40 @@ impl Entries {
             store,
             last_version: Arc::default(),
             consumer: None,
+            enqueue_timeout: DEFAULT_ENQUEUE_TIMEOUT,
+            acknowledged: Arc::default(),
+            exported: Arc::default(),
         }
+    }
+
+    /// Exports [`acknowledged`](Self::acknowledged) as
+    /// `keel_entries_acknowledged_total`: summed over every api, it equals
+    /// persisted + dead-lettered + pending once writes stop.
+    pub fn instrument(&self, telemetry: &keel_telemetry::Telemetry) {
+        let acknowledged = Arc::downgrade(&self.acknowledged);
+        let counter = telemetry
+            .meter("keel-http")
+            .u64_observable_counter(keel_telemetry::names::ENTRIES_ACKNOWLEDGED)
+            .with_description("Entry writes answered 202")
+            .with_callback(move |c| {
+                if let Some(n) = acknowledged.upgrade() {
+                    c.observe(n.load(Ordering::Acquire), &[]);
+                }
+            })
+            .build();
+        let _ = self.exported.set(counter);
+    }
+
+    /// How long a write waits for room in a full queue before it is
+    /// answered 503 with `Retry-After` (default 2 s).
+    pub fn with_enqueue_timeout(mut self, timeout: Duration) -> Self {
+        self.enqueue_timeout = timeout;
+        self
+    }
+
+    /// Writes answered 202 by this process.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::Acquire)
     }
 
     /// Records the stream consumer this process runs (the worker), so health
@@ -98,29 +137,40 @@ impl Entries {
         }
     }
 
+    /// Queues the write and makes it visible through the cache, as one
+    /// unit: in cluster mode one Redis script does both; in-process, the
+    /// queue takes it first and the cache follows. Run to completion by
+    /// [`write`] whatever happens to the request.
     async fn write(&self, key: String, value: Value, deleted: bool) -> Result<Response, ApiError> {
         let version = self.next_version();
         let updated_at_us = keel_core::unix_micros(SystemTime::now());
-        let cached = serde_json::to_vec(&Cached { value: value.clone(), updated_at_us, deleted }).unwrap_or_default();
-        if let Err(err) =
-            self.cache.set_if_newer(&format!("{}{key}", self.prefix), version, Bytes::from(cached), CACHE_TTL).await
-        {
-            // Reads fall back to the database; the write still goes through.
-            tracing::warn!(%err, "cannot cache an entry write");
-        }
+        let cache_key = format!("{}{key}", self.prefix);
+        let cached = serde_json::to_string(&Cached { value: value.clone(), updated_at_us, deleted })
+            .map_err(|err| ApiError::internal(format!("cannot encode the entry: {err}")))?;
         let write = EntryWrite { key: key.clone(), value, version, updated_at_us, deleted };
         match &self.sink {
-            EntrySink::Memory(queue) => queue.enqueue(write).await.map_err(|err| match err {
-                EnqueueError::Full => ApiError::unavailable("the write queue is full"),
-                EnqueueError::Closed => ApiError::unavailable("shutting down"),
-            })?,
+            EntrySink::Memory(queue) => {
+                match tokio::time::timeout(self.enqueue_timeout, queue.enqueue(write)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(EnqueueError::Closed)) => return Err(ApiError::unavailable("shutting down")),
+                    Ok(Err(EnqueueError::Full)) | Err(_) => return Err(queue_full(self.enqueue_timeout)),
+                }
+                if let Err(err) = self.cache.set_if_newer(&cache_key, version, Bytes::from(cached), CACHE_TTL).await {
+                    // Queued already: reads fall back to the database.
+                    tracing::warn!(%err, "cannot cache an entry write");
+                }
+            }
             EntrySink::Durable(producer) => {
                 producer
-                    .enqueue(&write)
+                    .enqueue_cached(&write, &cache_key, version, &cached, CACHE_TTL, self.enqueue_timeout)
                     .await
-                    .map_err(|err| ApiError::unavailable(format!("cannot queue the write: {err}")))?;
+                    .map_err(|err| match err {
+                        DurableError::Full => queue_full(self.enqueue_timeout),
+                        other => ApiError::unavailable(format!("cannot queue the write: {other}")),
+                    })?;
             }
         }
+        self.acknowledged.fetch_add(1, Ordering::AcqRel);
         Ok((StatusCode::ACCEPTED, Json(json!({ "key": key, "version": version }))).into_response())
     }
 
@@ -170,12 +220,27 @@ async fn write(State(entries): State<Entries>, Path(key): Path<String>, body: By
     }
     let value: Value =
         serde_json::from_slice(&body).map_err(|err| ApiError::bad_request(format!("the body is not JSON: {err}")))?;
-    entries.write(key, value, false).await
+    refuse_nul(&value, "value")?;
+    detached_write(entries, key, value, false).await
 }
 
 async fn remove(State(entries): State<Entries>, Path(key): Path<String>) -> Result<Response, ApiError> {
     let key = valid_key(&key)?;
-    entries.write(key, Value::Null, true).await
+    detached_write(entries, key, Value::Null, true).await
+}
+
+/// Runs the write on its own task: a client that goes away mid-request
+/// cancels the handler, never a write half done (cached but not queued).
+async fn detached_write(entries: Entries, key: String, value: Value, deleted: bool) -> Result<Response, ApiError> {
+    tokio::spawn(async move { entries.write(key, value, deleted).await })
+        .await
+        .unwrap_or_else(|err| Err(ApiError::internal(format!("the write task failed: {err}"))))
+}
+
+/// 503 with `Retry-After`: the queue stayed full for the whole timeout.
+fn queue_full(waited: Duration) -> ApiError {
+    ApiError::unavailable(format!("the write queue is full (waited {}ms); retry later", waited.as_millis()))
+        .with_retry_after(1)
 }
 
 async fn read(State(entries): State<Entries>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -57,6 +57,7 @@ mod server;
 mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod text;
 
 pub use admin::AdminToken;
 #[cfg(feature = "runtime")]
@@ -64,7 +65,7 @@ pub use agents::{AgentMetadata, MAX_CLOCK_SKEW, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE
 #[cfg(feature = "runtime")]
 pub use app::app_router;
 #[cfg(feature = "runtime")]
-pub use entries::{Entries, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE, entries_router};
+pub use entries::{DEFAULT_ENQUEUE_TIMEOUT, Entries, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE, entries_router};
 pub use error::ApiError;
 pub use health::{AppInfo, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};

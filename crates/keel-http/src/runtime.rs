@@ -13,6 +13,7 @@ use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore, StoreE
 use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 
 use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
+use crate::entries::DEFAULT_ENQUEUE_TIMEOUT;
 use crate::{AdminToken, AgentMetadata, DrainConfig, Entries, EntrySink, MiddlewareConfig, MonitoringService};
 use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_monitoring::{
@@ -238,6 +239,7 @@ impl Services {
             redis.as_ref(),
             &cache,
             &shutdown,
+            args.enqueue_timeout.or(file.write_behind.enqueue_timeout).map_or(DEFAULT_ENQUEUE_TIMEOUT, Duration::from),
         )
         .await?;
         let http_stats = HttpStats::new();
@@ -550,6 +552,7 @@ async fn start_entries(
     redis: Option<&RedisStore>,
     cache: &Cache,
     shutdown: &Shutdown,
+    enqueue_timeout: Duration,
 ) -> Result<Entries, StartError> {
     let store = DbEntries::new(database.clone());
     let dead_letters = std::sync::Arc::new(DbDeadLetters::new(database.clone(), "entries"));
@@ -584,7 +587,8 @@ async fn start_entries(
             EntrySink::Memory(queue)
         }
     };
-    let entries = Entries::new(cache.clone(), namespace, sink, store);
+    let entries = Entries::new(cache.clone(), namespace, sink, store).with_enqueue_timeout(enqueue_timeout);
+    entries.instrument(telemetry);
     Ok(match consumer {
         Some(consumer) => entries.with_consumer(consumer),
         None => entries,

@@ -88,6 +88,7 @@ async fn write(
     AdminToken::authorize(state.admin.as_ref(), &headers)?;
     let document = find(&state, &name)?;
     let Json(value) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
+    crate::text::refuse_nul(&value, &name)?;
     let expected = expected_version(&headers)?;
     let actor = headers
         .get("x-actor")

@@ -263,3 +263,99 @@ async fn versioned_cache_writes_never_go_backwards_on_redis_and_in_process() {
     assert_set_if_newer(&Cache::redis(store), &format!("{}:v", unique_prefix("cas"))).await;
     assert_set_if_newer(&Cache::memory(), "v").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_migrating_an_empty_database_at_once_all_succeed() {
+    let temp = TempDatabase::create("migrate_race").await;
+    let telemetry = telemetry();
+    // Four pools, as four processes would have: no connection is shared.
+    let mut pools = Vec::new();
+    for _ in 0..4 {
+        pools.push(Database::connect(&temp.config(), &telemetry).await.unwrap());
+    }
+    let runs: Vec<_> = pools.iter().map(|db| db.run_migrations()).collect();
+    let applied: Vec<usize> = futures_util::future::join_all(runs).await.into_iter().map(Result::unwrap).collect();
+    let total: usize = applied.iter().sum();
+    assert!(total >= 1 && applied.iter().filter(|&&n| n > 0).count() == 1, "one process migrated: {applied:?}");
+    assert_eq!(pools[3].run_migrations().await.unwrap(), 0);
+    drop(pools);
+    temp.drop_database().await;
+}
+
+#[tokio::test]
+async fn sqlite_processes_migrating_one_file_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = telemetry();
+    let config = DbConfig { data_dir: dir.path().to_path_buf(), ..DbConfig::default() };
+    let mut dbs = Vec::new();
+    for _ in 0..4 {
+        dbs.push(Database::connect(&config, &telemetry).await.unwrap());
+    }
+    let runs: Vec<_> = dbs.iter().map(|db| db.run_migrations()).collect();
+    let applied: Vec<usize> = futures_util::future::join_all(runs).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(applied.iter().filter(|&&n| n > 0).count(), 1, "{applied:?}");
+}
+
+/// Errors from a real PostgreSQL: refused data is permanent, an unreachable
+/// or terminated server is transient.
+#[tokio::test]
+async fn postgres_errors_are_classified_from_the_real_server() {
+    use keel_store::FailureKind;
+    let temp = TempDatabase::create("classify").await;
+    let telemetry = telemetry();
+    let db = temp.connect(&telemetry).await;
+    let mut conn = db.postgres_connection().await.unwrap().unwrap();
+    diesel::sql_query("CREATE TABLE t (k text PRIMARY KEY, v jsonb, n int CHECK (n > 0))")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let query = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut conn = db.postgres_connection().await?.unwrap();
+            diesel::sql_query(sql).execute(&mut conn).await.map_err(StoreError::from)
+        }
+    };
+    query("INSERT INTO t VALUES ('a', '1', 1)").await.unwrap();
+    for (sql, what) in [
+        ("INSERT INTO t VALUES ('a', '1', 1)", "unique violation"),
+        ("INSERT INTO t VALUES ('b', '1', 0)", "check violation"),
+        ("INSERT INTO t VALUES ('c', '\"a\\u0000b\"', 1)", "NUL in jsonb"),
+        ("INSERT INTO t VALUES (E'd\\x01' || chr(0), '1', 1)", "NUL in text"),
+        ("INSERT INTO t VALUES ('e', 'not json', 1)", "invalid input"),
+    ] {
+        let err = query(sql).await.unwrap_err();
+        assert_eq!(err.kind(), FailureKind::Permanent, "{what}: {err}");
+    }
+    // The server ends this session (as a restart or an operator would).
+    let mut victim = db.postgres_connection().await.unwrap().unwrap();
+    let pid: Vec<Pid> = diesel::sql_query("SELECT pg_backend_pid() AS pid").load(&mut victim).await.unwrap();
+    query_admin(&format!("SELECT pg_terminate_backend({})", pid[0].pid)).await;
+    let err = diesel::sql_query("SELECT 1").execute(&mut victim).await.map_err(StoreError::from).unwrap_err();
+    assert_eq!(err.kind(), FailureKind::Transient, "terminated session: {err}");
+    drop((conn, victim));
+    // Nothing listens: connecting is refused.
+    let down = Database::connect(
+        &DbConfig {
+            url: Some("postgres://postgres@127.0.0.1:1/none".into()),
+            acquire_timeout: Duration::from_millis(500),
+            ..DbConfig::default()
+        },
+        &telemetry,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(down.kind(), FailureKind::Transient, "refused connection: {down}");
+    temp.drop_database().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+async fn query_admin(sql: &str) {
+    let mut admin = AsyncPgConnection::establish(&postgres_admin_url()).await.unwrap();
+    diesel::sql_query(sql).execute(&mut admin).await.unwrap();
+}

@@ -89,6 +89,8 @@ pub const BATCHER_PUBLISH_ERRORS: &str = "keel.batcher.publish.errors";
 /// Items waiting in the channel, by batcher.
 pub const BATCHER_QUEUE_DEPTH: &str = "keel.batcher.queue.depth";
 
+/// Entry writes answered 202 by this process.
+pub const ENTRIES_ACKNOWLEDGED: &str = "keel.entries.acknowledged";
 /// Items accepted by a write-behind queue, by queue.
 pub const WRITE_BEHIND_ENQUEUED: &str = "keel.write_behind.enqueued";
 /// Items persisted, by queue.

@@ -149,6 +149,50 @@ impl DurableProducer {
         self.append(item).await
     }
 
+    /// Appends `item` and, in the same script, sets `cache_key` to
+    /// `version:cached` (for `ttl`) unless it holds a version at least as
+    /// high: one round trip, and the cache can never show a write that is
+    /// not in the stream. While the stream is at capacity it waits (polling
+    /// every `idle_poll`) up to `timeout`, then answers
+    /// [`DurableError::Full`] having changed nothing.
+    pub async fn enqueue_cached<T: Serialize>(
+        &self,
+        item: &T,
+        cache_key: &str,
+        version: i64,
+        cached: &str,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<String, DurableError> {
+        const SCRIPT: &str = r#"
+            if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+            local current = redis.call('GET', KEYS[2])
+            local stored = current and tonumber(string.match(current, '^(-?%d+):'))
+            if not (stored and stored >= tonumber(ARGV[3])) then
+                redis.call('SET', KEYS[2], ARGV[3] .. ':' .. ARGV[4], 'PX', ARGV[5])
+            end
+            return redis.call('XADD', KEYS[1], '*', 'item', ARGV[2])
+        "#;
+        let json = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let capacity = i64::try_from(self.config.capacity).unwrap_or(i64::MAX);
+        let keys = vec![self.config.stream.clone(), cache_key.to_owned()];
+        let args: Vec<Value> = vec![capacity.into(), json.into(), version.into(), cached.into(), millis.into()];
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let added: Option<String> =
+                self.redis.timed("EVAL", self.redis.client().eval(SCRIPT, keys.clone(), args.clone())).await?;
+            if let Some(id) = added {
+                return Ok(id);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(DurableError::Full);
+            }
+            tokio::time::sleep(self.config.idle_poll.min(deadline - now)).await;
+        }
+    }
+
     async fn append<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
         let json = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
         let add =
@@ -171,6 +215,8 @@ pub struct DurableConsumer<T> {
     /// Until this consumer's own unacknowledged entries (from before a
     /// restart) are handled, reads start at `0` instead of `>`.
     recovering: std::sync::atomic::AtomicBool,
+    /// The stream's length at the last poll: entries not yet acknowledged.
+    backlog: std::sync::atomic::AtomicU64,
 }
 
 impl<T> std::fmt::Debug for DurableConsumer<T> {
@@ -206,6 +252,7 @@ where
             counters: Counters::default(),
             instruments: std::sync::Mutex::default(),
             recovering: std::sync::atomic::AtomicBool::new(true),
+            backlog: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -224,7 +271,7 @@ where
         let c = &self.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Acquire);
         Metrics {
-            enqueued: load(&c.persisted) + load(&c.failed),
+            enqueued: load(&c.persisted) + load(&c.failed) + load(&self.backlog),
             persisted: load(&c.persisted),
             failed: load(&c.failed),
             retries: load(&c.retries),
@@ -232,6 +279,7 @@ where
             dead_letter_errors: load(&c.dead_letter_errors),
             failing_for: c.failing_for(),
             capacity: self.config.capacity,
+            queue_depth: load(&self.backlog),
             ..Metrics::default()
         }
     }
@@ -265,6 +313,8 @@ where
     }
 
     async fn poll(&self, stop: Option<&CancellationToken>) -> Result<usize, DurableError> {
+        let backlog = self.redis.timed("XLEN", self.redis.client().xlen::<u64, _>(&self.config.stream)).await?;
+        self.backlog.store(backlog, std::sync::atomic::Ordering::Release);
         let mut entries = self.claim().await?;
         if entries.is_empty() {
             entries = self.read_new().await?;

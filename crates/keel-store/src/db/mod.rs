@@ -209,7 +209,7 @@ impl Database {
             #[cfg(feature = "postgres")]
             Pool::Postgres(pool) => postgres::run_migrations(pool).await,
             #[cfg(feature = "sqlite")]
-            Pool::Sqlite(pool) => sqlite::run_migrations(pool).await,
+            Pool::Sqlite(pool) => sqlite::run_migrations(pool, &self.url).await,
         }
     }
 

@@ -34,17 +34,38 @@ pub(super) async fn ping(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Key of the session advisory lock that serializes migrations across
+/// processes ("keel" + "migr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b65_656c_6d69_6772;
+
 pub(super) async fn run_migrations(pool: &PgPool) -> Result<usize, StoreError> {
-    let conn = pool.get().await.map_err(|err| StoreError::Pool(err.to_string()))?;
-    // The harness drives the async connection from a blocking thread: diesel's
-    // migration runner is synchronous.
-    tokio::task::spawn_blocking(move || {
-        let mut harness = AsyncMigrationHarness::new(conn);
-        harness
-            .run_pending_migrations(MIGRATIONS)
-            .map(|applied| applied.len())
-            .map_err(|err| StoreError::Migration(err.to_string()))
-    })
-    .await
-    .map_err(|err| StoreError::Migration(format!("migration task failed: {err}")))?
+    // Replicas starting at once on an empty database would race to create
+    // the same tables: the first to take the lock migrates, the others wait
+    // and then find nothing left to do. A session lock is released by the
+    // server if this process dies holding it.
+    let mut lock = pool.get().await.map_err(|err| StoreError::Pool(err.to_string()))?;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).execute(&mut lock).await?;
+    let conn = pool.get().await.map_err(|err| StoreError::Pool(err.to_string()));
+    let applied = match conn {
+        // The harness drives the async connection from a blocking thread:
+        // diesel's migration runner is synchronous.
+        Ok(conn) => tokio::task::spawn_blocking(move || {
+            let mut harness = AsyncMigrationHarness::new(conn);
+            harness
+                .run_pending_migrations(MIGRATIONS)
+                .map(|applied| applied.len())
+                .map_err(|err| StoreError::Migration(err.to_string()))
+        })
+        .await
+        .map_err(|err| StoreError::Migration(format!("migration task failed: {err}")))
+        .and_then(|applied| applied),
+        Err(err) => Err(err),
+    };
+    let unlocked = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(&mut lock).await;
+    if unlocked.is_err() {
+        // Dropping the connection from the pool ends its session, and with
+        // it the lock.
+        let _ = deadpool::managed::Object::take(lock);
+    }
+    applied
 }

@@ -51,14 +51,31 @@ pub(super) async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(super) async fn run_migrations(pool: &SqlitePool) -> Result<usize, StoreError> {
+pub(super) async fn run_migrations(pool: &SqlitePool, path: &str) -> Result<usize, StoreError> {
     let conn = pool.get().await.map_err(|err| StoreError::Pool(err.to_string()))?;
+    let lock_path = format!("{path}.migrate-lock");
     tokio::task::spawn_blocking(move || {
+        // Processes sharing the file migrate one at a time: an exclusive
+        // lock on a side file, released when it is closed (or the process dies).
+        let in_memory = lock_path.starts_with(":memory:") || lock_path.contains("mode=memory");
+        let lock = (!in_memory)
+            .then(|| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .and_then(|file| file.lock().map(|()| file))
+                    .map_err(|err| StoreError::Migration(format!("cannot lock {lock_path}: {err}")))
+            })
+            .transpose()?;
         let mut harness = AsyncMigrationHarness::new(conn);
-        harness
+        let applied = harness
             .run_pending_migrations(MIGRATIONS)
             .map(|applied| applied.len())
-            .map_err(|err| StoreError::Migration(err.to_string()))
+            .map_err(|err| StoreError::Migration(err.to_string()));
+        drop(lock);
+        applied
     })
     .await
     .map_err(|err| StoreError::Migration(format!("migration task failed: {err}")))?
