@@ -83,3 +83,114 @@ async fn bad_input_is_a_clear_4xx() {
     assert_eq!(missing.status(), 404);
     assert_eq!(json(missing).await["error"]["code"], "not_found");
 }
+
+#[tokio::test]
+async fn a_nul_byte_anywhere_in_the_value_is_a_400_naming_the_field() {
+    let (app, queue, _store, _dir) = fixture().await;
+    for (body, field) in
+        [(r#"{"s":"a\u0000b"}"#, "value.s"), (r#"{"a":[1,{"k\u0000":2}]}"#, "value.a[1]"), (r#""\u0000""#, "value")]
+    {
+        let response = send(&app, "PUT", "/api/v1/entries/k", Some(body.into())).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let message = json(response).await["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.starts_with(field) && message.contains("U+0000"), "{message}");
+    }
+    assert_eq!(queue.metrics().enqueued, 0, "nothing refused was queued");
+    assert_eq!(send(&app, "GET", "/api/v1/entries/k", None).await.status(), 404, "nor cached");
+}
+
+#[tokio::test]
+async fn a_full_in_process_queue_answers_503_with_retry_after_and_leaves_the_cache_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let telemetry = Telemetry::new("t").unwrap();
+    let db =
+        Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry).await.unwrap();
+    db.run_migrations().await.unwrap();
+    let store = DbEntries::new(db.clone());
+    // Room for one item, flushed only after an hour: the second write waits.
+    let config =
+        WriteBehindConfig { capacity: 1, flush_interval: Duration::from_secs(3600), ..WriteBehindConfig::default() };
+    let queue =
+        WriteBehind::start(config, Arc::new(store.clone()), Arc::new(DbDeadLetters::new(db, "entries"))).unwrap();
+    let entries = Entries::new(Cache::memory(), "test", EntrySink::Memory(queue.clone()), store)
+        .with_enqueue_timeout(Duration::from_millis(200));
+    let app = entries_router(entries.clone());
+    assert_eq!(send(&app, "PUT", "/api/v1/entries/first", Some("1".into())).await.status(), 202);
+    let started = std::time::Instant::now();
+    let refused = send(&app, "PUT", "/api/v1/entries/second", Some("2".into())).await;
+    assert_eq!(refused.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after the enqueue timeout, not the client's");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(send(&app, "GET", "/api/v1/entries/second", None).await.status(), 404, "the cache was not touched");
+    assert_eq!((entries.acknowledged(), queue.metrics().enqueued), (1, 1));
+}
+
+/// Cluster mode: one script sets the cache and appends to the stream.
+mod durable {
+    use super::*;
+    use fred::prelude::*;
+    use keel_store::testing::unique_prefix;
+    use keel_write_behind::{DurableConfig, DurableProducer};
+
+    async fn fixture(capacity: u64) -> (Router, Entries, keel_store::RedisStore, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::new("t").unwrap();
+        let db = Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry)
+            .await
+            .unwrap();
+        db.run_migrations().await.unwrap();
+        let redis = keel_store::testing::redis(&telemetry).await;
+        let namespace = unique_prefix("entries");
+        let stream = format!("{namespace}:entries:stream");
+        let config = DurableConfig { capacity, ..DurableConfig::new(stream.clone(), "g", "c") };
+        let producer = DurableProducer::new(redis.clone(), config);
+        let entries =
+            Entries::new(Cache::redis(redis.clone()), &namespace, EntrySink::Durable(producer), DbEntries::new(db))
+                .with_enqueue_timeout(Duration::from_millis(200));
+        (entries_router(entries.clone()), entries, redis, stream, dir)
+    }
+
+    async fn stream_len(redis: &keel_store::RedisStore, stream: &str) -> u64 {
+        redis.client().xlen(stream).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_stream_answers_503_with_retry_after_and_leaves_the_cache_alone() {
+        let (app, entries, redis, stream, _dir) = fixture(1).await;
+        assert_eq!(send(&app, "PUT", "/api/v1/entries/first", Some("1".into())).await.status(), 202);
+        let read = json(send(&app, "GET", "/api/v1/entries/first", None).await).await;
+        assert_eq!(read["value"], 1, "cached by the same script");
+        let refused = send(&app, "PUT", "/api/v1/entries/second", Some("2".into())).await;
+        assert_eq!((refused.status().as_u16(), refused.headers()["retry-after"].to_str().unwrap()), (503, "1"));
+        assert_eq!(send(&app, "GET", "/api/v1/entries/second", None).await.status(), 404, "the cache was not touched");
+        assert_eq!(stream_len(&redis, &stream).await, 1);
+        assert_eq!(entries.acknowledged(), 1);
+        let _: () = redis.client().del(&stream).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_mid_write_leaves_nothing_or_a_whole_write() {
+        use futures_util::FutureExt as _;
+        let (app, _entries, redis, stream, _dir) = fixture(10_000).await;
+        for i in 0..50 {
+            let request = Request::put(format!("/api/v1/entries/k{i}")).body(Body::from(i.to_string())).unwrap();
+            // Polled once (the write has started), then dropped, as a reset
+            // connection drops its handler.
+            assert!(app.clone().oneshot(request).now_or_never().is_none(), "the write waits for Redis");
+        }
+        let mut settled = 0;
+        for _ in 0..100 {
+            settled = stream_len(&redis, &stream).await;
+            if settled == 50 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(settled, 50, "every started write completed");
+        for i in 0..50 {
+            let read = send(&app, "GET", &format!("/api/v1/entries/k{i}"), None).await;
+            assert_eq!(read.status(), 200, "k{i} is queued, so it is cached too");
+        }
+        let _: () = redis.client().del(&stream).await.unwrap();
+    }
+}

@@ -82,10 +82,14 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
         let mut work: Vec<Vec<Attempt<T>>> =
             vec![batch.into_iter().enumerate().map(|(index, item)| Attempt { item, index, attempts: 0 }).collect()];
         let mut unreachable = 0u32;
+        // Refused items whose dead letters could not be stored yet: tried
+        // again once the rest of the batch is done, so they hold nothing up.
+        let mut unstored: Vec<(Attempt<T>, RepoError)> = Vec::new();
         while let Some(mut part) = work.pop() {
             if self.stopped() {
                 work.push(part);
-                return work.iter().flatten().map(|a| a.index).collect();
+                let left = work.iter().flatten().chain(unstored.iter().map(|(a, _)| a));
+                return left.map(|a| a.index).collect();
             }
             let items: Vec<T> = part.iter().map(|a| a.item.clone()).collect();
             let result = self.repository.upsert_many(&items).await;
@@ -118,7 +122,7 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
                     part[0].attempts += 1;
                     if part[0].attempts > self.policy.max_retries {
                         if !self.dead_letter(part.as_slice(), &err, done).await {
-                            work.push(part);
+                            unstored.extend(part.into_iter().map(|a| (a, err.clone())));
                         }
                     } else {
                         self.counters.retries.fetch_add(1, Ordering::AcqRel);
@@ -127,6 +131,21 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
                     }
                 }
             }
+        }
+        let mut failures = 0;
+        while !unstored.is_empty() {
+            failures += 1;
+            self.pause(self.policy.backoff.delay(failures)).await;
+            if self.stopped() {
+                return unstored.iter().map(|(a, _)| a.index).collect();
+            }
+            let mut still = Vec::new();
+            for (attempt, err) in unstored {
+                if !self.dead_letter(std::slice::from_ref(&attempt), &err, done).await {
+                    still.push((attempt, err));
+                }
+            }
+            unstored = still;
         }
         Vec::new()
     }
@@ -148,9 +167,8 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
         }
     }
 
-    /// Stores `part` as dead letters, trying again while the sink fails,
-    /// and counts them once stored. Returns `false` (nothing counted, the
-    /// items are not done) when `stop` ends the wait first.
+    /// Stores `part` as dead letters and counts them. Returns `false`
+    /// (nothing counted, the items are not done) when the sink fails.
     pub(crate) async fn dead_letter(
         &self,
         part: &[Attempt<T>],
@@ -163,27 +181,17 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
             .iter()
             .map(|a| DeadLetter { item: a.item.clone(), error: error.message.clone(), attempts: a.attempts, at: now })
             .collect();
-        let mut failures = 0;
-        loop {
-            match self.dead_letters.store(&letters).await {
-                Ok(()) => {
-                    tracing::warn!(items = n, error = %error.message, "items dead-lettered");
-                    self.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
-                    done(n);
-                    return true;
-                }
-                Err(err) => {
-                    self.counters.dead_letter_errors.fetch_add(n as u64, Ordering::AcqRel);
-                    failures += 1;
-                    tracing::error!(%err, items = n, "cannot store dead letters; the items stay queued and are tried again");
-                    if self.stopped() {
-                        return false;
-                    }
-                    self.pause(self.policy.backoff.delay(failures)).await;
-                    if self.stopped() {
-                        return false;
-                    }
-                }
+        match self.dead_letters.store(&letters).await {
+            Ok(()) => {
+                tracing::warn!(items = n, error = %error.message, "items dead-lettered");
+                self.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
+                done(n);
+                true
+            }
+            Err(err) => {
+                self.counters.dead_letter_errors.fetch_add(n as u64, Ordering::AcqRel);
+                tracing::error!(%err, items = n, "cannot store dead letters; the items stay queued and are tried again");
+                false
             }
         }
     }

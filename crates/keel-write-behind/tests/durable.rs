@@ -284,3 +284,81 @@ async fn a_batch_larger_than_one_acknowledgement_script_is_fully_removed() {
     assert_eq!(pending(&store, &stream, "workers").await, 0, "every entry is acknowledged");
     let _: i64 = store.client().del(&stream).await.unwrap();
 }
+
+/// A poison entry (PostgreSQL refuses U+0000 in jsonb) whose dead letter
+/// cannot be stored stays pending in the stream until it can; the good
+/// entries of its batch are persisted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_whose_dead_letter_cannot_be_stored_stays_pending_until_it_is() {
+    use diesel_async::RunQueryDsl as _;
+    let temp = TempDatabase::create("wb_dead_down").await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    let store = redis(&telemetry).await;
+    let stream = unique_prefix("stream");
+    let config = DurableConfig {
+        max_retries: 1,
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(200),
+        ..DurableConfig::new(&stream, "workers", "c1")
+    };
+    let producer = DurableProducer::new(store.clone(), config.clone());
+    let dead_letters = DbDeadLetters::new(database.clone(), "durable");
+    let consumer = Arc::new(
+        DurableConsumer::new(
+            store.clone(),
+            config,
+            Arc::new(DbEntries::new(database.clone())),
+            Arc::new(dead_letters.clone()),
+        )
+        .await
+        .unwrap(),
+    );
+    for key in 0..10 {
+        let mut item = write(key, 1);
+        if key == 4 {
+            item.value = json!({"v": "a\u{0}b"});
+        }
+        producer.enqueue(&item).await.unwrap();
+    }
+    let admin = |sql: &'static str| {
+        let database = database.clone();
+        async move {
+            let mut conn = database.postgres_connection().await.unwrap().unwrap();
+            diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+        }
+    };
+    // The dead-letter table is away: storing a letter fails for real.
+    admin("ALTER TABLE write_behind_dead_letters RENAME TO dead_letters_away").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let (consumer, stop) = (consumer.clone(), stop.clone());
+        async move { consumer.run(stop).await }
+    });
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while consumer.metrics().persisted < 9 || consumer.metrics().dead_letter_errors < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{:?}", consumer.metrics()));
+    let m = consumer.metrics();
+    assert_eq!((m.persisted, m.failed), (9, 0), "{m:?}");
+    assert_eq!(pending(&store, &stream, "workers").await, 10, "nothing acknowledged before the batch is done");
+    admin("ALTER TABLE dead_letters_away RENAME TO write_behind_dead_letters").await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while pending(&store, &stream, "workers").await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(consumer.metrics().failed, 1);
+    assert_eq!(dead_letters.count().await.unwrap(), 1);
+    let len: u64 = store.client().xlen(&stream).await.unwrap();
+    assert_eq!(len, 0, "acknowledged and deleted once the letter is stored");
+    stop.cancel();
+    running.await.unwrap();
+    temp.drop_database().await;
+}
