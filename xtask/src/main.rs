@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{cmd, deploy, docs, services, tidy};
+use xtask::{chaos, cmd, deploy, docs, services, tidy};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -21,6 +21,11 @@ cargo xtask <command>
   deploy-check       promtool checks and rule tests, dashboards, Kubernetes
                      manifests, every metric they name against a running api
                      and worker, and docs/OPERATIONS.md against the flags
+  chaos [--short] [--only NAME]
+                     release api + worker against a private PostgreSQL and
+                     Redis; one fault per scenario (kill, stop, pause, client
+                     reset, concurrent start); fails on any lost, regressed
+                     or phantom write (report under target/chaos/)
   docs               regenerate the configuration reference in
                      docs/OPERATIONS.md from the binaries' flags
 ";
@@ -55,6 +60,7 @@ fn run(args: &[String]) -> Result<()> {
             deploy::check(&root)
         }
         Some("docs") => docs::update(&root),
+        Some("chaos") => chaos::run(&root, &args[1..]),
         Some("bench") => cmd::cargo(&root, &[&["bench", "--workspace"], &as_strs(&args[1..])[..]].concat()),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{HELP}");
@@ -75,6 +81,7 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("tidy", || run_tidy(&[], root))?;
     step("services", services::up)?;
     step("deploy-check", || deploy::check(root))?;
+    step("chaos --short", || chaos::run(root, &["--short".to_owned()]))?;
     step("test", || test(root))?;
     eprintln!("xtask: ci passed in {:.0?}", started.elapsed());
     Ok(())

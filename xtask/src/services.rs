@@ -100,12 +100,12 @@ fn wait_for(name: &str, addr: &str, check: fn(&str) -> bool) -> Result<()> {
     bail!("{name} was started but does not answer on {addr} after 30s")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// In CI, as root, with apt available: install a missing server package.
-fn try_install(package: &str) -> Result<bool> {
+pub(crate) fn try_install(package: &str) -> Result<bool> {
     if std::env::var_os("CI").is_none() || !is_root() || !on_path("apt-get") {
         return Ok(false);
     }
@@ -134,7 +134,7 @@ fn postgres_bin_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-fn find_postgres_tool(tool: &str) -> Option<PathBuf> {
+pub(crate) fn find_postgres_tool(tool: &str) -> Option<PathBuf> {
     postgres_bin_dirs().into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
 }
 

@@ -187,3 +187,69 @@ timeout = "500ms"
     assert_eq!(http_get(&addr, "/readyz").await.0, 503);
     assert_eq!(terminate(&mut child).await, Some(0));
 }
+
+/// Redis is not there when `api` starts: it listens anyway, is live but not
+/// ready (naming Redis), and becomes ready once Redis appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_started_before_redis_waits_for_it_and_becomes_ready() {
+    use keel_store::testing::{RedisServer, TempDatabase, free_port};
+    let temp = TempDatabase::create("start_before_redis").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (redis_port, listen) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_api"))
+        .args(["--listen", &listen, "--log-format", "json"])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", temp.url())
+        .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+        .env("KEEL_NAMESPACE", keel_store::testing::unique_prefix("early"))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "api never listened on {listen}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for(&listen, "/livez", |status, _| status == 200).await;
+    // Readiness names what is missing (after the database and migrations).
+    let (status, _) = wait_for(&listen, "/readyz?verbose", |_, body| body.contains("[-]redis failed")).await;
+    assert_eq!(status, 503);
+    let (status, body) = http_get(&listen, "/api/v1/entries/k").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("waiting for redis"), "{body}");
+    let _redis = RedisServer::start_on(redis_port).await;
+    wait_for(&listen, "/readyz", |status, _| status == 200).await;
+    let (status, body) = keel_http::testing::http_request(&listen, "PUT", "/api/v1/entries/k", &[], "1").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(terminate(&mut child).await, Some(0));
+    temp.drop_database().await;
+}
+
+#[test]
+fn a_store_unreachable_past_the_startup_timeout_exits_69_with_one_line() {
+    let (code, err) = run_to_exit(
+        &["--log-format", "json", "--startup-timeout", "1s"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")],
+    );
+    assert_eq!(code, Some(69), "{err}");
+    let own: Vec<&str> = err.lines().filter(|l| l.starts_with("api:")).collect();
+    assert_eq!(own.len(), 1, "{err}");
+    assert!(own[0].contains("postgres unreachable"), "{err}");
+}
+
+#[test]
+fn a_malformed_redis_url_exits_64_before_anything_is_created_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_api"))
+        .args(["--log-format", "json"])
+        .env_remove("DATABASE_URL")
+        .env("REDIS_URL", "http://nope")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("data").exists(), "no embedded database was created");
+    let (code, err) = run_to_exit(&["--log-format", "json"], &[("DATABASE_URL", "postgres://a:b@:x:y/%%")]);
+    assert_eq!(code, Some(64), "{err}");
+}

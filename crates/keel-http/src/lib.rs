@@ -55,6 +55,8 @@ mod process;
 mod runtime;
 mod server;
 mod settings;
+#[cfg(feature = "runtime")]
+mod startup;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod text;
@@ -75,6 +77,8 @@ pub use ops::metrics_router;
 #[cfg(feature = "runtime")]
 pub use process::run_process;
 #[cfg(feature = "runtime")]
-pub use runtime::{RunMode, STORAGE_GROUP, Services, StartError};
+pub use runtime::{Prepared, RunMode, STORAGE_GROUP, Services, StartError};
 pub use server::{DrainConfig, ServeError, serve};
 pub use settings::settings_router;
+#[cfg(feature = "runtime")]
+pub use startup::Startup;

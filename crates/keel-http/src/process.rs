@@ -4,7 +4,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use crate::cli::{CommonArgs, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
-use crate::{Services, app_router, serve};
+use std::sync::{Arc, OnceLock};
+
+use keel_core::Shutdown;
+
+use crate::startup::gate_router;
+use crate::{ServeError, Services, StartError, Startup, app_router, serve};
 
 /// Builds the runtime, starts [`Services`], binds `listen`, logs
 /// `"<process> <announce> http://<addr>"`, serves until SIGINT/SIGTERM, drains,
@@ -21,13 +26,12 @@ pub fn run_process(process: &'static str, listen: SocketAddr, args: &CommonArgs,
 }
 
 async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, announce: &'static str) -> ExitCode {
-    let services = match Services::start(process, args).await {
-        Ok(services) => services,
-        Err(err) => {
-            eprintln!("{process}: {err}");
-            return err.exit_code();
-        }
+    let prepared = match Services::prepare(process, args) {
+        Ok(prepared) => prepared,
+        Err(err) => return fail(process, &err),
     };
+    // Listen before the stores answer: /livez is 200 and /readyz 503 naming
+    // what is missing while start-up waits for them.
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -36,9 +40,29 @@ async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, annou
         }
     };
     let addr = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
+    let shutdown = Shutdown::new();
+    if let Err(source) = shutdown.trigger_on_signals() {
+        return fail(process, &StartError::Os { what: "install signal handlers", source });
+    }
+    let (startup, app) = (Startup::default(), Arc::new(OnceLock::new()));
+    let server = tokio::spawn(serve(
+        listener,
+        gate_router(startup.clone(), app.clone()),
+        shutdown.clone(),
+        prepared.drain_config(),
+    ));
+    let services = match Services::connect(prepared, shutdown.clone(), &startup).await {
+        Ok(services) => services,
+        Err(err) => {
+            shutdown.trigger();
+            let _ = server.await;
+            return fail(process, &err);
+        }
+    };
+    let _ = app.set(app_router(&services));
     tracing::info!(mode = %services.mode, %addr, "{process} {announce} http://{addr}");
 
-    let served = serve(listener, app_router(&services), services.shutdown.clone(), services.drain_config()).await;
+    let served = server.await.unwrap_or_else(|err| Err(ServeError::Io(std::io::Error::other(err))));
     services.close().await;
     match served {
         Ok(()) => {
@@ -50,4 +74,11 @@ async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, annou
             ExitCode::from(EXIT_SOFTWARE)
         }
     }
+}
+
+fn fail(process: &str, err: &StartError) -> ExitCode {
+    if !matches!(err, StartError::Stopped) {
+        eprintln!("{process}: {err}");
+    }
+    err.exit_code()
 }

@@ -51,3 +51,17 @@ mod tests {
         assert_eq!(nul_path(&json!({"a": ["fine", 1, null, {"b": "\\u0000"}]}), "value"), None);
     }
 }
+
+/// `text` cut to at most 200 bytes (on a character boundary), with `…`
+/// when cut: error messages never echo more than that of their input.
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.into();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}

@@ -52,8 +52,11 @@ pub(crate) fn builder(config: &RedisConfig) -> Result<Builder, StoreError> {
             reason: format!("unsupported scheme {scheme:?} (expected redis:// or rediss://)"),
         });
     }
-    let fred_config = Config::from_url(&config.url)
+    let mut fred_config = Config::from_url(&config.url)
         .map_err(|err| StoreError::InvalidUrl { what: "redis", reason: err.details().to_owned() })?;
+    // The first connection follows the reconnect policy too: a process that
+    // starts before Redis waits for it instead of giving up.
+    fred_config.fail_fast = false;
     let mut builder = Builder::from_config(fred_config);
     // Unlimited attempts with capped exponential delay: Redis restarts are
     // survived without operator action.
@@ -76,9 +79,17 @@ impl RedisStore {
     /// Connects and waits for the first connection (up to the connect
     /// timeout). The client keeps reconnecting after later failures.
     pub async fn connect(config: &RedisConfig, telemetry: &keel_telemetry::Telemetry) -> Result<Self, StoreError> {
+        let store = Self::open(config, telemetry)?;
+        wait_connected(&store.client, config.connect_timeout).await?;
+        Ok(store)
+    }
+
+    /// Starts connecting without waiting: a malformed URL is an error here
+    /// ([`StoreError::InvalidUrl`]); the client keeps trying to reach the
+    /// server in the background, and [`ping`](Self::ping) tells when it has.
+    pub fn open(config: &RedisConfig, telemetry: &keel_telemetry::Telemetry) -> Result<Self, StoreError> {
         let client = builder(config)?.build()?;
         client.connect();
-        wait_connected(&client, config.connect_timeout).await?;
         Ok(Self { client, builder_config: config.clone(), metrics: StoreMetrics::new(telemetry) })
     }
 

@@ -90,6 +90,14 @@ pub async fn redis(telemetry: &keel_telemetry::Telemetry) -> RedisStore {
     })
 }
 
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|err| panic!("cannot pick a free port: {err}"))
+}
+
 /// A private `redis-server` on a free port, for tests that stop Redis. It is
 /// killed on drop.
 #[derive(Debug)]
@@ -101,10 +109,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one; panics with a clear message when `redis-server` is missing.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|err| panic!("cannot pick a free port: {err}"));
+        Self::start_on(free_port()).await
+    }
+
+    /// Starts one on `port` (e.g. one a process under test already points at).
+    pub async fn start_on(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())

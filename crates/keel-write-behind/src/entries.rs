@@ -314,7 +314,6 @@ mod tests {
     fn dead_letter_json_loses_its_nul_bytes_and_nothing_else() {
         let item = serde_json::json!({"k\u{0}": ["a\u{0}b", {"x": "\\u0000"}], "n": 1});
         let stored = super::storable_json(item.to_string());
-        assert!(!stored.contains("\\u0000\""), "{stored}");
         let back: serde_json::Value = serde_json::from_str(&stored).unwrap();
         assert_eq!(back, serde_json::json!({"k\u{fffd}": ["a\u{fffd}b", {"x": "\\u0000"}], "n": 1}));
         assert_eq!(super::storable_json("{\"a\":1}".into()), "{\"a\":1}");

@@ -108,11 +108,24 @@ impl Database {
     /// Connects (lazily: the pool opens connections on demand) and verifies
     /// the database answers.
     pub async fn connect(config: &DbConfig, telemetry: &Telemetry) -> Result<Self, StoreError> {
+        let db = Self::open(config, telemetry)?;
+        db.ping().await?;
+        Ok(db)
+    }
+
+    /// Builds the pool without touching the network: a malformed URL is an
+    /// error here ([`StoreError::InvalidUrl`]); whether the server answers
+    /// is for [`ping`](Self::ping) to find out (and retry).
+    pub fn open(config: &DbConfig, telemetry: &Telemetry) -> Result<Self, StoreError> {
         let url = config.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
         let (pool, url): (Pool, String) = match url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 #[cfg(feature = "postgres")]
                 {
+                    url.parse::<tokio_postgres::Config>().map_err(|err| StoreError::InvalidUrl {
+                        what: "database",
+                        reason: format!("cannot parse the postgres url: {err}"),
+                    })?;
                     (Pool::Postgres(postgres::build_pool(url, config)?), url.to_owned())
                 }
                 #[cfg(not(feature = "postgres"))]
@@ -143,9 +156,7 @@ impl Database {
         };
         let metrics = StoreMetrics::new(telemetry);
         let gauges = Arc::new(pool_gauges(telemetry, &pool));
-        let db = Self { pool, url: url.into(), metrics, _gauges: gauges };
-        db.ping().await?;
-        Ok(db)
+        Ok(Self { pool, url: url.into(), metrics, _gauges: gauges })
     }
 
     /// Which backend this is.

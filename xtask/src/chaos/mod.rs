@@ -1,0 +1,494 @@
+//! `cargo xtask chaos`: the release `api` and `worker` against a private
+//! PostgreSQL and Redis, one injected fault per scenario, and a comparison
+//! of what was acknowledged with what is stored.
+
+mod load;
+mod servers;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use load::{Ledger, Load};
+use servers::{Binary, Postgres, Redis, signal};
+
+/// What a scenario breaks while the writers run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    WorkerKill,
+    PgStop,
+    PgPause,
+    RedisKill,
+    RedisPause,
+    ConcurrentStart,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Scenario {
+    name: &'static str,
+    /// Redis Streams (api + worker) or the in-process queue (api alone).
+    streams: bool,
+    load: Load,
+    fault: Fault,
+}
+
+const SCENARIOS: [Scenario; 9] = [
+    Scenario { name: "worker-kill", streams: true, load: Load::Entries, fault: Fault::WorkerKill },
+    Scenario { name: "pg-stop", streams: true, load: Load::Entries, fault: Fault::PgStop },
+    Scenario { name: "pg-pause", streams: true, load: Load::Entries, fault: Fault::PgPause },
+    Scenario { name: "redis-kill", streams: true, load: Load::Entries, fault: Fault::RedisKill },
+    Scenario { name: "redis-pause", streams: true, load: Load::Entries, fault: Fault::RedisPause },
+    Scenario { name: "client-reset", streams: true, load: Load::Reset, fault: Fault::None },
+    Scenario { name: "in-process-pg-stop", streams: false, load: Load::Entries, fault: Fault::PgStop },
+    Scenario { name: "metadata-pg-stop", streams: true, load: Load::Metadata, fault: Fault::PgStop },
+    Scenario { name: "concurrent-start", streams: true, load: Load::Entries, fault: Fault::ConcurrentStart },
+];
+
+/// Durations and rates of one run.
+#[derive(Clone, Copy, Debug)]
+struct Profile {
+    name: &'static str,
+    warm_up: Duration,
+    fault: Duration,
+    after: Duration,
+    rate: u32,
+    writers: usize,
+}
+
+const FULL: Profile = Profile {
+    name: "full",
+    warm_up: Duration::from_secs(2),
+    fault: Duration::from_secs(10),
+    after: Duration::from_secs(3),
+    rate: 300,
+    writers: 6,
+};
+const SHORT: Profile = Profile {
+    name: "short",
+    warm_up: Duration::from_secs(1),
+    fault: Duration::from_secs(4),
+    after: Duration::from_secs(2),
+    rate: 200,
+    writers: 4,
+};
+
+/// One row of the table.
+#[derive(Debug, Default)]
+struct Outcome {
+    name: String,
+    acknowledged: usize,
+    persisted: usize,
+    lost: usize,
+    regressed: usize,
+    dead_lettered: u64,
+    phantoms: usize,
+    recovery: Duration,
+    /// `acknowledged = persisted + dead-lettered + pending`, from the
+    /// processes' own metrics: `Some(false)` is a failure.
+    accounting: Option<bool>,
+    failure: Option<String>,
+}
+
+impl Outcome {
+    fn bad(&self) -> bool {
+        self.lost > 0
+            || self.regressed > 0
+            || self.phantoms > 0
+            || self.failure.is_some()
+            || self.accounting == Some(false)
+    }
+}
+
+/// `cargo xtask chaos [--short] [--only NAME]`.
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let mut profile = FULL;
+    let mut only = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--short" => profile = SHORT,
+            "--only" => only = Some(rest.next().context("--only needs a scenario name")?.clone()),
+            other => bail!("unknown chaos option {other:?} (use --short, --only NAME)"),
+        }
+    }
+    let scenarios: Vec<Scenario> =
+        SCENARIOS.iter().copied().filter(|s| only.as_deref().is_none_or(|o| o == s.name)).collect();
+    if scenarios.is_empty() {
+        bail!("no scenario named {only:?}");
+    }
+    crate::cmd::cargo(root, &["build", "--release", "-p", "api", "-p", "worker"])?;
+    let dir = root.join("target").join("chaos");
+    std::fs::create_dir_all(&dir)?;
+    let lab = Lab {
+        pg: Postgres::start(&dir.join("postgres"))?,
+        redis: Redis::start(&dir.join("redis"))?,
+        api: root.join("target/release/api"),
+        worker: root.join("target/release/worker"),
+        dir: dir.clone(),
+        profile,
+    };
+    eprintln!("xtask: chaos ({} profile): postgres :{}, redis :{}", profile.name, lab.pg.port, lab.redis.port);
+    let mut lab = lab;
+    let mut outcomes = Vec::new();
+    for scenario in scenarios {
+        eprintln!("xtask: chaos: {} ...", scenario.name);
+        let outcome = lab.run(scenario).unwrap_or_else(|err| Outcome {
+            name: scenario.name.to_owned(),
+            failure: Some(format!("{err:#}")),
+            ..Outcome::default()
+        });
+        eprintln!("xtask: chaos: {} done{}", scenario.name, if outcome.bad() { ": FAILED" } else { "" });
+        outcomes.push(outcome);
+    }
+    print_table(&outcomes);
+    let report = dir.join("report.json");
+    std::fs::write(&report, serde_json::to_string_pretty(&report_json(profile, &outcomes))?)?;
+    eprintln!("xtask: chaos report written to {}", report.display());
+    let failed: Vec<&str> = outcomes.iter().filter(|o| o.bad()).map(|o| o.name.as_str()).collect();
+    if !failed.is_empty() {
+        for o in outcomes.iter().filter(|o| o.failure.is_some()) {
+            eprintln!("xtask: chaos: {}: {}", o.name, o.failure.as_deref().unwrap_or_default());
+        }
+        bail!("chaos scenarios failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+struct Lab {
+    pg: Postgres,
+    redis: Redis,
+    api: PathBuf,
+    worker: PathBuf,
+    dir: PathBuf,
+    profile: Profile,
+}
+
+impl Lab {
+    fn run(&mut self, scenario: Scenario) -> Result<Outcome> {
+        let database = format!("chaos_{}", scenario.name.replace('-', "_"));
+        self.pg.recreate(&database)?;
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+        let mut envs = vec![
+            ("DATABASE_URL", self.pg.url(&database)),
+            ("KEEL_NAMESPACE", format!("chaos-{}-{stamp}", scenario.name)),
+            ("KEEL_DATA_DIR", self.dir.join("data").display().to_string()),
+        ];
+        if scenario.streams {
+            envs.push(("REDIS_URL", self.redis.url()));
+        }
+        let log = self.dir.join(format!("{}.log", scenario.name));
+        let _ = std::fs::remove_file(&log);
+        if scenario.fault == Fault::ConcurrentStart {
+            return self.concurrent_start(scenario, &envs, &log);
+        }
+        let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), &log)?;
+        let mut worker = if scenario.streams {
+            let envs = with(&envs, "KEEL_INSTANCE_ID", "chaos-worker");
+            Some(Binary::spawn(&self.worker, "--admin-listen", &envs, &log)?)
+        } else {
+            None
+        };
+        api.wait_ready(Duration::from_secs(60))?;
+        if let Some(worker) = &mut worker {
+            worker.wait_ready(Duration::from_secs(60))?;
+        }
+
+        let (ledger, stop) = (Arc::new(Ledger::default()), Arc::new(AtomicBool::new(false)));
+        let writers =
+            load::spawn_writers(scenario.load, &api.addr, self.profile.writers, self.profile.rate, &ledger, &stop);
+        std::thread::sleep(self.profile.warm_up);
+        let injected = self.inject(scenario.fault, worker.as_mut());
+        let fault_end = Instant::now();
+        let after = injected.and_then(|()| {
+            std::thread::sleep(self.profile.after);
+            Ok(())
+        });
+        load::join(writers, &stop)?;
+        after?;
+        if let Some(worker) = &mut worker {
+            worker.wait_ready(Duration::from_secs(60))?;
+        }
+        let mut outcome = self.settle(scenario, &database, &ledger, &api.addr)?;
+        outcome.recovery = fault_end.elapsed();
+        outcome.accounting = self.accounting(scenario, &api.addr, worker.as_ref().map(|w| w.addr.as_str()), &ledger)?;
+        outcome.dead_lettered = self.count(&database, "SELECT count(*) FROM write_behind_dead_letters")?;
+        if let Some(worker) = &mut worker {
+            worker.stop();
+        }
+        api.stop();
+        Ok(outcome)
+    }
+
+    /// Breaks what `fault` names for the profile's fault time, then mends it.
+    fn inject(&mut self, fault: Fault, worker: Option<&mut Binary>) -> Result<()> {
+        let hold = self.profile.fault;
+        match fault {
+            Fault::None | Fault::ConcurrentStart => std::thread::sleep(hold),
+            Fault::WorkerKill => {
+                let worker = worker.context("worker-kill needs a worker")?;
+                worker.kill()?;
+                std::thread::sleep(hold);
+                worker.restart()?;
+            }
+            Fault::PgStop => {
+                self.pg.stop_fast()?;
+                std::thread::sleep(hold);
+                self.pg.up()?;
+            }
+            Fault::PgPause => {
+                let pids = self.pg.pids()?;
+                signal(&pids, "STOP")?;
+                std::thread::sleep(hold);
+                signal(&pids, "CONT")?;
+            }
+            Fault::RedisKill => {
+                self.redis.kill()?;
+                std::thread::sleep(hold);
+                self.redis.up()?;
+            }
+            Fault::RedisPause => {
+                let pid = self.redis.pid();
+                signal(&pid, "STOP")?;
+                std::thread::sleep(hold);
+                signal(&pid, "CONT")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (up to 90 s) until every acknowledged write is stored, then
+    /// compares.
+    fn settle(&self, scenario: Scenario, database: &str, ledger: &Ledger, api: &str) -> Result<Outcome> {
+        let acked = ledger.acked.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?.clone();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let outcome = self.compare(scenario, database, &acked)?;
+            if (outcome.lost == 0 && outcome.regressed == 0) || Instant::now() > deadline {
+                let phantoms = self.phantoms(scenario, database, ledger, api)?;
+                return Ok(Outcome { phantoms, ..outcome });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn compare(&self, scenario: Scenario, database: &str, acked: &HashMap<String, i64>) -> Result<Outcome> {
+        let mut outcome = Outcome { name: scenario.name.to_owned(), acknowledged: acked.len(), ..Outcome::default() };
+        if scenario.load == Load::Metadata {
+            let stored: HashSet<String> =
+                self.pg.psql(database, "SELECT agent_id FROM agent_metadata")?.lines().map(str::to_owned).collect();
+            outcome.persisted = acked.keys().filter(|agent| stored.contains(*agent)).count();
+            outcome.lost = acked.len() - outcome.persisted;
+            return Ok(outcome);
+        }
+        let stored = self.entries(database)?;
+        for (key, version) in acked {
+            match stored.get(key) {
+                None => outcome.lost += 1,
+                Some(stored) if stored < version => outcome.regressed += 1,
+                Some(_) => outcome.persisted += 1,
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn entries(&self, database: &str) -> Result<HashMap<String, i64>> {
+        let rows = self.pg.psql(database, "SELECT key, version FROM entries WHERE NOT deleted")?;
+        Ok(rows
+            .lines()
+            .filter_map(|line| line.split_once('|'))
+            .filter_map(|(key, version)| Some((key.to_owned(), version.parse().ok()?)))
+            .collect())
+    }
+
+    /// Keys a GET serves at a version the database does not hold: the
+    /// cache showing a write that was never persisted.
+    fn phantoms(&self, scenario: Scenario, database: &str, ledger: &Ledger, api: &str) -> Result<usize> {
+        if scenario.load == Load::Metadata {
+            return Ok(0);
+        }
+        let attempted = ledger.attempted.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?.clone();
+        let stored = self.entries(database)?;
+        let mut phantoms = 0;
+        for key in attempted {
+            let (status, body) = load::get(api, &format!("/api/v1/entries/{key}"))?;
+            let served = (status == 200).then(|| load::version_of(&body)).flatten();
+            if let Some(served) = served
+                && stored.get(&key).is_none_or(|stored| *stored < served)
+            {
+                eprintln!("xtask: chaos: phantom {key}: served version {served}, stored {:?}", stored.get(&key));
+                phantoms += 1;
+            }
+        }
+        Ok(phantoms)
+    }
+
+    /// The processes' own accounting at quiescence: in-process,
+    /// `enqueued = persisted + failed + depth + in flight`; with a stream,
+    /// the api's acknowledgements = the worker's persisted + dead-lettered +
+    /// the stream backlog (not checked where the worker restarted or Redis
+    /// lost its consumer bookkeeping mid-flight, which replays entries).
+    fn accounting(&self, scenario: Scenario, api: &str, worker: Option<&str>, ledger: &Ledger) -> Result<Option<bool>> {
+        if scenario.load == Load::Metadata
+            || matches!(scenario.fault, Fault::WorkerKill | Fault::RedisKill | Fault::RedisPause)
+        {
+            return Ok(None);
+        }
+        let api_metrics = load::get(api, "/metrics")?.1;
+        let acknowledged = metric(&api_metrics, "keel_entries_acknowledged_total", "");
+        if scenario.load == Load::Entries && acknowledged != ledger.acks.load(Ordering::Acquire) as f64 {
+            eprintln!(
+                "xtask: chaos: api acknowledged {acknowledged}, writers saw {}",
+                ledger.acks.load(Ordering::Acquire)
+            );
+            return Ok(Some(false));
+        }
+        let queue = "queue=\"entries\"";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let figures = match worker {
+                Some(worker) => load::get(worker, "/metrics")?.1,
+                None => load::get(api, "/metrics")?.1,
+            };
+            let handled = metric(&figures, "keel_write_behind_persisted_total", queue)
+                + metric(&figures, "keel_write_behind_failed_total", queue)
+                + metric(&figures, "keel_write_behind_queue_depth", queue)
+                + metric(&figures, "keel_write_behind_in_flight", queue);
+            if handled == acknowledged {
+                return Ok(Some(true));
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "xtask: chaos: acknowledged {acknowledged} but persisted + dead-lettered + pending = {handled}"
+                );
+                return Ok(Some(false));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn count(&self, database: &str, sql: &str) -> Result<u64> {
+        Ok(self.pg.psql(database, sql)?.trim().parse().unwrap_or(0))
+    }
+
+    /// Three `api` and one `worker` started in the same instant on an empty
+    /// database: all must become ready.
+    fn concurrent_start(&self, scenario: Scenario, envs: &[(&'static str, String)], log: &Path) -> Result<Outcome> {
+        let started = Instant::now();
+        let mut processes = Vec::new();
+        for i in 0..3 {
+            let envs = with(envs, "KEEL_INSTANCE_ID", &format!("chaos-api-{i}"));
+            processes.push(Binary::spawn(&self.api, "--listen", &envs, log)?);
+        }
+        processes.push(Binary::spawn(&self.worker, "--admin-listen", &with(envs, "KEEL_INSTANCE_ID", "chaos-w"), log)?);
+        let mut failure = None;
+        for process in &mut processes {
+            if let Err(err) = process.wait_ready(Duration::from_secs(60)) {
+                failure.get_or_insert(format!("{err:#}"));
+            }
+        }
+        let recovery = started.elapsed();
+        for process in &mut processes {
+            process.stop();
+        }
+        Ok(Outcome { name: scenario.name.to_owned(), recovery, failure, ..Outcome::default() })
+    }
+}
+
+fn with(envs: &[(&'static str, String)], key: &'static str, value: &str) -> Vec<(&'static str, String)> {
+    let mut envs = envs.to_vec();
+    envs.push((key, value.to_owned()));
+    envs
+}
+
+/// The value of the series `name{…labels…}` in a Prometheus exposition (0
+/// when absent).
+fn metric(exposition: &str, name: &str, label: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn print_table(outcomes: &[Outcome]) {
+    println!(
+        "{:<20} {:>6} {:>9} {:>5} {:>9} {:>13} {:>8} {:>9} {:>10}  result",
+        "scenario", "acked", "persisted", "lost", "regressed", "dead-lettered", "phantoms", "recovery", "accounting"
+    );
+    for o in outcomes {
+        let accounting = match o.accounting {
+            Some(true) => "exact",
+            Some(false) => "MISMATCH",
+            None => "n/a",
+        };
+        println!(
+            "{:<20} {:>6} {:>9} {:>5} {:>9} {:>13} {:>8} {:>8.1}s {:>10}  {}",
+            o.name,
+            o.acknowledged,
+            o.persisted,
+            o.lost,
+            o.regressed,
+            o.dead_lettered,
+            o.phantoms,
+            o.recovery.as_secs_f64(),
+            accounting,
+            if o.bad() { "FAIL" } else { "ok" }
+        );
+    }
+}
+
+fn report_json(profile: Profile, outcomes: &[Outcome]) -> serde_json::Value {
+    json!({
+        "profile": profile.name,
+        "fault_seconds": profile.fault.as_secs(),
+        "rate_per_second": profile.rate,
+        "scenarios": outcomes.iter().map(|o| json!({
+            "scenario": o.name,
+            "acknowledged": o.acknowledged,
+            "persisted": o.persisted,
+            "lost": o.lost,
+            "regressed": o.regressed,
+            "dead_lettered": o.dead_lettered,
+            "phantoms": o.phantoms,
+            "recovery_seconds": o.recovery.as_secs_f64(),
+            "accounting": o.accounting,
+            "failure": o.failure,
+            "ok": !o.bad(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_are_read_by_name_and_label_and_summed() {
+        let text =
+            "# HELP x\nkeel_a_total{queue=\"entries\"} 3\nkeel_a_total{queue=\"other\"} 4\nkeel_ab_total 9\nkeel_b 2\n";
+        assert_eq!(metric(text, "keel_a_total", "queue=\"entries\""), 3.0);
+        assert_eq!(metric(text, "keel_a_total", ""), 7.0);
+        assert_eq!(metric(text, "keel_b", ""), 2.0);
+        assert_eq!(metric(text, "keel_c", ""), 0.0);
+    }
+
+    #[test]
+    fn an_outcome_with_any_loss_regression_or_phantom_fails() {
+        assert!(!Outcome::default().bad());
+        for outcome in [
+            Outcome { lost: 1, ..Outcome::default() },
+            Outcome { regressed: 1, ..Outcome::default() },
+            Outcome { phantoms: 1, ..Outcome::default() },
+            Outcome { accounting: Some(false), ..Outcome::default() },
+        ] {
+            assert!(outcome.bad(), "{outcome:?}");
+        }
+        assert_eq!(load::version_of("{\"key\":\"k\",\"version\":42}"), Some(42));
+    }
+}

@@ -1,0 +1,297 @@
+//! The real parts a chaos scenario breaks: a private PostgreSQL cluster, a
+//! private redis-server, and the release `api` and `worker` binaries.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{on_path, run};
+use crate::services::{find_postgres_tool, is_root, try_install};
+
+/// A port nothing listens on now.
+pub(crate) fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn answers(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// Sends `signal` (e.g. `STOP`, `CONT`, `KILL`) to `pids`.
+pub(crate) fn signal(pids: &[u32], signal: &str) -> Result<()> {
+    if pids.is_empty() {
+        bail!("no process to send SIG{signal} to");
+    }
+    let mut kill = Command::new("kill");
+    kill.arg(format!("-{signal}")).args(pids.iter().map(u32::to_string));
+    run(kill.stdout(Stdio::null()))
+}
+
+/// A PostgreSQL cluster of our own, under `dir`, on its own port.
+pub(crate) struct Postgres {
+    pub(crate) port: u16,
+    data: PathBuf,
+    log: PathBuf,
+    pg_ctl: PathBuf,
+}
+
+impl Postgres {
+    pub(crate) fn start(dir: &Path) -> Result<Self> {
+        if find_postgres_tool("initdb").is_none() && !try_install("postgresql")? {
+            bail!("chaos needs PostgreSQL's initdb and pg_ctl (Debian: apt-get install postgresql)");
+        }
+        let (Some(initdb), Some(pg_ctl)) = (find_postgres_tool("initdb"), find_postgres_tool("pg_ctl")) else {
+            bail!("initdb/pg_ctl not found although PostgreSQL seems installed");
+        };
+        std::fs::create_dir_all(dir)?;
+        if is_root() {
+            run(Command::new("chown").args(["-R", "postgres"]).arg(dir))?;
+        }
+        let pg = Self { port: free_port()?, data: dir.join("data"), log: dir.join("postgres.log"), pg_ctl };
+        if !pg.data.join("PG_VERSION").exists() {
+            run(as_postgres(&initdb)
+                .args(["-A", "trust", "-U", "postgres", "-D"])
+                .arg(&pg.data)
+                .stdout(Stdio::null()))?;
+        }
+        pg.up()?;
+        Ok(pg)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub(crate) fn up(&self) -> Result<()> {
+        let options = format!("-p {} -c listen_addresses=127.0.0.1 -k {}", self.port, self.data.display());
+        run(as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-o", &options, "-w", "start"])
+            .stdout(Stdio::null()))
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are terminated, the server exits.
+    pub(crate) fn stop_fast(&self) -> Result<()> {
+        run(as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null()))
+    }
+
+    /// The postmaster and every backend of this cluster.
+    pub(crate) fn pids(&self) -> Result<Vec<u32>> {
+        let pidfile = std::fs::read_to_string(self.data.join("postmaster.pid")).context("postmaster.pid")?;
+        let master: u32 = pidfile.lines().next().unwrap_or_default().trim().parse().context("postmaster pid")?;
+        let mut pids = vec![master];
+        for entry in std::fs::read_dir("/proc")?.filter_map(|e| e.ok()) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid.and_then(|p| p.parse::<u32>().ok()) == Some(master) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
+    pub(crate) fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Runs `sql` with psql; rows as `|`-separated lines.
+    pub(crate) fn psql(&self, database: &str, sql: &str) -> Result<String> {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .context("cannot run psql")?;
+        if !out.status.success() {
+            bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub(crate) fn recreate(&self, database: &str) -> Result<()> {
+        self.psql("postgres", &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))?;
+        self.psql("postgres", &format!("CREATE DATABASE {database}"))?;
+        Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.pg_ctl)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A redis-server of our own that syncs its append-only file on every
+/// write, so a killed and restarted server keeps what it acknowledged.
+pub(crate) struct Redis {
+    pub(crate) port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub(crate) fn start(dir: &Path) -> Result<Self> {
+        if !on_path("redis-server") && !try_install("redis-server")? {
+            bail!("chaos needs redis-server (Debian: apt-get install redis-server)");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        let mut redis = Self { port: free_port()?, dir: dir.to_path_buf(), child: None };
+        redis.up()?;
+        Ok(redis)
+    }
+
+    pub(crate) fn up(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server")?;
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), || answers(self.port)).context("redis-server did not start")
+    }
+
+    pub(crate) fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pid(&self) -> Vec<u32> {
+        self.child.iter().map(Child::id).collect()
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Polls `ready` every 50 ms for at most `limit`.
+pub(crate) fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("not ready after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A running `api` or `worker`.
+pub(crate) struct Binary {
+    pub(crate) addr: String,
+    child: Child,
+    command: Vec<String>,
+    envs: Vec<(String, String)>,
+    path: PathBuf,
+    log: PathBuf,
+}
+
+impl Binary {
+    /// Starts `path` listening on a free port (`listen_flag`), with `envs`;
+    /// its output goes to `log`.
+    pub(crate) fn spawn(path: &Path, listen_flag: &str, envs: &[(&str, String)], log: &Path) -> Result<Self> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let command = vec![listen_flag.to_owned(), addr.clone(), "--log-format".into(), "json".into()];
+        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let child = Self::launch(path, &command, &envs, log)?;
+        Ok(Self { addr, child, command, envs, path: path.to_path_buf(), log: log.to_path_buf() })
+    }
+
+    fn launch(path: &Path, args: &[String], envs: &[(String, String)], log: &Path) -> Result<Child> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        Command::new(path)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))
+    }
+
+    /// Waits for `/readyz` to answer 200.
+    pub(crate) fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let (addr, child) = (self.addr.clone(), &mut self.child);
+        let mut exited = None;
+        let ready = wait_until(limit, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            super::load::get(&addr, "/readyz").is_ok_and(|(status, _)| status == 200)
+        });
+        if let Some(status) = exited {
+            bail!("{} exited with {status} while starting (log: {})", self.path.display(), self.log.display());
+        }
+        ready.with_context(|| format!("{} on {addr} not ready (log: {})", self.path.display(), self.log.display()))
+    }
+
+    pub(crate) fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the same command again (after [`kill`](Self::kill)).
+    pub(crate) fn restart(&mut self) -> Result<()> {
+        self.child = Self::launch(&self.path, &self.command, &self.envs, &self.log)?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 30 s).
+    pub(crate) fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.kill();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
