@@ -11,9 +11,13 @@
 //!   `flush_interval` (5 s), and at shutdown, when the channel is drained into
 //!   the map first and the final flush gets `final_flush_timeout` (15 s). An
 //!   empty flush does nothing.
-//! - A failed write is merged back into the map (newer values keep winning)
-//!   and retried with exponential backoff; after `max_attempts` its keys are
-//!   dropped and counted. Nothing is dropped silently:
+//! - A write that fails transiently (the sink is unreachable) is merged back
+//!   into the map (newer values keep winning) and retried with exponential
+//!   backoff for as long as it takes; meanwhile the owner holds at most
+//!   `max_pending_keys` and then lets the channel fill, so further adds are
+//!   refused, never accepted and lost. A write the sink refuses (a permanent
+//!   [`SinkError`]) is split until the refused items are alone; only those
+//!   are dropped, counted as rejected. Nothing is dropped silently:
 //!   `offered = flushed + deduplicated + dropped + pending` ([`BatcherStats`]).
 //!
 //! # Example

@@ -36,6 +36,20 @@ pub(crate) fn nul_error(field: &str) -> ApiError {
     ApiError::bad_request(format!("{field} contains U+0000, which cannot be stored"))
 }
 
+/// `text` cut to at most 200 bytes (on a character boundary), with `…`
+/// when cut: error messages never echo more than that of their input.
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    if text.len() <= MAX {
+        return text.into();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -50,18 +64,12 @@ mod tests {
         assert_eq!(nul_path(&json!({"a b": ["ok", "\u{0}"]}), "v"), Some("v[\"a b\"][1]".into()));
         assert_eq!(nul_path(&json!({"a": ["fine", 1, null, {"b": "\\u0000"}]}), "value"), None);
     }
-}
 
-/// `text` cut to at most 200 bytes (on a character boundary), with `…`
-/// when cut: error messages never echo more than that of their input.
-pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text.into();
+    #[test]
+    fn clipped_text_keeps_200_bytes_on_a_character_boundary() {
+        assert_eq!(super::clip("short"), "short");
+        let long = "é".repeat(500);
+        let clipped = super::clip(&long);
+        assert!(clipped.len() <= 203 && clipped.ends_with('…'), "{clipped}");
     }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end]).into()
 }

@@ -38,7 +38,8 @@ pub struct DurableConfig {
     /// Pause between polls when there is nothing to read, and between
     /// capacity checks of a waiting producer (50 ms).
     pub idle_poll: Duration,
-    /// Retries of a single failing item before it is dead-lettered (5).
+    /// Retries of an item the store refuses on its own before it is
+    /// dead-lettered (5). Transient failures are never counted here.
     pub max_retries: u32,
     /// First retry delay, doubled each time (100 ms)...
     pub backoff_initial: Duration,

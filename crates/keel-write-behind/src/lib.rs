@@ -8,10 +8,15 @@
 //! - One flusher writes batches of up to `batch_size` through a
 //!   [`Repository`], as soon as a batch is full or `flush_interval` after the
 //!   oldest queued item.
-//! - A failing batch is split in halves so one poison item cannot hold back
-//!   the rest; single items are retried with exponential backoff and jitter;
-//!   after `max_retries` retries an item goes to the [`DeadLetters`] sink and
-//!   is counted. Never an infinite loop, never a silent drop.
+//! - A batch that fails transiently ([`RepoError::transient`]: the store is
+//!   unreachable or busy) waits and is tried again whole, with capped
+//!   exponential backoff and jitter, for as long as the outage lasts: never
+//!   an item's attempt, never a dead letter. A batch the store refuses
+//!   ([`RepoError::permanent`]) is split in halves so one poison item cannot
+//!   hold back the rest; an item refused on its own is retried, and after
+//!   `max_retries` retries goes to the [`DeadLetters`] sink and is counted.
+//!   An item is done only once persisted or its dead letter is stored.
+//!   Never a silent drop.
 //! - With coalescing on, a queued item is replaced by a newer one with the
 //!   same [`Keyed::key`] (last write wins inside the queue).
 //! - [`WriteBehind::shutdown`] drains everything within a timeout; leftovers

@@ -104,7 +104,8 @@ pub struct WriteBehindConfig {
     pub batch_size: usize,
     /// Longest wait from the oldest queued item to its batch (1 s).
     pub flush_interval: Duration,
-    /// Retries of a single failing item before it is dead-lettered (5).
+    /// Retries of an item the store refuses on its own before it is
+    /// dead-lettered (5). Transient failures are never counted here.
     pub max_retries: u32,
     /// First retry delay, doubled each time (100 ms)...
     pub backoff_initial: Duration,

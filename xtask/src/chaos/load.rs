@@ -56,8 +56,8 @@ pub(crate) struct Ledger {
     pub(crate) attempted: Mutex<HashSet<String>>,
     pub(crate) acks: AtomicU64,
     pub(crate) refusals: AtomicU64,
-    /// Acknowledgements since the last reset of this counter.
-    pub(crate) recent: AtomicU64,
+    /// When each acknowledgement arrived.
+    pub(crate) times: Mutex<Vec<Instant>>,
 }
 
 impl Ledger {
@@ -66,7 +66,20 @@ impl Ledger {
         let slot = acked.entry(key.to_owned()).or_insert(version);
         *slot = (*slot).max(version);
         self.acks.fetch_add(1, Ordering::AcqRel);
-        self.recent.fetch_add(1, Ordering::AcqRel);
+        self.times.lock().unwrap_or_else(PoisonError::into_inner).push(Instant::now());
+    }
+
+    /// How long after `at` the first acknowledgement came (zero when
+    /// acknowledgements never stopped).
+    pub(crate) fn first_ack_after(&self, at: Instant) -> Option<Duration> {
+        let times = self.times.lock().unwrap_or_else(PoisonError::into_inner);
+        let last_before = times.iter().rev().find(|t| **t <= at);
+        let first_after = times.iter().find(|t| **t > at)?;
+        // Acknowledged within the last 100 ms before the end: never stopped.
+        if last_before.is_some_and(|t| at.duration_since(*t) < Duration::from_millis(100)) {
+            return Some(Duration::ZERO);
+        }
+        Some(first_after.duration_since(at))
     }
 
     fn attempt(&self, key: &str) {

@@ -82,13 +82,19 @@ const SHORT: Profile = Profile {
 #[derive(Debug, Default)]
 struct Outcome {
     name: String,
-    acknowledged: usize,
+    /// Writes answered 202.
+    acknowledged: u64,
+    /// Distinct keys (or agents) among them.
+    keys: usize,
     persisted: usize,
     lost: usize,
     regressed: usize,
     dead_lettered: u64,
     phantoms: usize,
+    /// From the end of the fault to the first 202 after it.
     recovery: Duration,
+    /// From the writers' stop until the database held every acknowledged write.
+    catch_up: Duration,
     /// `acknowledged = persisted + dead-lettered + pending`, from the
     /// processes' own metrics: `Some(false)` is a failure.
     accounting: Option<bool>,
@@ -205,17 +211,23 @@ impl Lab {
         std::thread::sleep(self.profile.warm_up);
         let injected = self.inject(scenario.fault, worker.as_mut());
         let fault_end = Instant::now();
-        let after = injected.and_then(|()| {
-            std::thread::sleep(self.profile.after);
-            Ok(())
-        });
+        let after = injected.map(|()| std::thread::sleep(self.profile.after));
         load::join(writers, &stop)?;
         after?;
+        let stopped = Instant::now();
         if let Some(worker) = &mut worker {
             worker.wait_ready(Duration::from_secs(60))?;
         }
         let mut outcome = self.settle(scenario, &database, &ledger, &api.addr)?;
-        outcome.recovery = fault_end.elapsed();
+        outcome.catch_up = stopped.elapsed();
+        outcome.recovery = ledger.first_ack_after(fault_end).unwrap_or_default();
+        if scenario.load == Load::Reset {
+            // Nobody saw a 202: count what was sent and what landed.
+            let attempted = ledger.attempted.lock().map_err(|_| anyhow::anyhow!("ledger poisoned"))?.clone();
+            let stored = self.entries(&database)?;
+            outcome.keys = attempted.len();
+            outcome.persisted = attempted.iter().filter(|k| stored.contains_key(*k)).count();
+        }
         outcome.accounting = self.accounting(scenario, &api.addr, worker.as_ref().map(|w| w.addr.as_str()), &ledger)?;
         outcome.dead_lettered = self.count(&database, "SELECT count(*) FROM write_behind_dead_letters")?;
         if let Some(worker) = &mut worker {
@@ -271,14 +283,15 @@ impl Lab {
             let outcome = self.compare(scenario, database, &acked)?;
             if (outcome.lost == 0 && outcome.regressed == 0) || Instant::now() > deadline {
                 let phantoms = self.phantoms(scenario, database, ledger, api)?;
-                return Ok(Outcome { phantoms, ..outcome });
+                let acknowledged = ledger.acks.load(Ordering::Acquire);
+                return Ok(Outcome { phantoms, acknowledged, ..outcome });
             }
             std::thread::sleep(Duration::from_millis(250));
         }
     }
 
     fn compare(&self, scenario: Scenario, database: &str, acked: &HashMap<String, i64>) -> Result<Outcome> {
-        let mut outcome = Outcome { name: scenario.name.to_owned(), acknowledged: acked.len(), ..Outcome::default() };
+        let mut outcome = Outcome { name: scenario.name.to_owned(), keys: acked.len(), ..Outcome::default() };
         if scenario.load == Load::Metadata {
             let stored: HashSet<String> =
                 self.pg.psql(database, "SELECT agent_id FROM agent_metadata")?.lines().map(str::to_owned).collect();
@@ -392,11 +405,11 @@ impl Lab {
                 failure.get_or_insert(format!("{err:#}"));
             }
         }
-        let recovery = started.elapsed();
+        let catch_up = started.elapsed();
         for process in &mut processes {
             process.stop();
         }
-        Ok(Outcome { name: scenario.name.to_owned(), recovery, failure, ..Outcome::default() })
+        Ok(Outcome { name: scenario.name.to_owned(), catch_up, failure, ..Outcome::default() })
     }
 }
 
@@ -417,9 +430,22 @@ fn metric(exposition: &str, name: &str, label: &str) -> f64 {
 }
 
 fn print_table(outcomes: &[Outcome]) {
-    println!(
-        "{:<20} {:>6} {:>9} {:>5} {:>9} {:>13} {:>8} {:>9} {:>10}  result",
-        "scenario", "acked", "persisted", "lost", "regressed", "dead-lettered", "phantoms", "recovery", "accounting"
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<20} {:>6} {:>5} {:>9} {:>5} {:>9} {:>13} {:>8} {:>9} {:>9} {:>10}  result",
+        "scenario",
+        "acked",
+        "keys",
+        "persisted",
+        "lost",
+        "regressed",
+        "dead-lettered",
+        "phantoms",
+        "recovery",
+        "catch-up",
+        "accounting"
     );
     for o in outcomes {
         let accounting = match o.accounting {
@@ -427,16 +453,19 @@ fn print_table(outcomes: &[Outcome]) {
             Some(false) => "MISMATCH",
             None => "n/a",
         };
-        println!(
-            "{:<20} {:>6} {:>9} {:>5} {:>9} {:>13} {:>8} {:>8.1}s {:>10}  {}",
+        let _ = writeln!(
+            out,
+            "{:<20} {:>6} {:>5} {:>9} {:>5} {:>9} {:>13} {:>8} {:>8.1}s {:>8.1}s {:>10}  {}",
             o.name,
             o.acknowledged,
+            o.keys,
             o.persisted,
             o.lost,
             o.regressed,
             o.dead_lettered,
             o.phantoms,
             o.recovery.as_secs_f64(),
+            o.catch_up.as_secs_f64(),
             accounting,
             if o.bad() { "FAIL" } else { "ok" }
         );
@@ -451,12 +480,14 @@ fn report_json(profile: Profile, outcomes: &[Outcome]) -> serde_json::Value {
         "scenarios": outcomes.iter().map(|o| json!({
             "scenario": o.name,
             "acknowledged": o.acknowledged,
+            "keys": o.keys,
             "persisted": o.persisted,
             "lost": o.lost,
             "regressed": o.regressed,
             "dead_lettered": o.dead_lettered,
             "phantoms": o.phantoms,
             "recovery_seconds": o.recovery.as_secs_f64(),
+            "catch_up_seconds": o.catch_up.as_secs_f64(),
             "accounting": o.accounting,
             "failure": o.failure,
             "ok": !o.bad(),
