@@ -100,7 +100,7 @@ async fn write(
     match document.update_json(value, expected, &actor).await {
         Ok(view) => Ok(with_etag(&view)),
         Err(UpdateError::Invalid { reason, .. }) => {
-            Err(ApiError::unprocessable(format!("not a valid {name} document: {reason}")))
+            Err(ApiError::unprocessable(format!("not a valid {name} document: {}", crate::text::clip(&reason))))
         }
         Err(UpdateError::Conflict { expected, current, .. }) => Err(ApiError::precondition_failed(format!(
             "{name} is at version {current}, not {expected}: reload and retry"
