@@ -229,6 +229,8 @@ impl Services {
             }
             None => None,
         };
+        keel_telemetry::check_filter(&args.log_level)
+            .map_err(|err| ConfigError::Invalid { key: "--log-level", reason: err.to_string() })?;
         let log = keel_telemetry::init_logging_with(format, &args.log_level, layers)?;
         let telemetry = Telemetry::new(process)?;
         let mode = if database_url.is_none() && redis_url.is_none() { RunMode::Embedded } else { RunMode::Cluster };

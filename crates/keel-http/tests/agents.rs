@@ -108,6 +108,15 @@ async fn bad_input_is_a_clear_4xx() {
     let garbled = json!({"metadata": [{"key": "k", "value": "v", "collected_at": "yesterday"}]});
     assert_eq!(post(&app, AGENT, &garbled.to_string()).await.status(), 400);
     assert_eq!(get(&app, "/api/v1/agents/nope/metadata").await.status(), 400);
+    for (item, field) in [
+        (json!({"key": "k", "value": "a\u{0}b"}), "metadata[0].value"),
+        (json!({"key": "k", "value": "v", "error": "\u{0}"}), "metadata[0].error"),
+    ] {
+        let response = post(&app, AGENT, &json!({ "metadata": [item] }).to_string()).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let message = json(response).await["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.starts_with(field) && message.contains("U+0000"), "{message}");
+    }
     let empty = json(get(&app, &format!("/api/v1/agents/{AGENT}/metadata")).await).await;
     assert_eq!(empty["metadata"], json!([]), "nothing invalid was accepted");
 }

@@ -127,6 +127,11 @@ async fn bad_input_is_a_clear_4xx() {
     let bad_filter =
         send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(json!({"log_level": "info,[=x"}))).await;
     assert_eq!(bad_filter.status(), 422, "the validator runs before anything is written");
+    for level in ["warning", "inf"] {
+        let refused =
+            send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(json!({"log_level": level}))).await;
+        assert_eq!(refused.status(), 422, "{level} is not a level");
+    }
 
     let mut request = Request::put("/api/v1/settings/monitoring")
         .header("authorization", "Bearer s3cret")
@@ -140,6 +145,16 @@ async fn bad_input_is_a_clear_4xx() {
     assert_eq!(bad_if_match.status(), 400);
     assert_eq!(send(&app, "GET", "/api/v1/settings/nope", &[], None).await.status(), 404);
     assert_eq!(send(&app, "GET", "/api/v1/settings/monitoring/history?limit=0", &[], None).await.status(), 400);
+    let nul = send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(json!({"log_level": "in\u{0}fo"}))).await;
+    assert_eq!(nul.status(), 400, "U+0000 never reaches the database");
+    let message = json(nul).await["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("monitoring.log_level contains U+0000"), "{message}");
+    let huge =
+        send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(json!({"log_level": "x".repeat(900_000)})))
+            .await;
+    assert_eq!(huge.status(), 422);
+    let message = json(huge).await["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.len() < 300, "the refused input is not echoed: {} bytes", message.len());
     let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
     assert_eq!(current["version"], 0, "nothing was written");
 }

@@ -85,15 +85,46 @@ impl LogHandle {
     }
 }
 
-/// Checks that `directive` is a valid filter (e.g. `info,keel_store=debug`).
+/// The levels a filter may name.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks that `directive` is a valid filter: comma-separated parts, each a
+/// level (`trace|debug|info|warn|error|off`) or `target=level`, e.g.
+/// `info,keel_store=debug`. Stricter than `EnvFilter`, which takes a bare
+/// unknown word (`warning`) as a target and then logs nothing.
 pub fn check_filter(directive: &str) -> Result<(), LoggingError> {
     parse_filter(directive).map(|_| ())
 }
 
 fn parse_filter(directive: &str) -> Result<EnvFilter, LoggingError> {
-    EnvFilter::builder()
-        .parse(directive)
-        .map_err(|err| LoggingError::Filter { directive: directive.to_owned(), reason: err.to_string() })
+    let refuse = |reason: String| {
+        // Never echo an outsized directive back whole.
+        let shown: String = directive.chars().take(64).collect();
+        let shown = if shown.len() < directive.len() { format!("{shown}…") } else { shown };
+        LoggingError::Filter { directive: shown, reason }
+    };
+    if directive.trim().is_empty() {
+        return Err(refuse("empty filter".into()));
+    }
+    for part in directive.split(',').map(str::trim) {
+        let (target, level) = match part.rsplit_once('=') {
+            Some((target, level)) => (Some(target.trim()), level.trim()),
+            None => (None, part),
+        };
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
+            let level: String = level.chars().take(32).collect();
+            return Err(refuse(format!("unknown level {level:?} (use trace, debug, info, warn, error or off)")));
+        }
+        let valid_target = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 128
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+        };
+        if target.is_some_and(|t| !valid_target(t)) {
+            return Err(refuse("a target is 1-128 characters of [A-Za-z0-9_:-]".into()));
+        }
+    }
+    EnvFilter::builder().parse(directive).map_err(|err| refuse(err.to_string()))
 }
 
 /// Installs the global `tracing` subscriber writing to standard error.
@@ -149,5 +180,14 @@ mod tests {
     fn rejects_bad_filters() {
         assert!(parse_filter("info,keel=debug").is_ok());
         assert!(matches!(parse_filter("info,[=bad"), Err(LoggingError::Filter { .. })));
+        for good in ["trace", "OFF", "warn", "info,keel_store=debug", "keel_http::runtime=trace, error"] {
+            assert!(parse_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["warning", "inf", "", "info,keel=loud", "=info", "a b=info", "info,,debug"] {
+            assert!(matches!(parse_filter(bad), Err(LoggingError::Filter { .. })), "{bad:?} accepted");
+        }
+        let huge = "x".repeat(900_000);
+        let err = parse_filter(&huge).unwrap_err().to_string();
+        assert!(err.len() < 300, "the directive is not echoed whole: {} bytes", err.len());
     }
 }
