@@ -72,9 +72,16 @@ fn change(name: &str, row: ChangeRow) -> Result<Change, StoreError> {
     })
 }
 
+#[derive(QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
 /// The SQL of one backend; the logic around it is shared by [`with_sql!`].
 struct Sql {
     load: &'static str,
+    version: &'static str,
     lock: &'static str,
     update: &'static str,
     insert: &'static str,
@@ -84,6 +91,7 @@ struct Sql {
 
 #[cfg(feature = "postgres")]
 const POSTGRES: Sql = Sql {
+    version: "SELECT version FROM settings WHERE name = $1",
     load: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1",
     lock: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1 FOR UPDATE",
     update: "UPDATE settings SET value = $2::jsonb, version = version + 1, updated_at = to_timestamp($4::double precision / 1000), updated_by = $3 WHERE name = $1 AND version = $5 \
@@ -97,6 +105,7 @@ const POSTGRES: Sql = Sql {
 
 #[cfg(feature = "sqlite")]
 const SQLITE: Sql = Sql {
+    version: "SELECT version FROM settings WHERE name = ?",
     load: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by FROM settings WHERE name = ?",
     // SQLite serialises writers; the version guard on the update does the rest.
     lock: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by FROM settings WHERE name = ?",
@@ -138,6 +147,14 @@ macro_rules! with_sql {
             .await
             .map_err(keel_store::StoreError::from)?;
         rows.into_iter().next().map(document).transpose()
+    }};
+    (version, $conn:expr, $sql:expr, $name:expr) => {{
+        let rows: Vec<VersionRow> = diesel::sql_query($sql.version)
+            .bind::<Text, _>($name)
+            .load($conn)
+            .await
+            .map_err(keel_store::StoreError::from)?;
+        Ok(rows.into_iter().next().map_or(0, |row| row.version))
     }};
     (history, $conn:expr, $sql:expr, $name:expr, $limit:expr) => {{
         let rows: Vec<ChangeRow> = diesel::sql_query($sql.history)
@@ -220,6 +237,20 @@ impl SettingsStore for DbSettingsStore {
             #[cfg(feature = "sqlite")]
             if let Some(mut conn) = self.database.sqlite_connection().await? {
                 return with_sql!(load, &mut conn, SQLITE, name);
+            }
+            Err(no_backend())
+        }))
+    }
+
+    fn version<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Result<i64, StoreError>> {
+        Box::pin(self.database.timed("select", "settings", async move {
+            #[cfg(feature = "postgres")]
+            if let Some(mut conn) = self.database.postgres_connection().await? {
+                return with_sql!(version, &mut conn, POSTGRES, name);
+            }
+            #[cfg(feature = "sqlite")]
+            if let Some(mut conn) = self.database.sqlite_connection().await? {
+                return with_sql!(version, &mut conn, SQLITE, name);
             }
             Err(no_backend())
         }))

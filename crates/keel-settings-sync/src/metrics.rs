@@ -52,6 +52,7 @@ pub(crate) struct Metrics {
     l1_reads: Arc<StripedCounter>,
     reads: Counter<u64>,
     db_loads: Counter<u64>,
+    version_checks: Counter<u64>,
     sent: Counter<u64>,
     received: Counter<u64>,
     errors: Counter<u64>,
@@ -84,6 +85,10 @@ impl Metrics {
             db_loads: meter
                 .u64_counter(names::SETTINGS_DB_LOADS)
                 .with_description("Settings loads from the database")
+                .build(),
+            version_checks: meter
+                .u64_counter(names::SETTINGS_VERSION_CHECKS)
+                .with_description("Version-only looks at the database (at open and after a bus reconnect)")
                 .build(),
             sent: meter
                 .u64_counter(names::SETTINGS_INVALIDATIONS_SENT)
@@ -141,6 +146,10 @@ impl Metrics {
 
     pub(crate) fn db_load(&self) {
         self.db_loads.add(1, std::slice::from_ref(&self.name));
+    }
+
+    pub(crate) fn version_check(&self) {
+        self.version_checks.add(1, std::slice::from_ref(&self.name));
     }
 
     pub(crate) fn invalidation_sent(&self) {

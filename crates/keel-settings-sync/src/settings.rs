@@ -222,6 +222,9 @@ pub(crate) struct Inner<T: Document> {
     validator: Option<Validator<T>>,
     metrics: Metrics,
     cancel: CancellationToken,
+    /// A committed version whose cache write or announcement failed, kept
+    /// until a repair gets both through (the repair task runs while set).
+    unsettled: Mutex<Option<StoredDocument>>,
 }
 
 impl<T: Document> Drop for Inner<T> {
@@ -308,10 +311,16 @@ impl<T: Document> Settings<T> {
             health: Mutex::new(Health::default()),
             validator,
             cancel: CancellationToken::new(),
+            unsettled: Mutex::new(None),
         });
         let settings = Self { inner };
-        settings.reload().await;
-        tokio::spawn(follow(Arc::downgrade(&settings.inner), subscription, settings.inner.cancel.clone()));
+        let reconnects = settings.inner.deps.bus.reconnects();
+        if !settings.inner.refill(0).await {
+            // Filled from the shared cache, which a writer may have failed to
+            // update during an outage: one cheap look at the database's version.
+            settings.inner.catch_up().await;
+        }
+        tokio::spawn(follow(Arc::downgrade(&settings.inner), subscription, reconnects, settings.inner.cancel.clone()));
         Ok(settings)
     }
 
@@ -376,34 +385,31 @@ impl<T: Document> Settings<T> {
         self.inner.refill(0).await;
     }
 
+    /// Compares the version held with the database's (one cheap query) and
+    /// refills from the database when behind. Done at open and whenever the
+    /// bus reconnects (invalidations may have been missed).
+    pub async fn catch_up(&self) {
+        self.inner.catch_up().await;
+    }
+
     /// Writes `value` as the next version (with `expected`: only if the
     /// stored version is still that), records `actor` in the audit trail,
     /// replaces the cache entry and tells every process.
+    ///
+    /// The whole update runs on its own task: a caller that goes away (a
+    /// client disconnect dropping the request) cannot cut it between the
+    /// database commit and the cache and bus steps. When Redis cannot take
+    /// those steps, they are retried until it can, so no replica keeps
+    /// serving the older version.
     pub async fn update(&self, value: T, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
+        let (inner, actor) = (self.inner.clone(), actor.to_owned());
         let name = self.inner.name.clone();
-        if let Some(validate) = &self.inner.validator {
-            validate(&value).map_err(|reason| UpdateError::Invalid { name: name.clone(), reason })?;
-        }
-        let json = serde_json::to_value(&value)
-            .map_err(|err| UpdateError::Invalid { name: name.clone(), reason: err.to_string() })?;
-        let stored = match self.inner.deps.store.save(&name, &json, expected, actor).await {
-            Ok(stored) => stored,
-            Err(StoreError::Conflict { expected, current }) => {
-                return Err(UpdateError::Conflict { name, expected, current });
-            }
-            Err(source) => return Err(UpdateError::Store { name, source }),
-        };
-        self.inner.write_cache(&stored).await;
-        self.inner.apply(&stored, Source::Db);
-        let message = json!({ "name": name, "version": stored.version }).to_string();
-        match self.inner.deps.bus.publish(&self.inner.config.channel(), Bytes::from(message)).await {
-            Ok(()) => self.inner.metrics.invalidation_sent(),
-            Err(err) => {
-                self.inner.metrics.sync_error("publish");
-                tracing::warn!(settings = %name, %err, "cannot publish settings invalidation; other processes will catch up on their poll");
-            }
-        }
-        Ok(self.current())
+        tokio::spawn(async move { inner.update(value, expected, &actor).await }).await.unwrap_or_else(|err| {
+            Err(UpdateError::Store {
+                name,
+                source: StoreError::Database(keel_store::StoreError::Pool(err.to_string())),
+            })
+        })
     }
 
     /// The newest `limit` changes, newest first.
@@ -419,6 +425,106 @@ impl<T: Document> Settings<T> {
 }
 
 impl<T: Document> Inner<T> {
+    async fn update(
+        self: &Arc<Self>,
+        value: T,
+        expected: Option<i64>,
+        actor: &str,
+    ) -> Result<Versioned<T>, UpdateError> {
+        let name = self.name.clone();
+        if let Some(validate) = &self.validator {
+            validate(&value).map_err(|reason| UpdateError::Invalid { name: name.clone(), reason })?;
+        }
+        let json = serde_json::to_value(&value)
+            .map_err(|err| UpdateError::Invalid { name: name.clone(), reason: err.to_string() })?;
+        let stored = match self.deps.store.save(&name, &json, expected, actor).await {
+            Ok(stored) => stored,
+            Err(StoreError::Conflict { expected, current }) => {
+                return Err(UpdateError::Conflict { name, expected, current });
+            }
+            Err(source) => return Err(UpdateError::Store { name, source }),
+        };
+        self.apply(&stored, Source::Db);
+        if !self.settle(&stored).await {
+            self.unsettled_until_repaired(stored);
+        }
+        Ok(Versioned::clone(&self.current.load()))
+    }
+
+    /// Replaces the cache entry and announces the version. Returns whether
+    /// both went through.
+    async fn settle(&self, stored: &StoredDocument) -> bool {
+        let cached = self.write_cache(stored).await;
+        let message = json!({ "name": self.name, "version": stored.version }).to_string();
+        let announced = match self.deps.bus.publish(&self.config.channel(), Bytes::from(message)).await {
+            Ok(()) => {
+                self.metrics.invalidation_sent();
+                true
+            }
+            Err(err) => {
+                self.metrics.sync_error("publish");
+                tracing::warn!(settings = %self.name, %err, "cannot publish settings invalidation; retrying until it can");
+                false
+            }
+        };
+        cached && announced
+    }
+
+    /// Keeps `stored` to settle later and starts the repair task unless one
+    /// runs: it retries the cache write and the announcement (backoff up to
+    /// 2 s) until both go through, so replicas converge soon after Redis is
+    /// back rather than at the next poll.
+    fn unsettled_until_repaired(self: &Arc<Self>, stored: StoredDocument) {
+        let running = {
+            let mut unsettled = lock(&self.unsettled);
+            let running = unsettled.is_some();
+            if unsettled.as_ref().is_none_or(|u| u.version < stored.version) {
+                *unsettled = Some(stored);
+            }
+            running
+        };
+        if running {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            let backoff = keel_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            for attempt in 1.. {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff.delay(attempt)) => {}
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(stored) = lock(&inner.unsettled).clone() else { return };
+                if inner.settle(&stored).await {
+                    let mut unsettled = lock(&inner.unsettled);
+                    if unsettled.as_ref().is_some_and(|u| u.version <= stored.version) {
+                        *unsettled = None;
+                        tracing::info!(settings = %inner.name, version = stored.version, "settings cache and announcement caught up");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Refills from the database when it holds a newer version than this copy.
+    async fn catch_up(&self) {
+        self.metrics.version_check();
+        match self.deps.store.version(&self.name).await {
+            Ok(stored) if stored > self.current.load().version => {
+                tracing::info!(settings = %self.name, held = self.current.load().version, stored, "settings copy is behind the database; refilling");
+                self.refill(stored).await;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                self.metrics.sync_error("database");
+                tracing::debug!(settings = %self.name, %err, "cannot compare the settings version with the database");
+            }
+        }
+    }
+
     pub(crate) fn version(&self) -> i64 {
         self.current.load().version
     }
@@ -446,17 +552,19 @@ impl<T: Document> Inner<T> {
 
     /// Refills unless a refill that started after the caller asked already
     /// finished. `at_least`: the version an invalidation announced (0: any).
-    async fn refill(&self, at_least: i64) {
+    /// Returns whether the database was read (not only the cache).
+    async fn refill(&self, at_least: i64) -> bool {
         let seen = self.refills.load(Ordering::Acquire);
         let _guard = self.refill.lock().await;
         if self.refills.load(Ordering::Acquire) != seen && self.current.load().version >= at_least {
-            return;
+            return false;
         }
         let result = self.load(at_least).await;
+        let read_db = !matches!(result, Ok(Source::Cache));
         self.refills.fetch_add(1, Ordering::AcqRel);
         let mut health = lock(&self.health);
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 health.last_success = Some(self.deps.clock.now());
                 health.last_error = None;
             }
@@ -467,11 +575,13 @@ impl<T: Document> Inner<T> {
                 health.last_error = Some(reason);
             }
         }
+        read_db
     }
 
-    async fn load(&self, at_least: i64) -> Result<(), String> {
-        match self.deps.cache.get(&self.cache_key).await {
-            Ok(Some(bytes)) => match serde_json::from_slice::<CacheEntry>(&bytes) {
+    /// Where the value came from: the cache, or the database.
+    async fn load(&self, at_least: i64) -> Result<Source, String> {
+        match self.deps.cache.get_versioned(&self.cache_key).await {
+            Ok(Some((_, bytes))) => match serde_json::from_slice::<CacheEntry>(&bytes) {
                 Ok(entry) if entry.version >= at_least.max(1) => {
                     let stored = StoredDocument {
                         name: self.name.clone(),
@@ -481,7 +591,7 @@ impl<T: Document> Inner<T> {
                         updated_by: entry.updated_by,
                     };
                     if self.apply(&stored, Source::Cache) {
-                        return Ok(());
+                        return Ok(Source::Cache);
                     }
                     // A cached value T cannot decode is as good as corrupt.
                 }
@@ -502,12 +612,12 @@ impl<T: Document> Inner<T> {
             Ok(Some(stored)) => {
                 if self.apply(&stored, Source::Db) {
                     self.write_cache(&stored).await;
-                    Ok(())
+                    Ok(Source::Db)
                 } else {
                     Err(format!("stored settings {:?} do not match the document type", self.name))
                 }
             }
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(Source::Db),
             Err(err) => {
                 self.metrics.sync_error("database");
                 Err(err.to_string())
@@ -515,20 +625,29 @@ impl<T: Document> Inner<T> {
         }
     }
 
-    async fn write_cache(&self, stored: &StoredDocument) {
+    /// Sets the cache entry unless it already holds this version or a newer
+    /// one (one script on Redis): a slow writer never regresses it. Returns
+    /// whether Redis answered.
+    async fn write_cache(&self, stored: &StoredDocument) -> bool {
         let entry = CacheEntry {
             version: stored.version,
             value: stored.value.clone(),
             updated_at_ms: stored.updated_at_ms,
             updated_by: stored.updated_by.clone(),
         };
-        let bytes = match serde_json::to_vec(&entry) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(_) => return,
-        };
-        if let Err(err) = self.deps.cache.set(&self.cache_key, bytes, self.config.cache_ttl).await {
-            self.metrics.sync_error("cache");
-            tracing::debug!(settings = %self.name, %err, "cannot write the settings cache");
+        let Ok(bytes) = serde_json::to_vec(&entry) else { return true };
+        match self
+            .deps
+            .cache
+            .set_if_newer(&self.cache_key, stored.version, Bytes::from(bytes), self.config.cache_ttl)
+            .await
+        {
+            Ok(_) => true,
+            Err(err) => {
+                self.metrics.sync_error("cache");
+                tracing::debug!(settings = %self.name, %err, "cannot write the settings cache");
+                false
+            }
         }
     }
 
@@ -576,8 +695,10 @@ impl<T: Document> Inner<T> {
 async fn follow<T: Document>(
     weak: Weak<Inner<T>>,
     mut subscription: keel_store::Subscription,
+    mut reconnects: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
+    let mut bus_open = true;
     loop {
         let wait = {
             let Some(inner) = weak.upgrade() else { return };
@@ -592,6 +713,17 @@ async fn follow<T: Document>(
         let announced = tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(wait) => 0,
+            changed = reconnects.changed(), if bus_open => {
+                if changed.is_err() {
+                    // The bus is gone; the poll still runs.
+                    bus_open = false;
+                    continue;
+                }
+                // Invalidations sent while the bus was away were missed.
+                let Some(inner) = weak.upgrade() else { return };
+                inner.catch_up().await;
+                continue;
+            }
             message = subscription.recv() => match message {
                 None => return,
                 Some(payload) => {

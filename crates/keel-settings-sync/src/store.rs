@@ -86,6 +86,12 @@ pub trait SettingsStore: Send + Sync + 'static {
         actor: &'a str,
     ) -> StoreFuture<'a, Result<StoredDocument, StoreError>>;
 
+    /// The stored version (0: never written): a cheap check of whether a
+    /// copy is behind. The default loads the whole document.
+    fn version<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move { Ok(self.load(name).await?.map_or(0, |stored| stored.version)) })
+    }
+
     /// The newest `limit` changes, newest first.
     fn history<'a>(&'a self, name: &'a str, limit: usize) -> StoreFuture<'a, Result<Vec<Change>, StoreError>>;
 }

@@ -222,7 +222,10 @@ async fn corrupt_cached_json_is_a_miss_and_is_rewritten() {
     let fresh = open(&world.pod().await, &name).await;
     assert_eq!(fresh.get().limit, 5, "the database answers when the cache is garbage");
     let repaired: String = redis.client().get(&key).await.unwrap();
-    let repaired: serde_json::Value = serde_json::from_str(&repaired).unwrap();
+    // `<version>:<entry>`, as written by the version-guarded cache write.
+    let (version, repaired) = repaired.split_once(':').unwrap();
+    assert_eq!(version, "1");
+    let repaired: serde_json::Value = serde_json::from_str(repaired).unwrap();
     assert_eq!((repaired["version"].as_i64(), repaired["value"]["limit"].as_u64()), (Some(1), Some(5)));
     drop((settings, fresh, pod));
     world.finish().await;
@@ -344,6 +347,8 @@ async fn an_hour_of_polling_by_two_pods_reads_the_database_at_most_twice() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let reads = metric(&a.telemetry, "keel_settings_db_loads_total") - before;
     assert!((1.0..=2.0).contains(&reads), "{reads} database reads in an hour");
+    let checks = metric(&a.telemetry, "keel_settings_version_checks_total");
+    assert!(checks <= 2.0, "at most one version check per pod, at open: {checks}");
     assert_eq!((sa.get().limit, sb.get().limit), (1, 1));
     drop((sa, sb, a, b));
     world.finish().await;
@@ -371,4 +376,115 @@ async fn invalid_names_and_documents_are_typed_errors() {
     assert!(matches!(err, UpdateError::Invalid { .. }), "{err}");
     assert_eq!(validated.version(), 0);
     let _ = pod.database;
+}
+
+/// A pod on a private Redis whose commands time out after 300 ms.
+async fn pod_on(temp: &TempDatabase, redis_url: &str) -> (Pod, Settings<Flags>) {
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    let mut config = RedisConfig::new(redis_url);
+    config.command_timeout = Duration::from_millis(300);
+    config.connect_timeout = Duration::from_millis(500);
+    let store = RedisStore::connect(&config, &telemetry).await.unwrap();
+    let bus = Bus::redis(&store, &telemetry).await.unwrap();
+    let deps = SettingsDeps::new(
+        Arc::new(DbSettingsStore::new(database.clone())),
+        Cache::redis(store.clone()),
+        bus,
+        telemetry.clone(),
+    );
+    let pod = Pod { deps, telemetry, redis: Some(store), database };
+    let settings = open(&pod, "flags").await;
+    (pod, settings)
+}
+
+/// Updates committed while Redis is frozen (one of them by a caller that
+/// gives up mid-way) reach every replica within 5 s of Redis answering
+/// again, including one that starts during the outage; the cache never
+/// keeps masking the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_converges_after_a_redis_outage_and_a_cancelled_update() {
+    let temp = TempDatabase::create("settings_converge").await;
+    let server = RedisServer::start().await;
+    let (_a, sa) = pod_on(&temp, server.url()).await;
+    let (_b, sb) = pod_on(&temp, server.url()).await;
+    sa.update(flags(1), Some(0), "ada").await.unwrap();
+    until_version(&sb, 1).await;
+
+    server.pause();
+    let v2 = sa.update(flags(2), Some(1), "ada").await.unwrap();
+    assert_eq!(v2.version, 2, "the database took it although Redis did not");
+    // A caller that goes away during the (slow) cache write: the update
+    // still completes.
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), sa.update(flags(3), Some(2), "ada")).await;
+    assert!(cancelled.is_err(), "the update was still running when its caller left");
+    // A replica starting now finishes its start once Redis answers.
+    let starting = tokio::spawn({
+        let url = server.url().to_owned();
+        let temp_url = temp.url().to_owned();
+        async move {
+            loop {
+                let telemetry = Telemetry::new("t").unwrap();
+                let database =
+                    Database::connect(&DbConfig { url: Some(temp_url.clone()), ..DbConfig::default() }, &telemetry)
+                        .await
+                        .unwrap();
+                let mut config = RedisConfig::new(&url);
+                config.command_timeout = Duration::from_millis(300);
+                config.connect_timeout = Duration::from_millis(500);
+                let opened = async {
+                    let store = RedisStore::connect(&config, &telemetry).await.ok()?;
+                    let bus = Bus::redis(&store, &telemetry).await.ok()?;
+                    let deps = SettingsDeps::new(
+                        Arc::new(DbSettingsStore::new(database.clone())),
+                        Cache::redis(store),
+                        bus,
+                        telemetry.clone(),
+                    );
+                    Settings::<Flags>::open("flags", deps, SettingsConfig::default()).await.ok()
+                };
+                if let Some(settings) = opened.await {
+                    return settings;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sb.version(), 1, "the other replica could not have heard yet");
+
+    server.resume();
+    let resumed = std::time::Instant::now();
+    until_version(&sb, 3).await;
+    until_version(&sa, 3).await;
+    let sc = tokio::time::timeout(Duration::from_secs(5), starting).await.unwrap().unwrap();
+    until_version(&sc, 3).await;
+    assert!(resumed.elapsed() < Duration::from_secs(5), "converged {:?} after Redis returned", resumed.elapsed());
+    assert_eq!((sb.get().limit, sc.get().limit), (3, 3));
+    // The shared cache holds the newest version too: a replica opened now
+    // reads it from there.
+    let (_d, sd) = pod_on(&temp, server.url()).await;
+    assert_eq!(sd.version(), 3);
+    drop((sa, sb, sc, sd));
+    temp.drop_database().await;
+}
+
+/// A copy filled from a stale shared cache (its writer could not update it)
+/// is brought up to the database's version at open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_opened_on_a_stale_cache_catches_up_with_the_database() {
+    let temp = TempDatabase::create("settings_stale_cache").await;
+    let server = RedisServer::start().await;
+    let (a, sa) = pod_on(&temp, server.url()).await;
+    sa.update(flags(1), None, "ada").await.unwrap();
+    // Version 2 is committed by a writer whose cache write never happened.
+    let store = DbSettingsStore::new(a.database.clone());
+    keel_settings_sync::SettingsStore::save(&store, "flags", &serde_json::to_value(flags(2)).unwrap(), Some(1), "bob")
+        .await
+        .unwrap();
+    let (_b, sb) = pod_on(&temp, server.url()).await;
+    assert_eq!((sb.version(), sb.get().limit), (2, 2), "the database's version wins over the cached one");
+    drop((sa, sb));
+    temp.drop_database().await;
 }

@@ -135,6 +135,23 @@ impl RedisServer {
         &self.url
     }
 
+    /// Freezes it with SIGSTOP: connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws it with SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status();
+            assert!(status.is_ok_and(|s| s.success()), "kill {signal} redis-server failed");
+        }
+    }
+
     /// Kills it (Redis is then down).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -190,11 +190,13 @@ async fn redis_bus_subscriber_recovers_after_client_kill() {
         .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
         .unwrap_or_else(|| panic!("subscriber {name} not in CLIENT LIST:\n{list}"))
         .to_owned();
+    let mut reconnects = subscriber_bus.reconnects();
     let killed: i64 =
         store.client().custom(fred::cmd!("CLIENT"), vec!["KILL".to_owned(), "ID".to_owned(), id]).await.unwrap();
     assert_eq!(killed, 1);
 
     assert_recovers(&publisher, &mut sub, &channel).await;
+    tokio::time::timeout(Duration::from_secs(5), reconnects.changed()).await.unwrap().unwrap();
     assert!(telemetry.encode().unwrap().contains("keel_bus_reconnects_total{backend=\"redis\"}"));
 }
 
@@ -228,6 +230,7 @@ async fn postgres_bus_listener_recovers_after_pg_terminate_backend() {
     assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "before");
 
     let name = subscriber_bus.connection_name().unwrap();
+    let mut reconnects = subscriber_bus.reconnects();
     let mut admin = AsyncPgConnection::establish(&postgres_admin_url()).await.unwrap();
     let killed = diesel::sql_query(format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
@@ -238,6 +241,7 @@ async fn postgres_bus_listener_recovers_after_pg_terminate_backend() {
     assert_eq!(killed, 1, "exactly the listener connection is killed");
 
     assert_recovers(&publisher, &mut sub, "changes").await;
+    tokio::time::timeout(Duration::from_secs(5), reconnects.changed()).await.unwrap().unwrap();
     assert!(telemetry.encode().unwrap().contains("keel_bus_reconnects_total{backend=\"postgres\"}"));
     drop((sub, subscriber_bus, publisher, db));
     temp.drop_database().await;

@@ -59,6 +59,8 @@ pub const HEALTH_TRANSITIONS: &str = "keel.health.transitions";
 pub const SETTINGS_READS: &str = "keel.settings.reads";
 /// Settings loads from the database, by document.
 pub const SETTINGS_DB_LOADS: &str = "keel.settings.db_loads";
+/// Version-only database queries (`SELECT version`), by document.
+pub const SETTINGS_VERSION_CHECKS: &str = "keel.settings.version_checks";
 /// Settings invalidations published, by document.
 pub const SETTINGS_INVALIDATIONS_SENT: &str = "keel.settings.invalidations.sent";
 /// Settings invalidations received, by document.

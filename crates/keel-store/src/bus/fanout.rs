@@ -5,12 +5,29 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 /// Local distribution of received messages to this process's subscribers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Fanout {
     channels: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+    /// Bumped each time the transport's subscriber connection is back after
+    /// a loss: messages sent meanwhile were missed.
+    reconnects: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Self { channels: Mutex::default(), reconnects: tokio::sync::watch::Sender::new(0) }
+    }
 }
 
 impl Fanout {
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnects.subscribe()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Bytes>>> {
         // Single map operations only: poisoning cannot leave it inconsistent.
         self.channels.lock().unwrap_or_else(PoisonError::into_inner)

@@ -148,6 +148,13 @@ impl Bus {
         }
     }
 
+    /// Changes each time the subscriber connection comes back after a loss
+    /// (messages published meanwhile were missed): a subscriber that must
+    /// not miss state re-reads it then. Never changes on the in-process bus.
+    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.fanout.reconnects()
+    }
+
     /// Publishes `payload` on `channel` to every subscriber, in this process
     /// and (for Redis and PostgreSQL) in every other one.
     pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), StoreError> {

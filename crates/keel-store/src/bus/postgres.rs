@@ -118,7 +118,10 @@ impl Listener {
             let mut current = match conn.take() {
                 Some(c) => c,
                 None => match self.reconnect(&mut backoff).await {
-                    Some(c) => c,
+                    Some(c) => {
+                        self.fanout.reconnected();
+                        c
+                    }
                     None => return,
                 },
             };

@@ -51,6 +51,7 @@ impl RedisBus {
                     server = reconnects.recv() => {
                         if server.is_ok() {
                             tracing::info!("redis bus subscriber reconnected");
+                            fanout.reconnected();
                             metrics.bus_reconnects.add(1, &[KeyValue::new("backend", "redis")]);
                         }
                     }
