@@ -94,6 +94,11 @@ fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("nmae"), "{err}");
 
+    let (code, err) = run_to_exit(&["--log-format", "json"], &[("KEEL_ADMIN_TOKEN", " s3cret ")]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.trim().lines().count() == 1 && err.contains("--admin-token"), "{err}");
+    assert!(!err.contains("s3cret"), "the token is never printed: {err}");
+
     let (code, err) = run_to_exit(&["--log-format", "json"], &[("KEEL_LOG_LEVEL", "bogus")]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.trim().lines().count() == 1 && err.contains("--log-level"), "{err}");

@@ -161,13 +161,24 @@ impl Entries {
                 }
             }
             EntrySink::Durable(producer) => {
-                producer
-                    .enqueue_cached(&write, &cache_key, version, &cached, CACHE_TTL, self.enqueue_timeout)
-                    .await
-                    .map_err(|err| match err {
-                        DurableError::Full => queue_full(self.enqueue_timeout),
-                        other => ApiError::unavailable(format!("cannot queue the write: {other}")),
-                    })?;
+                // Redis unreachable answers within the enqueue timeout too (a
+                // script already sent may still land: the write is then
+                // stored although it was refused, never the other way round).
+                let queued =
+                    producer.enqueue_cached(&write, &cache_key, version, &cached, CACHE_TTL, self.enqueue_timeout);
+                match tokio::time::timeout(self.enqueue_timeout + Duration::from_millis(100), queued).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(DurableError::Full)) => return Err(queue_full(self.enqueue_timeout)),
+                    Ok(Err(other)) => {
+                        return Err(
+                            ApiError::unavailable(format!("cannot queue the write: {other}")).with_retry_after(1)
+                        );
+                    }
+                    Err(_) => {
+                        return Err(ApiError::unavailable("redis did not answer within the enqueue timeout")
+                            .with_retry_after(1));
+                    }
+                }
             }
         }
         self.acknowledged.fetch_add(1, Ordering::AcqRel);
@@ -176,6 +187,7 @@ impl Entries {
 
     async fn read(&self, key: &str) -> Result<Option<(Value, i64, i64)>, ApiError> {
         let cache_key = format!("{}{key}", self.prefix);
+        let mut cache_down = false;
         match self.cache.get_versioned(&cache_key).await {
             Ok(Some((version, bytes))) => {
                 if let Ok(cached) = serde_json::from_slice::<Cached>(&bytes) {
@@ -183,11 +195,23 @@ impl Entries {
                 }
             }
             Ok(None) => {}
-            Err(err) => tracing::warn!(%err, "entry cache unavailable; reading the database"),
+            Err(err) => {
+                tracing::warn!(%err, "entry cache unavailable; reading the database");
+                cache_down = true;
+            }
         }
         let stored =
             self.store.get(key).await.map_err(|err| ApiError::unavailable(format!("cannot read the entry: {err}")))?;
-        let Some(entry) = stored else { return Ok(None) };
+        let Some(entry) = stored else {
+            // Without the cache, a write acknowledged but not yet persisted
+            // is invisible: "absent" cannot be told from "not written yet".
+            return if cache_down {
+                Err(ApiError::unavailable("the entry cache is unreachable and the entry is not in the database yet")
+                    .with_retry_after(1))
+            } else {
+                Ok(None)
+            };
+        };
         let updated_at_us = keel_core::unix_micros(entry.updated_at);
         let cached = Cached { value: entry.value.clone(), updated_at_us, deleted: entry.deleted };
         if let Ok(bytes) = serde_json::to_vec(&cached) {

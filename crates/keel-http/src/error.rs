@@ -161,6 +161,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Marks a response whose representation was negotiated (health text
+/// lines, `application/health+json`): an error status keeps its body as
+/// asked instead of being rewritten into the JSON envelope.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Negotiated;
+
 /// Largest plain-text error body folded into the JSON message.
 const MAX_ERROR_BODY: usize = 4096;
 
@@ -169,7 +175,7 @@ const MAX_ERROR_BODY: usize = 4096;
 /// so every error a client sees has the same shape.
 pub(crate) async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error()) || response.extensions().get::<Negotiated>().is_some() {
         return response;
     }
     let is_json = response

@@ -239,6 +239,7 @@ fn render(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot) -> Re
         Format::Text => ("text/plain; charset=utf-8", text_body(&state.app, options, snapshot)),
     };
     let mut response = (code, body).into_response();
+    response.extensions_mut().insert(crate::error::Negotiated);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -386,8 +387,12 @@ struct Verbose {
 }
 
 fn plain(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
-        .into_response()
+    let mut response =
+        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
+            .into_response();
+    // The probes' text is the representation asked for, also when it fails.
+    response.extensions_mut().insert(crate::error::Negotiated);
+    response
 }
 
 async fn livez(Query(q): Query<Verbose>) -> Response {

@@ -229,6 +229,18 @@ impl Services {
             }
             None => None,
         };
+        if let Some(token) = args.admin_token.as_deref()
+            && !token.is_empty()
+            && token.trim() != token
+        {
+            // A presented token is trimmed by HTTP header parsing: this one
+            // could never match.
+            return Err(ConfigError::Invalid {
+                key: "--admin-token",
+                reason: "has leading or trailing whitespace (KEEL_ADMIN_TOKEN)".into(),
+            }
+            .into());
+        }
         keel_telemetry::check_filter(&args.log_level)
             .map_err(|err| ConfigError::Invalid { key: "--log-level", reason: err.to_string() })?;
         let log = keel_telemetry::init_logging_with(format, &args.log_level, layers)?;

@@ -72,11 +72,22 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     if text == "*" {
         return Ok(None);
     }
-    text.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse::<i64>()
+    // An entity tag (`"3"`, weak `W/"3"`) or, leniently, the bare number.
+    let tag = text.strip_prefix("W/").unwrap_or(text);
+    let digits = match tag.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"'),
+        None => Some(tag),
+    };
+    digits
+        .filter(|d| !d.is_empty() && d.len() <= 18 && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<i64>().ok())
         .map(Some)
-        .map_err(|_| ApiError::bad_request(format!("If-Match: expected a version such as \"3\", got {text:?}")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "If-Match: expected a version such as \"3\", got {:?}",
+                crate::text::clip(text)
+            ))
+        })
 }
 
 async fn write(

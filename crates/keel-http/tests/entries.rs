@@ -154,6 +154,32 @@ mod durable {
         redis.client().xlen(stream).await.unwrap()
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_redis_down_writes_fail_within_the_enqueue_timeout_and_unpersisted_reads_are_503() {
+        let mut server = keel_store::testing::RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let telemetry = Telemetry::new("t").unwrap();
+        let db = Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry)
+            .await
+            .unwrap();
+        db.run_migrations().await.unwrap();
+        let redis =
+            keel_store::RedisStore::connect(&keel_store::RedisConfig::new(server.url()), &telemetry).await.unwrap();
+        let producer = DurableProducer::new(redis.clone(), DurableConfig::new("down:stream", "g", "c"));
+        let entries = Entries::new(Cache::redis(redis), "down", EntrySink::Durable(producer), DbEntries::new(db))
+            .with_enqueue_timeout(Duration::from_millis(500));
+        let app = entries_router(entries);
+        assert_eq!(send(&app, "PUT", "/api/v1/entries/before", Some("1".into())).await.status(), 202);
+        server.stop();
+        let started = std::time::Instant::now();
+        let refused = send(&app, "PUT", "/api/v1/entries/during", Some("2".into())).await;
+        assert_eq!(refused.status(), 503);
+        assert!(started.elapsed() < Duration::from_millis(1500), "answered in {:?}", started.elapsed());
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let unknown = send(&app, "GET", "/api/v1/entries/before", None).await;
+        assert_eq!(unknown.status(), 503, "acknowledged but not persisted: not a 404");
+    }
+
     #[tokio::test]
     async fn a_full_stream_answers_503_with_retry_after_and_leaves_the_cache_alone() {
         let (app, entries, redis, stream, _dir) = fixture(1).await;

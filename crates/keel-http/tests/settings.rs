@@ -140,9 +140,11 @@ async fn bad_input_is_a_clear_4xx() {
     let malformed = app.clone().oneshot(request.body(Body::from("{oops")).unwrap()).await.unwrap();
     assert_eq!(malformed.status(), 400);
 
-    let bad_if_match =
-        send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN, ("if-match", "yesterday")], Some(json!({}))).await;
-    assert_eq!(bad_if_match.status(), 400);
+    for malformed in ["yesterday", "-1", "\"1", "1\"", "\"\"", "W/", "\"+1\"", "99999999999999999999"] {
+        let bad_if_match =
+            send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN, ("if-match", malformed)], Some(json!({}))).await;
+        assert_eq!(bad_if_match.status(), 400, "If-Match: {malformed} is malformed, not stale");
+    }
     assert_eq!(send(&app, "GET", "/api/v1/settings/nope", &[], None).await.status(), 404);
     assert_eq!(send(&app, "GET", "/api/v1/settings/monitoring/history?limit=0", &[], None).await.status(), 400);
     let nul = send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(json!({"log_level": "in\u{0}fo"}))).await;

@@ -257,3 +257,42 @@ async fn readyz_is_503_when_a_must_group_is_ko() {
     assert_eq!(get(&app, "/readyz", &[]).await.status(), 503);
     assert_eq!(get(&app, "/status", &[]).await.status(), 503);
 }
+
+/// Through the whole middleware stack (which rewrites plain-text errors into
+/// the JSON envelope), a failing probe keeps the representation asked for.
+#[tokio::test(start_paused = true)]
+async fn a_503_keeps_the_negotiated_text_health_json_or_json() {
+    let groups = MandatoryList::new(vec![Mandatory::new("storage", Mode::Must, ["db"])]).unwrap();
+    let health = Health::new(groups, Mode::Must);
+    health.register(ComponentSpec::new("db"), || std::future::ready(Report::fail("down"))).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
+    let app = keel_http::middleware::apply(
+        health_router(health, app_info(), StatusCodes::default(), Shutdown::new()),
+        &keel_http::MiddlewareConfig::default(),
+        &keel_http::HttpMetrics::new(&telemetry),
+    );
+    let content_type = |r: &Response| r.headers()["content-type"].to_str().unwrap().to_owned();
+
+    let readyz = get(&app, "/readyz?verbose", &[]).await;
+    assert_eq!((readyz.status().as_u16(), content_type(&readyz).starts_with("text/plain")), (503, true));
+    let body = text(readyz).await;
+    assert!(body.contains("[-]db failed") && body.ends_with("readyz check failed\n"), "{body}");
+
+    let status = get(&app, "/status?format=text", &[]).await;
+    assert_eq!(status.status(), 503);
+    assert!(text(status).await.starts_with("KO: keel-test"), "text lines, not a JSON error");
+
+    let health_json = get(&app, "/status", &[("accept", "application/health+json")]).await;
+    assert_eq!((health_json.status().as_u16(), content_type(&health_json)), (503, "application/health+json".into()));
+    assert_eq!(json(health_json).await["status"], "fail");
+
+    let plain_json = json(get(&app, "/status", &[]).await).await;
+    assert_eq!(plain_json["status"], "KO", "the status document, not the error envelope");
+
+    let livez = get(&app, "/livez", &[]).await;
+    assert_eq!(livez.status(), 200);
+    let missing = get(&app, "/status/nope", &[]).await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(json(missing).await["error"]["code"], "not_found", "real errors keep the envelope");
+}
