@@ -59,6 +59,37 @@ pub struct CommonArgs {
     /// 69; 0 waits for as long as it takes (serving /livez, /readyz 503).
     #[arg(long, env = "KEEL_STARTUP_TIMEOUT", value_name = "DURATION", default_value = "0")]
     pub startup_timeout: HumanDuration,
+    /// Bytes the in-process cache may hold (e.g. `64MiB`, `1GiB`; at least 1MiB);
+    /// least valuable entries are evicted beyond it.
+    #[arg(long, env = "KEEL_CACHE_MAX_BYTES", value_name = "SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    pub cache_max_bytes: u64,
+    /// Connections served at once; further ones are closed at once and
+    /// counted (`keel_http_connections_refused_total`).
+    #[arg(long, env = "KEEL_MAX_CONNECTIONS", value_name = "N", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+/// `1024`, `512KiB`, `64MiB`, `1GiB` → bytes (at least 1 MiB).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (use B, KiB, MiB or GiB)")),
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .ok_or_else(|| format!("expected a size such as 64MiB, got {text:?}"))?;
+    if bytes < 1 << 20 {
+        return Err(format!("{text:?} is below the 1MiB minimum"));
+    }
+    Ok(bytes)
 }
 
 /// The optional TOML file. Unknown keys are errors, so typos do not pass
@@ -129,6 +160,10 @@ pub struct HttpSection {
     pub shutdown_grace: Option<HumanDuration>,
     /// Time `/readyz` reports 503 before the listener closes (default `0s`).
     pub drain_delay: Option<HumanDuration>,
+    /// Longest wait for a request's line and headers (default `10s`).
+    pub header_read_timeout: Option<HumanDuration>,
+    /// Longest idle time of a keep-alive connection (default `60s`).
+    pub keep_alive_idle: Option<HumanDuration>,
 }
 
 /// Invalid configuration; binaries exit with [`EXIT_CONFIG`].
@@ -242,7 +277,16 @@ mod tests {
         let args: Args = parse_from(["t"]).unwrap();
         assert_eq!(args.common.data_dir, PathBuf::from("./data"));
         assert_eq!(args.common.log_level, "info");
+        assert_eq!(args.common.cache_max_bytes, 64 << 20, "64MiB by default");
+        assert_eq!(args.common.startup_timeout.get(), std::time::Duration::ZERO);
+        assert_eq!(args.common.enqueue_timeout, None, "2s, applied where the file can override it");
         assert!(parse_from::<Args, _, _>(["t", "--listen", "nope"]).is_err());
+        for (text, bytes) in [("1MiB", 1 << 20), ("1024KiB", 1 << 20), ("2GiB", 2 << 30), ("1048576", 1 << 20)] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "MiB", "64MB", "-1MiB", "512KiB", "99999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
         assert!(parse_from::<Args, _, _>(["t", "--log-format", "xml"]).is_err());
         let args: Args = parse_from(["t", "--log-format", "json", "--no-migrate"]).unwrap();
         assert_eq!(args.common.log_format, Some(LogFormat::Json));

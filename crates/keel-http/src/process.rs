@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use keel_core::Shutdown;
 
 use crate::startup::gate_router;
-use crate::{ServeError, Services, StartError, Startup, app_router, serve};
+use crate::{ServeError, Services, StartError, Startup, app_router, serve_with_limits};
 
 /// Builds the runtime, starts [`Services`], binds `listen`, logs
 /// `"<process> <announce> http://<addr>"`, serves until SIGINT/SIGTERM, drains,
@@ -45,11 +45,12 @@ async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, annou
         return fail(process, &StartError::Os { what: "install signal handlers", source });
     }
     let (startup, app) = (Startup::default(), Arc::new(OnceLock::new()));
-    let server = tokio::spawn(serve(
+    let server = tokio::spawn(serve_with_limits(
         listener,
         gate_router(startup.clone(), app.clone()),
         shutdown.clone(),
         prepared.drain_config(),
+        prepared.connection_limits(),
     ));
     let services = match Services::connect(prepared, shutdown.clone(), &startup).await {
         Ok(services) => services,

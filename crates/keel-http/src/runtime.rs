@@ -15,7 +15,9 @@ use keel_telemetry::{LogFormat, LogHandle, Telemetry};
 use crate::cli::{CommonArgs, ConfigError, EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, FileConfig};
 use crate::entries::DEFAULT_ENQUEUE_TIMEOUT;
 use crate::startup::Startup;
-use crate::{AdminToken, AgentMetadata, DrainConfig, Entries, EntrySink, MiddlewareConfig, MonitoringService};
+use crate::{
+    AdminToken, AgentMetadata, ConnectionLimits, DrainConfig, Entries, EntrySink, MiddlewareConfig, MonitoringService,
+};
 use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_monitoring::{
     Capture, CaptureConfig, Collector, HttpStats, LogStore, MemoryLogs, Records, Redactor, RedisLogs, RedisStats,
@@ -182,6 +184,25 @@ impl Prepared {
     pub fn drain_config(&self) -> DrainConfig {
         drain_config(&self.file)
     }
+
+    /// Per-connection limits from `--max-connections` and `[http]`, with
+    /// refused connections counted.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let defaults = ConnectionLimits::default();
+        let http = &self.file.http;
+        ConnectionLimits {
+            header_read_timeout: http.header_read_timeout.map_or(defaults.header_read_timeout, Duration::from),
+            keep_alive_idle: http.keep_alive_idle.map_or(defaults.keep_alive_idle, Duration::from),
+            max_connections: self.args.max_connections as usize,
+            refused: Some(
+                self.telemetry
+                    .meter("keel-http")
+                    .u64_counter(keel_telemetry::names::HTTP_CONNECTIONS_REFUSED)
+                    .with_description("Connections closed at once for being over --max-connections")
+                    .build(),
+            ),
+        }
+    }
 }
 
 impl Services {
@@ -292,7 +313,10 @@ impl Services {
         if let Some(redis) = &redis {
             waiter.until("redis", || redis.ping()).await?;
         }
-        let cache = redis.clone().map_or_else(Cache::memory, Cache::redis);
+        let cache = match &redis {
+            Some(redis) => Cache::redis(redis.clone()),
+            None => Cache::memory_bounded(args.cache_max_bytes),
+        };
         let bus = match (&redis, database.backend()) {
             (Some(redis), _) => waiter.until("redis", || Bus::redis(redis, &telemetry)).await?,
             (None, keel_store::Backend::Postgres) => {

@@ -91,6 +91,8 @@ pub const BATCHER_PUBLISH_ERRORS: &str = "keel.batcher.publish.errors";
 /// Items waiting in the channel, by batcher.
 pub const BATCHER_QUEUE_DEPTH: &str = "keel.batcher.queue.depth";
 
+/// Connections closed at once for being over `--max-connections`.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "keel.http.connections.refused";
 /// Entry writes answered 202 by this process.
 pub const ENTRIES_ACKNOWLEDGED: &str = "keel.entries.acknowledged";
 /// Items accepted by a write-behind queue, by queue.

@@ -32,9 +32,20 @@ enum Inner {
 }
 
 impl Cache {
-    /// An in-process cache (embedded mode, tests).
+    /// An in-process cache of at most [`Cache::DEFAULT_MEMORY_BYTES`] (embedded
+    /// mode, tests).
     pub fn memory() -> Self {
-        Self { inner: Inner::Memory(MemoryCache::default()) }
+        Self::memory_bounded(Self::DEFAULT_MEMORY_BYTES)
+    }
+
+    /// The default bound of an in-process cache: 64 MiB.
+    pub const DEFAULT_MEMORY_BYTES: u64 = 64 << 20;
+
+    /// An in-process cache holding at most `max_bytes` (keys, values and
+    /// per-entry overhead), evicting the least valuable entries beyond it
+    /// (TinyLFU); a value over `max_bytes / 64` is not cached.
+    pub fn memory_bounded(max_bytes: u64) -> Self {
+        Self { inner: Inner::Memory(MemoryCache::new(max_bytes)) }
     }
 
     /// A cache on Redis.
