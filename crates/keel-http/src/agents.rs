@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::ApiError;
-use crate::text::nul_error;
+use crate::text::{clip, nul_error, shown};
 
 /// Most keys accepted in one request.
 pub const MAX_KEYS: usize = 64;
@@ -110,7 +110,7 @@ struct Item {
 }
 
 fn agent(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("invalid agent id {id:?}: expected a UUID")))
+    Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("invalid agent id {}: expected a UUID", shown(id))))
 }
 
 fn valid_key(key: &str) -> bool {
@@ -156,7 +156,7 @@ async fn submit(
     let agent_id = agent(&agent_id)?;
     let Json(submission) = body.map_err(|rejection| match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::from_status(rejection.status(), &rejection.body_text()),
-        other => ApiError::bad_request(format!("malformed metadata: {}", other.body_text())),
+        other => ApiError::bad_request(format!("malformed metadata: {}", clip(&other.body_text()))),
     })?;
     if submission.metadata.len() > MAX_KEYS {
         return Err(ApiError::payload_too_large(format!(
@@ -169,15 +169,16 @@ async fn submit(
     for (index, item) in submission.metadata.into_iter().enumerate() {
         if !valid_key(&item.key) {
             return Err(ApiError::bad_request(format!(
-                "metadata[{index}].key {:?}: use 1-{MAX_KEY_LEN} characters from [A-Za-z0-9_.-]",
-                item.key
+                "metadata[{index}].key {}: use 1-{MAX_KEY_LEN} characters from [A-Za-z0-9_.-]",
+                shown(&item.key)
             )));
         }
         let collected_at = match item.collected_at.as_deref() {
             None => now,
             Some(text) => humantime::parse_rfc3339_weak(text).map_err(|_| {
                 ApiError::bad_request(format!(
-                    "metadata[{index}].collected_at {text:?}: expected RFC 3339 in UTC, e.g. 2026-11-22T08:00:00Z"
+                    "metadata[{index}].collected_at {}: expected RFC 3339 in UTC, e.g. 2026-11-22T08:00:00Z",
+                    shown(text)
                 ))
             })?,
         };

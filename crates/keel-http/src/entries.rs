@@ -233,7 +233,10 @@ fn valid_key(key: &str) -> Result<String, ApiError> {
     if ok {
         Ok(key.to_owned())
     } else {
-        Err(ApiError::bad_request(format!("invalid key {key:?}: use 1-{MAX_ENTRY_KEY} bytes of [A-Za-z0-9_.:/-]")))
+        Err(ApiError::bad_request(format!(
+            "invalid key {}: use 1-{MAX_ENTRY_KEY} bytes of [A-Za-z0-9_.:/-]",
+            crate::text::shown(key)
+        )))
     }
 }
 
@@ -279,6 +282,6 @@ async fn read(State(entries): State<Entries>, Path(key): Path<String>) -> Result
                 "updated_at": humantime::format_rfc3339_micros(at).to_string(),
             })))
         }
-        None => Err(ApiError::not_found(format!("no entry {key:?}"))),
+        None => Err(ApiError::not_found(format!("no entry {}", crate::text::shown(&key)))),
     }
 }

@@ -129,7 +129,9 @@ impl ApiError {
         let message = if message.is_empty() {
             status.canonical_reason().unwrap_or("error").to_ascii_lowercase()
         } else {
-            message.to_owned()
+            // Such texts (extractor rejections) may quote the request: keep
+            // at most 200 bytes of it.
+            crate::text::clip(message).into_owned()
         };
         Self::new(status, code, message)
     }

@@ -91,7 +91,9 @@ fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        other => Err(ApiError::bad_request(format!("{name}: expected true or false, got {other:?}"))),
+        other => {
+            Err(ApiError::bad_request(format!("{name}: expected true or false, got {}", crate::text::shown(other))))
+        }
     }
 }
 
@@ -99,7 +101,11 @@ fn patterns(name: &str, list: &str) -> Result<Vec<Pattern>, ApiError> {
     list.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| Pattern::new(p).map_err(|err| ApiError::bad_request(format!("{name}: invalid pattern {p:?}: {err}"))))
+        .map(|p| {
+            Pattern::new(p).map_err(|err| {
+                ApiError::bad_request(format!("{name}: invalid pattern {}: {err}", crate::text::shown(p)))
+            })
+        })
         .collect()
 }
 
@@ -119,7 +125,12 @@ impl ViewOptions {
             Some(f) if f == "json" => Format::Json,
             Some(f) if f == "text" => Format::Text,
             Some(f) if f == "health+json" || f == "health" => Format::HealthJson,
-            Some(other) => return Err(ApiError::bad_request(format!("format: expected json or text, got {other:?}"))),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "format: expected json or text, got {}",
+                    crate::text::shown(&other)
+                )));
+            }
         };
         let mut map = query.map.as_deref().map(|v| flag("map", v)).transpose()?.unwrap_or(false);
         let mut filter = query.filter.as_deref().map(|f| patterns("filter", f)).transpose()?;
@@ -215,7 +226,8 @@ async fn status_of(
         || state.health.snapshot().components.contains_key(&name)
         || (name == DEFAULT_GROUP && state.health.snapshot().group(DEFAULT_GROUP).is_some());
     if !known {
-        return ApiError::not_found(format!("no health group or component named {name:?}")).into_response();
+        return ApiError::not_found(format!("no health group or component named {}", crate::text::shown(&name)))
+            .into_response();
     }
     let snapshot = if name == DEFAULT_GROUP && state.health.groups().group(&name).is_none() {
         let everything = state.health.snapshot();

@@ -137,7 +137,11 @@ fn processes(process: Option<&str>) -> Result<Vec<&'static str>, ApiError> {
     match process.map(str::trim).filter(|p| !p.is_empty()) {
         None => Ok(PROCESSES.to_vec()),
         Some(name) => PROCESSES.iter().find(|p| **p == name).map(|p| vec![*p]).ok_or_else(|| {
-            ApiError::bad_request(format!("process {name:?}: expected one of {}", PROCESSES.join(", ")))
+            ApiError::bad_request(format!(
+                "process {}: expected one of {}",
+                crate::text::shown(name),
+                PROCESSES.join(", ")
+            ))
         }),
     }
 }
@@ -146,14 +150,20 @@ fn parse_query(params: &LogParams) -> Result<LogQuery, ApiError> {
     let min_level = match params.level.as_deref().map(str::trim) {
         None | Some("") => tracing::Level::TRACE,
         Some(text) => text.parse().map_err(|_| {
-            ApiError::bad_request(format!("level {text:?}: expected error, warn, info, debug or trace"))
+            ApiError::bad_request(format!(
+                "level {}: expected error, warn, info, debug or trace",
+                crate::text::shown(text)
+            ))
         })?,
     };
     let limit = match params.limit.as_deref() {
         None => 100,
         Some(text) => {
             text.trim().parse::<usize>().ok().filter(|n| (1..=MAX_LOG_LIMIT).contains(n)).ok_or_else(|| {
-                ApiError::bad_request(format!("limit {text:?}: expected a number from 1 to {MAX_LOG_LIMIT}"))
+                ApiError::bad_request(format!(
+                    "limit {}: expected a number from 1 to {MAX_LOG_LIMIT}",
+                    crate::text::shown(text)
+                ))
             })?
         }
     };
@@ -161,7 +171,8 @@ fn parse_query(params: &LogParams) -> Result<LogQuery, ApiError> {
         None | Some("") => None,
         Some(text) => Some(parse_since(text).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "since {text:?}: expected RFC 3339 (2026-11-22T08:00:00Z) or milliseconds since the epoch"
+                "since {}: expected RFC 3339 (2026-11-22T08:00:00Z) or milliseconds since the epoch",
+                crate::text::shown(text)
             ))
         })?),
     };

@@ -53,7 +53,10 @@ fn with_etag(view: &DocumentView) -> Response {
 }
 
 fn find<'a>(state: &'a SettingsState, name: &str) -> Result<&'a std::sync::Arc<dyn DynSettings>, ApiError> {
-    state.registry.get(name).ok_or_else(|| ApiError::not_found(format!("no settings document named {name:?}")))
+    state
+        .registry
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no settings document named {}", crate::text::shown(name))))
 }
 
 async fn list(State(state): State<SettingsState>) -> Json<Value> {
@@ -84,8 +87,8 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         .map(Some)
         .ok_or_else(|| {
             ApiError::bad_request(format!(
-                "If-Match: expected a version such as \"3\", got {:?}",
-                crate::text::clip(text)
+                "If-Match: expected a version such as \"3\", got {}",
+                crate::text::shown(text)
             ))
         })
 }

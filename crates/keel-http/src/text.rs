@@ -23,6 +23,11 @@ pub(crate) fn nul_path(value: &Value, root: &str) -> Option<String> {
     }
 }
 
+/// `text` as a quoted string for an error message, at most 200 bytes of it.
+pub(crate) fn shown(text: &str) -> String {
+    format!("{:?}", clip(text))
+}
+
 /// 400 when `value` holds U+0000 anywhere, naming the field.
 pub(crate) fn refuse_nul(value: &Value, root: &str) -> Result<(), ApiError> {
     match nul_path(value, root) {

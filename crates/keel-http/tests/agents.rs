@@ -100,6 +100,10 @@ async fn bad_input_is_a_clear_4xx() {
         assert_eq!(response.status(), 400, "{key:?}");
         assert!(json(response).await["error"]["message"].as_str().unwrap().contains("metadata[0].key"));
     }
+    let response = post(&app, AGENT, &one(&"k!".repeat(5_000))).await;
+    assert_eq!(response.status(), 400);
+    let message = json(response).await["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.len() < 300, "echoes at most 200 bytes of the key: {} bytes", message.len());
     let too_many: Vec<Value> = (0..65).map(|i| json!({"key": format!("k{i}"), "value": "v"})).collect();
     let response = post(&app, AGENT, &json!({ "metadata": too_many }).to_string()).await;
     assert_eq!(response.status(), 413);

@@ -79,6 +79,11 @@ async fn bad_input_is_a_clear_4xx() {
     assert_eq!(send(&app, "PUT", "/api/v1/entries/has%20space", Some("1".into())).await.status(), 400);
     let long = "k".repeat(257);
     assert_eq!(send(&app, "GET", &format!("/api/v1/entries/{long}"), None).await.status(), 400);
+    let hostile = format!("/api/v1/entries/{}!", "x".repeat(5_000));
+    let refused = send(&app, "PUT", &hostile, Some("1".into())).await;
+    assert_eq!(refused.status(), 400);
+    let message = json(refused).await["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.len() < 300 && !message.contains(&"x".repeat(201)), "echoes at most 200 bytes: {message}");
     let missing = send(&app, "GET", "/api/v1/entries/never-written", None).await;
     assert_eq!(missing.status(), 404);
     assert_eq!(json(missing).await["error"]["code"], "not_found");

@@ -2,6 +2,7 @@
 //! PostgreSQL and Redis, one injected fault per scenario, and a comparison
 //! of what was acknowledged with what is stored.
 
+mod edge;
 mod load;
 mod servers;
 
@@ -27,6 +28,12 @@ enum Fault {
     RedisKill,
     RedisPause,
     ConcurrentStart,
+    /// 64 KiB writes as fast as they go (embedded): memory must stay bounded.
+    Flood,
+    /// 1 200 half-sent requests (embedded): all closed, descriptors back.
+    Slowloris,
+    /// SIGTERM with a drain delay under keep-alive load: no resets.
+    Sigterm,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +45,7 @@ struct Scenario {
     fault: Fault,
 }
 
-const SCENARIOS: [Scenario; 9] = [
+const SCENARIOS: [Scenario; 13] = [
     Scenario { name: "worker-kill", streams: true, load: Load::Entries, fault: Fault::WorkerKill },
     Scenario { name: "pg-stop", streams: true, load: Load::Entries, fault: Fault::PgStop },
     Scenario { name: "pg-pause", streams: true, load: Load::Entries, fault: Fault::PgPause },
@@ -48,6 +55,10 @@ const SCENARIOS: [Scenario; 9] = [
     Scenario { name: "in-process-pg-stop", streams: false, load: Load::Entries, fault: Fault::PgStop },
     Scenario { name: "metadata-pg-stop", streams: true, load: Load::Metadata, fault: Fault::PgStop },
     Scenario { name: "concurrent-start", streams: true, load: Load::Entries, fault: Fault::ConcurrentStart },
+    Scenario { name: "embedded-flood", streams: false, load: Load::Entries, fault: Fault::Flood },
+    Scenario { name: "slowloris", streams: false, load: Load::Entries, fault: Fault::Slowloris },
+    Scenario { name: "sigterm-embedded", streams: false, load: Load::Entries, fault: Fault::Sigterm },
+    Scenario { name: "sigterm-cluster", streams: true, load: Load::Entries, fault: Fault::Sigterm },
 ];
 
 /// Durations and rates of one run.
@@ -59,6 +70,10 @@ struct Profile {
     after: Duration,
     rate: u32,
     writers: usize,
+    /// How long the flood lasts.
+    flood: Duration,
+    /// The header-read timeout the slowloris scenario runs with.
+    header_timeout: Duration,
 }
 
 const FULL: Profile = Profile {
@@ -68,6 +83,8 @@ const FULL: Profile = Profile {
     after: Duration::from_secs(3),
     rate: 300,
     writers: 6,
+    flood: Duration::from_secs(30),
+    header_timeout: Duration::from_secs(10),
 };
 const SHORT: Profile = Profile {
     name: "short",
@@ -76,6 +93,8 @@ const SHORT: Profile = Profile {
     after: Duration::from_secs(2),
     rate: 200,
     writers: 4,
+    flood: Duration::from_secs(8),
+    header_timeout: Duration::from_secs(2),
 };
 
 /// One row of the table.
@@ -98,6 +117,8 @@ struct Outcome {
     /// `acknowledged = persisted + dead-lettered + pending`, from the
     /// processes' own metrics: `Some(false)` is a failure.
     accounting: Option<bool>,
+    /// Figures of the edge scenarios.
+    note: String,
     failure: Option<String>,
 }
 
@@ -190,8 +211,10 @@ impl Lab {
         }
         let log = self.dir.join(format!("{}.log", scenario.name));
         let _ = std::fs::remove_file(&log);
-        if scenario.fault == Fault::ConcurrentStart {
-            return self.concurrent_start(scenario, &envs, &log);
+        match scenario.fault {
+            Fault::ConcurrentStart => return self.concurrent_start(scenario, &envs, &log),
+            Fault::Flood | Fault::Slowloris | Fault::Sigterm => return self.edge(scenario, envs, &log),
+            _ => {}
         }
         let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), &log)?;
         let mut worker = if scenario.streams {
@@ -241,7 +264,9 @@ impl Lab {
     fn inject(&mut self, fault: Fault, worker: Option<&mut Binary>) -> Result<()> {
         let hold = self.profile.fault;
         match fault {
-            Fault::None | Fault::ConcurrentStart => std::thread::sleep(hold),
+            Fault::None | Fault::ConcurrentStart | Fault::Flood | Fault::Slowloris | Fault::Sigterm => {
+                std::thread::sleep(hold);
+            }
             Fault::WorkerKill => {
                 let worker = worker.context("worker-kill needs a worker")?;
                 worker.kill()?;
@@ -385,6 +410,71 @@ impl Lab {
         }
     }
 
+    /// The edge scenarios: one process under a hostile load, judged by its
+    /// own figures.
+    fn edge(&self, scenario: Scenario, mut envs: Vec<(&'static str, String)>, log: &Path) -> Result<Outcome> {
+        let config = self.dir.join(format!("{}.toml", scenario.name));
+        std::fs::write(
+            &config,
+            format!(
+                "[http]\ndrain_delay = \"2s\"\nshutdown_grace = \"10s\"\nheader_read_timeout = \"{}s\"\n",
+                self.profile.header_timeout.as_secs()
+            ),
+        )?;
+        envs.push(("KEEL_CONFIG", config.display().to_string()));
+        if !scenario.streams {
+            envs.retain(|(k, _)| *k != "DATABASE_URL");
+            let data = self.dir.join(format!("data-{}", scenario.name));
+            let _ = std::fs::remove_dir_all(&data);
+            envs.push(("KEEL_DATA_DIR", data.display().to_string()));
+        }
+        let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), log)?;
+        let mut worker = match scenario.streams {
+            true => {
+                Some(Binary::spawn(&self.worker, "--admin-listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-w"), log)?)
+            }
+            false => None,
+        };
+        api.wait_ready(Duration::from_secs(60))?;
+        if let Some(worker) = &mut worker {
+            worker.wait_ready(Duration::from_secs(60))?;
+        }
+        let mut outcome = Outcome { name: scenario.name.to_owned(), ..Outcome::default() };
+        let started = Instant::now();
+        let result = match scenario.fault {
+            Fault::Flood => edge::flood(&api, 8, self.profile.flood, 256 << 20).map(|(answered, peak, after)| {
+                outcome.acknowledged = answered;
+                format!("{answered} writes of 64 KiB; RSS peak {} MiB, after {} MiB", peak >> 20, after >> 20)
+            }),
+            Fault::Slowloris => edge::slowloris(&api, 1_200, self.profile.header_timeout + Duration::from_secs(2)).map(
+                |(slowest, baseline, peak, after)| {
+                    format!(
+                        "1200 half-sent: all closed by {:.1}s; fds {baseline} → {peak} → {after}",
+                        slowest.as_secs_f64()
+                    )
+                },
+            ),
+            _ => edge::sigterm_under_load(&mut api, 16, Duration::from_secs(2)).and_then(|(answered, resets, code)| {
+                outcome.acknowledged = answered;
+                let note = format!("{answered} answered, {resets} resets, exit {code:?} (drain 2s)");
+                if resets > 0 || code != Some(0) {
+                    bail!("{note}");
+                }
+                Ok(note)
+            }),
+        };
+        outcome.catch_up = started.elapsed();
+        match result {
+            Ok(note) => outcome.note = note,
+            Err(err) => outcome.failure = Some(format!("{err:#}")),
+        }
+        if let Some(worker) = &mut worker {
+            worker.stop();
+        }
+        api.stop();
+        Ok(outcome)
+    }
+
     fn count(&self, database: &str, sql: &str) -> Result<u64> {
         Ok(self.pg.psql(database, sql)?.trim().parse().unwrap_or(0))
     }
@@ -469,6 +559,9 @@ fn print_table(outcomes: &[Outcome]) {
             accounting,
             if o.bad() { "FAIL" } else { "ok" }
         );
+        if !o.note.is_empty() {
+            let _ = writeln!(out, "{:<20} {}", "", o.note);
+        }
     }
 }
 
@@ -489,6 +582,7 @@ fn report_json(profile: Profile, outcomes: &[Outcome]) -> serde_json::Value {
             "recovery_seconds": o.recovery.as_secs_f64(),
             "catch_up_seconds": o.catch_up.as_secs_f64(),
             "accounting": o.accounting,
+            "note": o.note,
             "failure": o.failure,
             "ok": !o.bad(),
         })).collect::<Vec<_>>(),

@@ -275,6 +275,29 @@ impl Binary {
         Ok(())
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub(crate) fn terminate(&self) -> Result<()> {
+        signal(&[self.child.id()], "TERM")
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {limit:?}", self.path.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then waits (SIGKILL after 30 s).
     pub(crate) fn stop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
