@@ -709,9 +709,10 @@ async fn start_entries(
             EntrySink::Durable(DurableProducer::new(redis.clone(), config))
         }
         None => {
-            let queue =
-                WriteBehind::start(WriteBehindConfig::default(), std::sync::Arc::new(store.clone()), dead_letters)
-                    .map_err(|err| StartError::WriteBehind(err.to_string()))?;
+            // Bounded by bytes too: 10 000 writes of 64 KiB would be 640 MiB.
+            let config = WriteBehindConfig { max_bytes: Some(ENTRIES_QUEUE_BYTES), ..WriteBehindConfig::default() };
+            let queue = WriteBehind::start(config, std::sync::Arc::new(store.clone()), dead_letters)
+                .map_err(|err| StartError::WriteBehind(err.to_string()))?;
             queue.instrument(telemetry, "entries");
             EntrySink::Memory(queue)
         }
@@ -723,6 +724,9 @@ async fn start_entries(
         None => entries,
     })
 }
+
+/// What the in-process entries queue may hold: 16 MiB.
+const ENTRIES_QUEUE_BYTES: u64 = 16 << 20;
 
 /// In-process queue: KO when its repository has failed for `ko_after`, WARN
 /// above 80 % of capacity or after new dead letters in the last minute.

@@ -147,6 +147,12 @@ pub async fn serve_with_limits(
         });
     }
     drop(listener);
+    // Connections accepted last may not have had their request read yet:
+    // give them a moment to be answered (each answer says Connection: close)
+    // before idle connections are closed under them.
+    let settle = drain.grace.min(Duration::from_millis(500));
+    let all_free = connections.acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX));
+    let _ = tokio::time::timeout(settle, all_free).await;
     // In-flight requests finish; idle keep-alive connections close now.
     if tokio::time::timeout(drain.grace, graceful.shutdown()).await.is_err() {
         return Err(ServeError::GraceExpired(drain.grace));

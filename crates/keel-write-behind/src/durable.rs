@@ -430,7 +430,7 @@ where
             stop,
         };
         if !items.is_empty() {
-            let unfinished = persister.write(items, &|_| {}).await;
+            let unfinished = persister.write(items, &|_: &[_]| {}).await;
             if !unfinished.is_empty() {
                 // Stopping: what is neither persisted nor dead-lettered stays
                 // pending, for this consumer after a restart or another one.

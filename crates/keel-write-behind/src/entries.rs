@@ -34,6 +34,21 @@ impl Keyed for EntryWrite {
     fn key(&self) -> String {
         self.key.clone()
     }
+
+    /// The key, the value's strings and a little per node: close to what
+    /// the item holds in memory.
+    fn weight(&self) -> usize {
+        fn held(value: &serde_json::Value) -> usize {
+            use serde_json::Value;
+            16 + match value {
+                Value::String(s) => s.len(),
+                Value::Array(items) => items.iter().map(held).sum(),
+                Value::Object(map) => map.iter().map(|(k, v)| k.len() + held(v)).sum(),
+                _ => 0,
+            }
+        }
+        64 + self.key.len() + held(&self.value)
+    }
 }
 
 /// A stored entry.

@@ -56,6 +56,9 @@ pub(crate) struct RetryPolicy {
     pub(crate) backoff: keel_core::Backoff,
 }
 
+/// Told about items as they are persisted or dead-lettered.
+pub(crate) type Done<'a, T> = dyn Fn(&[Attempt<T>]) + Sync + 'a;
+
 /// An item being written, with its position in the batch and how many times
 /// it failed permanently on its own.
 pub(crate) struct Attempt<T> {
@@ -78,7 +81,7 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
     /// Writes `batch`, calling `done(n)` as items are persisted or
     /// dead-lettered. Returns the positions (in `batch`) of the items left
     /// unfinished because `stop` was cancelled; empty otherwise.
-    pub(crate) async fn write(&self, batch: Vec<T>, done: &(dyn Fn(usize) + Sync)) -> Vec<usize> {
+    pub(crate) async fn write(&self, batch: Vec<T>, done: &Done<'_, T>) -> Vec<usize> {
         let mut work: Vec<Vec<Attempt<T>>> =
             vec![batch.into_iter().enumerate().map(|(index, item)| Attempt { item, index, attempts: 0 }).collect()];
         let mut unreachable = 0u32;
@@ -100,7 +103,7 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
                     let n = part.len();
                     self.counters.batches.fetch_add(1, Ordering::AcqRel);
                     self.counters.persisted.fetch_add(n as u64, Ordering::AcqRel);
-                    done(n);
+                    done(&part);
                 }
                 Err(err) if err.kind.is_transient() => {
                     // The store is away: the same batch waits for it, as
@@ -169,12 +172,7 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
 
     /// Stores `part` as dead letters and counts them. Returns `false`
     /// (nothing counted, the items are not done) when the sink fails.
-    pub(crate) async fn dead_letter(
-        &self,
-        part: &[Attempt<T>],
-        error: &RepoError,
-        done: &(dyn Fn(usize) + Sync),
-    ) -> bool {
+    pub(crate) async fn dead_letter(&self, part: &[Attempt<T>], error: &RepoError, done: &Done<'_, T>) -> bool {
         let now = SystemTime::now();
         let n = part.len();
         let letters: Vec<DeadLetter<T>> = part
@@ -185,7 +183,7 @@ impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
             Ok(()) => {
                 tracing::warn!(items = n, error = %error.message, "items dead-lettered");
                 self.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
-                done(n);
+                done(part);
                 true
             }
             Err(err) => {

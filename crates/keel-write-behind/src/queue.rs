@@ -21,6 +21,13 @@ pub trait Keyed {
     type Key: Eq + Hash + Clone + Send + Sync + 'static;
     /// The key: two queued items with the same key coalesce (if enabled).
     fn key(&self) -> Self::Key;
+
+    /// Roughly how many bytes the item holds, for
+    /// [`WriteBehindConfig::max_bytes`] (0 by default: only the item count
+    /// is bounded).
+    fn weight(&self) -> usize {
+        0
+    }
 }
 
 /// Why a repository or dead-letter write failed, and whether trying again
@@ -100,6 +107,10 @@ pub enum FullMode {
 pub struct WriteBehindConfig {
     /// Items queued or being written at most (10 000).
     pub capacity: usize,
+    /// Bytes ([`Keyed::weight`]) queued or being written at most, when set;
+    /// `enqueue` waits for room like for `capacity`. One item larger than
+    /// the bound is still taken when the queue is empty.
+    pub max_bytes: Option<u64>,
     /// Items per repository call at most (500).
     pub batch_size: usize,
     /// Longest wait from the oldest queued item to its batch (1 s).
@@ -129,6 +140,7 @@ impl Default for WriteBehindConfig {
     fn default() -> Self {
         Self {
             capacity: 10_000,
+            max_bytes: None,
             batch_size: 500,
             flush_interval: Duration::from_secs(1),
             max_retries: 5,
@@ -191,6 +203,8 @@ pub struct Metrics {
     pub failing_for: Duration,
     /// The configured capacity.
     pub capacity: u64,
+    /// Bytes ([`Keyed::weight`]) queued or being written.
+    pub bytes: u64,
 }
 
 struct Queued<T> {
@@ -237,12 +251,34 @@ struct Shared<T: Keyed> {
     pending: Mutex<Pending<T>>,
     /// One permit per free place: held by every queued or in-flight item.
     room: Semaphore,
+    /// Weight of the items queued or in flight, against `max_bytes`.
+    bytes: std::sync::atomic::AtomicU64,
+    /// Signalled when weight is released.
+    bytes_freed: Notify,
     wake: Notify,
     counters: Counters,
     closing: CancellationToken,
 }
 
 impl<T: Keyed> Shared<T> {
+    /// Takes `weight` bytes of room if it fits (or the queue holds nothing).
+    fn charge(&self, weight: u64) -> bool {
+        let Some(max) = self.config.max_bytes else {
+            self.bytes.fetch_add(weight, Ordering::AcqRel);
+            return true;
+        };
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used == 0 || used + weight <= max).then_some(used + weight)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, weight: u64) {
+        self.bytes.fetch_sub(weight, Ordering::AcqRel);
+        self.bytes_freed.notify_waiters();
+    }
+
     fn pending(&self) -> MutexGuard<'_, Pending<T>> {
         // Each critical section leaves the queue consistent before anything
         // that can panic.
@@ -377,6 +413,7 @@ impl<T: Keyed> Shared<T> {
             dead_letter_errors: c.dead_letter_errors.load(Ordering::Acquire),
             failing_for: c.failing_for(),
             capacity: self.config.capacity as u64,
+            bytes: self.bytes.load(Ordering::Acquire),
         }
     }
 }
@@ -405,6 +442,8 @@ where
         }
         let shared = Arc::new(Shared {
             room: Semaphore::new(config.capacity),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+            bytes_freed: Notify::new(),
             config,
             pending: Mutex::new(Pending::new()),
             wake: Notify::new(),
@@ -425,14 +464,23 @@ where
         if let Some(replaced) = self.coalesce(&item) {
             return replaced;
         }
-        match self.shared.room.acquire().await {
-            Ok(permit) => {
-                permit.forget();
-                self.push(item);
-                Ok(())
+        let permit = self.shared.room.acquire().await.map_err(|_| EnqueueError::Closed)?;
+        let weight = item.weight() as u64;
+        // Cancelled while waiting for byte room: the item permit is dropped
+        // and nothing was counted.
+        loop {
+            let freed = self.shared.bytes_freed.notified();
+            if self.shared.charge(weight) {
+                break;
             }
-            Err(_) => Err(EnqueueError::Closed),
+            if self.shared.closing.is_cancelled() {
+                return Err(EnqueueError::Closed);
+            }
+            freed.await;
         }
+        permit.forget();
+        self.push(item);
+        Ok(())
     }
 
     /// Queues `item` if there is room now.
@@ -442,6 +490,9 @@ where
         }
         match self.shared.room.try_acquire() {
             Ok(permit) => {
+                if !self.shared.charge(item.weight() as u64) {
+                    return Err(EnqueueError::Full);
+                }
                 permit.forget();
                 self.push(item);
                 Ok(())
@@ -465,6 +516,11 @@ where
         let offset = pending.offset;
         let slot = pending.items.get_mut(position - offset)?;
         if let Some(queued) = slot {
+            // The replacement's weight is charged without waiting: the queue
+            // holds one item for the key either way.
+            let (old, new) = (queued.item.weight() as u64, item.weight() as u64);
+            self.shared.bytes.fetch_add(new, Ordering::AcqRel);
+            self.shared.release(old);
             queued.item = item.clone();
             self.shared.counters.coalesced.fetch_add(1, Ordering::AcqRel);
             return Some(Ok(()));
@@ -494,6 +550,7 @@ where
     pub async fn shutdown(&self) {
         self.shared.closing.cancel();
         self.shared.room.close();
+        self.shared.bytes_freed.notify_waiters();
         self.shared.wake.notify_one();
         let task = self.flusher.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(task) = task {
@@ -595,10 +652,10 @@ where
             stopping.cancel();
             let persister = Persister { stop: Some(&stopping), ..self.persister() };
             let reason = RepoError::transient("not written before the shutdown timeout");
-            if !persister.dead_letter(&letters, &reason, &|n| self.settle(n)).await {
+            if !persister.dead_letter(&letters, &reason, &|done| self.settle(done)).await {
                 tracing::error!(items = n, "write-behind stopped with items neither written nor dead-lettered");
                 self.shared.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
-                self.settle(n);
+                self.settle(&letters);
             }
         }
     }
@@ -619,11 +676,13 @@ where
 
     async fn write(&self, batch: Vec<T>) {
         self.shared.counters.in_flight.fetch_add(batch.len() as u64, Ordering::AcqRel);
-        self.persister().write(batch, &|n| self.settle(n)).await;
+        self.persister().write(batch, &|done| self.settle(done)).await;
     }
 
-    /// `n` items left the queue for good: free their room.
-    fn settle(&self, n: usize) {
+    /// `done` left the queue for good: free their room.
+    fn settle(&self, done: &[Attempt<T>]) {
+        let n = done.len();
+        self.shared.release(done.iter().map(|a| a.item.weight() as u64).sum());
         self.shared.counters.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
         self.shared.room.add_permits(n);
     }

@@ -370,3 +370,61 @@ async fn an_item_whose_dead_letter_cannot_be_stored_stays_in_flight_until_it_can
     assert_eq!(repo.letters.lock().unwrap().len(), 1);
     assert_balanced(m);
 }
+
+#[derive(Clone, Debug, PartialEq)]
+struct Heavy(u32);
+
+impl Keyed for Heavy {
+    type Key = u32;
+    fn key(&self) -> u32 {
+        self.0
+    }
+    fn weight(&self) -> usize {
+        1_000
+    }
+}
+
+struct Sink(Mutex<Vec<Heavy>>);
+
+impl Repository<Heavy> for Sink {
+    fn upsert_many<'a>(&'a self, items: &'a [Heavy]) -> RepoFuture<'a> {
+        self.0.lock().unwrap().extend_from_slice(items);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl DeadLetters<Heavy> for Sink {
+    fn store<'a>(&'a self, _letters: &'a [DeadLetter<Heavy>]) -> RepoFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_byte_bound_holds_writes_back_until_room_is_freed() {
+    let sink = Arc::new(Sink(Mutex::default()));
+    let config = WriteBehindConfig {
+        max_bytes: Some(5_000),
+        flush_interval: Duration::from_secs(10),
+        ..WriteBehindConfig::default()
+    };
+    let queue = WriteBehind::start(config, sink.clone(), sink.clone()).unwrap();
+    for i in 0..5 {
+        queue.enqueue(Heavy(i)).await.unwrap();
+    }
+    assert_eq!(queue.metrics().bytes, 5_000);
+    assert_eq!(queue.try_enqueue(Heavy(5)), Err(EnqueueError::Full), "no byte room although item room is plenty");
+    // A waiting enqueue that is cancelled counts nothing.
+    assert!(tokio::time::timeout(Duration::from_secs(1), queue.enqueue(Heavy(6))).await.is_err());
+    assert_eq!((queue.metrics().enqueued, queue.metrics().bytes), (5, 5_000));
+    // The flush frees the room and the next enqueue goes through.
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.enqueue(Heavy(7)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    waiting.await.unwrap().unwrap();
+    queue.shutdown().await;
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.bytes), (6, 0), "{m:?}");
+    assert_eq!(sink.0.lock().unwrap().len(), 6);
+}

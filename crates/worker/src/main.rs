@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keel_http::cli::{CommonArgs, EXIT_CONFIG};
 
 /// Keel background worker.

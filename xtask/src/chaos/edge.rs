@@ -67,7 +67,7 @@ pub(crate) fn flood(api: &Binary, writers: usize, duration: Duration, limit: u64
     std::thread::sleep(Duration::from_secs(3));
     let after = rss(api.pid())?;
     if peak > limit {
-        bail!("RSS peaked at {} MiB, over the {} MiB bound", peak / MIB, limit / MIB);
+        bail!("RSS peaked at {} MiB, over the {} MiB bound (after: {} MiB)", peak / MIB, limit / MIB, after / MIB);
     }
     if after > peak {
         bail!("RSS grew after the flood: {} MiB → {} MiB", peak / MIB, after / MIB);
@@ -80,36 +80,54 @@ pub(crate) fn flood(api: &Binary, writers: usize, duration: Duration, limit: u64
 /// must return to their baseline. Returns (slowest close, baseline fds, peak
 /// fds, fds after).
 pub(crate) fn slowloris(api: &Binary, count: usize, limit: Duration) -> Result<(Duration, usize, usize, usize)> {
+    type Open = Vec<Option<(TcpStream, Instant)>>;
     let baseline = fds(api.pid())?;
     let started = Instant::now();
-    let mut streams = Vec::with_capacity(count);
-    for _ in 0..count {
+    let open: Arc<std::sync::Mutex<Open>> = Arc::default();
+    let opening = Arc::new(AtomicBool::new(true));
+    // Watches every connection while more are opened, so each close is
+    // timed from its own open.
+    let watcher = std::thread::spawn({
+        let (open, opening) = (open.clone(), opening.clone());
+        move || -> Duration {
+            let mut slowest = Duration::ZERO;
+            let mut buf = [0u8; 64];
+            loop {
+                let still_opening = opening.load(Ordering::Acquire);
+                let mut streams = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                for slot in streams.iter_mut() {
+                    let Some((stream, opened)) = slot else { continue };
+                    if matches!(stream.read(&mut buf), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock) {
+                        continue;
+                    }
+                    // Closed by the server (EOF or reset).
+                    slowest = slowest.max(opened.elapsed());
+                    *slot = None;
+                }
+                let all_closed = streams.iter().all(Option::is_none);
+                drop(streams);
+                if (!still_opening && all_closed) || started.elapsed() > limit * 3 + Duration::from_secs(30) {
+                    return slowest;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    let mut peak = 0;
+    for i in 0..count {
         let mut stream = TcpStream::connect(&api.addr)?;
         stream.write_all(b"GET /livez HT")?;
-        stream.set_read_timeout(Some(Duration::from_millis(50)))?;
-        streams.push(Some(stream));
+        stream.set_nonblocking(true)?;
+        open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Some((stream, Instant::now())));
+        if i % 100 == 99 {
+            peak = peak.max(fds(api.pid())?);
+        }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let peak = fds(api.pid())?;
-    let mut slowest = Duration::ZERO;
-    let mut buf = [0u8; 64];
-    while streams.iter().any(Option::is_some) {
-        if started.elapsed() > limit + Duration::from_secs(5) {
-            let open = streams.iter().filter(|s| s.is_some()).count();
-            bail!("{open} half-sent connections still open after {:?}", started.elapsed());
-        }
-        for slot in &mut streams {
-            let Some(stream) = slot else { continue };
-            match stream.read(&mut buf) {
-                Ok(0) => {}
-                Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    continue;
-                }
-                Ok(_) | Err(_) => {}
-            }
-            slowest = slowest.max(started.elapsed());
-            *slot = None;
-        }
+    opening.store(false, Ordering::Release);
+    let slowest = watcher.join().map_err(|_| anyhow::anyhow!("the watcher panicked"))?;
+    let left = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().filter(|s| s.is_some()).count();
+    if left > 0 {
+        bail!("{left} half-sent connections still open after {:?}", started.elapsed());
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = fds(api.pid())?;
@@ -122,10 +140,11 @@ pub(crate) fn slowloris(api: &Binary, count: usize, limit: Duration) -> Result<(
     Ok((slowest, baseline, peak, after))
 }
 
-/// Keep-alive clients send requests until the listener is gone; SIGTERM is
-/// sent after `before`. A request written on an established connection
-/// that gets no complete answer is a reset. Returns (answered, resets, exit
-/// code).
+/// Keep-alive clients send requests; SIGTERM is sent after `before`. A
+/// client told `Connection: close` moves to another replica (it stops
+/// sending here), as clients behind a load balancer do once readiness drops;
+/// a request written on an established connection that gets no complete
+/// answer is a reset. Returns (answered, resets, exit code).
 pub(crate) fn sigterm_under_load(
     api: &mut Binary,
     clients: usize,
@@ -143,8 +162,11 @@ pub(crate) fn sigterm_under_load(
                 while !closed.load(Ordering::Acquire) && Instant::now() < deadline {
                     let body = format!("{{\"client\":{c},\"i\":{i}}}");
                     match client.send("PUT", &format!("/api/v1/entries/term-{c}-{}", i % 20), &body) {
-                        Ok(_) => {
+                        Ok((_, close)) => {
                             answered.fetch_add(1, Ordering::AcqRel);
+                            if close {
+                                break;
+                            }
                         }
                         Err(Failure::Refused) => closed.store(true, Ordering::Release),
                         Err(Failure::Reset(err)) => {
