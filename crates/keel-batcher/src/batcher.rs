@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, Reason};
-use keel_core::FailureKind;
 
 /// A value that carries the time it describes; the newest wins.
 pub trait Stamped {
@@ -21,35 +20,10 @@ pub trait Stamped {
     fn stamp(&self) -> SystemTime;
 }
 
-/// Why a sink write failed, and whether trying again may help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    /// Transient (the sink is unreachable or busy: the batch is kept and
-    /// tried again) or permanent (the sink refused the data: the batch is
-    /// split and only the refused items are dropped).
-    pub kind: FailureKind,
-    /// What the sink said.
-    pub message: String,
-}
-
-impl SinkError {
-    /// The sink is unreachable or busy.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: FailureKind::Transient, message: message.into() }
-    }
-
-    /// The sink refused the data.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: FailureKind::Permanent, message: message.into() }
-    }
-}
-
-impl From<keel_store::StoreError> for SinkError {
-    fn from(err: keel_store::StoreError) -> Self {
-        Self { kind: err.kind(), message: err.to_string() }
-    }
-}
+/// Why a sink write failed, and whether trying again may help
+/// ([`SinkError::transient`] or [`SinkError::permanent`]; a
+/// `keel_store::StoreError` converts with `?`, classified).
+pub type SinkError = keel_core::WriteError;
 
 /// A boxed sink or listener future.
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;

@@ -33,6 +33,31 @@ impl FailureKind {
     }
 }
 
+/// A failed write, and whether trying it again unchanged may help: what a
+/// write-behind repository or a batcher sink answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct WriteError {
+    /// Transient (the store is unreachable or busy: the batch waits and is
+    /// tried again whole) or permanent (the data is refused: the batch is
+    /// split to find the items that cause it).
+    pub kind: FailureKind,
+    /// What the store said.
+    pub message: String,
+}
+
+impl WriteError {
+    /// The store is unreachable or busy.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Transient, message: message.into() }
+    }
+
+    /// The store refused the data.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { kind: FailureKind::Permanent, message: message.into() }
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -34,7 +34,7 @@ mod unix;
 pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::{DurationError, HumanDuration, parse_duration};
-pub use failure::FailureKind;
+pub use failure::{FailureKind, WriteError};
 pub use ids::default_instance_id;
 pub use shutdown::{DrainTimeout, Shutdown};
 pub use status::{Status, StatusParseError};

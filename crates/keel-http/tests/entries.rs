@@ -17,12 +17,19 @@ use keel_write_behind::{DbDeadLetters, DbEntries, WriteBehind, WriteBehindConfig
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-async fn fixture() -> (Router, WriteBehind<keel_write_behind::EntryWrite>, DbEntries, tempfile::TempDir) {
+/// A migrated embedded database in a fresh directory (kept alive by the
+/// returned guard).
+async fn sqlite() -> (Database, Telemetry, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let telemetry = Telemetry::new("t").unwrap();
     let db =
         Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry).await.unwrap();
     db.run_migrations().await.unwrap();
+    (db, telemetry, dir)
+}
+
+async fn fixture() -> (Router, WriteBehind<keel_write_behind::EntryWrite>, DbEntries, tempfile::TempDir) {
+    let (db, _telemetry, dir) = sqlite().await;
     let store = DbEntries::new(db.clone());
     let config = WriteBehindConfig { flush_interval: Duration::from_millis(20), ..WriteBehindConfig::default() };
     let queue =
@@ -106,11 +113,7 @@ async fn a_nul_byte_anywhere_in_the_value_is_a_400_naming_the_field() {
 
 #[tokio::test]
 async fn a_full_in_process_queue_answers_503_with_retry_after_and_leaves_the_cache_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let telemetry = Telemetry::new("t").unwrap();
-    let db =
-        Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry).await.unwrap();
-    db.run_migrations().await.unwrap();
+    let (db, _telemetry, _dir) = sqlite().await;
     let store = DbEntries::new(db.clone());
     // Room for one item, flushed only after an hour: the second write waits.
     let config =
@@ -138,12 +141,7 @@ mod durable {
     use keel_write_behind::{DurableConfig, DurableProducer};
 
     async fn fixture(capacity: u64) -> (Router, Entries, keel_store::RedisStore, String, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::new("t").unwrap();
-        let db = Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry)
-            .await
-            .unwrap();
-        db.run_migrations().await.unwrap();
+        let (db, telemetry, dir) = sqlite().await;
         let redis = keel_store::testing::redis(&telemetry).await;
         let namespace = unique_prefix("entries");
         let stream = format!("{namespace}:entries:stream");
@@ -162,12 +160,7 @@ mod durable {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_redis_down_writes_fail_within_the_enqueue_timeout_and_unpersisted_reads_are_503() {
         let mut server = keel_store::testing::RedisServer::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::new("t").unwrap();
-        let db = Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry)
-            .await
-            .unwrap();
-        db.run_migrations().await.unwrap();
+        let (db, telemetry, _dir) = sqlite().await;
         let redis =
             keel_store::RedisStore::connect(&keel_store::RedisConfig::new(server.url()), &telemetry).await.unwrap();
         let producer = DurableProducer::new(redis.clone(), DurableConfig::new("down:stream", "g", "c"));

@@ -58,6 +58,12 @@ pub enum StoreError {
     },
 }
 
+impl From<StoreError> for keel_core::WriteError {
+    fn from(err: StoreError) -> Self {
+        Self { kind: err.kind(), message: err.to_string() }
+    }
+}
+
 impl StoreError {
     /// Whether trying the same operation again may succeed
     /// ([`FailureKind::Transient`]: the store is unreachable or busy) or

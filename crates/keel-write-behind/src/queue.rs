@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::persist::{Attempt, Counters, Persister, RetryPolicy};
-use keel_core::{Backoff, FailureKind};
+use keel_core::Backoff;
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
@@ -31,36 +31,9 @@ pub trait Keyed {
 }
 
 /// Why a repository or dead-letter write failed, and whether trying again
-/// may help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct RepoError {
-    /// Transient (the store is unreachable or busy: the whole batch waits
-    /// and is tried again) or permanent (the data is refused: the batch is
-    /// split to find the items that cause it).
-    pub kind: FailureKind,
-    /// What the store said.
-    pub message: String,
-}
-
-impl RepoError {
-    /// The store is unreachable or busy.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: FailureKind::Transient, message: message.into() }
-    }
-
-    /// The store refused the data.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: FailureKind::Permanent, message: message.into() }
-    }
-}
-
-#[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
-impl From<keel_store::StoreError> for RepoError {
-    fn from(err: keel_store::StoreError) -> Self {
-        Self { kind: err.kind(), message: err.to_string() }
-    }
-}
+/// may help ([`RepoError::transient`] or [`RepoError::permanent`]; a
+/// `keel_store::StoreError` converts with `?`, classified).
+pub type RepoError = keel_core::WriteError;
 
 /// A boxed repository future.
 pub type RepoFuture<'a> = Pin<Box<dyn Future<Output = Result<(), RepoError>> + Send + 'a>>;
