@@ -20,6 +20,7 @@ impl Default for Fanout {
 }
 
 impl Fanout {
+    #[cfg(any(feature = "redis", feature = "postgres"))]
     pub(crate) fn reconnected(&self) {
         self.reconnects.send_modify(|n| *n += 1);
     }
