@@ -60,6 +60,8 @@ mod snapshot;
 
 pub use config::{CheckConfig, CheckKind, HealthConfig, StatusCodes};
 pub use control::{Mode, ModeParseError};
+/// A shell wildcard pattern, as taken by [`Health::select`].
+pub use glob::Pattern;
 pub use listmandatory::{DEFAULT_GROUP, MandatoryList};
 pub use mandatory::{Info, Mandatory};
 pub use monitor::{Check, CheckFuture, ComponentSpec, Report, SharedCheck, Thresholds};

@@ -359,6 +359,34 @@ impl Health {
         self.compute(None)
     }
 
+    /// The components selected by `filter` (every component when `None`),
+    /// less those selected by `exclude`. Each pattern (shell wildcards `*`,
+    /// `?`, `[..]`) selects on its own: the components it names and every
+    /// member of the groups it names (`default` for components in no
+    /// group), so `mail,db` means group `mail` and component `db`. A filter
+    /// matching nothing selects nothing.
+    pub fn select(&self, filter: Option<&[glob::Pattern]>, exclude: &[glob::Pattern]) -> BTreeSet<String> {
+        let snapshot = self.snapshot();
+        let matched = |patterns: &[glob::Pattern]| -> BTreeSet<String> {
+            let named = snapshot.components.keys().filter(|c| patterns.iter().any(|p| p.matches(c))).cloned();
+            let in_groups = snapshot
+                .groups
+                .iter()
+                .filter(|g| patterns.iter().any(|p| p.matches(&g.name)))
+                .flat_map(|g| g.components.iter().cloned());
+            named.chain(in_groups).collect()
+        };
+        let mut selected = match filter {
+            Some(patterns) => matched(patterns),
+            None => snapshot.components.keys().cloned().collect(),
+        };
+        if !exclude.is_empty() {
+            let dropped = matched(exclude);
+            selected.retain(|c| !dropped.contains(c));
+        }
+        selected
+    }
+
     /// The aggregate of only the named components and groups, computed now
     /// under the same modes. Unknown names count as missing (KO).
     pub fn snapshot_of(&self, names: &[&str]) -> Snapshot {

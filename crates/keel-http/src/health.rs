@@ -8,8 +8,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use glob::Pattern;
 use keel_core::{Shutdown, Status};
+use keel_health_status::Pattern;
 use keel_health_status::{ComponentView, DEFAULT_GROUP, Health, Snapshot, StatusCodes};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -165,36 +165,13 @@ impl ViewOptions {
     }
 }
 
-/// The component names selected by the filter and exclude patterns. A
-/// pattern naming a group selects (or drops) its members. `None`: no filter,
-/// everything.
+/// The component names selected by the filter and exclude patterns (see
+/// [`Health::select`]). `None`: no filter, everything.
 fn select(state: &HealthState, options: &ViewOptions) -> Option<BTreeSet<String>> {
     if options.filter.is_none() && options.exclude.is_empty() {
         return None;
     }
-    let everything = state.health.snapshot();
-    let all: BTreeSet<String> = everything.components.keys().cloned().collect();
-    let members = |patterns: &[Pattern]| -> BTreeSet<String> {
-        let groups: BTreeSet<String> = everything
-            .groups
-            .iter()
-            .filter(|g| patterns.iter().any(|p| p.matches(&g.name)))
-            .flat_map(|g| g.components.iter().cloned())
-            .collect();
-        if !groups.is_empty() {
-            return groups;
-        }
-        all.iter().filter(|c| patterns.iter().any(|p| p.matches(c))).cloned().collect()
-    };
-    let mut selected = match &options.filter {
-        Some(filter) => members(filter),
-        None => all.clone(),
-    };
-    if !options.exclude.is_empty() {
-        let dropped = members(&options.exclude);
-        selected.retain(|c| !dropped.contains(c));
-    }
-    Some(selected)
+    Some(state.health.select(options.filter.as_deref(), &options.exclude))
 }
 
 async fn status(State(state): State<HealthState>, Query(query): Query<StatusQuery>, headers: HeaderMap) -> Response {
@@ -306,7 +283,12 @@ fn json_body(app: &AppInfo, options: &ViewOptions, snapshot: &Snapshot) -> Value
                     .iter()
                     .filter_map(|name| snapshot.components.get(name).map(|v| (name.clone(), component_json(v))))
                     .collect();
-                json!({"name": group.name, "mode": group.mode, "status": group.status, "components": components})
+                let mut group_json =
+                    json!({"name": group.name, "mode": group.mode, "status": group.status, "components": components});
+                if let (Some(info), Some(object)) = (&group.info, group_json.as_object_mut()) {
+                    object.insert("info".into(), serde_json::to_value(info).unwrap_or(Value::Null));
+                }
+                group_json
             })
             .collect();
         body.insert("groups".into(), Value::Array(groups));
@@ -329,7 +311,9 @@ fn text_body(app: &AppInfo, options: &ViewOptions, snapshot: &Snapshot) -> Strin
     }
     if options.map {
         for group in &snapshot.groups {
-            out.push_str(&format!("{} - {} - {}:\n", group.status, group.name, group.mode));
+            let shown =
+                group.info.as_ref().and_then(|i| i.name.as_deref()).map_or(String::new(), |n| format!(" ({n})"));
+            out.push_str(&format!("{} - {}{shown} - {}:\n", group.status, group.name, group.mode));
             for name in &group.components {
                 if let Some(view) = snapshot.components.get(name) {
                     out.push('\t');

@@ -296,3 +296,38 @@ async fn a_503_keeps_the_negotiated_text_health_json_or_json() {
     assert_eq!(missing.status(), 404);
     assert_eq!(json(missing).await["error"]["code"], "not_found", "real errors keep the envelope");
 }
+
+/// Each pattern selects on its own: a group pattern does not swallow the
+/// component patterns beside it.
+#[tokio::test(start_paused = true)]
+async fn a_filter_mixing_a_group_and_a_component_selects_both() {
+    let (app, _, health) = fixture(StatusCodes::default()).await;
+    let body = json(get(&app, "/status?filter=mail,db", &[]).await).await;
+    assert_eq!(component_names(&body), ["db", "smtp"]);
+    let body = json(get(&app, "/status?filter=upstreams,extra&exclude=c", &[]).await).await;
+    assert_eq!(component_names(&body), ["a", "b", "extra"]);
+    let patterns =
+        |list: &[&str]| list.iter().map(|p| keel_health_status::Pattern::new(p).unwrap()).collect::<Vec<_>>();
+    let selected = health.select(Some(&patterns(&["storage", "sm*"])), &patterns(&["cache"]));
+    assert_eq!(selected.into_iter().collect::<Vec<_>>(), ["db", "smtp"]);
+    assert_eq!(health.select(None, &patterns(&["default"])).len(), 6, "everything but the ungrouped `extra`");
+}
+
+#[tokio::test(start_paused = true)]
+async fn group_info_is_shown_in_map_mode() {
+    let mut storage = Mandatory::new("storage", Mode::Must, ["db"]);
+    storage.info = Some(keel_health_status::Info {
+        name: Some("Primary database".into()),
+        data: [("owner".to_owned(), "platform".to_owned())].into(),
+    });
+    let health = Health::new(MandatoryList::new(vec![storage]).unwrap(), Mode::Must);
+    health.register(ComponentSpec::new("db"), || std::future::ready(Report::ok())).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let app = health_router(health, app_info(), StatusCodes::default(), Shutdown::new());
+    let body = json(get(&app, "/status?map=true", &[]).await).await;
+    let group = &body["groups"][0];
+    assert_eq!(group["name"], "storage");
+    assert_eq!(group["info"], serde_json::json!({"name": "Primary database", "data": {"owner": "platform"}}));
+    let text = text(get(&app, "/status?map=true&format=text", &[]).await).await;
+    assert!(text.contains(" - storage (Primary database) - "), "{text}");
+}
