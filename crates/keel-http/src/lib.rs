@@ -77,7 +77,7 @@ pub use ops::metrics_router;
 #[cfg(feature = "runtime")]
 pub use process::run_process;
 #[cfg(feature = "runtime")]
-pub use runtime::{Prepared, RunMode, STORAGE_GROUP, Services, StartError};
+pub use runtime::{Prepared, Role, RunMode, STORAGE_GROUP, Services, StartError};
 pub use server::{ConnectionLimits, DrainConfig, ServeError, serve, serve_with_limits};
 pub use settings::settings_router;
 #[cfg(feature = "runtime")]

@@ -46,6 +46,23 @@ impl fmt::Display for RunMode {
     }
 }
 
+/// What a process is for: it decides what the process starts and serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The public API (and, embedded, the worker's duties in-process).
+    Api,
+    /// The durable consumers, settings follower, stats collector; serves only
+    /// `/livez`, `/readyz`, `/status` and `/metrics`.
+    Worker,
+}
+
+impl Role {
+    /// `worker` is the worker; anything else serves the API.
+    pub fn of(process: &str) -> Self {
+        if process == "worker" { Role::Worker } else { Role::Api }
+    }
+}
+
 /// Why start-up failed; each maps to a distinct exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -140,8 +157,10 @@ pub struct Services {
     pub settings: SettingsRegistry,
     /// The built-in `monitoring` document (capture toggle, live log level).
     pub monitoring: Settings<MonitoringSettings>,
-    /// The agent-metadata service (batched writes, watches).
-    pub metadata: AgentMetadata,
+    /// What this process is for.
+    pub role: Role,
+    /// The agent-metadata service (batched writes, watches); the api's only.
+    pub metadata: Option<AgentMetadata>,
     /// The entries service (write-behind).
     pub entries: Entries,
     /// Operator log capture, switched by `monitoring.enable_monitoring`.
@@ -352,11 +371,16 @@ impl Services {
         follow_monitoring_settings(&monitoring, &log, &capture, &shutdown);
         let mut settings = SettingsRegistry::new();
         settings.register(monitoring.clone());
-        let metadata =
-            start_metadata(&file, &args.namespace, &telemetry, &database, redis.is_some(), &bus, shutdown.token())
-                .await?;
+        let role = Role::of(process);
+        let metadata = match role {
+            Role::Api => Some(
+                start_metadata(&file, &args.namespace, &telemetry, &database, redis.is_some(), &bus, shutdown.token())
+                    .await?,
+            ),
+            Role::Worker => None,
+        };
         let entries = start_entries(
-            process,
+            role,
             &args.namespace,
             &instance_id,
             &telemetry,
@@ -368,11 +392,13 @@ impl Services {
         )
         .await?;
         let http_stats = HttpStats::new();
-        let collector = Collector::new(process, instance_id.clone())
+        let mut collector = Collector::new(process, instance_id.clone())
             .with_http(http_stats.clone())
             .with_section("capture", capture_section(capture.clone()))
-            .with_section("batcher", batcher_section(metadata.batcher().clone()))
             .with_section("write_behind", write_behind_section(&entries));
+        if let Some(metadata) = &metadata {
+            collector = collector.with_section("batcher", batcher_section(metadata.batcher().clone()));
+        }
         let operators = start_monitoring(
             &MonitoringParts {
                 namespace: &args.namespace,
@@ -386,7 +412,8 @@ impl Services {
             captured,
             collector,
         );
-        let health = start_health(&file, &telemetry, &database, redis.as_ref(), &settings, &metadata, &entries)?;
+        let health =
+            start_health(&file, &telemetry, &database, redis.as_ref(), &settings, metadata.as_ref(), &entries)?;
         await_first_checks(&health, &file).await;
         Ok(Self {
             process,
@@ -404,6 +431,7 @@ impl Services {
             health,
             settings,
             monitoring,
+            role,
             metadata,
             entries,
             capture,
@@ -422,9 +450,11 @@ impl Services {
             let m = queue.metrics();
             tracing::info!(persisted = m.persisted, failed = m.failed, "entries queue drained");
         }
-        self.metadata.batcher().shutdown().await;
-        let stats = self.metadata.batcher().stats();
-        tracing::info!(flushed = stats.flushed, dropped = stats.dropped(), "metadata batcher flushed");
+        if let Some(metadata) = &self.metadata {
+            metadata.batcher().shutdown().await;
+            let stats = metadata.batcher().stats();
+            tracing::info!(flushed = stats.flushed, dropped = stats.dropped(), "metadata batcher flushed");
+        }
         #[cfg(feature = "otlp")]
         if let Some(export) = self.trace_export.clone() {
             // Blocks until the exporter thread has sent what it holds.
@@ -673,7 +703,7 @@ async fn start_metadata(
 /// write-behind queue drained by [`Services::close`].
 #[allow(clippy::too_many_arguments)]
 async fn start_entries(
-    process: &str,
+    role: Role,
     namespace: &str,
     instance_id: &str,
     telemetry: &Telemetry,
@@ -689,7 +719,7 @@ async fn start_entries(
     let sink = match redis {
         Some(redis) => {
             let config = DurableConfig::new(format!("{namespace}:entries:stream"), "keel-entries", instance_id);
-            if process == "worker" {
+            if role == Role::Worker {
                 let running = std::sync::Arc::new(
                     DurableConsumer::new(
                         redis.clone(),
@@ -807,7 +837,7 @@ fn start_health(
     database: &Database,
     redis: Option<&RedisStore>,
     settings: &SettingsRegistry,
-    metadata: &AgentMetadata,
+    metadata: Option<&AgentMetadata>,
     entries: &Entries,
 ) -> Result<Health, StartError> {
     let mut groups = file.health.validate().map_err(invalid_health)?;
@@ -833,7 +863,7 @@ fn start_health(
         // Not storage: a stale settings copy degrades (WARN), it does not stop service.
         builtins.push(("settings".to_owned(), settings_check(settings)));
     }
-    if !configured("batcher") {
+    if let Some(metadata) = metadata.filter(|_| !configured("batcher")) {
         builtins.push(("batcher".to_owned(), batcher_check(metadata.batcher().clone())));
     }
     if !configured("entries") {

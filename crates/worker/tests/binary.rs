@@ -36,5 +36,12 @@ async fn cluster_mode_serves_admin_endpoints_and_stops_on_sigterm() {
     let (status, metrics) = http_get(&addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.contains("db_client_connection_max{db_client_connection_pool_name=\"postgres\"}"), "{metrics}");
+    let (status, body) = http_get(&addr, "/status").await;
+    assert!(matches!(status, 200 | 207), "{body}");
+    assert!(body.contains("\"entries\"") && !body.contains("\"batcher\""), "no metadata batcher: {body}");
+    // The worker is a worker: the public API is the api's.
+    for path in ["/api/v1/entries/x", "/api/v1/settings/monitoring", "/api/v1/monitoring/stats"] {
+        assert_eq!(http_get(&addr, path).await.0, 404, "{path}");
+    }
     assert_eq!(terminate(&mut child).await, Some(0));
 }
