@@ -19,7 +19,9 @@ use crate::{PgPool, StoreError};
 /// How often an idle listener proves its connection is still alive; a
 /// half-open TCP connection would otherwise go unnoticed.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Reconnect timing: 50 ms doubling to 5 s, with jitter so listeners of a
+/// fleet do not reconnect in step.
+const BACKOFF: keel_core::Backoff = keel_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
 
 pub(super) struct PgBus {
     pool: PgPool,
@@ -113,11 +115,11 @@ enum Event {
 impl Listener {
     async fn run(mut self, first: AsyncPgConnection) {
         let mut conn = Some(first);
-        let mut backoff = Duration::from_millis(50);
+        let mut attempt = 0;
         loop {
             let mut current = match conn.take() {
                 Some(c) => c,
-                None => match self.reconnect(&mut backoff).await {
+                None => match self.reconnect(&mut attempt).await {
                     Some(c) => {
                         self.fanout.reconnected();
                         c
@@ -137,11 +139,11 @@ impl Listener {
 
     /// Connects with capped exponential backoff, accepting subscriptions in
     /// the meantime. `None` when cancelled.
-    async fn reconnect(&mut self, backoff: &mut Duration) -> Option<AsyncPgConnection> {
+    async fn reconnect(&mut self, attempt: &mut u32) -> Option<AsyncPgConnection> {
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return None,
-                () = tokio::time::sleep(*backoff) => {}
+                () = tokio::time::sleep(BACKOFF.delay(*attempt + 1)) => {}
                 Some((channel, ack)) = self.commands.recv() => {
                     self.channels.insert(channel);
                     let _ = ack.send(());
@@ -153,7 +155,7 @@ impl Listener {
                     let listens: String = self.channels.iter().map(|c| format!("LISTEN \"{c}\";")).collect();
                     match conn.batch_execute(&listens).await {
                         Ok(()) => {
-                            *backoff = Duration::from_millis(50);
+                            *attempt = 0;
                             return Some(conn);
                         }
                         Err(err) => tracing::warn!(%err, "postgres bus could not re-listen"),
@@ -161,7 +163,7 @@ impl Listener {
                 }
                 Err(err) => tracing::debug!(%err, "postgres bus reconnect failed"),
             }
-            *backoff = (*backoff * 2).min(MAX_BACKOFF);
+            *attempt += 1;
         }
     }
 
