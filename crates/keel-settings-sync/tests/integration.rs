@@ -33,6 +33,22 @@ struct Pod {
     database: Database,
 }
 
+impl Pod {
+    /// A pod on `temp` (migrated) and `store`, its bus on the same Redis.
+    async fn on_redis(temp: &TempDatabase, store: RedisStore, telemetry: Telemetry) -> Self {
+        let database = temp.connect(&telemetry).await;
+        database.run_migrations().await.unwrap();
+        let bus = Bus::redis(&store, &telemetry).await.unwrap();
+        let deps = SettingsDeps::new(
+            Arc::new(DbSettingsStore::new(database.clone())),
+            Cache::redis(store.clone()),
+            bus,
+            telemetry.clone(),
+        );
+        Pod { deps, telemetry, redis: Some(store), database }
+    }
+}
+
 enum World {
     Cluster { temp: TempDatabase },
     Embedded { dir: tempfile::TempDir, cache: Cache, bus: Bus },
@@ -52,17 +68,8 @@ impl World {
         let telemetry = Telemetry::new("t").unwrap();
         match self {
             World::Cluster { temp } => {
-                let database = temp.connect(&telemetry).await;
-                database.run_migrations().await.unwrap();
                 let store = redis(&telemetry).await;
-                let bus = Bus::redis(&store, &telemetry).await.unwrap();
-                let deps = SettingsDeps::new(
-                    Arc::new(DbSettingsStore::new(database.clone())),
-                    Cache::redis(store.clone()),
-                    bus,
-                    telemetry.clone(),
-                );
-                Pod { deps, telemetry, redis: Some(store), database }
+                Pod::on_redis(temp, store, telemetry).await
             }
             World::Embedded { dir, cache, bus } => {
                 let config = DbConfig { data_dir: dir.path().into(), ..DbConfig::default() };
@@ -381,20 +388,11 @@ async fn invalid_names_and_documents_are_typed_errors() {
 /// A pod on a private Redis whose commands time out after 300 ms.
 async fn pod_on(temp: &TempDatabase, redis_url: &str) -> (Pod, Settings<Flags>) {
     let telemetry = Telemetry::new("t").unwrap();
-    let database = temp.connect(&telemetry).await;
-    database.run_migrations().await.unwrap();
     let mut config = RedisConfig::new(redis_url);
     config.command_timeout = Duration::from_millis(300);
     config.connect_timeout = Duration::from_millis(500);
     let store = RedisStore::connect(&config, &telemetry).await.unwrap();
-    let bus = Bus::redis(&store, &telemetry).await.unwrap();
-    let deps = SettingsDeps::new(
-        Arc::new(DbSettingsStore::new(database.clone())),
-        Cache::redis(store.clone()),
-        bus,
-        telemetry.clone(),
-    );
-    let pod = Pod { deps, telemetry, redis: Some(store), database };
+    let pod = Pod::on_redis(temp, store, telemetry).await;
     let settings = open(&pod, "flags").await;
     (pod, settings)
 }
