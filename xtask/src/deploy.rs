@@ -37,6 +37,7 @@ pub fn check(root: &Path) -> Result<()> {
     for manifest in &manifests {
         manifest.check_static()?;
     }
+    check_termination_grace(&manifests)?;
 
     crate::cmd::cargo(root, &["build", "--quiet", "-p", "api", "-p", "worker"])?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
@@ -389,6 +390,36 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Every Deployment's `terminationGracePeriodSeconds` covers the one
+/// shutdown budget (`[http] shutdown_grace` of the ConfigMap's `keel.toml`),
+/// so Kubernetes never kills a process still draining or flushing.
+pub fn check_termination_grace(manifests: &[Manifest]) -> Result<()> {
+    let docs = || manifests.iter().flat_map(|m| m.docs.iter().map(move |d| (m, d)));
+    let config = docs()
+        .find_map(|(_, d)| d["data"]["keel.toml"].as_str().map(str::to_owned))
+        .context("no ConfigMap with a keel.toml")?;
+    let grace = config
+        .lines()
+        .filter_map(|l| l.split('#').next()?.split_once('='))
+        .find(|(k, _)| k.trim() == "shutdown_grace")
+        .map(|(_, v)| v.trim().trim_matches('"').to_owned())
+        .context("keel.toml in the ConfigMap sets no [http] shutdown_grace")?;
+    let seconds = grace
+        .strip_suffix('s')
+        .and_then(|s| s.parse::<u64>().ok())
+        .with_context(|| format!("shutdown_grace {grace:?}: write whole seconds, e.g. \"25s\""))?;
+    for (manifest, doc) in docs().filter(|(_, d)| d["kind"].as_str() == Some("Deployment")) {
+        let period = doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+        if u64::try_from(period).unwrap_or(0) <= seconds {
+            bail!(
+                "{}: terminationGracePeriodSeconds {period} does not cover shutdown_grace {grace} (drain, requests and flushes)",
+                manifest.file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A binary started for the check; killed when dropped.

@@ -174,3 +174,21 @@ fn the_configuration_reference_is_generated_from_help_text() {
     assert_eq!(spliced, "intro\n<!-- BEGIN GENERATED: cargo xtask docs -->\nnew\n<!-- END GENERATED -->\nrest");
     assert!(xtask::docs::splice("no markers", "x").is_err());
 }
+
+#[test]
+fn termination_grace_must_exceed_the_shutdown_budget() {
+    let k8s = xtask::workspace_root().join("deploy/k8s");
+    let manifests = Manifest::load_dir(&k8s).unwrap();
+    xtask::deploy::check_termination_grace(&manifests).unwrap();
+
+    // A Deployment killed before the budget runs out is refused.
+    let dir = tempfile::tempdir().unwrap();
+    for file in files(&k8s, "yaml").unwrap() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text.replace("terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 20");
+        std::fs::write(dir.path().join(file.file_name().unwrap()), text).unwrap();
+    }
+    let short = Manifest::load_dir(dir.path()).unwrap();
+    let err = xtask::deploy::check_termination_grace(&short).unwrap_err().to_string();
+    assert!(err.contains("does not cover shutdown_grace 25s"), "{err}");
+}

@@ -190,6 +190,8 @@ pub struct Batcher<K, V> {
     config: Arc<BatcherConfig>,
     cancel: CancellationToken,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// A tighter bound than `final_flush_timeout`, given at shutdown.
+    final_limit: Arc<Mutex<Option<Duration>>>,
 }
 
 impl<K, V> Clone for Batcher<K, V> {
@@ -202,6 +204,7 @@ impl<K, V> Clone for Batcher<K, V> {
             config: self.config.clone(),
             cancel: self.cancel.clone(),
             task: self.task.clone(),
+            final_limit: self.final_limit.clone(),
         }
     }
 }
@@ -238,7 +241,9 @@ where
         let metrics = Arc::new(Metrics::new(name, telemetry, tx.downgrade(), counters.clone(), config.max_batch_size));
         let cancel = CancellationToken::new();
         let config = Arc::new(config);
+        let final_limit = Arc::new(Mutex::new(None));
         let owner = Owner {
+            final_limit: final_limit.clone(),
             rx,
             map: HashMap::new(),
             arrivals: 0,
@@ -258,6 +263,7 @@ where
             config,
             cancel,
             task: Arc::new(Mutex::new(Some(task))),
+            final_limit,
         })
     }
 
@@ -328,6 +334,14 @@ impl<K, V> Batcher<K, V> {
     /// (within `final_flush_timeout`). Items that could not be written are
     /// counted as dropped. Idempotent.
     pub async fn shutdown(&self) {
+        self.shutdown_within(self.config.final_flush_timeout).await;
+    }
+
+    /// [`shutdown`](Self::shutdown) with at most `limit` for the final flush
+    /// (the smaller of it and `final_flush_timeout`): what is left of a
+    /// process's shutdown budget.
+    pub async fn shutdown_within(&self, limit: Duration) {
+        *self.final_limit.lock().unwrap_or_else(PoisonError::into_inner) = Some(limit);
         self.cancel.cancel();
         let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(task) = task {
@@ -352,6 +366,7 @@ struct Owner<K, V> {
     metrics: Arc<Metrics>,
     /// Consecutive failed flushes, for the backoff.
     failures: u32,
+    final_limit: Arc<Mutex<Option<Duration>>>,
 }
 
 impl<K, V> Owner<K, V>
@@ -515,7 +530,8 @@ where
         while let Ok((key, value)) = self.rx.try_recv() {
             self.insert(key, value);
         }
-        let timeout = self.config.final_flush_timeout;
+        let limit = self.final_limit.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let timeout = limit.map_or(self.config.final_flush_timeout, |l| l.min(self.config.final_flush_timeout));
         let flushed = tokio::time::timeout(timeout, self.flush(Reason::Shutdown)).await;
         if flushed.is_err() {
             tracing::error!(?timeout, "final batch flush timed out");

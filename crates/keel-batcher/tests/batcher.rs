@@ -349,6 +349,17 @@ async fn a_hung_sink_makes_shutdown_return_after_the_final_flush_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_within_spends_only_what_is_left_of_the_budget() {
+    let sink = Sink::new(&[Behaviour::Hang]);
+    let batcher = start(config(500), &sink);
+    batcher.add("a".into(), item("a", 1)).unwrap();
+    let started = Instant::now();
+    batcher.shutdown_within(Duration::from_secs(3)).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(3), "the process's remaining budget, not the 15 s timeout");
+    assert_eq!(batcher.stats().dropped_shutdown, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn invalid_configuration_is_a_typed_error() {
     let sink = Sink::new(&[]);
     for bad in [

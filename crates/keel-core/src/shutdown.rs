@@ -25,6 +25,8 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
+    /// When [`trigger`](Self::trigger) first ran: the start of the budget.
+    started: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
 /// Background tasks were still running when the grace period ended.
@@ -58,9 +60,17 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
-    /// Starts shutdown. Idempotent.
+    /// Starts shutdown (and its budget's clock). Idempotent.
     pub fn trigger(&self) {
+        self.started.get_or_init(tokio::time::Instant::now);
         self.token.cancel();
+    }
+
+    /// What is left of `budget`, counted from when shutdown started (all
+    /// of it before): drain, in-flight requests and every flush share one
+    /// budget by each asking for what remains.
+    pub fn remaining(&self, budget: Duration) -> Duration {
+        self.started.get().map_or(budget, |at| budget.saturating_sub(at.elapsed()))
     }
 
     /// Spawns a task that [`drain`](Self::drain) will wait for.
@@ -174,5 +184,24 @@ mod tests {
         let task = shutdown.trigger_on_signals().unwrap();
         shutdown.trigger();
         task.await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_runs_from_the_first_trigger() {
+        let shutdown = Shutdown::new();
+        let budget = Duration::from_secs(10);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(shutdown.remaining(budget), budget, "nothing spent before shutdown");
+        shutdown.trigger();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        shutdown.trigger();
+        assert_eq!(shutdown.remaining(budget), Duration::from_secs(7));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(shutdown.remaining(budget), Duration::ZERO);
     }
 }

@@ -67,6 +67,10 @@ pub struct CommonArgs {
     /// counted (`keel_http_connections_refused_total`).
     #[arg(long, env = "KEEL_MAX_CONNECTIONS", value_name = "N", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// One budget after SIGTERM for the drain delay, in-flight requests and
+    /// every queue and batcher flush (default 10s, or `[http] shutdown_grace`).
+    #[arg(long, env = "KEEL_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<HumanDuration>,
 }
 
 /// `1024`, `512KiB`, `64MiB`, `1GiB` → bytes (at least 1 MiB).
@@ -156,7 +160,8 @@ pub struct HttpSection {
     pub request_timeout: Option<HumanDuration>,
     /// Largest accepted request body in bytes (default 1 MiB).
     pub body_limit: Option<usize>,
-    /// Time for in-flight work after shutdown starts (default `10s`).
+    /// One budget after shutdown starts for the drain delay, in-flight
+    /// requests and every flush (default `10s`; `--shutdown-grace` wins).
     pub shutdown_grace: Option<HumanDuration>,
     /// Time `/readyz` reports 503 before the listener closes (default `0s`).
     pub drain_delay: Option<HumanDuration>,

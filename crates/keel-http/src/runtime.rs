@@ -159,6 +159,8 @@ pub struct Services {
     pub monitoring: Settings<MonitoringSettings>,
     /// What this process is for.
     pub role: Role,
+    /// Shutdown timing: the drain delay and the one budget.
+    drain: DrainConfig,
     /// The agent-metadata service (batched writes, watches); the api's only.
     pub metadata: Option<AgentMetadata>,
     /// The entries service (write-behind).
@@ -201,7 +203,7 @@ impl fmt::Debug for Prepared {
 impl Prepared {
     /// Shutdown timing from the `[http]` section.
     pub fn drain_config(&self) -> DrainConfig {
-        drain_config(&self.file)
+        drain_config(&self.file, &self.args)
     }
 
     /// Per-connection limits from `--max-connections` and `[http]`, with
@@ -374,8 +376,7 @@ impl Services {
         let role = Role::of(process);
         let metadata = match role {
             Role::Api => Some(
-                start_metadata(&file, &args.namespace, &telemetry, &database, redis.is_some(), &bus, shutdown.token())
-                    .await?,
+                start_metadata(&args.namespace, &telemetry, &database, redis.is_some(), &bus, shutdown.token()).await?,
             ),
             Role::Worker => None,
         };
@@ -415,7 +416,9 @@ impl Services {
         let health =
             start_health(&file, &telemetry, &database, redis.as_ref(), &settings, metadata.as_ref(), &entries)?;
         await_first_checks(&health, &file).await;
+        let drain = drain_config(&file, args);
         Ok(Self {
+            drain,
             process,
             instance_id,
             mode,
@@ -445,13 +448,16 @@ impl Services {
     /// Flushes what the process still holds (the metadata batcher) once the
     /// server has stopped accepting requests.
     pub async fn close(&self) {
+        // What the server left of the one shutdown budget is all the
+        // flushes get.
+        let budget = self.drain_config().grace;
         if let EntrySink::Memory(queue) = self.entries.sink() {
-            queue.shutdown().await;
+            queue.shutdown_within(self.shutdown.remaining(budget)).await;
             let m = queue.metrics();
             tracing::info!(persisted = m.persisted, failed = m.failed, "entries queue drained");
         }
         if let Some(metadata) = &self.metadata {
-            metadata.batcher().shutdown().await;
+            metadata.batcher().shutdown_within(self.shutdown.remaining(budget)).await;
             let stats = metadata.batcher().stats();
             tracing::info!(flushed = stats.flushed, dropped = stats.dropped(), "metadata batcher flushed");
         }
@@ -473,15 +479,15 @@ impl Services {
 
     /// Shutdown timing from the `[http]` section.
     pub fn drain_config(&self) -> DrainConfig {
-        drain_config(&self.file)
+        self.drain
     }
 }
 
-fn drain_config(file: &FileConfig) -> DrainConfig {
+fn drain_config(file: &FileConfig, args: &CommonArgs) -> DrainConfig {
     let defaults = DrainConfig::default();
     DrainConfig {
         drain_delay: file.http.drain_delay.map_or(defaults.drain_delay, Duration::from),
-        grace: file.http.shutdown_grace.map_or(defaults.grace, Duration::from),
+        grace: args.shutdown_grace.or(file.http.shutdown_grace).map_or(defaults.grace, Duration::from),
     }
 }
 
@@ -670,7 +676,6 @@ fn builtin_spec(name: String) -> ComponentSpec {
 /// Redis (cluster), PostgreSQL NOTIFY (no Redis) or in-process (embedded),
 /// flushed by [`Services::close`] within the shutdown grace period.
 async fn start_metadata(
-    file: &FileConfig,
     namespace: &str,
     telemetry: &Telemetry,
     database: &Database,
@@ -684,8 +689,8 @@ async fn start_metadata(
     } else {
         MetadataNotifier::bus(bus.clone(), channel.clone())
     };
-    let grace = file.http.shutdown_grace.map_or(DrainConfig::default().grace, Duration::from);
-    let config = BatcherConfig { final_flush_timeout: grace.min(Duration::from_secs(15)), ..BatcherConfig::default() };
+    // The final flush gets what is left of the shutdown budget (Services::close).
+    let config = BatcherConfig::default();
     let sink = std::sync::Arc::new(DbMetadataSink::new(database.clone()));
     let batcher = Batcher::start_with(
         "agent_metadata",

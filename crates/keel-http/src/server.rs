@@ -23,7 +23,9 @@ pub struct DrainConfig {
     /// After shutdown starts, keep accepting for this long while `/readyz`
     /// answers 503, so load balancers notice before connections are refused.
     pub drain_delay: Duration,
-    /// Then allow this long for in-flight requests and background tasks.
+    /// The whole budget, counted from when shutdown starts: the drain delay,
+    /// in-flight requests, background tasks and (in the binaries) the
+    /// final flushes of queues and batchers all fit in it.
     pub grace: Duration,
 }
 
@@ -108,7 +110,7 @@ pub async fn serve_with_limits(
     }));
     let stop_accepting = async {
         shutdown.triggered().await;
-        tokio::time::sleep(drain.drain_delay).await;
+        tokio::time::sleep(drain.drain_delay.min(shutdown.remaining(drain.grace))).await;
     };
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -150,14 +152,14 @@ pub async fn serve_with_limits(
     // Connections accepted last may not have had their request read yet:
     // give them a moment to be answered (each answer says Connection: close)
     // before idle connections are closed under them.
-    let settle = drain.grace.min(Duration::from_millis(500));
+    let settle = shutdown.remaining(drain.grace).min(Duration::from_millis(500));
     let all_free = connections.acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX));
     let _ = tokio::time::timeout(settle, all_free).await;
     // In-flight requests finish; idle keep-alive connections close now.
-    if tokio::time::timeout(drain.grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(shutdown.remaining(drain.grace), graceful.shutdown()).await.is_err() {
         return Err(ServeError::GraceExpired(drain.grace));
     }
-    shutdown.drain(drain.grace).await.map_err(|_| ServeError::GraceExpired(drain.grace))
+    shutdown.drain(shutdown.remaining(drain.grace)).await.map_err(|_| ServeError::GraceExpired(drain.grace))
 }
 
 /// A connection's IO that fails reads once nothing was read or written for

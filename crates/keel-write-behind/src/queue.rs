@@ -231,6 +231,8 @@ struct Shared<T: Keyed> {
     wake: Notify,
     counters: Counters,
     closing: CancellationToken,
+    /// A tighter bound than `shutdown_timeout` for the drain, when given.
+    drain_limit: Mutex<Option<Duration>>,
 }
 
 impl<T: Keyed> Shared<T> {
@@ -422,6 +424,7 @@ where
             wake: Notify::new(),
             counters: Counters::default(),
             closing: CancellationToken::new(),
+            drain_limit: Mutex::new(None),
         });
         let flusher = Flusher { shared: shared.clone(), repository, dead_letters };
         let task = tokio::spawn(flusher.run());
@@ -521,6 +524,14 @@ where
     /// Stops accepting items, writes everything still queued within
     /// `shutdown_timeout`, and dead-letters what is left. Idempotent.
     pub async fn shutdown(&self) {
+        self.shutdown_within(self.shared.config.shutdown_timeout).await;
+    }
+
+    /// [`shutdown`](Self::shutdown) with at most `limit` for the drain (the
+    /// smaller of it and `shutdown_timeout`): what is left of a process's
+    /// shutdown budget.
+    pub async fn shutdown_within(&self, limit: Duration) {
+        *self.shared.drain_limit.lock().unwrap_or_else(PoisonError::into_inner) = Some(limit);
         self.shared.closing.cancel();
         self.shared.room.close();
         self.shared.bytes_freed.notify_waiters();
@@ -589,7 +600,9 @@ where
     /// Writes everything left within the shutdown timeout, then dead-letters
     /// what remains.
     async fn drain(&self, config: &WriteBehindConfig, mut writes: tokio::task::JoinSet<()>) {
-        let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        let limit = self.shared.drain_limit.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let budget = limit.map_or(config.shutdown_timeout, |l| l.min(config.shutdown_timeout));
+        let drained = tokio::time::timeout(budget, async {
             while writes.join_next().await.is_some() {}
             loop {
                 let batch = self.shared.pending().take(config.batch_size);

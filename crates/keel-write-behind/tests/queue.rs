@@ -428,3 +428,16 @@ async fn the_byte_bound_holds_writes_back_until_room_is_freed() {
     assert_eq!((m.persisted, m.bytes), (6, 0), "{m:?}");
     assert_eq!(sink.0.lock().unwrap().len(), 6);
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_within_spends_only_what_is_left_of_the_budget() {
+    let repo = Repo::new(Mode::Hang);
+    let queue = start(WriteBehindConfig { shutdown_timeout: Duration::from_secs(30), ..config(2) }, &repo);
+    for i in 0..5 {
+        queue.enqueue(item("k", i)).await.unwrap();
+    }
+    let started = Instant::now();
+    queue.shutdown_within(Duration::from_secs(4)).await;
+    assert_eq!(started.elapsed(), Duration::from_secs(4), "the process's remaining budget, not the 30 s timeout");
+    assert_balanced(queue.metrics());
+}
