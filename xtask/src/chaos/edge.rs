@@ -97,7 +97,8 @@ pub(crate) fn slowloris(api: &Binary, count: usize, limit: Duration) -> Result<(
                 let mut streams = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 for slot in streams.iter_mut() {
                     let Some((stream, opened)) = slot else { continue };
-                    if matches!(stream.read(&mut buf), Err(err) if err.kind() == std::io::ErrorKind::WouldBlock) {
+                    if matches!(stream.read(&mut buf), Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted))
+                    {
                         continue;
                     }
                     // Closed by the server (EOF or reset).
@@ -245,7 +246,7 @@ fn read_response(stream: &mut TcpStream) -> Result<(u16, bool), String> {
         if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
             break end + 4;
         }
-        let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = read_some(stream, &mut buf)?;
         if n == 0 {
             return Err("connection closed before the response".into());
         }
@@ -256,11 +257,22 @@ fn read_response(stream: &mut TcpStream) -> Result<(u16, bool), String> {
     let length: usize =
         head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     while data.len() < head_end + length {
-        let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = read_some(stream, &mut buf)?;
         if n == 0 {
             return Err("connection closed mid-body".into());
         }
         data.extend_from_slice(&buf[..n]);
     }
     Ok((status, head.contains("connection: close")))
+}
+
+/// One `read`, retried when a signal to this process (a child exiting)
+/// interrupts it: that is no answer from the server.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> {
+    loop {
+        match stream.read(buf) {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other.map_err(|e| e.to_string()),
+        }
+    }
 }
