@@ -2,12 +2,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-
-use crate::cli::{CommonArgs, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 use std::sync::{Arc, OnceLock};
 
 use keel_core::Shutdown;
 
+use crate::cli::{CommonArgs, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
 use crate::startup::gate_router;
 use crate::{ServeError, Services, StartError, Startup, app_router, serve_with_limits};
 

@@ -78,7 +78,7 @@ pub(crate) struct Persister<'a, T> {
 }
 
 impl<T: Clone + Send + Sync + 'static> Persister<'_, T> {
-    /// Writes `batch`, calling `done(n)` as items are persisted or
+    /// Writes `batch`, calling `done(items)` as items are persisted or
     /// dead-lettered. Returns the positions (in `batch`) of the items left
     /// unfinished because `stop` was cancelled; empty otherwise.
     pub(crate) async fn write(&self, batch: Vec<T>, done: &Done<'_, T>) -> Vec<usize> {
