@@ -2,7 +2,10 @@
 //!
 //! Static checks, read from `cargo metadata` and the sources:
 //! - the dependency direction of DESIGN §1 (`keel-core` ← `keel-telemetry` ←
-//!   `keel-store` ← functional crates ← `keel-http` ← binaries);
+//!   `keel-store` ← functional crates ← `keel-http` ← `keel-app` ← binaries);
+//! - the API boundaries of `docs/ARCHITECTURE.md`: only `keel-app` (and the
+//!   binaries) read flags, environment and files; only `keel-http` builds HTTP
+//!   responses and JSON bodies;
 //! - `keel-core` and `keel-telemetry` never depend on axum, diesel or fred,
 //!   and the storage and functional crates only optionally (behind features);
 //! - no placeholder or debugging macros and no ignored tests;
@@ -30,9 +33,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("keel-write-behind", 3),
     ("keel-monitoring", 3),
     ("keel-http", 4),
-    ("api", 5),
-    ("worker", 5),
-    ("xtask", 6),
+    ("keel-app", 5),
+    ("api", 6),
+    ("worker", 6),
+    ("xtask", 7),
 ];
 
 /// Same-layer dependencies that the design allows.
@@ -76,6 +80,9 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
     }
     for dir in ["crates", "xtask"] {
         scan_sources(&root.join(dir), &mut found)?;
+    }
+    for package in packages {
+        check_boundaries(package, &mut found)?;
     }
     Ok(found)
 }
@@ -160,6 +167,72 @@ fn check_package(package: &Value, members: &[&str], found: &mut Vec<Violation>) 
             ));
         }
     }
+}
+
+/// Crates allowed to read flags, environment and files.
+const CONFIG_READERS: &[&str] = &["keel-app", "api", "worker", "xtask"];
+
+/// Files that read the environment by a documented exception: test support
+/// (where the test servers are) and the OpenTelemetry SDK's own variables.
+const ENV_EXCEPTIONS: &[&str] = &["keel-store/src/testing.rs", "keel-telemetry/src/otlp.rs"];
+
+/// What only `keel-http` may write in library code: HTTP responses and JSON
+/// bodies built by hand.
+const HTTP_SHAPES: &[&str] = &["IntoResponse", "StatusCode::", "json!(", "axum::Json", "Json("];
+
+/// The architecture invariants of `docs/ARCHITECTURE.md` that can be read
+/// from a manifest and the library sources (tests and benches are exempt).
+fn check_boundaries(package: &Value, found: &mut Vec<Violation>) -> Result<()> {
+    let name = package["name"].as_str().unwrap_or_default();
+    if CONFIG_READERS.contains(&name) && name != "keel-app" {
+        return Ok(());
+    }
+    for dep in package["dependencies"].as_array().into_iter().flatten() {
+        let (dep_name, kind) = (dep["name"].as_str().unwrap_or_default(), dep["kind"].as_str().unwrap_or("normal"));
+        if kind == "normal" && matches!(dep_name, "clap" | "toml") && !CONFIG_READERS.contains(&name) {
+            found.push(violation("boundaries", format!("{name}: only keel-app reads flags and files ({dep_name})")));
+        }
+    }
+    let manifest = PathBuf::from(package["manifest_path"].as_str().unwrap_or_default());
+    let src = manifest.parent().map(|dir| dir.join("src")).unwrap_or_default();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files)?;
+    for file in files {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        // Comments and the unit tests at the end of a file are exempt.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code: String = code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        let shown = file.display().to_string();
+        let exempt = ENV_EXCEPTIONS.iter().any(|e| shown.ends_with(e));
+        if !CONFIG_READERS.contains(&name)
+            && !exempt
+            && (code.contains("env::var") || code.contains("fs::read_to_string"))
+        {
+            found.push(violation("boundaries", format!("{shown}: only keel-app reads the environment and files")));
+        }
+        if name != "keel-http" {
+            for pattern in HTTP_SHAPES.iter().filter(|p| code.contains(**p)) {
+                found.push(violation(
+                    "boundaries",
+                    format!("{shown}: `{pattern}`: only keel-http builds HTTP responses and JSON bodies"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            rust_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 fn has_workspace_lints(manifest: &str) -> bool {

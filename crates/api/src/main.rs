@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
+use keel_app::config::{CommonArgs, parse_args};
+use keel_app::{Role, run_process};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use keel_http::cli::CommonArgs;
 
 /// Keel API server.
 #[derive(Parser, Debug)]
@@ -26,8 +27,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match keel_http::cli::parse_args::<Args>() {
-        Ok(args) => keel_http::run_process("api", args.listen, &args.common, "listening on"),
+    match parse_args::<Args>() {
+        Ok(args) => run_process(Role::Api, args.listen, &args.common),
         Err(code) => code,
     }
 }

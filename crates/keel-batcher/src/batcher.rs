@@ -232,7 +232,7 @@ where
         config: BatcherConfig,
         sink: Arc<dyn BatchSink<K, V>>,
         listener: Option<Arc<dyn FlushListener<K>>>,
-        telemetry: Option<&keel_telemetry::Telemetry>,
+        telemetry: Option<&dyn keel_telemetry::MeterSource>,
     ) -> Result<Self, BatcherError> {
         config.validate()?;
         let capacity = config.max_batch_size.saturating_mul(config.channel_multiplier);

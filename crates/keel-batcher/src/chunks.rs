@@ -9,15 +9,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use uuid::Uuid;
 
 /// Characters per encoded id.
-pub const ID_LEN: usize = 22;
+pub(crate) const ID_LEN: usize = 22;
 /// Largest payload produced.
-pub const MAX_PAYLOAD: usize = 8000;
+pub(crate) const MAX_PAYLOAD: usize = 8000;
 /// Ids per payload: `MAX_PAYLOAD / ID_LEN`.
-pub const IDS_PER_CHUNK: usize = MAX_PAYLOAD / ID_LEN;
+pub(crate) const IDS_PER_CHUNK: usize = MAX_PAYLOAD / ID_LEN;
 
 /// A payload that is not a sequence of encoded ids.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChunkError {
+pub(crate) enum ChunkError {
     /// The length is not a multiple of 22.
     #[error("payload length {0} is not a multiple of {ID_LEN}")]
     Length(usize),
@@ -30,7 +30,7 @@ pub enum ChunkError {
 }
 
 /// Encodes the distinct `ids` (sorted) into payloads of at most 363 ids.
-pub fn encode_chunks(ids: impl IntoIterator<Item = Uuid>) -> Vec<String> {
+pub(crate) fn encode_chunks(ids: impl IntoIterator<Item = Uuid>) -> Vec<String> {
     let unique: BTreeSet<Uuid> = ids.into_iter().collect();
     let unique: Vec<Uuid> = unique.into_iter().collect();
     unique
@@ -46,7 +46,7 @@ pub fn encode_chunks(ids: impl IntoIterator<Item = Uuid>) -> Vec<String> {
 }
 
 /// Decodes one payload, rejecting anything malformed.
-pub fn decode_chunk(payload: &[u8]) -> Result<Vec<Uuid>, ChunkError> {
+pub(crate) fn decode_chunk(payload: &[u8]) -> Result<Vec<Uuid>, ChunkError> {
     if !payload.len().is_multiple_of(ID_LEN) {
         return Err(ChunkError::Length(payload.len()));
     }

@@ -52,16 +52,22 @@
 //! # }
 //! ```
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod agents;
 mod batcher;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod chunks;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod metadata;
 mod metrics;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use agents::{
+    Accepted, AgentMetadata, MAX_CLOCK_SKEW, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_LEN, MetadataError, Submitted,
+};
 pub use batcher::{
     AddError, BatchSink, Batcher, BatcherConfig, BatcherError, BatcherStats, FlushListener, SinkError, SinkFuture,
     Stamped,
 };
-pub use chunks::{ChunkError, ID_LEN, IDS_PER_CHUNK, MAX_PAYLOAD, decode_chunk, encode_chunks};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use metadata::{DbMetadataSink, MetadataKey, MetadataNotifier, MetadataRow, MetadataValue};
+pub use metadata::{ChangedAgents, DbMetadataSink, MetadataKey, MetadataNotifier, MetadataRow, MetadataValue};

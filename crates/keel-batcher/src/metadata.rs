@@ -13,7 +13,8 @@ use diesel_async::RunQueryDsl;
 use keel_store::{Bus, Database, StoreError};
 use uuid::Uuid;
 
-use crate::{BatchSink, FlushListener, SinkError, SinkFuture, Stamped, encode_chunks};
+use crate::chunks::encode_chunks;
+use crate::{BatchSink, FlushListener, SinkError, SinkFuture, Stamped};
 
 /// One metadata key of one agent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -189,7 +190,8 @@ impl BatchSink<MetadataKey, MetadataValue> for DbMetadataSink {
 }
 
 /// Announces the agents touched by each written batch on `channel`, as
-/// [`encode_chunks`] payloads: with PostgreSQL `NOTIFY` (every chunk in one
+/// compact chunks of ids (private to this crate; read them with
+/// [`MetadataNotifier::subscribe`]): with PostgreSQL `NOTIFY` (every chunk in one
 /// round trip) or on a [`Bus`] (Redis or in-process).
 #[derive(Debug, Clone)]
 pub struct MetadataNotifier {
@@ -224,6 +226,13 @@ impl MetadataNotifier {
         Self { target: Target::Bus(bus), channel }
     }
 
+    /// The ids of agents announced on `channel` of `bus` from now on, one
+    /// at a time (malformed payloads are skipped with a warning). A
+    /// PostgreSQL `NOTIFY` channel arrives on a PostgreSQL bus.
+    pub async fn subscribe(bus: &Bus, channel: &str) -> Result<ChangedAgents, StoreError> {
+        Ok(ChangedAgents { subscription: bus.subscribe(channel).await?, pending: std::collections::VecDeque::new() })
+    }
+
     /// Sends the chunks for `agents`.
     pub async fn notify(&self, agents: impl IntoIterator<Item = Uuid>) -> Result<(), StoreError> {
         let chunks = encode_chunks(agents);
@@ -248,6 +257,30 @@ impl MetadataNotifier {
                     bus.publish(&self.channel, Bytes::from(chunk)).await?;
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Agent ids announced by [`MetadataNotifier::notify`], from
+/// [`MetadataNotifier::subscribe`].
+#[derive(Debug)]
+pub struct ChangedAgents {
+    subscription: keel_store::Subscription,
+    pending: std::collections::VecDeque<Uuid>,
+}
+
+impl ChangedAgents {
+    /// The next changed agent; `None` once the bus is closed.
+    pub async fn recv(&mut self) -> Option<Uuid> {
+        loop {
+            if let Some(agent) = self.pending.pop_front() {
+                return Some(agent);
+            }
+            let payload = self.subscription.recv().await?;
+            match crate::chunks::decode_chunk(&payload) {
+                Ok(agents) => self.pending.extend(agents),
+                Err(err) => tracing::warn!(%err, "ignoring a malformed metadata notification"),
             }
         }
     }

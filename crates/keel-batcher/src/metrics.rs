@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use keel_telemetry::{Telemetry, names};
+use keel_telemetry::{MeterSource, names};
 use opentelemetry::KeyValue;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -52,7 +52,7 @@ struct Instruments {
 impl Metrics {
     pub(crate) fn new<T: Send + 'static>(
         name: &str,
-        telemetry: Option<&Telemetry>,
+        telemetry: Option<&dyn MeterSource>,
         queue: tokio::sync::mpsc::WeakSender<T>,
         counters: Arc<Counters>,
         max_batch_size: usize,

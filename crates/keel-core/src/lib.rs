@@ -29,6 +29,7 @@ mod failure;
 mod ids;
 mod shutdown;
 mod status;
+mod text;
 mod unix;
 
 pub use backoff::Backoff;
@@ -38,4 +39,5 @@ pub use failure::{FailureKind, WriteError};
 pub use ids::default_instance_id;
 pub use shutdown::{DrainTimeout, Shutdown};
 pub use status::{Status, StatusParseError};
+pub use text::{MAX_ECHO, clip, shown};
 pub use unix::{from_unix_micros, from_unix_millis, unix_micros, unix_millis};

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use keel_core::{SharedClock, Status, SystemClock};
-use keel_telemetry::{Telemetry, names};
+use keel_telemetry::{MeterSource, names};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
 use tokio::sync::broadcast;
@@ -214,7 +214,7 @@ impl Health {
     /// Exports `keel_health_status` (2 OK, 1 WARN, 0 KO per component),
     /// `keel_health_check_duration_seconds` and
     /// `keel_health_transitions_total{component,from,to}`.
-    pub fn instrument(&self, telemetry: &Telemetry) {
+    pub fn instrument(&self, telemetry: &dyn MeterSource) {
         let meter = telemetry.meter("keel-health-status");
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let status = meter

@@ -6,14 +6,22 @@
 //! - [`middleware::apply`]: request id, trace span, golden-signal metrics
 //!   ([`HttpMetrics`], OpenTelemetry HTTP semantic conventions), timeout,
 //!   body limit, and panic → 500 (counted).
-//! - [`metrics_router`]: `/metrics`; [`health_router`]: `/status`,
+//! - [`metrics_router`]: `/metrics`; `health_router`: `/status`,
 //!   `/status/{name}`, `/livez`, `/readyz` over a `keel_health_status::Health`.
-//! - [`monitoring_router`]: captured logs, live stats and their SSE stream
-//!   for operators (admin token).
+//! - `monitoring_router`: captured logs, live stats and their SSE stream
+//!   for operators (admin token); `settings_router`, `entries_router`,
+//!   `agents_router`: the reference services.
 //! - [`serve`]: graceful shutdown (readiness drops first, in-flight requests
 //!   finish, background tasks drain within a grace period).
-//! - `cli` and `Services` (feature `runtime`, on by default): the
-//!   configuration and start-up shared by the `api` and `worker` binaries.
+//! - [`starting_gate`]: serves `/livez` and a truthful `/readyz` while the
+//!   application waits for its stores.
+//!
+//! Each router sits behind a cargo feature named after it (`health`,
+//! `settings`, `monitoring`, `entries`, `agents`, or `full` for all) and
+//! brings only the functional crate it adapts; with no feature the crate is
+//! the middleware, errors, `/metrics` and the server. The domain rules live
+//! in the functional crates; configuration and composition live in
+//! `keel-app`.
 //!
 //! # Example
 //!
@@ -35,50 +43,41 @@
 //! ```
 
 mod admin;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "agents")]
 mod agents;
-#[cfg(feature = "runtime")]
-mod app;
-#[cfg(feature = "runtime")]
-pub mod cli;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "entries")]
 mod entries;
 mod error;
+mod gate;
+#[cfg(feature = "health")]
 mod health;
 mod metrics;
 pub mod middleware;
+#[cfg(feature = "monitoring")]
 mod monitoring;
 mod ops;
-#[cfg(feature = "runtime")]
-mod process;
-#[cfg(feature = "runtime")]
-mod runtime;
 mod server;
+#[cfg(feature = "settings")]
 mod settings;
-#[cfg(feature = "runtime")]
-mod startup;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports))]
 mod text;
 
 pub use admin::AdminToken;
-#[cfg(feature = "runtime")]
-pub use agents::{AgentMetadata, MAX_CLOCK_SKEW, MAX_KEY_LEN, MAX_KEYS, MAX_VALUE_LEN, agents_router};
-#[cfg(feature = "runtime")]
-pub use app::app_router;
-#[cfg(feature = "runtime")]
-pub use entries::{DEFAULT_ENQUEUE_TIMEOUT, Entries, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE, entries_router};
+#[cfg(feature = "agents")]
+pub use agents::agents_router;
+#[cfg(feature = "entries")]
+pub use entries::entries_router;
 pub use error::ApiError;
+pub use gate::{Waiting, starting_gate};
+#[cfg(feature = "health")]
 pub use health::{AppInfo, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
-pub use monitoring::{MAX_LOG_LIMIT, MonitoringService, PROCESSES, monitoring_router};
+#[cfg(feature = "monitoring")]
+pub use monitoring::{MAX_LOG_LIMIT, monitoring_router};
 pub use ops::metrics_router;
-#[cfg(feature = "runtime")]
-pub use process::run_process;
-#[cfg(feature = "runtime")]
-pub use runtime::{Prepared, Role, RunMode, STORAGE_GROUP, Services, StartError};
 pub use server::{ConnectionLimits, DrainConfig, ServeError, serve, serve_with_limits};
+#[cfg(feature = "settings")]
 pub use settings::settings_router;
-#[cfg(feature = "runtime")]
-pub use startup::Startup;

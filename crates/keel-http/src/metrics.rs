@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
+#[cfg(feature = "monitoring")]
 use keel_monitoring::HttpStats;
-use keel_telemetry::{Telemetry, names};
+use keel_telemetry::{MeterSource, names};
 use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
 use opentelemetry::{KeyValue, Value};
 use tower::{Layer, Service};
@@ -20,7 +21,7 @@ use tower::{Layer, Service};
 /// series, whatever the path, so scanners cannot explode cardinality.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-/// The HTTP server instruments of one [`Telemetry`].
+/// The HTTP server instruments of one meter.
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
     inner: Arc<Instruments>,
@@ -36,6 +37,7 @@ struct Instruments {
     _active_gauge: ObservableGauge<i64>,
     panics: Counter<u64>,
     /// Per-route figures for operators' stats documents, when wanted.
+    #[cfg(feature = "monitoring")]
     stats: Option<HttpStats>,
 }
 
@@ -43,50 +45,16 @@ struct Instruments {
 const METHODS: [&str; 10] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "_OTHER"];
 
 impl HttpMetrics {
-    /// Creates the instruments.
-    pub fn new(telemetry: &Telemetry) -> Self {
-        Self::build(telemetry, None)
+    /// Creates the instruments on `meters`' `keel-http` meter.
+    pub fn new(meters: &dyn MeterSource) -> Self {
+        Self { inner: Arc::new(Instruments::new(meters)) }
     }
 
     /// Creates the instruments, also counting every request in `stats`
     /// (the per-route figures of `keel-monitoring`'s stats documents).
-    pub fn with_stats(telemetry: &Telemetry, stats: HttpStats) -> Self {
-        Self::build(telemetry, Some(stats))
-    }
-
-    fn build(telemetry: &Telemetry, stats: Option<HttpStats>) -> Self {
-        let meter = telemetry.meter("keel-http");
-        let active: Arc<[AtomicI64; METHODS.len()]> = Arc::new(Default::default());
-        let observed = active.clone();
-        Self {
-            inner: Arc::new(Instruments {
-                duration: meter
-                    .f64_histogram(names::HTTP_SERVER_REQUEST_DURATION)
-                    .with_unit("s")
-                    .with_description("Duration of HTTP server requests")
-                    .with_boundaries(names::HTTP_DURATION_BUCKETS.to_vec())
-                    .build(),
-                active,
-                _active_gauge: meter
-                    .i64_observable_gauge(names::HTTP_SERVER_ACTIVE_REQUESTS)
-                    .with_description("Number of active HTTP server requests")
-                    .with_callback(move |gauge| {
-                        for (method, count) in METHODS.iter().zip(observed.iter()) {
-                            let count = count.load(Ordering::Relaxed);
-                            // Methods never seen stay out of the exposition.
-                            if count != 0 || *method == "GET" {
-                                gauge.observe(count, &[KeyValue::new("http.request.method", *method)]);
-                            }
-                        }
-                    })
-                    .build(),
-                panics: meter
-                    .u64_counter(names::HTTP_SERVER_PANICS)
-                    .with_description("Handler panics answered with 500")
-                    .build(),
-                stats,
-            }),
-        }
+    #[cfg(feature = "monitoring")]
+    pub fn with_stats(meters: &dyn MeterSource, stats: HttpStats) -> Self {
+        Self { inner: Arc::new(Instruments { stats: Some(stats), ..Instruments::new(meters) }) }
     }
 
     /// The tower layer that records every request.
@@ -96,6 +64,42 @@ impl HttpMetrics {
 
     pub(crate) fn count_panic(&self) {
         self.inner.panics.add(1, &[]);
+    }
+}
+
+impl Instruments {
+    fn new(meters: &dyn MeterSource) -> Self {
+        let meter = meters.meter("keel-http");
+        let active: Arc<[AtomicI64; METHODS.len()]> = Arc::new(Default::default());
+        let observed = active.clone();
+        Self {
+            duration: meter
+                .f64_histogram(names::HTTP_SERVER_REQUEST_DURATION)
+                .with_unit("s")
+                .with_description("Duration of HTTP server requests")
+                .with_boundaries(names::HTTP_DURATION_BUCKETS.to_vec())
+                .build(),
+            active,
+            _active_gauge: meter
+                .i64_observable_gauge(names::HTTP_SERVER_ACTIVE_REQUESTS)
+                .with_description("Number of active HTTP server requests")
+                .with_callback(move |gauge| {
+                    for (method, count) in METHODS.iter().zip(observed.iter()) {
+                        let count = count.load(Ordering::Relaxed);
+                        // Methods never seen stay out of the exposition.
+                        if count != 0 || *method == "GET" {
+                            gauge.observe(count, &[KeyValue::new("http.request.method", *method)]);
+                        }
+                    }
+                })
+                .build(),
+            panics: meter
+                .u64_counter(names::HTTP_SERVER_PANICS)
+                .with_description("Handler panics answered with 500")
+                .build(),
+            #[cfg(feature = "monitoring")]
+            stats: None,
+        }
     }
 }
 
@@ -213,6 +217,7 @@ where
             // count them as 500 for other stacks.
             let status = result.as_ref().map_or(500, |r| r.status().as_u16());
             let elapsed = pending.start.elapsed();
+            #[cfg(feature = "monitoring")]
             if let Some(stats) = &pending.guard.instruments.stats {
                 stats.record(&pending.route.as_str(), status, elapsed);
             }

@@ -2,127 +2,82 @@
 //! operators (admin token).
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::Bytes;
 use futures_util::Stream;
-use keel_monitoring::{LogQuery, LogRecord, LogSink, LogStore, SinkError, SinkFuture, StatsDocument, StatsStore};
-use keel_store::Bus;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use keel_monitoring::{LogQuery, LogRecord, MonitoringEvent, MonitoringHub, PROCESSES, SinkError, StatsDocument};
+use serde::{Deserialize, Serialize};
 
 use crate::{AdminToken, ApiError};
 
-/// The processes whose logs can be read.
-pub const PROCESSES: [&str; 2] = ["api", "worker"];
 /// Most records one read returns.
 pub const MAX_LOG_LIMIT: usize = 1000;
 
-/// What the monitoring endpoints read from; cloning shares it.
+/// The router's state: the hub and the token that guards it.
 #[derive(Clone)]
-pub struct MonitoringService {
-    logs: LogStore,
-    stats: StatsStore,
-    events: Bus,
-    channel: String,
+struct Operators {
+    hub: MonitoringHub,
     admin: Option<AdminToken>,
-    stop: tokio_util::sync::CancellationToken,
-}
-
-impl std::fmt::Debug for MonitoringService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MonitoringService").field("channel", &self.channel).finish_non_exhaustive()
-    }
-}
-
-impl MonitoringService {
-    /// Reads logs from `logs` and stats from `stats`; new stats and log
-    /// records travel on `channel` of `events` (the Redis bus in cluster
-    /// mode, so a stream on any replica sees every process). Streams end when
-    /// `stop` is cancelled.
-    pub fn new(
-        logs: LogStore,
-        stats: StatsStore,
-        events: Bus,
-        channel: impl Into<String>,
-        admin: Option<AdminToken>,
-        stop: tokio_util::sync::CancellationToken,
-    ) -> Self {
-        Self { logs, stats, events, channel: channel.into(), admin, stop }
-    }
-
-    /// The bus channel of a namespace's monitoring events.
-    pub fn channel(namespace: &str) -> String {
-        format!("{namespace}:monitoring")
-    }
-
-    /// A sink that stores records in the log store, then announces them to
-    /// every stream.
-    pub fn log_sink(&self) -> Arc<dyn LogSink> {
-        Arc::new(AnnouncingSink { inner: self.logs.sink(), events: self.events.clone(), channel: self.channel.clone() })
-    }
-
-    /// Announces a published stats document to every stream (in the
-    /// background: the collector never waits for the bus).
-    pub fn announce_stats(&self, document: &StatsDocument) {
-        let payload = json!({ "kind": "stats", "stats": document }).to_string();
-        let (events, channel) = (self.events.clone(), self.channel.clone());
-        tokio::spawn(async move {
-            // No stream listening, or the bus briefly down: the document is in
-            // the store either way.
-            let _ = events.publish(&channel, Bytes::from(payload)).await;
-        });
-    }
-}
-
-struct AnnouncingSink {
-    inner: Arc<dyn LogSink>,
-    events: Bus,
-    channel: String,
-}
-
-impl LogSink for AnnouncingSink {
-    fn push<'a>(&'a self, records: &'a [LogRecord]) -> SinkFuture<'a> {
-        Box::pin(async move {
-            self.inner.push(records).await?;
-            let payload = json!({ "kind": "logs", "records": records }).to_string();
-            // Stored is what counts: a failed announcement only means open
-            // streams miss these records, which the log endpoint still serves.
-            let _ = self.events.publish(&self.channel, Bytes::from(payload)).await;
-            Ok(())
-        })
-    }
 }
 
 /// `GET|DELETE /api/v1/monitoring/logs`, `GET /api/v1/monitoring/stats` and
 /// `GET /api/v1/monitoring/stream` (Server-Sent Events). All need the admin
 /// token.
-pub fn monitoring_router(service: MonitoringService) -> Router {
+pub fn monitoring_router(hub: MonitoringHub, admin: Option<AdminToken>) -> Router {
     Router::new()
         .route("/api/v1/monitoring/logs", get(logs).delete(clear))
         .route("/api/v1/monitoring/stats", get(stats))
         .route("/api/v1/monitoring/stream", get(stream))
-        .with_state(service)
+        .with_state(Operators { hub, admin })
 }
 
 /// A record in the HTTP shape: `time` as RFC 3339.
-fn record_json(record: &LogRecord) -> Value {
+#[derive(Serialize)]
+struct RecordBody<'a> {
+    time: String,
+    level: &'a str,
+    target: &'a str,
+    message: &'a str,
+    process: &'a str,
+    instance: &'a str,
+    fields: &'a std::collections::BTreeMap<String, String>,
+}
+
+fn record_body(record: &LogRecord) -> RecordBody<'_> {
     let time = UNIX_EPOCH + Duration::from_millis(record.time_ms);
-    json!({
-        "time": humantime::format_rfc3339_millis(time).to_string(),
-        "level": record.level,
-        "target": record.target,
-        "message": record.message,
-        "process": record.process,
-        "instance": record.instance,
-        "fields": record.fields,
-    })
+    RecordBody {
+        time: humantime::format_rfc3339_millis(time).to_string(),
+        level: &record.level,
+        target: &record.target,
+        message: &record.message,
+        process: &record.process,
+        instance: &record.instance,
+        fields: &record.fields,
+    }
+}
+
+/// `GET /api/v1/monitoring/logs`.
+#[derive(Serialize)]
+struct LogsBody<'a> {
+    records: Vec<RecordBody<'a>>,
+}
+
+/// `DELETE /api/v1/monitoring/logs`.
+#[derive(Serialize)]
+struct ClearedBody {
+    cleared: Vec<&'static str>,
+}
+
+/// `GET /api/v1/monitoring/stats`.
+#[derive(Serialize)]
+struct StatsBody {
+    instances: Vec<StatsDocument>,
 }
 
 #[derive(Deserialize)]
@@ -192,20 +147,15 @@ fn unavailable(what: &str, err: &SinkError) -> ApiError {
 }
 
 async fn logs(
-    State(service): State<MonitoringService>,
+    State(service): State<Operators>,
     headers: HeaderMap,
     Query(params): Query<LogParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     AdminToken::authorize(service.admin.as_ref(), &headers)?;
     let query = parse_query(&params)?;
-    let mut records = Vec::new();
-    for process in processes(params.process.as_deref())? {
-        records.extend(service.logs.recent(process, &query).await.map_err(|err| unavailable("logs", &err))?);
-    }
-    // Newest first across processes.
-    records.sort_by_key(|r| std::cmp::Reverse(r.time_ms));
-    records.truncate(query.limit);
-    Ok(Json(json!({ "records": records.iter().map(record_json).collect::<Vec<_>>() })))
+    let processes = processes(params.process.as_deref())?;
+    let records = service.hub.recent(&processes, &query).await.map_err(|err| unavailable("logs", &err))?;
+    Ok(Json(LogsBody { records: records.iter().map(record_body).collect() }).into_response())
 }
 
 #[derive(Deserialize)]
@@ -214,70 +164,62 @@ struct ClearParams {
 }
 
 async fn clear(
-    State(service): State<MonitoringService>,
+    State(service): State<Operators>,
     headers: HeaderMap,
     Query(params): Query<ClearParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClearedBody>, ApiError> {
     AdminToken::authorize(service.admin.as_ref(), &headers)?;
     let cleared = processes(params.process.as_deref())?;
     for process in &cleared {
-        service.logs.clear(process).await.map_err(|err| ApiError::unavailable(format!("cannot clear logs: {err}")))?;
+        service.hub.clear(process).await.map_err(|err| ApiError::unavailable(format!("cannot clear logs: {err}")))?;
     }
     tracing::info!(processes = ?cleared, "captured logs cleared");
-    Ok(Json(json!({ "cleared": cleared })))
+    Ok(Json(ClearedBody { cleared }))
 }
 
-async fn stats(State(service): State<MonitoringService>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+async fn stats(State(service): State<Operators>, headers: HeaderMap) -> Result<Json<StatsBody>, ApiError> {
     AdminToken::authorize(service.admin.as_ref(), &headers)?;
-    let instances = service.stats.list().await.map_err(|err| unavailable("stats", &err))?;
-    Ok(Json(json!({ "instances": instances })))
+    let instances = service.hub.instances().await.map_err(|err| unavailable("stats", &err))?;
+    Ok(Json(StatsBody { instances }))
 }
 
-/// Turns one bus message into SSE events: `stats` with a document, or one
-/// `log` event per record.
-fn events_of(payload: &[u8]) -> Vec<Event> {
-    let Ok(mut message) = serde_json::from_slice::<Value>(payload) else { return Vec::new() };
-    match message["kind"].as_str() {
-        Some("stats") => vec![Event::default().event("stats").data(message["stats"].to_string())],
-        Some("logs") => serde_json::from_value::<Vec<LogRecord>>(message["records"].take())
-            .unwrap_or_default()
+/// One event in SSE form: `stats` with a document, or one `log` event per
+/// record.
+fn sse_events(event: MonitoringEvent) -> Vec<Event> {
+    match event {
+        MonitoringEvent::Stats { stats } => vec![stats_event(&stats)],
+        MonitoringEvent::Logs { records } => records
             .iter()
-            .map(|record| Event::default().event("log").data(record_json(record).to_string()))
+            .map(|record| Event::default().event("log").json_data(record_body(record)).unwrap_or_default())
             .collect(),
-        _ => Vec::new(),
     }
+}
+
+fn stats_event(document: &StatsDocument) -> Event {
+    Event::default().event("stats").json_data(document).unwrap_or_default()
 }
 
 async fn stream(
-    State(service): State<MonitoringService>,
+    State(service): State<Operators>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     AdminToken::authorize(service.admin.as_ref(), &headers)?;
-    let subscription = service
-        .events
-        .subscribe(&service.channel)
+    let events = service
+        .hub
+        .subscribe()
         .await
         .map_err(|err| ApiError::unavailable(format!("cannot open the monitoring stream: {err}")))?;
     // Start with the current stats, so a new viewer sees every live instance.
-    let current = service.stats.list().await.unwrap_or_default();
-    let first: Vec<Event> =
-        current.iter().map(|doc| Event::default().event("stats").data(json!(doc).to_string())).collect();
-    let stop = service.stop.clone();
-    let stream = futures_util::stream::unfold(
-        (std::collections::VecDeque::from(first), subscription, stop),
-        |(mut pending, mut subscription, stop)| async move {
-            loop {
-                if let Some(event) = pending.pop_front() {
-                    return Some((Ok(event), (pending, subscription, stop)));
-                }
-                let payload = tokio::select! {
-                    payload = subscription.recv() => payload?,
-                    () = stop.cancelled() => return None,
-                };
-                pending.extend(events_of(&payload));
+    let current = service.hub.instances().await.unwrap_or_default();
+    let first: std::collections::VecDeque<Event> = current.iter().map(stats_event).collect();
+    let stream = futures_util::stream::unfold((first, events), |(mut pending, mut events)| async move {
+        loop {
+            if let Some(event) = pending.pop_front() {
+                return Some((Ok(event), (pending, events)));
             }
-        },
-    );
+            pending.extend(sse_events(events.recv().await?));
+        }
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -308,20 +250,9 @@ mod tests {
     }
 
     #[test]
-    fn bus_messages_become_events() {
-        let record = LogRecord {
-            time_ms: 0,
-            level: "INFO".into(),
-            target: "t".into(),
-            message: "hello".into(),
-            process: "api".into(),
-            instance: "a".into(),
-            fields: Default::default(),
-        };
-        let payload = json!({"kind": "logs", "records": [record.clone(), record]}).to_string();
-        assert_eq!(events_of(payload.as_bytes()).len(), 2);
-        assert_eq!(events_of(br#"{"kind":"stats","stats":{}}"#).len(), 1);
-        assert!(events_of(b"not json").is_empty());
-        assert_eq!(record_json(&LogRecord { time_ms: 1500, ..Default::default() })["time"], "1970-01-01T00:00:01.500Z");
+    fn events_become_sse_events() {
+        let record = LogRecord { level: "INFO".into(), message: "hello".into(), ..Default::default() };
+        assert_eq!(sse_events(MonitoringEvent::Logs { records: vec![record.clone(), record] }).len(), 2);
+        assert_eq!(record_body(&LogRecord { time_ms: 1500, ..Default::default() }).time, "1970-01-01T00:00:01.500Z");
     }
 }

@@ -61,6 +61,16 @@ pub struct ConnectionLimits {
     pub refused: Option<opentelemetry::metrics::Counter<u64>>,
 }
 
+impl ConnectionLimits {
+    /// The counter of refused connections (`keel_http_connections_refused_total`) on `meter`.
+    pub fn refused_counter(meter: &opentelemetry::metrics::Meter) -> opentelemetry::metrics::Counter<u64> {
+        meter
+            .u64_counter(keel_telemetry::names::HTTP_CONNECTIONS_REFUSED)
+            .with_description("Connections closed at once for being over --max-connections")
+            .build()
+    }
+}
+
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {

@@ -23,10 +23,7 @@ pub(crate) fn nul_path(value: &Value, root: &str) -> Option<String> {
     }
 }
 
-/// `text` as a quoted string for an error message, at most 200 bytes of it.
-pub(crate) fn shown(text: &str) -> String {
-    format!("{:?}", clip(text))
-}
+pub(crate) use keel_core::{clip, shown};
 
 /// 400 when `value` holds U+0000 anywhere, naming the field.
 pub(crate) fn refuse_nul(value: &Value, root: &str) -> Result<(), ApiError> {
@@ -39,20 +36,6 @@ pub(crate) fn refuse_nul(value: &Value, root: &str) -> Result<(), ApiError> {
 /// 400 naming `field`, which holds U+0000.
 pub(crate) fn nul_error(field: &str) -> ApiError {
     ApiError::bad_request(format!("{field} contains U+0000, which cannot be stored"))
-}
-
-/// `text` cut to at most 200 bytes (on a character boundary), with `…`
-/// when cut: error messages never echo more than that of their input.
-pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text.into();
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end]).into()
 }
 
 #[cfg(test)]
@@ -68,13 +51,5 @@ mod tests {
         assert_eq!(nul_path(&json!("\u{0}"), "value"), Some("value".into()));
         assert_eq!(nul_path(&json!({"a b": ["ok", "\u{0}"]}), "v"), Some("v[\"a b\"][1]".into()));
         assert_eq!(nul_path(&json!({"a": ["fine", 1, null, {"b": "\\u0000"}]}), "value"), None);
-    }
-
-    #[test]
-    fn clipped_text_keeps_200_bytes_on_a_character_boundary() {
-        assert_eq!(super::clip("short"), "short");
-        let long = "é".repeat(500);
-        let clipped = super::clip(&long);
-        assert!(clipped.len() <= 203 && clipped.ends_with('…'), "{clipped}");
     }
 }

@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::response::Response;
 use futures_util::StreamExt as _;
-use keel_batcher::{Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
-use keel_http::{AgentMetadata, agents_router};
+use keel_batcher::{AgentMetadata, Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
+use keel_http::agents_router;
 use keel_store::{Bus, Database, DbConfig};
 use keel_telemetry::Telemetry;
 use serde_json::{Value, json};
@@ -32,7 +32,7 @@ async fn fixture() -> (Router, tempfile::TempDir) {
     let config = BatcherConfig { flush_interval: Duration::from_millis(50), ..BatcherConfig::default() };
     let notifier = Arc::new(MetadataNotifier::bus(bus.clone(), channel.clone()));
     let batcher = Batcher::start_with("test", config, sink.clone(), Some(notifier), None).unwrap();
-    let service = AgentMetadata::new(batcher, sink, &bus, &channel, Default::default()).await.unwrap();
+    let service = AgentMetadata::new(batcher, sink, &bus, &channel, &keel_core::Shutdown::new()).await.unwrap();
     (agents_router(service), dir)
 }
 

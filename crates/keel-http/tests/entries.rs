@@ -10,10 +10,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::response::Response;
-use keel_http::{Entries, EntrySink, entries_router};
+use keel_http::entries_router;
 use keel_store::{Cache, Database, DbConfig};
 use keel_telemetry::Telemetry;
-use keel_write_behind::{DbDeadLetters, DbEntries, WriteBehind, WriteBehindConfig};
+use keel_write_behind::{DbDeadLetters, DbEntries, Entries, EntrySink, WriteBehind, WriteBehindConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 

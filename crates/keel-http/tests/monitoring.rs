@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use keel_http::{AdminToken, MonitoringService, monitoring_router};
-use keel_monitoring::{Collector, LogStore, RedisLogs, RedisStats, StatsStore};
+use keel_http::{AdminToken, monitoring_router};
+use keel_monitoring::{Collector, LogStore, MonitoringHub, RedisLogs, RedisStats, StatsStore};
 use keel_store::{Bus, RedisConfig, RedisStore};
 use keel_telemetry::Telemetry;
 use serde_json::Value;
@@ -30,15 +30,14 @@ async fn with_redis_down_reads_answer_503_and_stats_publishing_carries_on() {
     let config = RedisConfig { command_timeout: Duration::from_millis(300), ..RedisConfig::new(server.url()) };
     let redis = RedisStore::connect(&config, &telemetry).await.unwrap();
     let stats = StatsStore::Redis(RedisStats::new(redis.clone(), "down"));
-    let service = MonitoringService::new(
+    let hub = MonitoringHub::new(
         LogStore::Redis(RedisLogs::new(redis, "down", 100)),
         stats.clone(),
         Bus::memory(&telemetry),
         "down:monitoring",
-        AdminToken::new("s3cret"),
-        tokio_util::sync::CancellationToken::new(),
+        keel_core::Shutdown::new(),
     );
-    let router = monitoring_router(service);
+    let router = monitoring_router(hub, AdminToken::new("s3cret"));
     let (status, body) = get(&router, "/api/v1/monitoring/stats").await;
     assert_eq!((status, body["instances"].as_array().map(Vec::len)), (200, Some(0)));
 

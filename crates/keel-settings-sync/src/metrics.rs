@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use keel_telemetry::{Telemetry, names};
+use keel_telemetry::{MeterSource, names};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, ObservableCounter, ObservableGauge};
 
@@ -65,7 +65,7 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new<T: Document>(
-        telemetry: &Telemetry,
+        telemetry: &dyn MeterSource,
         name: &str,
         inner: Weak<crate::settings::InnerHandle<T>>,
     ) -> Self {

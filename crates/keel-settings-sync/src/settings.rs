@@ -9,10 +9,9 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use keel_core::{SharedClock, SystemClock};
 use keel_store::{Bus, Cache};
-use keel_telemetry::Telemetry;
+use keel_telemetry::{Meter, MeterSource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -71,15 +70,15 @@ pub struct SettingsDeps {
     /// The invalidation bus.
     pub bus: Bus,
     /// Where metrics go.
-    pub telemetry: Telemetry,
+    pub meter: Meter,
     /// Wall clock for staleness.
     pub clock: SharedClock,
 }
 
 impl SettingsDeps {
-    /// Dependencies with the system clock.
-    pub fn new(store: Arc<dyn SettingsStore>, cache: Cache, bus: Bus, telemetry: Telemetry) -> Self {
-        Self { store, cache, bus, telemetry, clock: SystemClock::shared() }
+    /// Dependencies with the system clock; metrics go to `meters`' meter.
+    pub fn new(store: Arc<dyn SettingsStore>, cache: Cache, bus: Bus, meters: impl MeterSource) -> Self {
+        Self { store, cache, bus, meter: meters.meter("keel-settings-sync"), clock: SystemClock::shared() }
     }
 }
 
@@ -301,7 +300,7 @@ impl<T: Document> Settings<T> {
             generation: AtomicU64::new(0),
             name: name.to_owned(),
             cache_key: config.cache_key(name),
-            metrics: Metrics::new(&deps.telemetry, name, weak.clone()).with_cache_backend(deps.cache.backend()),
+            metrics: Metrics::new(&deps.meter, name, weak.clone()).with_cache_backend(deps.cache.backend()),
             deps,
             config,
             current: ArcSwap::from_pointee(initial),
@@ -455,7 +454,8 @@ impl<T: Document> Inner<T> {
     /// both went through.
     async fn settle(&self, stored: &StoredDocument) -> bool {
         let cached = self.write_cache(stored).await;
-        let message = json!({ "name": self.name, "version": stored.version }).to_string();
+        let message = Invalidation { name: std::borrow::Cow::Borrowed(&self.name), version: stored.version };
+        let message = serde_json::to_vec(&message).unwrap_or_default();
         let announced = match self.deps.bus.publish(&self.config.channel(), Bytes::from(message)).await {
             Ok(()) => {
                 self.metrics.invalidation_sent();
@@ -742,13 +742,16 @@ async fn follow<T: Document>(
     }
 }
 
+/// The message on the invalidation channel: which document, which version.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Invalidation<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    version: i64,
+}
+
 fn announced_version(payload: &[u8], name: &str) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Invalidation {
-        name: String,
-        version: i64,
-    }
-    let message: Invalidation = serde_json::from_slice(payload).ok()?;
+    let message: Invalidation<'_> = serde_json::from_slice(payload).ok()?;
     (message.name == name).then_some(message.version)
 }
 
@@ -783,7 +786,7 @@ mod read_cache_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_thread_sees_each_new_version() {
         let dir = tempfile::tempdir().unwrap();
-        let telemetry = Telemetry::new("t").unwrap();
+        let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
         let db = Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry)
             .await
             .unwrap();

@@ -341,7 +341,7 @@ async fn an_hour_of_polling_by_two_pods_reads_the_database_at_most_twice() {
     let a = world.pod().await;
     let b = world.pod().await;
     // Both pods share one telemetry view of the database reads.
-    let deps_b = SettingsDeps { telemetry: a.telemetry.clone(), ..b.deps.clone() };
+    let deps_b = SettingsDeps { meter: a.deps.meter.clone(), ..b.deps.clone() };
     {
         let writer: Settings<Flags> = Settings::open(name, a.deps.clone(), SettingsConfig::default()).await.unwrap();
         writer.update(flags(1), None, "ada").await.unwrap();

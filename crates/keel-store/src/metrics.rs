@@ -1,4 +1,4 @@
-use keel_telemetry::{Telemetry, names};
+use keel_telemetry::{MeterSource, names};
 use opentelemetry::metrics::Counter;
 
 /// Instruments shared by the storage components of one [`Telemetry`].
@@ -15,7 +15,7 @@ pub(crate) struct StoreMetrics {
 }
 
 impl StoreMetrics {
-    pub(crate) fn new(telemetry: &Telemetry) -> Self {
+    pub(crate) fn new(telemetry: &dyn MeterSource) -> Self {
         let meter = telemetry.meter("keel-store");
         Self {
             #[cfg(any(feature = "postgres", feature = "sqlite"))]

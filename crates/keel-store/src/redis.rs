@@ -78,7 +78,10 @@ pub(crate) fn builder(config: &RedisConfig) -> Result<Builder, StoreError> {
 impl RedisStore {
     /// Connects and waits for the first connection (up to the connect
     /// timeout). The client keeps reconnecting after later failures.
-    pub async fn connect(config: &RedisConfig, telemetry: &keel_telemetry::Telemetry) -> Result<Self, StoreError> {
+    pub async fn connect(
+        config: &RedisConfig,
+        telemetry: &dyn keel_telemetry::MeterSource,
+    ) -> Result<Self, StoreError> {
         let store = Self::open(config, telemetry)?;
         wait_connected(&store.client, config.connect_timeout).await?;
         Ok(store)
@@ -87,7 +90,7 @@ impl RedisStore {
     /// Starts connecting without waiting: a malformed URL is an error here
     /// ([`StoreError::InvalidUrl`]); the client keeps trying to reach the
     /// server in the background, and [`ping`](Self::ping) tells when it has.
-    pub fn open(config: &RedisConfig, telemetry: &keel_telemetry::Telemetry) -> Result<Self, StoreError> {
+    pub fn open(config: &RedisConfig, telemetry: &dyn keel_telemetry::MeterSource) -> Result<Self, StoreError> {
         let client = builder(config)?.build()?;
         client.connect();
         Ok(Self { client, builder_config: config.clone(), metrics: StoreMetrics::new(telemetry) })

@@ -68,7 +68,7 @@ impl TempDatabase {
     }
 
     /// Connects a [`Database`] to it.
-    pub async fn connect(&self, telemetry: &keel_telemetry::Telemetry) -> Database {
+    pub async fn connect(&self, telemetry: &dyn keel_telemetry::MeterSource) -> Database {
         Database::connect(&self.config(), telemetry)
             .await
             .unwrap_or_else(|err| panic!("cannot connect to {}: {err}", self.name))
@@ -83,7 +83,7 @@ impl TempDatabase {
 }
 
 /// Connects to the test Redis, panicking with a clear message if it is down.
-pub async fn redis(telemetry: &keel_telemetry::Telemetry) -> RedisStore {
+pub async fn redis(telemetry: &dyn keel_telemetry::MeterSource) -> RedisStore {
     let url = redis_url();
     RedisStore::connect(&RedisConfig::new(&url), telemetry).await.unwrap_or_else(|err| {
         panic!("Redis is required at {url} (set KEEL_TEST_REDIS_URL, or run `cargo xtask services up`): {err}")

@@ -260,7 +260,7 @@ where
     /// Exports [`metrics`](Self::metrics) as the same OpenTelemetry
     /// instruments as an in-process queue, labelled `queue = name`, so the
     /// alerts and dashboards read a worker like an embedded api.
-    pub fn instrument(self: &Arc<Self>, telemetry: &keel_telemetry::Telemetry, name: &str) {
+    pub fn instrument(self: &Arc<Self>, telemetry: &dyn keel_telemetry::MeterSource, name: &str) {
         // Weak: the meter provider outlives consumers and must not keep them alive.
         let consumer = Arc::downgrade(self);
         let handles = crate::queue::export_metrics(telemetry, name, move || consumer.upgrade().map(|c| c.metrics()));

@@ -60,6 +60,8 @@
 //! # }
 //! ```
 
+#[cfg(all(feature = "entries", any(feature = "postgres", feature = "sqlite")))]
+mod cached;
 #[cfg(feature = "redis")]
 mod durable;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -67,6 +69,10 @@ mod entries;
 mod persist;
 mod queue;
 
+#[cfg(all(feature = "entries", any(feature = "postgres", feature = "sqlite")))]
+pub use cached::{
+    DEFAULT_ENQUEUE_TIMEOUT, Entries, EntryError, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE, StoredEntry,
+};
 #[cfg(feature = "redis")]
 pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -286,7 +286,7 @@ impl<T: Keyed> fmt::Debug for WriteBehind<T> {
 impl<T: Keyed + Send + Sync + 'static> WriteBehind<T> {
     /// Exports [`metrics`](Self::metrics) as OpenTelemetry instruments
     /// labelled `queue = name`, read when scraped (nothing on the hot path).
-    pub fn instrument(&self, telemetry: &keel_telemetry::Telemetry, name: &str) {
+    pub fn instrument(&self, telemetry: &dyn keel_telemetry::MeterSource, name: &str) {
         // Weak: the meter provider outlives queues and must not keep them alive.
         let queue = Arc::downgrade(&self.shared);
         let handles = export_metrics(telemetry, name, move || queue.upgrade().map(|s| s.metrics()));
@@ -298,7 +298,7 @@ impl<T: Keyed + Send + Sync + 'static> WriteBehind<T> {
 /// `queue = name`, each reading `read` when scraped (`None`: the queue is
 /// gone, nothing is observed). Keep the returned handles.
 pub(crate) fn export_metrics(
-    telemetry: &keel_telemetry::Telemetry,
+    telemetry: &dyn keel_telemetry::MeterSource,
     name: &str,
     read: impl Fn() -> Option<Metrics> + Clone + Send + Sync + 'static,
 ) -> Vec<Box<dyn std::any::Any + Send + Sync>> {

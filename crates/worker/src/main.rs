@@ -12,7 +12,8 @@ use clap::Parser;
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use keel_http::cli::{CommonArgs, EXIT_CONFIG};
+use keel_app::config::{CommonArgs, EXIT_CONFIG, parse_args};
+use keel_app::{Role, run_process};
 
 /// Keel background worker.
 #[derive(Parser, Debug)]
@@ -26,7 +27,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match keel_http::cli::parse_args::<Args>() {
+    let args = match parse_args::<Args>() {
         Ok(args) => args,
         Err(code) => return code,
     };
@@ -42,5 +43,5 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    keel_http::run_process("worker", args.admin_listen, &args.common, "admin endpoints on")
+    run_process(Role::Worker, args.admin_listen, &args.common)
 }

@@ -9,7 +9,7 @@ mod redis;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use keel_telemetry::Telemetry;
+use keel_telemetry::MeterSource;
 use opentelemetry::KeyValue;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -83,7 +83,7 @@ pub(crate) const PG_MAX_PAYLOAD: usize = 7999;
 
 impl Bus {
     /// An in-process bus.
-    pub fn memory(telemetry: &Telemetry) -> Self {
+    pub fn memory(telemetry: &dyn MeterSource) -> Self {
         Self::build(
             Transport::Memory,
             BusBackend::Memory,
@@ -96,7 +96,7 @@ impl Bus {
     /// A bus on Redis pub/sub. Subscriptions use a dedicated connection that
     /// re-subscribes after reconnecting; publishing uses `store`.
     #[cfg(feature = "redis")]
-    pub async fn redis(store: &crate::RedisStore, telemetry: &Telemetry) -> Result<Self, StoreError> {
+    pub async fn redis(store: &crate::RedisStore, telemetry: &dyn MeterSource) -> Result<Self, StoreError> {
         let fanout = Arc::new(Fanout::default());
         let cancel = CancellationToken::new();
         let metrics = StoreMetrics::new(telemetry);
@@ -108,7 +108,7 @@ impl Bus {
     /// connection to `database`'s URL that re-`LISTEN`s after reconnecting;
     /// payloads must be UTF-8 and at most 7999 bytes.
     #[cfg(feature = "postgres")]
-    pub async fn postgres(database: &crate::Database, telemetry: &Telemetry) -> Result<Self, StoreError> {
+    pub async fn postgres(database: &crate::Database, telemetry: &dyn MeterSource) -> Result<Self, StoreError> {
         let pool = database.postgres().ok_or_else(|| StoreError::InvalidUrl {
             what: "database",
             reason: "the postgres bus needs a postgres database".into(),
@@ -125,7 +125,7 @@ impl Bus {
         transport: Transport,
         backend: BusBackend,
         fanout: Arc<Fanout>,
-        telemetry: &Telemetry,
+        telemetry: &dyn MeterSource,
         cancel: CancellationToken,
     ) -> Self {
         Self { inner: Arc::new(Inner { transport, fanout, metrics: StoreMetrics::new(telemetry), backend, cancel }) }
@@ -246,7 +246,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_bus_delivers_to_every_subscriber_of_a_channel_only() {
-        let telemetry = Telemetry::new("test").unwrap();
+        let telemetry = keel_telemetry::Telemetry::new("test").unwrap();
         let bus = Bus::memory(&telemetry);
         let mut a1 = bus.subscribe("a").await.unwrap();
         let mut a2 = bus.subscribe("a").await.unwrap();
@@ -261,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn slow_subscribers_skip_and_count() {
-        let telemetry = Telemetry::new("test").unwrap();
+        let telemetry = keel_telemetry::Telemetry::new("test").unwrap();
         let bus = Bus::memory(&telemetry);
         let mut sub = bus.subscribe("c").await.unwrap();
         for i in 0..(SUBSCRIBER_BUFFER + 10) {

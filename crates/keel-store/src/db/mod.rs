@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_telemetry::{Telemetry, names};
+use keel_telemetry::{MeterSource, names};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::ObservableGauge;
 
@@ -107,7 +107,7 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Connects (lazily: the pool opens connections on demand) and verifies
     /// the database answers.
-    pub async fn connect(config: &DbConfig, telemetry: &Telemetry) -> Result<Self, StoreError> {
+    pub async fn connect(config: &DbConfig, telemetry: &dyn MeterSource) -> Result<Self, StoreError> {
         let db = Self::open(config, telemetry)?;
         db.ping().await?;
         Ok(db)
@@ -116,7 +116,7 @@ impl Database {
     /// Builds the pool without touching the network: a malformed URL is an
     /// error here ([`StoreError::InvalidUrl`]); whether the server answers
     /// is for [`ping`](Self::ping) to find out (and retry).
-    pub fn open(config: &DbConfig, telemetry: &Telemetry) -> Result<Self, StoreError> {
+    pub fn open(config: &DbConfig, telemetry: &dyn MeterSource) -> Result<Self, StoreError> {
         let url = config.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
         let (pool, url): (Pool, String) = match url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -285,7 +285,7 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn pool_gauges(telemetry: &Telemetry, pool: &Pool) -> Vec<ObservableGauge<i64>> {
+fn pool_gauges(telemetry: &dyn MeterSource, pool: &Pool) -> Vec<ObservableGauge<i64>> {
     let meter = telemetry.meter("keel-store");
     let name = match pool {
         #[cfg(feature = "postgres")]

@@ -6,17 +6,20 @@ use std::sync::{Arc, OnceLock};
 
 use keel_core::Shutdown;
 
-use crate::cli::{CommonArgs, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
-use crate::startup::gate_router;
-use crate::{ServeError, Services, StartError, Startup, app_router, serve_with_limits};
+use keel_http::{ServeError, serve_with_limits, starting_gate};
 
-/// Builds the runtime, starts [`Services`], binds `listen`, logs
-/// `"<process> <announce> http://<addr>"`, serves until SIGINT/SIGTERM, drains,
-/// and returns the exit code: 0 clean, 64 configuration, 69 unavailable, 70
-/// internal.
-pub fn run_process(process: &'static str, listen: SocketAddr, args: &CommonArgs, announce: &'static str) -> ExitCode {
+use crate::config::{CommonArgs, EXIT_SOFTWARE, EXIT_UNAVAILABLE};
+use crate::{Role, Services, StartError, Startup};
+
+/// Builds the runtime, binds `listen` at once, starts [`Services`] for
+/// `role` (answering `/livez` and `/readyz` meanwhile), logs
+/// `"<role> listening on http://<addr>"`, serves until SIGINT/SIGTERM,
+/// drains, and returns the exit code: 0 clean, 64 configuration, 69
+/// unavailable, 70 internal.
+pub fn run_process(role: Role, listen: SocketAddr, args: &CommonArgs) -> ExitCode {
+    let process = role.name();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(process, listen, args, announce)),
+        Ok(runtime) => runtime.block_on(run(role, listen, args)),
         Err(err) => {
             eprintln!("{process}: cannot start the async runtime: {err}");
             ExitCode::from(EXIT_SOFTWARE)
@@ -24,8 +27,9 @@ pub fn run_process(process: &'static str, listen: SocketAddr, args: &CommonArgs,
     }
 }
 
-async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, announce: &'static str) -> ExitCode {
-    let prepared = match Services::prepare(process, args) {
+async fn run(role: Role, listen: SocketAddr, args: &CommonArgs) -> ExitCode {
+    let (process, announce) = (role.name(), role.announce());
+    let prepared = match Services::prepare(role, args) {
         Ok(prepared) => prepared,
         Err(err) => return fail(process, &err),
     };
@@ -46,7 +50,7 @@ async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, annou
     let (startup, app) = (Startup::default(), Arc::new(OnceLock::new()));
     let server = tokio::spawn(serve_with_limits(
         listener,
-        gate_router(startup.clone(), app.clone()),
+        starting_gate(startup.reporter(), app.clone()),
         shutdown.clone(),
         prepared.drain_config(),
         prepared.connection_limits(),
@@ -59,8 +63,8 @@ async fn run(process: &'static str, listen: SocketAddr, args: &CommonArgs, annou
             return fail(process, &err);
         }
     };
-    let _ = app.set(app_router(&services));
-    tracing::info!(mode = %services.mode, %addr, "{process} {announce} http://{addr}");
+    let _ = app.set(services.router());
+    tracing::info!(mode = %services.mode(), %addr, "{process} {announce} http://{addr}");
 
     let served = server.await.unwrap_or_else(|err| Err(ServeError::Io(std::io::Error::other(err))));
     services.close().await;

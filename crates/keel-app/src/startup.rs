@@ -1,23 +1,17 @@
-//! Starting without the stores: the process listens at once, answers
-//! `/livez` 200 and `/readyz` 503 naming what it waits for, and serves the
-//! whole application once PostgreSQL and Redis answer.
+//! Starting without the stores: what the process still waits for, and the
+//! waits themselves (retried with backoff, bounded by `--startup-timeout`,
+//! ended by a signal). `keel_http::starting_gate` answers from it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use keel_core::{Backoff, Shutdown};
 use keel_store::StoreError;
 use tokio::time::Instant;
-use tower::ServiceExt as _;
 
-use crate::{ApiError, StartError};
+use crate::StartError;
 
 /// What a starting process still waits for; cloning shares it.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +25,12 @@ impl Startup {
         self.lock().iter().map(|(name, why)| (*name, why.clone())).collect()
     }
 
+    /// What `keel_http::starting_gate` reports while the process starts.
+    pub fn reporter(&self) -> keel_http::Waiting {
+        let this = self.clone();
+        Arc::new(move || this.missing())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -40,34 +40,6 @@ impl Startup {
     pub(crate) fn waiter<'a>(&'a self, timeout: Duration, shutdown: &'a Shutdown) -> Waiter<'a> {
         Waiter { startup: self, deadline: (!timeout.is_zero()).then(|| Instant::now() + timeout), timeout, shutdown }
     }
-
-    /// The answer while the application is not up yet.
-    fn answer(&self, request: &Request) -> Response {
-        match request.uri().path() {
-            "/livez" => text(StatusCode::OK, "ok".to_owned()),
-            "/readyz" | "/status" => {
-                let mut body = String::new();
-                for (name, why) in self.missing() {
-                    body.push_str(&format!("[-]{name} failed: {}\n", crate::text::clip(&why)));
-                }
-                body.push_str("[-]startup failed: still starting\nreadyz check failed\n");
-                text(StatusCode::SERVICE_UNAVAILABLE, body)
-            }
-            _ => {
-                let missing: Vec<&str> = self.missing().into_iter().map(|(name, _)| name).collect();
-                let waiting = if missing.is_empty() { "starting".to_owned() } else { missing.join(", ") };
-                ApiError::unavailable(format!("starting: waiting for {waiting}")).with_retry_after(1).into_response()
-            }
-        }
-    }
-}
-
-fn text(status: StatusCode, body: String) -> Response {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Retries a store operation while it fails transiently.
@@ -121,17 +93,4 @@ impl Waiter<'_> {
             }
         }
     }
-}
-
-/// Serves `app` once it is set, and [`Startup`]'s answers until then.
-pub(crate) fn gate_router(startup: Startup, app: Arc<OnceLock<Router>>) -> Router {
-    Router::new().fallback(move |request: Request| {
-        let (startup, app) = (startup.clone(), app.clone());
-        async move {
-            match app.get() {
-                Some(app) => app.clone().oneshot(request).await.into_response(),
-                None => startup.answer(&request),
-            }
-        }
-    })
 }

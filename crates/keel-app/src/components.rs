@@ -1,0 +1,100 @@
+//! The reference services: agent metadata (a batcher) and entries (a
+//! write-behind queue or a Redis Stream).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_batcher::{AgentMetadata, Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
+use keel_write_behind::{
+    DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableProducer, Entries,
+    EntrySink, WriteBehind, WriteBehindConfig,
+};
+
+use crate::config::ConfigError;
+use crate::core::Core;
+use crate::{Role, StartError};
+
+/// What the in-process entries queue may hold: 16 MiB.
+const ENTRIES_QUEUE_BYTES: u64 = 16 << 20;
+
+/// The agent-metadata batcher writing to the database, announcing changes on
+/// Redis (cluster), PostgreSQL NOTIFY (no Redis) or in-process (embedded),
+/// flushed by `Services::close` within the shutdown budget.
+pub(crate) async fn start_metadata(core: &Core) -> Result<AgentMetadata, StartError> {
+    let channel = MetadataNotifier::channel(&core.args.namespace);
+    let notifier = if core.redis.is_none() && core.database.backend() == keel_store::Backend::Postgres {
+        MetadataNotifier::postgres(core.database.clone(), channel.clone())
+    } else {
+        MetadataNotifier::bus(core.bus.clone(), channel.clone())
+    };
+    let sink = Arc::new(DbMetadataSink::new(core.database.clone()));
+    let batcher = Batcher::start_with(
+        "agent_metadata",
+        BatcherConfig::default(),
+        sink.clone(),
+        Some(Arc::new(notifier)),
+        Some(&core.meter()),
+    )
+    .map_err(|err| StartError::Config(ConfigError::Invalid { key: "batcher", reason: err.to_string() }))?;
+    Ok(AgentMetadata::new(batcher, sink, &core.bus, &channel, &core.shutdown).await?)
+}
+
+/// The entries service: with Redis, writes go to a Redis Stream (`api`
+/// produces, `worker` consumes and persists); without, to an in-process
+/// write-behind queue drained by `Services::close`.
+pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
+    let store = DbEntries::new(core.database.clone());
+    let mut consumer = None;
+    let sink = match &core.redis {
+        Some(redis) => {
+            let config = DurableConfig::new(
+                format!("{}:entries:stream", core.args.namespace),
+                "keel-entries",
+                &core.instance_id,
+            );
+            if core.role == Role::Worker {
+                consumer = Some(start_consumer(core, redis, config.clone(), &store).await?);
+            }
+            EntrySink::Durable(DurableProducer::new(redis.clone(), config))
+        }
+        None => {
+            // Bounded by bytes too: 10 000 writes of 64 KiB would be 640 MiB.
+            let config = WriteBehindConfig { max_bytes: Some(ENTRIES_QUEUE_BYTES), ..WriteBehindConfig::default() };
+            let queue = WriteBehind::start(config, Arc::new(store.clone()), dead_letters(core))
+                .map_err(|err| StartError::WriteBehind(err.to_string()))?;
+            queue.instrument(&core.meter(), "entries");
+            EntrySink::Memory(queue)
+        }
+    };
+    let timeout = core.args.enqueue_timeout.or(core.file.write_behind.enqueue_timeout);
+    let entries = Entries::new(core.cache.clone(), &core.args.namespace, sink, store)
+        .with_enqueue_timeout(timeout.map_or(DEFAULT_ENQUEUE_TIMEOUT, Duration::from));
+    entries.instrument(&core.meter());
+    Ok(match consumer {
+        Some(consumer) => entries.with_consumer(consumer),
+        None => entries,
+    })
+}
+
+fn dead_letters(core: &Core) -> Arc<DbDeadLetters> {
+    Arc::new(DbDeadLetters::new(core.database.clone(), "entries"))
+}
+
+/// The worker's stream consumer, running until shutdown.
+async fn start_consumer(
+    core: &Core,
+    redis: &keel_store::RedisStore,
+    config: DurableConfig,
+    store: &DbEntries,
+) -> Result<Arc<DurableConsumer<keel_write_behind::EntryWrite>>, StartError> {
+    let running = Arc::new(
+        DurableConsumer::new(redis.clone(), config, Arc::new(store.clone()), dead_letters(core))
+            .await
+            .map_err(|err| StartError::WriteBehind(err.to_string()))?,
+    );
+    running.instrument(&core.meter(), "entries");
+    let (stop, task) = (core.shutdown.token(), running.clone());
+    core.shutdown.spawn(async move { task.run(stop).await });
+    tracing::info!(consumer = core.instance_id, "consuming the entries stream");
+    Ok(running)
+}

@@ -1,0 +1,380 @@
+//! Start-up shared by the binaries: configuration, logging, storage, and
+//! every service a role runs.
+
+use std::fmt;
+use std::time::Duration;
+
+use keel_batcher::AgentMetadata;
+use keel_core::Shutdown;
+use keel_health_status::Health;
+use keel_http::{AdminToken, ConnectionLimits, DrainConfig, MiddlewareConfig};
+use keel_monitoring::{Capture, CaptureConfig, Collector, HttpStats, MonitoringHub, Records, Redactor};
+use keel_settings_sync::{
+    DbSettingsStore, MonitoringSettings, Settings, SettingsConfig, SettingsDeps, SettingsRegistry,
+};
+use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore};
+use keel_telemetry::{LogFormat, LogHandle, Telemetry};
+use keel_write_behind::{Entries, EntrySink};
+
+use crate::checks::{await_first_checks, start_health};
+use crate::components::{start_entries, start_metadata};
+use crate::config::{CommonArgs, ConfigError, FileConfig};
+use crate::core::Core;
+use crate::operators::{
+    batcher_section, capture_section, follow_monitoring_settings, start_monitoring, write_behind_section,
+};
+use crate::startup::Startup;
+use crate::{Role, RunMode, StartError};
+
+/// Everything a process runs once its stores answer; routers and the final
+/// flush are built from it.
+#[derive(Clone)]
+pub struct Services {
+    pub(crate) core: Core,
+    pub(crate) mode: RunMode,
+    pub(crate) admin_token: Option<AdminToken>,
+    pub(crate) health: Health,
+    pub(crate) settings: SettingsRegistry,
+    pub(crate) metadata: Option<AgentMetadata>,
+    pub(crate) entries: Entries,
+    pub(crate) http_stats: HttpStats,
+    pub(crate) operators: MonitoringHub,
+    drain: DrainConfig,
+    #[cfg(feature = "otlp")]
+    trace_export: Option<std::sync::Arc<keel_telemetry::TraceExport>>,
+}
+
+impl fmt::Debug for Services {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Services").field("role", &self.core.role).field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+/// What [`Services::prepare`] sets up before anything is reached over the
+/// network: configuration, logging, metrics, and the (unconnected) stores.
+pub struct Prepared {
+    role: Role,
+    args: CommonArgs,
+    file: FileConfig,
+    instance_id: String,
+    capture: Capture,
+    captured: Records,
+    log: LogHandle,
+    telemetry: Telemetry,
+    database: Database,
+    redis: Option<RedisStore>,
+    mode: RunMode,
+    #[cfg(feature = "otlp")]
+    trace_export: Option<std::sync::Arc<keel_telemetry::TraceExport>>,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared").field("role", &self.role).field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// Shutdown timing from `--shutdown-grace` and the `[http]` section.
+    pub fn drain_config(&self) -> DrainConfig {
+        drain_config(&self.file, &self.args)
+    }
+
+    /// Per-connection limits from `--max-connections` and `[http]`, with
+    /// refused connections counted.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let defaults = ConnectionLimits::default();
+        let http = &self.file.http;
+        ConnectionLimits {
+            header_read_timeout: http.header_read_timeout.map_or(defaults.header_read_timeout, Duration::from),
+            keep_alive_idle: http.keep_alive_idle.map_or(defaults.keep_alive_idle, Duration::from),
+            max_connections: self.args.max_connections as usize,
+            refused: Some(ConnectionLimits::refused_counter(&self.telemetry.meter("keel-http"))),
+        }
+    }
+
+    /// Embedded or cluster.
+    pub fn mode(&self) -> RunMode {
+        self.mode
+    }
+}
+
+/// How logging and capture were set up.
+struct Logging {
+    capture: Capture,
+    captured: Records,
+    log: LogHandle,
+    #[cfg(feature = "otlp")]
+    trace_export: Option<std::sync::Arc<keel_telemetry::TraceExport>>,
+}
+
+/// Capture starts before anything logs, so start-up lines are kept too;
+/// the settings document switches it once it is loaded.
+fn start_logging(role: Role, args: &CommonArgs, file: &FileConfig, instance_id: &str) -> Result<Logging, StartError> {
+    let urls = [non_empty(args.database_url.as_deref()), non_empty(args.redis_url.as_deref())];
+    let secrets = urls.into_iter().flatten().filter_map(Redactor::url_password);
+    let redactor = Redactor::new(args.admin_token.iter().cloned().chain(secrets));
+    let capture_config = CaptureConfig {
+        buffer: file.monitoring.buffer.unwrap_or(10_000),
+        ..CaptureConfig::new(role.name(), instance_id.to_owned())
+    };
+    let (capture, captured) = Capture::new(capture_config, redactor);
+    let format = args.log_format.unwrap_or_else(LogFormat::detect);
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    let mut layers: Vec<keel_telemetry::ExtraLayer> = vec![Box::new(capture.layer())];
+    #[cfg(feature = "otlp")]
+    let trace_export = match keel_telemetry::otlp_layer(role.name())? {
+        Some((layer, export)) => {
+            layers.push(layer);
+            Some(std::sync::Arc::new(export))
+        }
+        None => None,
+    };
+    keel_telemetry::check_filter(&args.log_level)
+        .map_err(|err| ConfigError::Invalid { key: "--log-level", reason: err.to_string() })?;
+    let log = keel_telemetry::init_logging_with(format, &args.log_level, layers)?;
+    Ok(Logging {
+        capture,
+        captured,
+        log,
+        #[cfg(feature = "otlp")]
+        trace_export,
+    })
+}
+
+/// A presented token is trimmed by HTTP header parsing: one with outer
+/// whitespace could never match.
+fn check_admin_token(args: &CommonArgs) -> Result<(), ConfigError> {
+    match args.admin_token.as_deref() {
+        Some(token) if !token.is_empty() && token.trim() != token => Err(ConfigError::Invalid {
+            key: "--admin-token",
+            reason: "has leading or trailing whitespace (KEEL_ADMIN_TOKEN)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Services {
+    /// Everything that needs no network: configuration (a malformed URL is
+    /// an error here, before anything is created on disk), logging, metrics.
+    pub fn prepare(role: Role, args: &CommonArgs) -> Result<Prepared, StartError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let instance_id = args.instance_id.clone().unwrap_or_else(keel_core::default_instance_id);
+        check_admin_token(args)?;
+        let logging = start_logging(role, args, &file, &instance_id)?;
+        let telemetry = Telemetry::new(role.name())?;
+        let (database_url, redis_url) = (non_empty(args.database_url.as_deref()), non_empty(args.redis_url.as_deref()));
+        let mode = if database_url.is_none() && redis_url.is_none() { RunMode::Embedded } else { RunMode::Cluster };
+        // Redis first: its URL is checked before the embedded database
+        // creates its directory.
+        let redis = redis_url.map(|url| RedisStore::open(&RedisConfig::new(url), &telemetry)).transpose()?;
+        let db_config =
+            DbConfig { url: database_url.map(str::to_owned), data_dir: args.data_dir.clone(), ..DbConfig::default() };
+        let database = Database::open(&db_config, &telemetry)?;
+        Ok(Prepared {
+            role,
+            args: args.clone(),
+            file,
+            instance_id,
+            capture: logging.capture,
+            captured: logging.captured,
+            log: logging.log,
+            telemetry,
+            database,
+            redis,
+            mode,
+            #[cfg(feature = "otlp")]
+            trace_export: logging.trace_export,
+        })
+    }
+
+    /// Waits for the stores (reporting what is missing to `startup`, up to
+    /// `--startup-timeout`; `shutdown` ends the wait), runs migrations and
+    /// starts every service of the role.
+    pub async fn connect(prepared: Prepared, shutdown: Shutdown, startup: &Startup) -> Result<Self, StartError> {
+        let core = connect_stores(&prepared, shutdown, startup).await?;
+        let Prepared { capture, captured, log, mode, .. } = prepared;
+        let admin_token = core.args.admin_token.as_deref().and_then(AdminToken::new);
+        if admin_token.is_none() {
+            tracing::warn!("admin endpoints are disabled (403); set KEEL_ADMIN_TOKEN or --admin-token to enable them");
+        }
+        let (process, cache, bus) = (core.role.name(), core.cache.backend(), core.bus.backend().as_str());
+        let database = core.database.backend().as_str();
+        tracing::info!(%mode, instance = %core.instance_id, database, cache, bus, "{process} starting in {mode} mode");
+        let monitoring = open_monitoring_settings(&core).await?;
+        follow_monitoring_settings(&monitoring, &log, &capture, &core.shutdown);
+        let mut settings = SettingsRegistry::new();
+        settings.register(monitoring);
+        let metadata = match core.role {
+            Role::Api => Some(start_metadata(&core).await?),
+            Role::Worker => None,
+        };
+        let entries = start_entries(&core).await?;
+        let http_stats = HttpStats::new();
+        let mut collector = Collector::new(process, core.instance_id.clone())
+            .with_http(http_stats.clone())
+            .with_section("capture", capture_section(capture))
+            .with_section("write_behind", write_behind_section(&entries));
+        if let Some(metadata) = &metadata {
+            collector = collector.with_section("batcher", batcher_section(metadata.batcher().clone()));
+        }
+        let operators = start_monitoring(&core, captured, collector);
+        let health = start_health(&core, &settings, metadata.as_ref(), &entries)?;
+        await_first_checks(&health, &core.file).await;
+        Ok(Self {
+            drain: drain_config(&core.file, &core.args),
+            core,
+            mode,
+            admin_token,
+            health,
+            settings,
+            metadata,
+            entries,
+            http_stats,
+            operators,
+            #[cfg(feature = "otlp")]
+            trace_export: prepared.trace_export,
+        })
+    }
+
+    /// Flushes what the process still holds (the entries queue, the
+    /// metadata batcher) once the server has stopped accepting requests,
+    /// within what is left of the one shutdown budget.
+    pub async fn close(&self) {
+        let (budget, shutdown) = (self.drain.grace, &self.core.shutdown);
+        if let EntrySink::Memory(queue) = self.entries.sink() {
+            queue.shutdown_within(shutdown.remaining(budget)).await;
+            let m = queue.metrics();
+            tracing::info!(persisted = m.persisted, failed = m.failed, "entries queue drained");
+        }
+        if let Some(metadata) = &self.metadata {
+            metadata.batcher().shutdown_within(shutdown.remaining(budget)).await;
+            let stats = metadata.batcher().stats();
+            tracing::info!(flushed = stats.flushed, dropped = stats.dropped(), "metadata batcher flushed");
+        }
+        #[cfg(feature = "otlp")]
+        if let Some(export) = self.trace_export.clone() {
+            // Blocks until the exporter thread has sent what it holds.
+            let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
+        }
+    }
+
+    /// Request limits from the `[http]` section.
+    pub fn middleware_config(&self) -> MiddlewareConfig {
+        let (defaults, http) = (MiddlewareConfig::default(), &self.core.file.http);
+        MiddlewareConfig {
+            request_timeout: http.request_timeout.map_or(defaults.request_timeout, Duration::from),
+            body_limit: http.body_limit.unwrap_or(defaults.body_limit),
+        }
+    }
+
+    /// Shutdown timing: the drain delay and the one budget.
+    pub fn drain_config(&self) -> DrainConfig {
+        self.drain
+    }
+
+    /// What this process is for.
+    pub fn role(&self) -> Role {
+        self.core.role
+    }
+
+    /// Embedded or cluster.
+    pub fn mode(&self) -> RunMode {
+        self.mode
+    }
+
+    /// Health of this process.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Every settings document this process serves.
+    pub fn settings(&self) -> &SettingsRegistry {
+        &self.settings
+    }
+
+    /// The entries service.
+    pub fn entries(&self) -> &Entries {
+        &self.entries
+    }
+
+    /// The metrics registry.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.core.telemetry
+    }
+
+    /// Shutdown coordination.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.core.shutdown
+    }
+}
+
+/// Waits for the database (then migrates) and Redis, and opens the cache
+/// and bus on them.
+async fn connect_stores(prepared: &Prepared, shutdown: Shutdown, startup: &Startup) -> Result<Core, StartError> {
+    let (args, database, redis) = (&prepared.args, &prepared.database, &prepared.redis);
+    let waiter = startup.waiter(args.startup_timeout.get(), &shutdown);
+    let db_name = database.backend().as_str();
+    waiter.until(db_name, || database.ping()).await?;
+    if args.no_migrate {
+        tracing::info!("migrations skipped (--no-migrate)");
+    } else {
+        let applied = waiter.until("migrations", || database.run_migrations()).await?;
+        tracing::info!(applied, backend = db_name, "migrations up to date");
+    }
+    if let Some(redis) = redis {
+        waiter.until("redis", || redis.ping()).await?;
+    }
+    let cache = match redis {
+        Some(redis) => Cache::redis(redis.clone()),
+        None => Cache::memory_bounded(args.cache_max_bytes),
+    };
+    let telemetry = &prepared.telemetry;
+    let bus = match (redis, database.backend()) {
+        (Some(redis), _) => waiter.until("redis", || Bus::redis(redis, telemetry)).await?,
+        (None, keel_store::Backend::Postgres) => waiter.until(db_name, || Bus::postgres(database, telemetry)).await?,
+        (None, keel_store::Backend::Sqlite) => Bus::memory(telemetry),
+    };
+    Ok(Core {
+        role: prepared.role,
+        args: args.clone(),
+        file: prepared.file.clone(),
+        instance_id: prepared.instance_id.clone(),
+        telemetry: telemetry.clone(),
+        database: database.clone(),
+        redis: redis.clone(),
+        cache,
+        bus,
+        shutdown,
+    })
+}
+
+/// The built-in `monitoring` document (capture toggle, live log level).
+async fn open_monitoring_settings(core: &Core) -> Result<Settings<MonitoringSettings>, StartError> {
+    let deps = SettingsDeps::new(
+        std::sync::Arc::new(DbSettingsStore::new(core.database.clone())),
+        core.cache.clone(),
+        core.bus.clone(),
+        core.telemetry.clone(),
+    );
+    let config = SettingsConfig { namespace: core.args.namespace.clone(), ..SettingsConfig::default() };
+    Ok(Settings::open_validated(MonitoringSettings::NAME, deps, config, |m: &MonitoringSettings| {
+        keel_telemetry::check_filter(&m.log_level).map_err(|err| err.to_string())
+    })
+    .await?)
+}
+
+fn drain_config(file: &FileConfig, args: &CommonArgs) -> DrainConfig {
+    let defaults = DrainConfig::default();
+    DrainConfig {
+        drain_delay: file.http.drain_delay.map_or(defaults.drain_delay, Duration::from),
+        grace: args.shutdown_grace.or(file.http.shutdown_grace).map_or(defaults.grace, Duration::from),
+    }
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}

@@ -1,0 +1,59 @@
+//! Serving before the application is up: the process listens at once,
+//! answers `/livez` 200 and `/readyz` 503 naming what it waits for, and
+//! serves the whole application once it is set.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceExt as _;
+
+use crate::ApiError;
+
+/// What a starting process still waits for: each name with its last error.
+pub type Waiting = Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
+
+/// Serves `app` once it is set; until then `/livez` is 200, `/readyz` and
+/// `/status` are 503 with one `[-]<name> failed: <why>` line per store in
+/// `waiting`, and every other path is 503 with `Retry-After: 1`.
+pub fn starting_gate(waiting: Waiting, app: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback(move |request: Request| {
+        let (waiting, app) = (waiting.clone(), app.clone());
+        async move {
+            match app.get() {
+                Some(app) => app.clone().oneshot(request).await.into_response(),
+                None => answer(&waiting(), &request),
+            }
+        }
+    })
+}
+
+fn answer(missing: &[(&'static str, String)], request: &Request) -> Response {
+    match request.uri().path() {
+        "/livez" => text(StatusCode::OK, "ok".to_owned()),
+        "/readyz" | "/status" => {
+            let mut body = String::new();
+            for (name, why) in missing {
+                body.push_str(&format!("[-]{name} failed: {}\n", keel_core::clip(why)));
+            }
+            body.push_str("[-]startup failed: still starting\nreadyz check failed\n");
+            text(StatusCode::SERVICE_UNAVAILABLE, body)
+        }
+        _ => {
+            let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
+            let waiting = if names.is_empty() { "starting".to_owned() } else { names.join(", ") };
+            ApiError::unavailable(format!("starting: waiting for {waiting}")).with_retry_after(1).into_response()
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,307 @@
+//! The entries service: writes visible at once through the cache, persisted
+//! behind by a write-behind queue (in-process) or a Redis Stream (cluster).
+//!
+//! The rules live here, not in any HTTP handler: key syntax, versions that
+//! only grow, one atomic unit of queue + cache per write, cache read-through
+//! from the database, and "absent" refused when it cannot be told from "not
+//! persisted yet".
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use keel_store::Cache;
+use opentelemetry::metrics::{Meter, ObservableCounter};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{DbEntries, DurableConsumer, DurableError, DurableProducer, EnqueueError, EntryWrite, WriteBehind};
+
+/// Longest key, in bytes.
+pub const MAX_ENTRY_KEY: usize = 256;
+/// Largest value, in bytes of JSON.
+pub const MAX_ENTRY_VALUE: usize = 64 * 1024;
+/// How long a written entry stays in the cache.
+const CACHE_TTL: Duration = Duration::from_secs(3600);
+/// How long a write waits for room in a full queue by default.
+pub const DEFAULT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where writes go after the cache.
+#[derive(Clone, Debug)]
+pub enum EntrySink {
+    /// An in-process queue (embedded mode, or PostgreSQL without Redis).
+    Memory(WriteBehind<EntryWrite>),
+    /// A Redis Stream consumed by the workers (cluster mode).
+    Durable(DurableProducer),
+}
+
+/// Why an entry operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    /// The key breaks the key rules; the message says which.
+    #[error("invalid key {0}: use 1-{MAX_ENTRY_KEY} bytes of [A-Za-z0-9_.:/-]")]
+    InvalidKey(String),
+    /// The queue stayed full for the whole enqueue timeout.
+    #[error("the write queue is full (waited {}ms); retry later", .0.as_millis())]
+    Full(Duration),
+    /// The process is stopping.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A store did not answer; `retry` says whether retrying soon may help.
+    #[error("{message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// Whether the caller should retry soon.
+        retry: bool,
+    },
+    /// A bug: the write could not even be encoded or run.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// An entry as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    /// The JSON value.
+    pub value: Value,
+    /// Its version (microseconds since the epoch, strictly increasing per writer).
+    pub version: i64,
+    /// When it was written.
+    pub updated_at: SystemTime,
+}
+
+/// The entries service; cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Entries {
+    cache: Cache,
+    prefix: Arc<str>,
+    sink: EntrySink,
+    store: DbEntries,
+    last_version: Arc<AtomicI64>,
+    consumer: Option<Arc<DurableConsumer<EntryWrite>>>,
+    enqueue_timeout: Duration,
+    acknowledged: Arc<AtomicU64>,
+    exported: Arc<OnceLock<ObservableCounter<u64>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    value: Value,
+    updated_at_us: i64,
+    deleted: bool,
+}
+
+impl Entries {
+    /// Entries cached under `<namespace>:entries:<key>`, written to `sink`,
+    /// read back from `store` on a cache miss.
+    pub fn new(cache: Cache, namespace: &str, sink: EntrySink, store: DbEntries) -> Self {
+        Self {
+            cache,
+            prefix: format!("{namespace}:entries:").into(),
+            sink,
+            store,
+            last_version: Arc::default(),
+            consumer: None,
+            enqueue_timeout: DEFAULT_ENQUEUE_TIMEOUT,
+            acknowledged: Arc::default(),
+            exported: Arc::default(),
+        }
+    }
+
+    /// Exports [`acknowledged`](Self::acknowledged) as
+    /// `keel_entries_acknowledged_total`: summed over every api, it equals
+    /// persisted + dead-lettered + pending once writes stop.
+    pub fn instrument(&self, meter: &Meter) {
+        let acknowledged = Arc::downgrade(&self.acknowledged);
+        let counter = meter
+            .u64_observable_counter(keel_telemetry::names::ENTRIES_ACKNOWLEDGED)
+            .with_description("Entry writes answered 202")
+            .with_callback(move |c| {
+                if let Some(n) = acknowledged.upgrade() {
+                    c.observe(n.load(Ordering::Acquire), &[]);
+                }
+            })
+            .build();
+        let _ = self.exported.set(counter);
+    }
+
+    /// How long a write waits for room in a full queue before it is refused
+    /// with [`EntryError::Full`] (default 2 s).
+    pub fn with_enqueue_timeout(mut self, timeout: Duration) -> Self {
+        self.enqueue_timeout = timeout;
+        self
+    }
+
+    /// Writes acknowledged by this process.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::Acquire)
+    }
+
+    /// Records the stream consumer this process runs (the worker), so health
+    /// can watch its repository.
+    pub fn with_consumer(mut self, consumer: Arc<DurableConsumer<EntryWrite>>) -> Self {
+        self.consumer = Some(consumer);
+        self
+    }
+
+    /// The stream consumer this process runs, if any.
+    pub fn consumer(&self) -> Option<&Arc<DurableConsumer<EntryWrite>>> {
+        self.consumer.as_ref()
+    }
+
+    /// The write sink.
+    pub fn sink(&self) -> &EntrySink {
+        &self.sink
+    }
+
+    /// `key` if it is 1–256 bytes of `[A-Za-z0-9_.:/-]`.
+    pub fn check_key(key: &str) -> Result<(), EntryError> {
+        let ok = !key.is_empty()
+            && key.len() <= MAX_ENTRY_KEY
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'));
+        if ok { Ok(()) } else { Err(EntryError::InvalidKey(key.to_owned())) }
+    }
+
+    /// Writes `value` under `key` and returns its version. The write runs
+    /// on its own task: a caller that goes away mid-call leaves either
+    /// nothing or the whole write (queued and cached), never half of it.
+    pub async fn put(&self, key: &str, value: Value) -> Result<i64, EntryError> {
+        self.detached(key, value, false).await
+    }
+
+    /// Deletes `key` (a tombstone that is written like a value).
+    pub async fn delete(&self, key: &str) -> Result<i64, EntryError> {
+        self.detached(key, Value::Null, true).await
+    }
+
+    async fn detached(&self, key: &str, value: Value, deleted: bool) -> Result<i64, EntryError> {
+        Self::check_key(key)?;
+        let (this, key) = (self.clone(), key.to_owned());
+        tokio::spawn(async move { this.write(key, value, deleted).await })
+            .await
+            .unwrap_or_else(|err| Err(EntryError::Internal(format!("the write task failed: {err}"))))
+    }
+
+    /// Microseconds since the epoch, strictly increasing in this process: a
+    /// later write always carries a higher version (last writer wins across
+    /// processes, by clock).
+    fn next_version(&self) -> i64 {
+        let now = keel_core::unix_micros(SystemTime::now());
+        let mut last = self.last_version.load(Ordering::Acquire);
+        loop {
+            let next = now.max(last + 1);
+            match self.last_version.compare_exchange(last, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// Queues the write and makes it visible through the cache, as one
+    /// unit: in cluster mode one Redis script does both; in-process, the
+    /// queue takes it first and the cache follows.
+    async fn write(&self, key: String, value: Value, deleted: bool) -> Result<i64, EntryError> {
+        let version = self.next_version();
+        let updated_at_us = keel_core::unix_micros(SystemTime::now());
+        let cache_key = format!("{}{key}", self.prefix);
+        let cached = serde_json::to_string(&Cached { value: value.clone(), updated_at_us, deleted })
+            .map_err(|err| EntryError::Internal(format!("cannot encode the entry: {err}")))?;
+        let write = EntryWrite { key, value, version, updated_at_us, deleted };
+        match &self.sink {
+            EntrySink::Memory(queue) => {
+                match tokio::time::timeout(self.enqueue_timeout, queue.enqueue(write)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(EnqueueError::Closed)) => return Err(EntryError::ShuttingDown),
+                    Ok(Err(EnqueueError::Full)) | Err(_) => return Err(EntryError::Full(self.enqueue_timeout)),
+                }
+                if let Err(err) = self.cache.set_if_newer(&cache_key, version, Bytes::from(cached), CACHE_TTL).await {
+                    // Queued already: reads fall back to the database.
+                    tracing::warn!(%err, "cannot cache an entry write");
+                }
+            }
+            EntrySink::Durable(producer) => {
+                // Redis unreachable answers within the enqueue timeout too (a
+                // script already sent may still land: the write is then
+                // stored although it was refused, never the other way round).
+                let queued =
+                    producer.enqueue_cached(&write, &cache_key, version, &cached, CACHE_TTL, self.enqueue_timeout);
+                match tokio::time::timeout(self.enqueue_timeout + Duration::from_millis(100), queued).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(DurableError::Full)) => return Err(EntryError::Full(self.enqueue_timeout)),
+                    Ok(Err(other)) => {
+                        return Err(unavailable(format!("cannot queue the write: {other}"), true));
+                    }
+                    Err(_) => return Err(unavailable("redis did not answer within the enqueue timeout", true)),
+                }
+            }
+        }
+        self.acknowledged.fetch_add(1, Ordering::AcqRel);
+        Ok(version)
+    }
+
+    /// The entry under `key`: from the cache, else from the database (and
+    /// then cached). Without the cache, an entry not in the database yet is
+    /// [`EntryError::Unavailable`], not absent: it may be acknowledged and
+    /// still queued.
+    pub async fn get(&self, key: &str) -> Result<Option<StoredEntry>, EntryError> {
+        Self::check_key(key)?;
+        let cache_key = format!("{}{key}", self.prefix);
+        let mut cache_down = false;
+        match self.cache.get_versioned(&cache_key).await {
+            Ok(Some((version, bytes))) => {
+                if let Ok(cached) = serde_json::from_slice::<Cached>(&bytes) {
+                    return Ok((!cached.deleted).then(|| StoredEntry {
+                        value: cached.value,
+                        version,
+                        updated_at: keel_core::from_unix_micros(cached.updated_at_us),
+                    }));
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(%err, "entry cache unavailable; reading the database");
+                cache_down = true;
+            }
+        }
+        let stored =
+            self.store.get(key).await.map_err(|err| unavailable(format!("cannot read the entry: {err}"), false))?;
+        let Some(entry) = stored else {
+            return if cache_down {
+                Err(unavailable("the entry cache is unreachable and the entry is not in the database yet", true))
+            } else {
+                Ok(None)
+            };
+        };
+        let updated_at_us = keel_core::unix_micros(entry.updated_at);
+        let cached = Cached { value: entry.value.clone(), updated_at_us, deleted: entry.deleted };
+        if let Ok(bytes) = serde_json::to_vec(&cached) {
+            let _ = self.cache.set_if_newer(&cache_key, entry.version, Bytes::from(bytes), CACHE_TTL).await;
+        }
+        Ok((!entry.deleted).then_some(StoredEntry {
+            value: entry.value,
+            version: entry.version,
+            updated_at: keel_core::from_unix_micros(updated_at_us),
+        }))
+    }
+}
+
+fn unavailable(message: impl Into<String>, retry: bool) -> EntryError {
+    EntryError::Unavailable { message: message.into(), retry }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_key_rules() {
+        for ok in ["a", "users/42:profile", "a.b_c-d", &"k".repeat(MAX_ENTRY_KEY)] {
+            assert_eq!(Entries::check_key(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "has space", "é", &"k".repeat(MAX_ENTRY_KEY + 1)] {
+            assert!(matches!(Entries::check_key(bad), Err(EntryError::InvalidKey(_))), "{bad}");
+        }
+    }
+}
