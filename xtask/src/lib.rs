@@ -4,6 +4,7 @@ pub mod chaos;
 pub mod cmd;
 pub mod deploy;
 pub mod docs;
+pub mod schemathesis;
 pub mod services;
 pub mod tidy;
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{chaos, cmd, deploy, docs, services, tidy};
+use xtask::{chaos, cmd, deploy, docs, schemathesis, services, tidy};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -26,6 +26,9 @@ cargo xtask <command>
                      Redis; one fault per scenario (kill, stop, pause, client
                      reset, concurrent start); fails on any lost, regressed
                      or phantom write (report under target/chaos/)
+  schemathesis [SEED] property-based tests of the embedded api from its own
+                     /openapi.json (installs schemathesis from PyPI; report
+                     under target/schemathesis/)
   docs               regenerate the configuration reference in
                      docs/OPERATIONS.md from the binaries' flags
 ";
@@ -61,6 +64,7 @@ fn run(args: &[String]) -> Result<()> {
         }
         Some("docs") => docs::update(&root),
         Some("chaos") => chaos::run(&root, &args[1..]),
+        Some("schemathesis") => schemathesis::run(&root, args.get(1).map(String::as_str)),
         Some("bench") => cmd::cargo(&root, &[&["bench", "--workspace"], &as_strs(&args[1..])[..]].concat()),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{HELP}");
@@ -82,6 +86,7 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("services", services::up)?;
     step("deploy-check", || deploy::check(root))?;
     step("chaos --short", || chaos::run(root, &["--short".to_owned()]))?;
+    step("schemathesis", || schemathesis::run(root, None))?;
     step("test", || test(root))?;
     eprintln!("xtask: ci passed in {:.0?}", started.elapsed());
     Ok(())

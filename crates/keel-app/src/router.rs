@@ -3,35 +3,50 @@
 
 use axum::Router;
 use keel_http::{
-    AppInfo, HttpMetrics, agents_router, entries_router, health_router, metrics_router, middleware, monitoring_router,
-    settings_router,
+    AppInfo, HttpMetrics, agents_api, api_base, entries_api, health_api, metrics_api, middleware, monitoring_api,
+    openapi_router, settings_api,
 };
 
 use crate::{Role, Services};
 
 impl Services {
     /// The whole router: the operational endpoints for every role, plus the
-    /// public API for `api` (a worker answers 404 to everything else).
+    /// public API and `GET /openapi.json` (the document of everything the
+    /// api serves) for `api`; a worker answers 404 to everything else.
     pub fn router(&self) -> Router {
+        let metrics = HttpMetrics::with_stats(&self.core.telemetry, self.http_stats.clone());
+        middleware::apply(self.routes(), &self.middleware_config(), &metrics)
+    }
+
+    /// The routes without the middleware, and the OpenAPI document that
+    /// describes them (`/openapi.json` itself aside).
+    pub fn routes_and_document(&self) -> (Router, utoipa::openapi::OpenApi) {
         let core = &self.core;
         let name = core.file.app.name.clone().unwrap_or_else(|| core.role.name().to_owned());
-        let info = AppInfo::build(name);
-        let mut routes = Router::new().merge(metrics_router(core.telemetry.clone())).merge(health_router(
+        let info = AppInfo::build(name.clone());
+        let mut api = api_base(&name, &info.release).merge(metrics_api(core.telemetry.clone())).merge(health_api(
             self.health.clone(),
             info,
             core.file.health.codes,
             core.shutdown.clone(),
         ));
         if core.role == Role::Api {
-            routes = routes
-                .merge(settings_router(self.settings.clone(), self.admin_token.clone()))
-                .merge(entries_router(self.entries.clone()))
-                .merge(monitoring_router(self.operators.clone(), self.admin_token.clone()));
+            api = api
+                .merge(settings_api(self.settings.clone(), self.admin_token.clone()))
+                .merge(entries_api(self.entries.clone()))
+                .merge(monitoring_api(self.operators.clone(), self.admin_token.clone()));
             if let Some(metadata) = &self.metadata {
-                routes = routes.merge(agents_router(metadata.clone()));
+                api = api.merge(agents_api(metadata.clone()));
             }
         }
-        let metrics = HttpMetrics::with_stats(&core.telemetry.meter("keel-http"), self.http_stats.clone());
-        middleware::apply(routes, &self.middleware_config(), &metrics)
+        api.split_for_parts()
+    }
+
+    fn routes(&self) -> Router {
+        let (routes, document) = self.routes_and_document();
+        match self.core.role {
+            Role::Api => routes.merge(openapi_router(document)),
+            Role::Worker => routes,
+        }
     }
 }

@@ -8,61 +8,77 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::Stream;
 use keel_batcher::{AgentMetadata, MetadataError, MetadataRow, Submitted};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::ApiError;
+use crate::openapi::{ApiRouter, ErrorSchema, SseEvent};
 use crate::text::{clip, shown};
 
 /// `POST|GET /api/v1/agents/{agent_id}/metadata` and
 /// `GET /api/v1/agents/{agent_id}/metadata/watch` (Server-Sent Events).
 pub fn agents_router(service: AgentMetadata) -> Router {
-    Router::new()
-        .route("/api/v1/agents/{agent_id}/metadata", post(submit).get(read))
-        .route("/api/v1/agents/{agent_id}/metadata/watch", get(watch))
-        .with_state(service)
+    agents_api(service).into()
+}
+
+/// [`agents_router`] with its OpenAPI entries.
+pub fn agents_api(service: AgentMetadata) -> ApiRouter {
+    OpenApiRouter::new().routes(routes!(submit, read)).routes(routes!(watch)).with_state(service)
 }
 
 /// A submission: up to 64 keys.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Submission {
+    #[schema(max_items = 64)]
     metadata: Vec<Item>,
 }
 
 /// One submitted key.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Item {
+    /// 1-128 bytes of [A-Za-z0-9_.-].
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     key: String,
+    /// Cut to 2048 bytes, with a note in `error`; no U+0000.
+    #[schema(pattern = "^[^\\u0000]*$")]
     value: String,
+    /// Why collection failed, if it did; no U+0000.
     #[serde(default)]
+    #[schema(pattern = "^[^\\u0000]*$")]
     error: Option<String>,
+    /// RFC 3339 in UTC; now when absent; at most 5 minutes ahead.
     #[serde(default)]
+    #[schema(
+        pattern = "^(20[01][0-9]|202[0-5])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z$"
+    )]
     collected_at: Option<String>,
 }
 
 /// How many keys were taken and dropped.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AcceptedBody {
     accepted: u64,
     dropped: u64,
 }
 
 /// The stored metadata of one agent.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AgentBody {
     agent_id: String,
     metadata: Vec<RowBody>,
 }
 
 /// One stored key.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RowBody {
     key: String,
     value: String,
@@ -85,7 +101,7 @@ fn agent(id: &str) -> Result<Uuid, ApiError> {
 fn submitted(index: usize, item: Item) -> Result<Submitted, ApiError> {
     let collected_at = match item.collected_at.as_deref() {
         None => None,
-        Some(text) => Some(humantime::parse_rfc3339_weak(text).map_err(|_| {
+        Some(text) => Some(humantime::parse_rfc3339(text).map_err(|_| {
             ApiError::bad_request(format!(
                 "metadata[{index}].collected_at {}: expected RFC 3339 in UTC, e.g. 2026-11-22T08:00:00Z",
                 shown(text)
@@ -95,6 +111,17 @@ fn submitted(index: usize, item: Item) -> Result<Submitted, ApiError> {
     Ok(Submitted { key: item.key, value: item.value, error: item.error, collected_at })
 }
 
+/// Submits metadata values; they are batched and written behind.
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/metadata", operation_id = "submit_metadata", tag = "agents", params(("agent_id" = String, Path, description = "The agent's UUID",
+    pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
+    request_body(content = Submission, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Taken (or dropped when the batcher is full)", body = AcceptedBody),
+        (status = 400, description = "A bad agent id, key, time, or U+0000", body = ErrorSchema),
+        (status = 413, description = "More than 64 keys, or the body is too large", body = ErrorSchema),
+        (status = 415, description = "The body is not application/json", body = ErrorSchema),
+        (status = 503, description = "Shutting down", body = ErrorSchema),
+    ))]
 async fn submit(
     State(service): State<AgentMetadata>,
     Path(agent_id): Path<String>,
@@ -128,6 +155,14 @@ async fn current(service: &AgentMetadata, agent_id: Uuid) -> Result<AgentBody, A
     Ok(AgentBody { agent_id: agent_id.to_string(), metadata: rows.into_iter().map(row_body).collect() })
 }
 
+/// The stored metadata of an agent, sorted by key.
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/metadata", operation_id = "get_metadata", tag = "agents", params(("agent_id" = String, Path, description = "The agent's UUID",
+    pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
+    responses(
+        (status = 200, description = "The metadata", body = AgentBody),
+        (status = 400, description = "A bad agent id", body = ErrorSchema),
+        (status = 503, description = "The database is unreachable", body = ErrorSchema),
+    ))]
 async fn read(State(service): State<AgentMetadata>, Path(agent_id): Path<String>) -> Result<Json<AgentBody>, ApiError> {
     let agent_id = agent(&agent_id)?;
     Ok(Json(current(&service, agent_id).await?))
@@ -158,6 +193,15 @@ async fn next_state(
     }
 }
 
+/// The agent's metadata now and after every change (Server-Sent Events).
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/metadata/watch", operation_id = "watch_metadata", tag = "agents", params(("agent_id" = String, Path, description = "The agent's UUID",
+    pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
+    responses(
+        (status = 200, description = "`metadata` events, each the whole current metadata",
+            body = SseEvent, content_type = "text/event-stream"),
+        (status = 400, description = "A bad agent id", body = ErrorSchema),
+        (status = 503, description = "The database is unreachable", body = ErrorSchema),
+    ))]
 async fn watch(
     State(service): State<AgentMetadata>,
     Path(agent_id): Path<String>,

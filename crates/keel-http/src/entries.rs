@@ -9,28 +9,46 @@ use bytes::Bytes;
 use keel_write_behind::{Entries, EntryError, MAX_ENTRY_VALUE};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::ApiError;
+use crate::openapi::{ApiRouter, ErrorSchema};
 use crate::text::{refuse_nul, shown};
 
 /// `PUT|GET|DELETE /api/v1/entries/{key}` (keys may contain `/`).
 pub fn entries_router(entries: Entries) -> Router {
-    Router::new().route("/api/v1/entries/{*key}", put(write).get(read).delete(remove)).with_state(entries)
+    entries_api(entries).into()
+}
+
+/// The entry paths of the OpenAPI document: the key is one path parameter
+/// there (a `/` in it is sent as `%2F`), a wildcard in the router.
+#[derive(OpenApi)]
+#[openapi(paths(write, read, remove), components(schemas(Written, EntryBody)))]
+struct EntriesDoc;
+
+/// [`entries_router`] with its OpenAPI entries.
+pub fn entries_api(entries: Entries) -> ApiRouter {
+    OpenApiRouter::with_openapi(EntriesDoc::openapi())
+        .route("/api/v1/entries/{*key}", put(write).get(read).delete(remove))
+        .with_state(entries)
 }
 
 /// The answer to a write: its key and version.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Written {
     key: String,
     version: i64,
 }
 
 /// An entry as read.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EntryBody {
     key: String,
+    /// Any JSON value.
     value: Value,
     version: i64,
+    /// RFC 3339 with microseconds.
     updated_at: String,
 }
 
@@ -49,6 +67,16 @@ fn accepted(key: String, version: i64) -> (StatusCode, Json<Written>) {
     (StatusCode::ACCEPTED, Json(Written { key, version }))
 }
 
+/// Writes an entry: visible to reads at once, persisted behind.
+#[utoipa::path(put, path = "/api/v1/entries/{key}", operation_id = "put_entry", tag = "entries", params(("key" = String, Path, description = "1-256 bytes of [A-Za-z0-9_.:/-]", pattern = "^[A-Za-z0-9_.:/-]{1,256}$")),
+    request_body(content = Value, description = "Any JSON value, at most 64 KiB", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued", body = Written),
+        (status = 400, description = "A bad key, a body that is not JSON, or U+0000 in it", body = ErrorSchema),
+        (status = 413, description = "The value is too large", body = ErrorSchema),
+        (status = 503, description = "The queue stayed full for the enqueue timeout, or Redis is unreachable",
+            body = ErrorSchema, headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 async fn write(
     State(entries): State<Entries>,
     Path(key): Path<String>,
@@ -65,6 +93,14 @@ async fn write(
     Ok(accepted(key, version))
 }
 
+/// Deletes an entry (a tombstone written like a value).
+#[utoipa::path(delete, path = "/api/v1/entries/{key}", operation_id = "delete_entry", tag = "entries", params(("key" = String, Path, description = "1-256 bytes of [A-Za-z0-9_.:/-]", pattern = "^[A-Za-z0-9_.:/-]{1,256}$")),
+    responses(
+        (status = 202, description = "Queued", body = Written),
+        (status = 400, description = "A bad key", body = ErrorSchema),
+        (status = 503, description = "The queue stayed full for the enqueue timeout, or Redis is unreachable",
+            body = ErrorSchema, headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 async fn remove(
     State(entries): State<Entries>,
     Path(key): Path<String>,
@@ -73,6 +109,14 @@ async fn remove(
     Ok(accepted(key, version))
 }
 
+/// Reads an entry: the cache, then the database.
+#[utoipa::path(get, path = "/api/v1/entries/{key}", operation_id = "get_entry", tag = "entries", params(("key" = String, Path, description = "1-256 bytes of [A-Za-z0-9_.:/-]", pattern = "^[A-Za-z0-9_.:/-]{1,256}$")),
+    responses(
+        (status = 200, description = "The entry", body = EntryBody),
+        (status = 400, description = "A bad key", body = ErrorSchema),
+        (status = 404, description = "Absent or deleted", body = ErrorSchema),
+        (status = 503, description = "A store is unreachable", body = ErrorSchema),
+    ))]
 async fn read(State(entries): State<Entries>, Path(key): Path<String>) -> Result<Json<EntryBody>, ApiError> {
     match entries.get(&key).await.map_err(api_error)? {
         Some(entry) => Ok(Json(EntryBody {

@@ -1,18 +1,21 @@
 //! `/status`, `/status/{name}`, `/livez` and `/readyz` over a [`Health`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use keel_core::{Shutdown, Status};
 use keel_health_status::Pattern;
 use keel_health_status::{ComponentView, DEFAULT_GROUP, Health, Snapshot, StatusCodes};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use keel_health_status::{Info, Mode};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
+
+use crate::openapi::{ApiRouter, ErrorSchema};
 
 use crate::ApiError;
 
@@ -54,20 +57,38 @@ struct HealthState {
 /// starts, and otherwise follows the cached global status (tolerant: OK or
 /// WARN is ready).
 pub fn health_router(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Shutdown) -> Router {
-    Router::new()
-        .route("/status", get(status))
-        .route("/status/{name}", get(status_of))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
+    health_api(health, app, codes, shutdown).into()
+}
+
+/// [`health_router`] with its OpenAPI entries.
+pub fn health_api(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Shutdown) -> ApiRouter {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(status_of))
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
         .with_state(HealthState { health, app, codes, shutdown })
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// How `/status` renders; the `X-Verbose`, `Accept`, `X-MapMode` and
+/// `X-Filter` headers override the matching parameters.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
+    /// Only the overall status.
+    #[param(inline, value_type = Option<Flag>)]
     short: Option<String>,
+    /// `json` (default), `text` or `health+json`.
+    #[param(inline, value_type = Option<FormatName>)]
     format: Option<String>,
+    /// Components grouped.
+    #[param(inline, value_type = Option<Flag>)]
     map: Option<String>,
+    /// Comma-separated component or group name patterns (`*`, `?`) to keep.
+    #[param(pattern = "^(\\*?([A-Za-z0-9_.?,-]|\\[!?[A-Za-z0-9_.-]+\\]))*\\*?$")]
     filter: Option<String>,
+    /// Comma-separated component or group name patterns to leave out.
+    #[param(pattern = "^(\\*?([A-Za-z0-9_.?,-]|\\[!?[A-Za-z0-9_.-]+\\]))*\\*?$")]
     exclude: Option<String>,
 }
 
@@ -97,14 +118,24 @@ fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// Comma-separated name patterns: name characters, `?`, `*` (never two in a
+/// row) and `[...]` classes, as `/openapi.json` documents.
 fn patterns(name: &str, list: &str) -> Result<Vec<Pattern>, ApiError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.-?*[]!".contains(c);
     list.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| {
-            Pattern::new(p).map_err(|err| {
-                ApiError::bad_request(format!("{name}: invalid pattern {}: {err}", crate::text::shown(p)))
-            })
+            let invalid = |why: &dyn std::fmt::Display| {
+                ApiError::bad_request(format!("{name}: invalid pattern {}: {why}", crate::text::shown(p)))
+            };
+            if !p.chars().all(allowed) {
+                return Err(invalid(&"use name characters [A-Za-z0-9_.-], ?, * and [...]"));
+            }
+            if p.contains("**") {
+                return Err(invalid(&"one * matches any run of characters; ** is not a pattern"));
+            }
+            Pattern::new(p).map_err(|err| invalid(&err))
         })
         .collect()
 }
@@ -174,6 +205,14 @@ fn select(state: &HealthState, options: &ViewOptions) -> Option<BTreeSet<String>
     Some(state.health.select(options.filter.as_deref(), &options.exclude))
 }
 
+/// The health of the process and its components.
+#[utoipa::path(get, path = "/status", operation_id = "status", tag = "health", params(StatusQuery, StatusHeaders), responses(
+    (status = 200, description = "OK or WARN", content(
+        (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+    (status = 503, description = "KO", content(
+        (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+    (status = 400, description = "A parameter or header is not understood", body = ErrorSchema),
+))]
 async fn status(State(state): State<HealthState>, Query(query): Query<StatusQuery>, headers: HeaderMap) -> Response {
     let options = match ViewOptions::parse(&query, &headers) {
         Ok(options) => options,
@@ -189,6 +228,17 @@ async fn status(State(state): State<HealthState>, Query(query): Query<StatusQuer
     render(&state, &options, &snapshot)
 }
 
+/// The health of one group or component.
+#[utoipa::path(get, path = "/status/{name}", operation_id = "status_of", tag = "health",
+    params(("name" = String, Path, description = "A group or component name"), StatusQuery, StatusHeaders),
+    responses(
+        (status = 200, description = "OK or WARN", content(
+            (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+        (status = 503, description = "KO", content(
+            (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+        (status = 400, description = "A parameter or header is not understood", body = ErrorSchema),
+        (status = 404, description = "No such group or component", body = ErrorSchema),
+    ))]
 async fn status_of(
     State(state): State<HealthState>,
     Path(name): Path<String>,
@@ -219,12 +269,16 @@ async fn status_of(
     render(&state, &options, &snapshot)
 }
 
+fn to_json(body: &impl Serialize) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
 fn render(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot) -> Response {
     let code =
         StatusCode::from_u16(state.codes.for_status(snapshot.status)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let (content_type, body) = match options.format {
-        Format::Json => ("application/json", json_body(&state.app, options, snapshot).to_string()),
-        Format::HealthJson => ("application/health+json", health_json(&state.app, snapshot).to_string()),
+        Format::Json => ("application/json", to_json(&json_body(&state.app, options, snapshot))),
+        Format::HealthJson => ("application/health+json", to_json(&health_json(&state.app, snapshot))),
         Format::Text => ("text/plain; charset=utf-8", text_body(&state.app, options, snapshot)),
     };
     let mut response = (code, body).into_response();
@@ -235,69 +289,134 @@ fn render(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot) -> Re
     response
 }
 
-fn rfc3339(time: Option<SystemTime>) -> Value {
-    time.map_or(Value::Null, |t| Value::String(humantime::format_rfc3339_millis(t).to_string()))
+fn rfc3339(time: Option<SystemTime>) -> Option<String> {
+    time.map(|t| humantime::format_rfc3339_millis(t).to_string())
 }
 
-fn millis(d: Duration) -> Value {
-    json!((d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0)
+/// Milliseconds with microsecond precision.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
 }
 
-fn component_json(view: &ComponentView) -> Value {
-    let mut object = json!({
-        "status": view.status,
-        "message": view.message,
-        "mode": view.mode,
-        "group": view.group,
-        "latency_ms": millis(view.latency),
-        "last_check": rfc3339(view.last_check),
-        "uptime_s": view.uptime.as_secs(),
-        "downtime_s": view.downtime.as_secs(),
-    });
-    if let (Some(info), Some(map)) = (&view.info, object.as_object_mut()) {
-        map.insert("info".into(), serde_json::to_value(info).unwrap_or(Value::Null));
+/// `/status` in JSON (the default).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct StatusBody {
+    /// Application name.
+    name: String,
+    /// Release (version).
+    release: String,
+    /// Source revision.
+    hash: String,
+    /// Build date (RFC 3339), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build_date: Option<String>,
+    /// The aggregated status.
+    #[schema(value_type = StatusSchema)]
+    status: Status,
+    /// Why, when not OK.
+    message: String,
+    /// Every component by name (not in map mode or short form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    components: Option<BTreeMap<String, ComponentBody>>,
+    /// The groups, each with its components (map mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<GroupBody>>,
+}
+
+/// `OK`, `WARN` or `KO`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum StatusSchema {
+    #[schema(rename = "OK")]
+    Ok,
+    #[schema(rename = "WARN")]
+    Warn,
+    #[schema(rename = "KO")]
+    Ko,
+}
+
+/// One health component.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ComponentBody {
+    #[schema(value_type = StatusSchema)]
+    status: Status,
+    message: String,
+    /// Control mode: `must`, `should`, `optional`, ...
+    #[schema(value_type = String)]
+    mode: Mode,
+    group: String,
+    latency_ms: f64,
+    /// RFC 3339; null before the first check.
+    last_check: Option<String>,
+    uptime_s: u64,
+    downtime_s: u64,
+    /// The `info` of its configuration, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    info: Option<Info>,
+}
+
+/// A group in map mode.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct GroupBody {
+    name: String,
+    #[schema(value_type = String)]
+    mode: Mode,
+    #[schema(value_type = StatusSchema)]
+    status: Status,
+    components: BTreeMap<String, ComponentBody>,
+    /// The `info` of `[[health.groups]]`, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    info: Option<Info>,
+}
+
+fn component_body(view: &ComponentView) -> ComponentBody {
+    ComponentBody {
+        status: view.status,
+        message: view.message.clone(),
+        mode: view.mode,
+        group: view.group.clone(),
+        latency_ms: millis(view.latency),
+        last_check: rfc3339(view.last_check),
+        uptime_s: view.uptime.as_secs(),
+        downtime_s: view.downtime.as_secs(),
+        info: view.info.clone(),
     }
-    object
 }
 
-fn json_body(app: &AppInfo, options: &ViewOptions, snapshot: &Snapshot) -> Value {
-    let mut body = Map::new();
-    body.insert("name".into(), json!(app.name));
-    body.insert("release".into(), json!(app.release));
-    body.insert("hash".into(), json!(app.hash));
-    if let Some(date) = &app.build_date {
-        body.insert("build_date".into(), json!(date));
-    }
-    body.insert("status".into(), json!(snapshot.status));
-    body.insert("message".into(), json!(snapshot.message));
+fn json_body(app: &AppInfo, options: &ViewOptions, snapshot: &Snapshot) -> StatusBody {
+    let mut body = StatusBody {
+        name: app.name.clone(),
+        release: app.release.clone(),
+        hash: app.hash.clone(),
+        build_date: app.build_date.clone(),
+        status: snapshot.status,
+        message: snapshot.message.clone(),
+        components: None,
+        groups: None,
+    };
     if options.short {
-        return Value::Object(body);
+        return body;
     }
     if options.map {
-        let groups: Vec<Value> = snapshot
-            .groups
-            .iter()
-            .map(|group| {
-                let components: Map<String, Value> = group
-                    .components
-                    .iter()
-                    .filter_map(|name| snapshot.components.get(name).map(|v| (name.clone(), component_json(v))))
-                    .collect();
-                let mut group_json =
-                    json!({"name": group.name, "mode": group.mode, "status": group.status, "components": components});
-                if let (Some(info), Some(object)) = (&group.info, group_json.as_object_mut()) {
-                    object.insert("info".into(), serde_json::to_value(info).unwrap_or(Value::Null));
-                }
-                group_json
-            })
-            .collect();
-        body.insert("groups".into(), Value::Array(groups));
+        let group_body = |group: &keel_health_status::GroupView| GroupBody {
+            name: group.name.clone(),
+            mode: group.mode,
+            status: group.status,
+            components: group
+                .components
+                .iter()
+                .filter_map(|name| snapshot.components.get(name).map(|v| (name.clone(), component_body(v))))
+                .collect(),
+            info: group.info.clone(),
+        };
+        body.groups = Some(snapshot.groups.iter().map(group_body).collect());
     } else {
-        let components: Map<String, Value> =
-            snapshot.components.iter().map(|(name, view)| (name.clone(), component_json(view))).collect();
-        body.insert("components".into(), Value::Object(components));
+        body.components =
+            Some(snapshot.components.iter().map(|(name, view)| (name.clone(), component_body(view))).collect());
     }
-    Value::Object(body)
+    body
 }
 
 fn text_line(status: Status, name: &str, latency: Duration, message: &str) -> String {
@@ -339,48 +458,99 @@ fn pass_warn_fail(status: Status) -> &'static str {
     }
 }
 
-/// The IETF health-check draft (`application/health+json`).
-fn health_json(app: &AppInfo, snapshot: &Snapshot) -> Value {
-    let checks: Map<String, Value> = snapshot
+/// `/status` as the IETF health-check draft (`application/health+json`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HealthJsonBody {
+    /// `pass`, `warn` or `fail`.
+    status: &'static str,
+    version: String,
+    release_id: String,
+    service_id: String,
+    description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+    /// `<component>:responseTime` → one observation.
+    checks: BTreeMap<String, Vec<HealthCheckBody>>,
+}
+
+/// One observation of the draft.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HealthCheckBody {
+    component_id: String,
+    component_type: &'static str,
+    observed_value: f64,
+    observed_unit: &'static str,
+    status: &'static str,
+    time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<String>,
+}
+
+fn health_json(app: &AppInfo, snapshot: &Snapshot) -> HealthJsonBody {
+    let not_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    let checks = snapshot
         .components
         .iter()
         .map(|(name, view)| {
-            let mut entry = json!({
-                "componentId": name,
-                "componentType": "component",
-                "observedValue": millis(view.latency),
-                "observedUnit": "ms",
-                "status": pass_warn_fail(view.status),
-                "time": rfc3339(view.last_check),
-            });
-            if !view.message.is_empty()
-                && let Some(map) = entry.as_object_mut()
-            {
-                map.insert("output".into(), json!(view.message));
-            }
-            (format!("{name}:responseTime"), json!([entry]))
+            let check = HealthCheckBody {
+                component_id: name.clone(),
+                component_type: "component",
+                observed_value: millis(view.latency),
+                observed_unit: "ms",
+                status: pass_warn_fail(view.status),
+                time: rfc3339(view.last_check),
+                output: not_empty(&view.message),
+            };
+            (format!("{name}:responseTime"), vec![check])
         })
         .collect();
-    let mut body = json!({
-        "status": pass_warn_fail(snapshot.status),
-        "version": app.release,
-        "releaseId": app.hash,
-        "serviceId": app.name,
-        "description": format!("health of {}", app.name),
-        "checks": checks,
-    });
-    if !snapshot.message.is_empty()
-        && let Some(map) = body.as_object_mut()
-    {
-        map.insert("output".into(), json!(snapshot.message));
+    HealthJsonBody {
+        status: pass_warn_fail(snapshot.status),
+        version: app.release.clone(),
+        release_id: app.hash.clone(),
+        service_id: app.name.clone(),
+        description: format!("health of {}", app.name),
+        output: not_empty(&snapshot.message),
+        checks,
     }
-    body
 }
 
-#[derive(Deserialize)]
+/// The probes' form.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Verbose {
+    /// Present: one line per check.
     verbose: Option<String>,
 }
+
+/// Headers that override [`StatusQuery`].
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct StatusHeaders {
+    /// `true`: every component (not the short form).
+    #[param(rename = "X-Verbose", inline, nullable = false, value_type = Option<Flag>)]
+    x_verbose: Option<String>,
+    /// `true`: components grouped.
+    #[param(rename = "X-MapMode", inline, nullable = false, value_type = Option<Flag>)]
+    x_map_mode: Option<String>,
+    /// Comma-separated name patterns to keep.
+    #[param(
+        rename = "X-Filter",
+        nullable = false,
+        pattern = "^(\\*?([A-Za-z0-9_.?,-]|\\[!?[A-Za-z0-9_.-]+\\]))*\\*?$"
+    )]
+    x_filter: Option<String>,
+}
+
+crate::openapi::string_enum_schema!(
+    Flag,
+    "A switch: empty (present without a value), true, 1 or yes is on; false, 0 or no is off.",
+    ["", "true", "false", "1", "0", "yes", "no"]
+);
+crate::openapi::string_enum_schema!(FormatName, "A rendering of `/status`.", ["json", "text", "health+json", "health"]);
 
 fn plain(status: StatusCode, body: String) -> Response {
     let mut response =
@@ -391,11 +561,19 @@ fn plain(status: StatusCode, body: String) -> Response {
     response
 }
 
+/// Liveness: 200 while the process serves.
+#[utoipa::path(get, path = "/livez", operation_id = "livez", tag = "health", params(Verbose),
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
 async fn livez(Query(q): Query<Verbose>) -> Response {
     let body = if q.verbose.is_some() { "[+]ping ok\nlivez check passed\n" } else { "ok" };
     plain(StatusCode::OK, body.to_owned())
 }
 
+/// Readiness: 503 while KO, starting or draining.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health", params(Verbose), responses(
+    (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+    (status = 503, description = "Not ready, starting or draining", body = String, content_type = "text/plain"),
+))]
 async fn readyz(State(state): State<HealthState>, Query(q): Query<Verbose>) -> Response {
     let draining = state.shutdown.is_triggered();
     let ready = !draining && state.health.is_cache_healthy();

@@ -55,6 +55,7 @@ mod metrics;
 pub mod middleware;
 #[cfg(feature = "monitoring")]
 mod monitoring;
+mod openapi;
 mod ops;
 mod server;
 #[cfg(feature = "settings")]
@@ -66,18 +67,19 @@ mod text;
 
 pub use admin::AdminToken;
 #[cfg(feature = "agents")]
-pub use agents::agents_router;
+pub use agents::{agents_api, agents_router};
 #[cfg(feature = "entries")]
-pub use entries::entries_router;
+pub use entries::{entries_api, entries_router};
 pub use error::ApiError;
 pub use gate::{Waiting, starting_gate};
 #[cfg(feature = "health")]
-pub use health::{AppInfo, health_router};
+pub use health::{AppInfo, health_api, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
 #[cfg(feature = "monitoring")]
-pub use monitoring::{MAX_LOG_LIMIT, monitoring_router};
-pub use ops::metrics_router;
+pub use monitoring::{MAX_LOG_LIMIT, monitoring_api, monitoring_router};
+pub use openapi::{ApiRouter, api_base, openapi_router};
+pub use ops::{metrics_api, metrics_router};
 pub use server::{ConnectionLimits, DrainConfig, ServeError, serve, serve_with_limits};
 #[cfg(feature = "settings")]
-pub use settings::settings_router;
+pub use settings::{settings_api, settings_router};

@@ -8,11 +8,15 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::Stream;
 use keel_monitoring::{LogQuery, LogRecord, MonitoringEvent, MonitoringHub, PROCESSES, SinkError, StatsDocument};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::openapi::{ApiRouter, ErrorSchema, SseEvent};
 
 use crate::{AdminToken, ApiError};
 
@@ -30,16 +34,22 @@ struct Operators {
 /// `GET /api/v1/monitoring/stream` (Server-Sent Events). All need the admin
 /// token.
 pub fn monitoring_router(hub: MonitoringHub, admin: Option<AdminToken>) -> Router {
-    Router::new()
-        .route("/api/v1/monitoring/logs", get(logs).delete(clear))
-        .route("/api/v1/monitoring/stats", get(stats))
-        .route("/api/v1/monitoring/stream", get(stream))
+    monitoring_api(hub, admin).into()
+}
+
+/// [`monitoring_router`] with its OpenAPI entries.
+pub fn monitoring_api(hub: MonitoringHub, admin: Option<AdminToken>) -> ApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(logs, clear))
+        .routes(routes!(stats))
+        .routes(routes!(stream))
         .with_state(Operators { hub, admin })
 }
 
-/// A record in the HTTP shape: `time` as RFC 3339.
-#[derive(Serialize)]
+/// A captured log record.
+#[derive(Serialize, ToSchema)]
 struct RecordBody<'a> {
+    /// RFC 3339.
     time: String,
     level: &'a str,
     target: &'a str,
@@ -62,29 +72,43 @@ fn record_body(record: &LogRecord) -> RecordBody<'_> {
     }
 }
 
-/// `GET /api/v1/monitoring/logs`.
-#[derive(Serialize)]
+/// Captured records, newest first.
+#[derive(Serialize, ToSchema)]
 struct LogsBody<'a> {
     records: Vec<RecordBody<'a>>,
 }
 
-/// `DELETE /api/v1/monitoring/logs`.
-#[derive(Serialize)]
+/// The processes whose records were cleared.
+#[derive(Serialize, ToSchema)]
 struct ClearedBody {
     cleared: Vec<&'static str>,
 }
 
-/// `GET /api/v1/monitoring/stats`.
-#[derive(Serialize)]
+/// The stats document of every live instance.
+#[derive(Serialize, ToSchema)]
 struct StatsBody {
+    /// `{"process","instance","updated_at","uptime_s","cpu_percent","rss_bytes","tokio","http",...}`.
+    #[schema(value_type = Vec<Object>)]
     instances: Vec<StatsDocument>,
 }
 
-#[derive(Deserialize)]
+/// Which records.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogParams {
+    /// `api` or `worker` (default: both).
+    #[param(inline, value_type = Option<ProcessName>)]
     process: Option<String>,
+    /// The least severe level (default: every level).
+    #[param(inline, value_type = Option<LevelName>)]
     level: Option<String>,
+    /// 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// RFC 3339 (UTC) or milliseconds since the epoch: only newer records.
+    #[param(
+        pattern = "^(|[0-9]{1,15}|20[0-2][0-9]-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z)$"
+    )]
     since: Option<String>,
 }
 
@@ -138,7 +162,7 @@ fn parse_since(text: &str) -> Option<u64> {
     if let Ok(ms) = text.parse::<u64>() {
         return Some(ms);
     }
-    let time = humantime::parse_rfc3339_weak(text).ok()?;
+    let time = humantime::parse_rfc3339(text).ok()?;
     u64::try_from(keel_core::unix_millis(time)).ok()
 }
 
@@ -146,6 +170,15 @@ fn unavailable(what: &str, err: &SinkError) -> ApiError {
     ApiError::unavailable(format!("cannot read {what}: {err}"))
 }
 
+/// Captured log records (admin).
+#[utoipa::path(get, path = "/api/v1/monitoring/logs", operation_id = "get_logs", tag = "monitoring", security(("admin" = [])), params(LogParams),
+    responses(
+        (status = 200, description = "Records, newest first", body = LogsBody<'static>),
+        (status = 400, description = "A bad parameter", body = ErrorSchema),
+        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
+        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        (status = 503, description = "The log store is unreachable", body = ErrorSchema),
+    ))]
 async fn logs(
     State(service): State<Operators>,
     headers: HeaderMap,
@@ -158,11 +191,32 @@ async fn logs(
     Ok(Json(LogsBody { records: records.iter().map(record_body).collect() }).into_response())
 }
 
-#[derive(Deserialize)]
+/// Whose records.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ClearParams {
+    /// `api` or `worker` (default: both).
+    #[param(inline, value_type = Option<ProcessName>)]
     process: Option<String>,
 }
 
+crate::openapi::string_enum_schema!(ProcessName, "`api` or `worker`; empty: both.", ["", "api", "worker"]);
+crate::openapi::string_enum_schema!(
+    LevelName,
+    "The least severe level; empty: every level.",
+    ["", "error", "warn", "info", "debug", "trace"]
+);
+
+/// Forgets captured log records (admin).
+#[utoipa::path(delete, path = "/api/v1/monitoring/logs", operation_id = "clear_logs", tag = "monitoring", security(("admin" = [])),
+    params(ClearParams),
+    responses(
+        (status = 200, description = "Cleared", body = ClearedBody),
+        (status = 400, description = "A bad parameter", body = ErrorSchema),
+        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
+        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        (status = 503, description = "The log store is unreachable", body = ErrorSchema),
+    ))]
 async fn clear(
     State(service): State<Operators>,
     headers: HeaderMap,
@@ -177,6 +231,14 @@ async fn clear(
     Ok(Json(ClearedBody { cleared }))
 }
 
+/// The stats of every live api and worker instance (admin).
+#[utoipa::path(get, path = "/api/v1/monitoring/stats", operation_id = "get_stats", tag = "monitoring", security(("admin" = [])),
+    responses(
+        (status = 200, description = "One document per instance", body = StatsBody),
+        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
+        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        (status = 503, description = "The stats store is unreachable", body = ErrorSchema),
+    ))]
 async fn stats(State(service): State<Operators>, headers: HeaderMap) -> Result<Json<StatsBody>, ApiError> {
     AdminToken::authorize(service.admin.as_ref(), &headers)?;
     let instances = service.hub.instances().await.map_err(|err| unavailable("stats", &err))?;
@@ -199,6 +261,15 @@ fn stats_event(document: &StatsDocument) -> Event {
     Event::default().event("stats").json_data(document).unwrap_or_default()
 }
 
+/// Live `stats` and `log` events (admin), starting with the current stats.
+#[utoipa::path(get, path = "/api/v1/monitoring/stream", operation_id = "monitoring_stream", tag = "monitoring", security(("admin" = [])),
+    responses(
+        (status = 200, description = "Server-Sent Events: `stats` (a stats document) and `log` (a record)",
+            body = SseEvent, content_type = "text/event-stream"),
+        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
+        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        (status = 503, description = "The event bus is unreachable", body = ErrorSchema),
+    ))]
 async fn stream(
     State(service): State<Operators>,
     headers: HeaderMap,

@@ -4,16 +4,26 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use keel_telemetry::{PROMETHEUS_CONTENT_TYPE, Telemetry};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::ApiError;
+use crate::openapi::ApiRouter;
 
 /// `GET /metrics`: the Prometheus text exposition of `telemetry`.
 pub fn metrics_router(telemetry: Telemetry) -> Router {
-    Router::new().route("/metrics", get(metrics)).with_state(telemetry)
+    metrics_api(telemetry).into()
 }
 
+/// [`metrics_router`] with its OpenAPI entry.
+pub fn metrics_api(telemetry: Telemetry) -> ApiRouter {
+    OpenApiRouter::new().routes(routes!(metrics)).with_state(telemetry)
+}
+
+/// Every metric in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus text exposition 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(telemetry): State<Telemetry>) -> Result<Response, ApiError> {
     let text = telemetry.encode().map_err(|err| ApiError::internal(format!("cannot encode metrics: {err}")))?;
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE), (header::CACHE_CONTROL, "no-store")], text).into_response())

@@ -5,12 +5,15 @@ use std::time::SystemTime;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use keel_settings_sync::{DocumentView, DynSettings, SettingsRegistry, UpdateError};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::openapi::{ApiRouter, ErrorSchema};
 use crate::{AdminToken, ApiError};
 
 #[derive(Clone)]
@@ -22,29 +25,76 @@ struct SettingsState {
 /// `GET /api/v1/settings`, `GET|PUT /api/v1/settings/{name}` and
 /// `GET /api/v1/settings/{name}/history`. Writing needs the admin token.
 pub fn settings_router(registry: SettingsRegistry, admin: Option<AdminToken>) -> Router {
-    Router::new()
-        .route("/api/v1/settings", get(list))
-        .route("/api/v1/settings/{name}", get(read).put(write))
-        .route("/api/v1/settings/{name}/history", get(history))
+    settings_api(registry, admin).into()
+}
+
+/// [`settings_router`] with its OpenAPI entries.
+pub fn settings_api(registry: SettingsRegistry, admin: Option<AdminToken>) -> ApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read, write))
+        .routes(routes!(history))
         .with_state(SettingsState { registry, admin })
 }
 
-fn time(t: Option<SystemTime>) -> Value {
-    t.map_or(Value::Null, |t| json!(humantime::format_rfc3339_millis(t).to_string()))
+fn time(t: Option<SystemTime>) -> Option<String> {
+    t.map(|t| humantime::format_rfc3339_millis(t).to_string())
 }
 
-fn document_json(view: &DocumentView) -> Value {
-    json!({
-        "name": view.name,
-        "version": view.version,
-        "value": view.value,
-        "updated_at": time(view.updated_at),
-        "updated_by": view.updated_by,
-    })
+/// A settings document.
+#[derive(Serialize, ToSchema)]
+struct DocumentBody {
+    name: String,
+    /// 0 until first written; the `ETag`.
+    version: i64,
+    /// The document itself.
+    #[schema(value_type = Object)]
+    value: Value,
+    /// RFC 3339; null until first written.
+    updated_at: Option<String>,
+    updated_by: String,
+}
+
+/// Every document.
+#[derive(Serialize, ToSchema)]
+struct ListBody {
+    settings: Vec<DocumentBody>,
+}
+
+/// One change of the audit trail.
+#[derive(Serialize, ToSchema)]
+struct ChangeBody {
+    version: i64,
+    actor: String,
+    /// RFC 3339.
+    time: Option<String>,
+    /// The document before (null for the first write).
+    #[schema(value_type = Option<Object>)]
+    old: Value,
+    /// The document after.
+    #[schema(value_type = Object)]
+    new: Value,
+}
+
+/// The audit trail of a document, newest first.
+#[derive(Serialize, ToSchema)]
+struct HistoryBody {
+    name: String,
+    changes: Vec<ChangeBody>,
+}
+
+fn document_body(view: &DocumentView) -> DocumentBody {
+    DocumentBody {
+        name: view.name.clone(),
+        version: view.version,
+        value: view.value.clone(),
+        updated_at: time(view.updated_at),
+        updated_by: view.updated_by.clone(),
+    }
 }
 
 fn with_etag(view: &DocumentView) -> Response {
-    let mut response = Json(document_json(view)).into_response();
+    let mut response = Json(document_body(view)).into_response();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", view.version)) {
         response.headers_mut().insert(header::ETAG, etag);
     }
@@ -59,11 +109,21 @@ fn find<'a>(state: &'a SettingsState, name: &str) -> Result<&'a std::sync::Arc<d
         .ok_or_else(|| ApiError::not_found(format!("no settings document named {}", crate::text::shown(name))))
 }
 
-async fn list(State(state): State<SettingsState>) -> Json<Value> {
-    let documents: Vec<Value> = state.registry.iter().map(|d| document_json(&d.view())).collect();
-    Json(json!({ "settings": documents }))
+/// Every settings document this process serves.
+#[utoipa::path(get, path = "/api/v1/settings", operation_id = "list_settings", tag = "settings",
+    responses((status = 200, description = "Every document", body = ListBody)))]
+async fn list(State(state): State<SettingsState>) -> Json<ListBody> {
+    Json(ListBody { settings: state.registry.iter().map(|d| document_body(&d.view())).collect() })
 }
 
+/// One document; its version is the `ETag`.
+#[utoipa::path(get, path = "/api/v1/settings/{name}", operation_id = "get_settings", tag = "settings",
+    params(("name" = String, Path, description = "The document name, e.g. monitoring")),
+    responses(
+        (status = 200, description = "The document", body = DocumentBody,
+            headers(("ETag" = String, description = "The version, quoted"))),
+        (status = 404, description = "No such document", body = ErrorSchema),
+    ))]
 async fn read(State(state): State<SettingsState>, Path(name): Path<String>) -> Result<Response, ApiError> {
     Ok(with_etag(&find(&state, &name)?.view()))
 }
@@ -93,6 +153,27 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         })
 }
 
+/// Replaces a document (admin). `If-Match` makes it conditional.
+#[utoipa::path(put, path = "/api/v1/settings/{name}", operation_id = "put_settings", tag = "settings", security(("admin" = [])),
+    params(
+        ("name" = String, Path, description = "The document name"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The version the change is based on, e.g. \"3\"",
+            pattern = "^(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$"),
+        ("X-Actor" = Option<String>, Header, nullable = false, description = "Who makes the change (audit); longer than 128 bytes or blank counts as admin"),
+    ),
+    request_body(content = Object, description = "The whole document", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Saved", body = DocumentBody),
+        (status = 400, description = "Bad If-Match, or U+0000 in the document", body = ErrorSchema),
+        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
+        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        (status = 404, description = "No such document", body = ErrorSchema),
+        (status = 412, description = "The document changed since the If-Match version", body = ErrorSchema),
+        (status = 413, description = "The body is too large", body = ErrorSchema),
+        (status = 415, description = "The body is not application/json", body = ErrorSchema),
+        (status = 422, description = "Not a valid document, or not JSON", body = ErrorSchema),
+        (status = 503, description = "The database is unreachable", body = ErrorSchema),
+    ))]
 async fn write(
     State(state): State<SettingsState>,
     Path(name): Path<String>,
@@ -123,16 +204,29 @@ async fn write(
     }
 }
 
-#[derive(Deserialize)]
+/// How many changes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// The audit trail of a document, newest first.
+#[utoipa::path(get, path = "/api/v1/settings/{name}/history", operation_id = "settings_history", tag = "settings",
+    params(("name" = String, Path, description = "The document name"), HistoryQuery),
+    responses(
+        (status = 200, description = "The changes", body = HistoryBody),
+        (status = 400, description = "A bad limit", body = ErrorSchema),
+        (status = 404, description = "No such document", body = ErrorSchema),
+        (status = 503, description = "The database is unreachable", body = ErrorSchema),
+    ))]
 async fn history(
     State(state): State<SettingsState>,
     Path(name): Path<String>,
     Query(query): Query<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryBody>, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit: expected 1 to 1000"));
@@ -141,13 +235,13 @@ async fn history(
         .history(limit)
         .await
         .map_err(|err| ApiError::unavailable(format!("cannot read the history of {name}: {err}")))?;
-    let changes: Vec<Value> = changes
+    let changes = changes
         .into_iter()
         .map(|c| {
             let at =
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(c.time_ms).unwrap_or_default());
-            json!({"version": c.version, "actor": c.actor, "time": time(Some(at)), "old": c.old, "new": c.new})
+            ChangeBody { version: c.version, actor: c.actor, time: time(Some(at)), old: c.old, new: c.new }
         })
         .collect();
-    Ok(Json(json!({ "name": name, "changes": changes })))
+    Ok(Json(HistoryBody { name, changes }))
 }

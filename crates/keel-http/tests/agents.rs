@@ -109,6 +109,8 @@ async fn bad_input_is_a_clear_4xx() {
     assert_eq!(response.status(), 413);
     let future = json!({"metadata": [{"key": "k", "value": "v", "collected_at": "2999-01-01T00:00:00Z"}]});
     assert_eq!(post(&app, AGENT, &future.to_string()).await.status(), 400);
+    let trailing = json!({"metadata": [{"key": "k", "value": "v", "collected_at": "2020-01-01T00:00:00Z*"}]});
+    assert_eq!(post(&app, AGENT, &trailing.to_string()).await.status(), 400, "no trailing characters");
     let garbled = json!({"metadata": [{"key": "k", "value": "v", "collected_at": "yesterday"}]});
     assert_eq!(post(&app, AGENT, &garbled.to_string()).await.status(), 400);
     assert_eq!(get(&app, "/api/v1/agents/nope/metadata").await.status(), 400);

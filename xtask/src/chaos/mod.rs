@@ -3,8 +3,8 @@
 //! of what was acknowledged with what is stored.
 
 mod edge;
-mod load;
-mod servers;
+pub(crate) mod load;
+pub(crate) mod servers;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
