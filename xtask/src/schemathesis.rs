@@ -19,6 +19,8 @@ use crate::chaos::servers::Binary;
 
 /// The schemathesis release line the settings file is written for.
 const SCHEMATHESIS: &str = "schemathesis>=4.3,<5";
+/// Validates the document against the OpenAPI 3.1 meta-schema.
+const VALIDATOR: &str = "openapi-spec-validator>=0.7,<1";
 
 /// Runs the suite; `seed` fixes the generated cases (default 1).
 pub fn run(root: &Path, seed: Option<&str>) -> Result<()> {
@@ -30,6 +32,7 @@ pub fn run(root: &Path, seed: Option<&str>) -> Result<()> {
     let envs = [("KEEL_ADMIN_TOKEN", "schemathesis-token".to_owned()), ("KEEL_DATA_DIR", path_text(&dir.join("data")))];
     let mut api = Binary::spawn(&root.join("target/release/api"), "--listen", &envs, &dir.join("api.log"))?;
     api.wait_ready(Duration::from_secs(30))?;
+    validate_document(&api.addr, &dir)?;
     let output = Command::new(&st)
         .arg("--config-file")
         .arg(root.join("xtask/assets/schemathesis.toml"))
@@ -78,11 +81,35 @@ fn path_text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Fetches `/openapi.json` and checks it is a valid OpenAPI 3.1 document.
+fn validate_document(addr: &str, dir: &Path) -> Result<()> {
+    let (status, body) = crate::chaos::load::get(addr, "/openapi.json")?;
+    if status != 200 {
+        bail!("GET /openapi.json answered {status}");
+    }
+    let path = dir.join("openapi.json");
+    std::fs::write(&path, body)?;
+    let script = "import json, sys\n\
+                  from openapi_spec_validator import validate\n\
+                  from openapi_spec_validator.validation import OpenAPIV31SpecValidator\n\
+                  document = json.load(open(sys.argv[1]))\n\
+                  assert document['openapi'].startswith('3.1'), document['openapi']\n\
+                  validate(document, cls=OpenAPIV31SpecValidator)\n\
+                  print('schemathesis: /openapi.json is a valid OpenAPI', document['openapi'], 'document with', \
+                  len(document['paths']), 'paths')";
+    crate::cmd::run(Command::new("python3").args(["-c", script]).arg(&path))
+}
+
 /// `st`, installed from PyPI with pip when it is not on `PATH`.
 fn ensure_installed() -> Result<std::path::PathBuf> {
     if !crate::cmd::on_path("st") {
         eprintln!("xtask: installing {SCHEMATHESIS} from PyPI");
         crate::cmd::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", SCHEMATHESIS]))?;
+    }
+    let has_validator =
+        Command::new("python3").args(["-c", "import openapi_spec_validator"]).status().is_ok_and(|s| s.success());
+    if !has_validator {
+        crate::cmd::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", VALIDATOR]))?;
     }
     let found = std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("st")).find(|p| p.is_file()));

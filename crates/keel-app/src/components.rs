@@ -68,7 +68,8 @@ pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
     };
     let timeout = core.args.enqueue_timeout.or(core.file.write_behind.enqueue_timeout);
     let entries = Entries::new(core.cache.clone(), &core.args.namespace, sink, store)
-        .with_enqueue_timeout(timeout.map_or(DEFAULT_ENQUEUE_TIMEOUT, Duration::from));
+        .with_enqueue_timeout(timeout.map_or(DEFAULT_ENQUEUE_TIMEOUT, Duration::from))
+        .with_tasks(core.shutdown.clone());
     entries.instrument(&core.meter());
     Ok(match consumer {
         Some(consumer) => entries.with_consumer(consumer),

@@ -57,3 +57,13 @@ pub use process::run_process;
 pub use role::{Role, RunMode};
 pub use services::{Prepared, Services};
 pub use startup::Startup;
+
+/// The code in `docs/ARCHITECTURE.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/ARCHITECTURE.md")]
+pub struct ArchitectureGuide;
+
+/// The code in `docs/OPERATIONS.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/OPERATIONS.md")]
+pub struct OperationsGuide;

@@ -354,12 +354,15 @@ async fn connect_stores(prepared: &Prepared, shutdown: Shutdown, startup: &Start
 
 /// The built-in `monitoring` document (capture toggle, live log level).
 async fn open_monitoring_settings(core: &Core) -> Result<Settings<MonitoringSettings>, StartError> {
-    let deps = SettingsDeps::new(
-        std::sync::Arc::new(DbSettingsStore::new(core.database.clone())),
-        core.cache.clone(),
-        core.bus.clone(),
-        core.telemetry.clone(),
-    );
+    let deps = SettingsDeps {
+        tasks: Some(core.shutdown.clone()),
+        ..SettingsDeps::new(
+            std::sync::Arc::new(DbSettingsStore::new(core.database.clone())),
+            core.cache.clone(),
+            core.bus.clone(),
+            core.telemetry.clone(),
+        )
+    };
     let config = SettingsConfig { namespace: core.args.namespace.clone(), ..SettingsConfig::default() };
     Ok(Settings::open_validated(MonitoringSettings::NAME, deps, config, |m: &MonitoringSettings| {
         keel_telemetry::check_filter(&m.log_level).map_err(|err| err.to_string())

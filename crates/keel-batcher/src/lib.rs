@@ -71,3 +71,8 @@ pub use batcher::{
 };
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use metadata::{ChangedAgents, DbMetadataSink, MetadataKey, MetadataNotifier, MetadataRow, MetadataValue};
+
+/// The code in `docs/batcher.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/batcher.md")]
+pub struct BatcherGuide;

@@ -41,3 +41,8 @@ pub use shutdown::{DrainTimeout, Shutdown};
 pub use status::{Status, StatusParseError};
 pub use text::{MAX_ECHO, clip, shown};
 pub use unix::{from_unix_micros, from_unix_millis, unix_micros, unix_millis};
+
+/// The code in `docs/core.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/core.md")]
+pub struct CoreGuide;

@@ -82,6 +82,20 @@ impl Shutdown {
         self.tracker.spawn(task)
     }
 
+    /// Spawns `task` on `tasks`' tracker when there is one (so a drain waits
+    /// for it), else plainly on the runtime: for libraries whose owner may
+    /// or may not run them under a [`Shutdown`].
+    pub fn spawn_on<F>(tasks: Option<&Shutdown>, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match tasks {
+            Some(shutdown) => shutdown.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+
     /// Installs SIGINT and SIGTERM handlers now (so a signal arriving right
     /// after this returns is never lost to the default action) and triggers
     /// shutdown on the first one. Must be called inside a tokio runtime.
@@ -190,6 +204,20 @@ mod tests {
 #[cfg(test)]
 mod budget_tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_waits_for_tasks_spawned_on_it_and_not_for_plain_ones() {
+        let shutdown = Shutdown::new();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        Shutdown::spawn_on(Some(&shutdown), async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        Shutdown::spawn_on(None, std::future::pending::<()>());
+        shutdown.drain(Duration::from_secs(5)).await.unwrap();
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst), "the drain waited for the tracked task");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_runs_from_the_first_trigger() {

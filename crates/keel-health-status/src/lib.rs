@@ -78,3 +78,8 @@ pub enum HealthError {
     #[error("health component {0:?} is already registered")]
     Duplicate(String),
 }
+
+/// The code in `docs/health-status.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/health-status.md")]
+pub struct HealthStatusGuide;

@@ -83,3 +83,8 @@ pub use ops::{metrics_api, metrics_router};
 pub use server::{ConnectionLimits, DrainConfig, ServeError, serve, serve_with_limits};
 #[cfg(feature = "settings")]
 pub use settings::{settings_api, settings_router};
+
+/// The code in `docs/http.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/http.md")]
+pub struct HttpGuide;

@@ -58,3 +58,8 @@ pub use record::{LogRecord, REDACTED, Redactor};
 #[cfg(feature = "redis")]
 pub use redis::{RedisLogs, RedisStats};
 pub use store::{LogQuery, LogStore, MemoryStats, StatsStore};
+
+/// The code in `docs/monitoring.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/monitoring.md")]
+pub struct MonitoringGuide;

@@ -60,3 +60,8 @@ pub use settings::{
     Document, Settings, SettingsConfig, SettingsDeps, SettingsError, SyncState, UpdateError, Versioned,
 };
 pub use store::{Change, SettingsStore, StoreError, StoreFuture, StoredDocument};
+
+/// The code in `docs/settings-sync.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/settings-sync.md")]
+pub struct SettingsSyncGuide;

@@ -73,12 +73,16 @@ pub struct SettingsDeps {
     pub meter: Meter,
     /// Wall clock for staleness.
     pub clock: SharedClock,
+    /// Where the tasks that finish an update (cache, bus, repair) run: a
+    /// process's [`Shutdown`](keel_core::Shutdown), so its drain waits for
+    /// them; plain runtime tasks when `None`.
+    pub tasks: Option<keel_core::Shutdown>,
 }
 
 impl SettingsDeps {
     /// Dependencies with the system clock; metrics go to `meters`' meter.
     pub fn new(store: Arc<dyn SettingsStore>, cache: Cache, bus: Bus, meters: impl MeterSource) -> Self {
-        Self { store, cache, bus, meter: meters.meter("keel-settings-sync"), clock: SystemClock::shared() }
+        Self { store, cache, bus, meter: meters.meter("keel-settings-sync"), clock: SystemClock::shared(), tasks: None }
     }
 }
 
@@ -403,7 +407,10 @@ impl<T: Document> Settings<T> {
     pub async fn update(&self, value: T, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
         let (inner, actor) = (self.inner.clone(), actor.to_owned());
         let name = self.inner.name.clone();
-        tokio::spawn(async move { inner.update(value, expected, &actor).await }).await.unwrap_or_else(|err| {
+        let tasks = self.inner.deps.tasks.clone();
+        let task =
+            keel_core::Shutdown::spawn_on(tasks.as_ref(), async move { inner.update(value, expected, &actor).await });
+        task.await.unwrap_or_else(|err| {
             Err(UpdateError::Store {
                 name,
                 source: StoreError::Database(keel_store::StoreError::Pool(err.to_string())),
@@ -488,11 +495,21 @@ impl<T: Document> Inner<T> {
         }
         let weak = Arc::downgrade(self);
         let cancel = self.cancel.clone();
-        tokio::spawn(async move {
+        let tasks = self.deps.tasks.clone();
+        let stopping = tasks.clone();
+        keel_core::Shutdown::spawn_on(tasks.as_ref(), async move {
             let backoff = keel_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            let stopping = async move {
+                match stopping {
+                    Some(shutdown) => shutdown.triggered().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(stopping);
             for attempt in 1.. {
                 tokio::select! {
                     () = cancel.cancelled() => return,
+                    () = &mut stopping => return,
                     () = tokio::time::sleep(backoff.delay(attempt)) => {}
                 }
                 let Some(inner) = weak.upgrade() else { return };

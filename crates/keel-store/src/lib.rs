@@ -60,3 +60,8 @@ pub use error::StoreError;
 pub use keel_core::FailureKind;
 #[cfg(feature = "redis")]
 pub use redis::{RedisConfig, RedisStore};
+
+/// The code in `docs/store.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/store.md")]
+pub struct StoreGuide;

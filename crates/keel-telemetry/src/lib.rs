@@ -51,3 +51,8 @@ impl MeterSource for Meter {
         self.clone()
     }
 }
+
+/// The code in `docs/telemetry.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/telemetry.md")]
+pub struct TelemetryGuide;

@@ -84,6 +84,7 @@ pub struct Entries {
     enqueue_timeout: Duration,
     acknowledged: Arc<AtomicU64>,
     exported: Arc<OnceLock<ObservableCounter<u64>>>,
+    tasks: Option<keel_core::Shutdown>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,7 +108,15 @@ impl Entries {
             enqueue_timeout: DEFAULT_ENQUEUE_TIMEOUT,
             acknowledged: Arc::default(),
             exported: Arc::default(),
+            tasks: None,
         }
+    }
+
+    /// Runs each write's task on `shutdown`'s tracker, so a drain waits for
+    /// the writes already accepted.
+    pub fn with_tasks(mut self, shutdown: keel_core::Shutdown) -> Self {
+        self.tasks = Some(shutdown);
+        self
     }
 
     /// Exports [`acknowledged`](Self::acknowledged) as
@@ -179,7 +188,8 @@ impl Entries {
     async fn detached(&self, key: &str, value: Value, deleted: bool) -> Result<i64, EntryError> {
         Self::check_key(key)?;
         let (this, key) = (self.clone(), key.to_owned());
-        tokio::spawn(async move { this.write(key, value, deleted).await })
+        let tasks = self.tasks.clone();
+        keel_core::Shutdown::spawn_on(tasks.as_ref(), async move { this.write(key, value, deleted).await })
             .await
             .unwrap_or_else(|err| Err(EntryError::Internal(format!("the write task failed: {err}"))))
     }

@@ -81,3 +81,8 @@ pub use queue::{
     DeadLetter, DeadLetters, EnqueueError, FullMode, Keyed, Metrics, RepoError, RepoFuture, Repository, WriteBehind,
     WriteBehindConfig, WriteBehindError,
 };
+
+/// The code in `docs/write-behind.md` compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/write-behind.md")]
+pub struct WriteBehindGuide;
