@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use keel_http::testing::{LogLines, http_get, http_request, spawn_with_logs, terminate, wait_for_log};
+use keel_http::testing::{LogLines, http_get, http_request, spawn_with_logs, sse, terminate, wait_for_log};
 use keel_store::testing::{TempDatabase, redis_url};
 use tokio::process::{Child, Command};
 
@@ -90,8 +90,6 @@ async fn a_settings_change_on_one_api_is_served_by_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_posted_to_one_api_reaches_a_watcher_on_the_other() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let temp = TempDatabase::create("api_watch").await;
     let dir = tempfile::tempdir().unwrap();
     let namespace = temp.name().to_owned();
@@ -99,18 +97,9 @@ async fn metadata_posted_to_one_api_reaches_a_watcher_on_the_other() {
     let (mut second, b) = start_api(temp.url(), &namespace, dir.path()).await;
     let agent = "5b0f3c0e-2a51-4c7e-9f0a-9e4a1b2c3d4e";
 
-    let mut watch = tokio::net::TcpStream::connect(&b).await.unwrap();
-    let request =
-        format!("GET /api/v1/agents/{agent}/metadata/watch HTTP/1.1\r\nHost: {b}\r\nAccept: text/event-stream\r\n\r\n");
-    watch.write_all(request.as_bytes()).await.unwrap();
-    let mut seen = String::new();
-    let mut buffer = [0u8; 4096];
+    let mut watch = sse(&b, &format!("/api/v1/agents/{agent}/metadata/watch"), &[]).await;
     // The first event is the current (empty) state.
-    while !seen.contains("event: metadata") {
-        let n = tokio::time::timeout(Duration::from_secs(10), watch.read(&mut buffer)).await.unwrap().unwrap();
-        assert!(n > 0, "watch closed: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
-    }
+    watch.until("metadata", "\"metadata\":[]").await;
 
     let body = r#"{"metadata":[{"key":"region","value":"eu-west"}]}"#;
     let headers = [("content-type", "application/json")];
@@ -119,15 +108,8 @@ async fn metadata_posted_to_one_api_reaches_a_watcher_on_the_other() {
 
     // Flushed on the next interval (5 s) by the first api, announced on
     // Redis, pushed by the second.
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !seen.contains("eu-west") {
-            let n = watch.read(&mut buffer).await.unwrap();
-            assert!(n > 0, "watch closed: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the watcher on the other api never saw the change: {seen}"));
+    let data = watch.until_within("metadata", "eu-west", Duration::from_secs(20)).await;
+    assert!(data.contains("region"), "{data}");
 
     let (_, current) = http_get(&b, &format!("/api/v1/agents/{agent}/metadata")).await;
     assert!(current.contains("\"region\"") && current.contains("eu-west"), "{current}");

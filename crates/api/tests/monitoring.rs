@@ -9,11 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keel_http::testing::{http_request, spawn_until_listening, terminate};
+use keel_http::testing::{SseStream, http_request, spawn_until_listening, sse, terminate};
 use keel_store::testing::{TempDatabase, redis_url};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 const TOKEN: &str = "s3cret";
@@ -22,19 +20,18 @@ const AUTH: (&str, &str) = ("authorization", "Bearer s3cret");
 const LOG_LEVEL: &str = "info,tower_http=debug";
 const CAP: usize = 30;
 
-/// The `worker` binary next to `api`, (re)built when `cargo test -p api`
-/// left it missing or older than `api` (`cargo test --workspace` builds both).
+/// The `worker` binary next to `api`. `cargo test --workspace` (what
+/// `cargo xtask test` and CI run) builds every binary of the workspace before
+/// any test starts; a test never runs cargo itself.
 fn worker_binary() -> PathBuf {
     let api = PathBuf::from(env!("CARGO_BIN_EXE_api"));
     let worker = api.with_file_name(format!("worker{}", std::env::consts::EXE_SUFFIX));
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    if modified(&worker) < modified(&api) {
-        let built = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "worker"])
-            .status()
-            .unwrap_or_else(|err| panic!("cannot run cargo to build the worker: {err}"));
-        assert!(built.success(), "cargo build -p worker failed");
-    }
+    assert!(
+        modified(&worker).is_some() && modified(&worker) >= modified(&api),
+        "{} is missing or older than api: run `cargo test --workspace` (or `cargo build -p worker` first)",
+        worker.display()
+    );
     worker
 }
 
@@ -114,53 +111,9 @@ async fn instances(addr: &str) -> Vec<String> {
     stats["instances"].as_array().unwrap().iter().map(|d| d["instance"].as_str().unwrap().to_owned()).collect()
 }
 
-/// Opens the SSE stream and returns it once the response headers arrived.
-async fn open_stream(addr: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /api/v1/monitoring/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "\r\n\r\n").await;
-    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
-    stream
-}
-
-/// Whether `seen` holds a complete SSE event of `kind` whose data contains
-/// `needle`.
-fn has_event(seen: &str, kind: &str, needle: &str) -> bool {
-    seen.split("\n\n").any(|event| {
-        event.lines().any(|line| line == format!("event: {kind}"))
-            && event.lines().any(|line| line.starts_with("data:") && line.contains(needle))
-    })
-}
-
-/// Reads the stream until an event of `kind` whose data contains `needle`.
-async fn read_until_event(stream: &mut TcpStream, seen: &mut String, kind: &str, needle: &str) {
-    let mut buffer = [0u8; 8192];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !has_event(seen, kind, needle) {
-            let n = stream.read(&mut buffer).await.unwrap();
-            assert!(n > 0, "stream closed: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {kind} event with {needle:?} on the stream: {seen}"));
-}
-
-async fn read_until(stream: &mut TcpStream, seen: &mut String, text: &str) {
-    let mut buffer = [0u8; 8192];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !seen.contains(text) {
-            let n = stream.read(&mut buffer).await.unwrap();
-            assert!(n > 0, "stream closed: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {text:?} on the stream: {seen}"));
+/// Opens the monitoring event stream as the admin.
+async fn open_stream(addr: &str) -> SseStream {
+    sse(addr, "/api/v1/monitoring/stream", &[AUTH]).await
 }
 
 /// Everything an operator can do against one process's point of view.
@@ -230,9 +183,8 @@ async fn cluster_monitoring_across_two_apis_and_a_worker() {
     // A stream on one api sees records logged by the other.
     let mut stream = open_stream(&a).await;
     hit(&b, 1).await;
-    let mut seen = String::new();
-    read_until_event(&mut stream, &mut seen, "log", "\"instance\":\"api-b\"").await;
-    read_until_event(&mut stream, &mut seen, "stats", "\"instance\":\"worker-w\"").await;
+    stream.until("log", "\"instance\":\"api-b\"").await;
+    stream.until("stats", "\"instance\":\"worker-w\"").await;
     drop(stream);
 
     filters_and_cap(&a, &b, "api-b").await;
@@ -278,10 +230,9 @@ async fn embedded_monitoring_keeps_everything_in_process() {
     })
     .await;
     let mut stream = open_stream(&addr).await;
-    let mut seen = String::new();
-    read_until_event(&mut stream, &mut seen, "stats", "\"instance\":\"solo\"").await; // the current stats first
+    stream.until("stats", "\"instance\":\"solo\"").await; // the current stats first
     hit(&addr, 1).await;
-    read_until_event(&mut stream, &mut seen, "log", "\"target\":\"tower_http::trace::on_response\"").await;
+    stream.until("log", "\"target\":\"tower_http::trace::on_response\"").await;
     drop(stream);
 
     filters_and_cap(&addr, &addr, "solo").await;

@@ -10,49 +10,23 @@ use std::sync::{Arc, Mutex};
 
 use keel_http::testing::{http_get, spawn_until_listening, terminate};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::Command;
 
-/// A minimal OTLP/HTTP receiver: keeps every JSON body POSTed to it.
+/// A minimal OTLP/HTTP receiver (an axum server): keeps every JSON body
+/// POSTed to it.
 async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let kept = bodies.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let mut stream = BufReader::new(stream);
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    // Request line and headers.
-                    loop {
-                        line.clear();
-                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some((name, value)) = line.split_once(':')
-                            && name.eq_ignore_ascii_case("content-length")
-                        {
-                            length = value.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    stream.read_exact(&mut body).await.unwrap();
-                    kept.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-                    stream.get_mut().write_all(answer.as_bytes()).await.unwrap();
-                }
-            });
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let kept = kept.clone();
+        async move {
+            kept.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            ([("content-type", "application/json")], "{}")
         }
     });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, bodies)
 }
 

@@ -3,32 +3,95 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Sends one HTTP/1.1 request and returns the status code and body.
+/// Sends one HTTP/1.1 request (reqwest) and returns the status code and
+/// body. A connection failure panics, naming the address.
 pub async fn http_request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap_or_else(|err| panic!("cannot connect to {addr}: {err}"));
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or_else(|err| panic!("method {method}: {err}"));
+    let mut request = client().request(method, format!("http://{addr}{path}")).body(body.to_owned());
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await.unwrap_or_else(|err| panic!("cannot write to {addr}: {err}"));
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap_or_else(|err| panic!("cannot read from {addr}: {err}"));
-    let raw = String::from_utf8_lossy(&raw);
-    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let response = request.send().await.unwrap_or_else(|err| panic!("request to {addr}{path} failed: {err}"));
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_else(|err| panic!("cannot read the answer from {addr}{path}: {err}"));
     (status, body)
+}
+
+/// A client that opens a connection per request (no pooling across tests
+/// that stop and start servers).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_else(|err| panic!("cannot build an HTTP client: {err}"))
 }
 
 /// `GET path`, returning the status code and body.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     http_request(addr, "GET", path, &[], "").await
+}
+
+/// A Server-Sent Events stream opened by [`sse`].
+pub struct SseStream {
+    events: std::pin::Pin<Box<dyn futures_util::Stream<Item = eventsource_stream::Event> + Send>>,
+    seen: Vec<eventsource_stream::Event>,
+}
+
+/// Opens `GET path` as a Server-Sent Events stream (eventsource-stream over
+/// reqwest); panics unless it answers 200 `text/event-stream`.
+pub async fn sse(addr: &str, path: &str, headers: &[(&str, &str)]) -> SseStream {
+    use eventsource_stream::Eventsource as _;
+    use futures_util::StreamExt as _;
+    let mut request = client().get(format!("http://{addr}{path}")).header("accept", "text/event-stream");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap_or_else(|err| panic!("cannot open {addr}{path}: {err}"));
+    assert_eq!(response.status(), 200, "{path}");
+    let kind = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(kind.starts_with("text/event-stream"), "{path}: content-type {kind}");
+    let events = response
+        .bytes_stream()
+        .eventsource()
+        .take_while(|event| std::future::ready(event.is_ok()))
+        .filter_map(|event| std::future::ready(event.ok()));
+    SseStream { events: Box::pin(events), seen: Vec::new() }
+}
+
+impl SseStream {
+    /// Waits (up to 10 s) for an event named `kind` whose data contains
+    /// `needle` (one already received counts), and returns its data.
+    pub async fn until(&mut self, kind: &str, needle: &str) -> String {
+        self.until_within(kind, needle, Duration::from_secs(10)).await
+    }
+
+    /// [`until`](Self::until), waiting at most `limit`.
+    pub async fn until_within(&mut self, kind: &str, needle: &str, limit: Duration) -> String {
+        use futures_util::StreamExt as _;
+        if let Some(event) = self.seen.iter().find(|e| e.event == kind && e.data.contains(needle)) {
+            return event.data.clone();
+        }
+        let found = tokio::time::timeout(limit, async {
+            while let Some(event) = self.events.next().await {
+                let hit = event.event == kind && event.data.contains(needle);
+                self.seen.push(event);
+                if hit {
+                    return self.seen.last().map(|e| e.data.clone());
+                }
+            }
+            None
+        })
+        .await;
+        let seen: Vec<String> = self.seen.iter().map(|e| format!("{}: {}", e.event, e.data)).collect();
+        match found {
+            Ok(Some(data)) => data,
+            Ok(None) => panic!("the stream ended before a {kind} event with {needle:?}: {seen:?}"),
+            Err(_) => panic!("no {kind} event with {needle:?} within {limit:?}: {seen:?}"),
+        }
+    }
 }
 
 /// Spawns `command` (which must log JSON to stderr) and waits up to 30 s for
