@@ -126,6 +126,8 @@ fn run_tidy(args: &[String], default_root: &std::path::Path) -> Result<()> {
         bail!("{} tidy violation(s)", violations.len());
     }
     if builds {
+        tidy::check_lean_http(&root)?;
+        tidy::check_unused_dependencies(&root)?;
         tidy::check_feature_builds(&root)?;
     }
     eprintln!("tidy: ok");

@@ -289,6 +289,42 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
     Ok(())
 }
 
+/// The functional crates, which `keel-http` must not pull in without a
+/// router feature.
+const FUNCTIONAL: &[&str] =
+    &["keel-store", "keel-health-status", "keel-settings-sync", "keel-batcher", "keel-write-behind", "keel-monitoring"];
+
+/// `keel-http` with no feature (the middleware, `ApiError`, `/metrics`, the
+/// server) depends on no functional crate nor on keel-store.
+pub fn check_lean_http(root: &Path) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "--offline", "-e", "normal", "--no-default-features", "-p", "keel-http", "--prefix", "none"])
+        .current_dir(root)
+        .output()
+        .context("cannot run cargo tree")?;
+    if !out.status.success() {
+        bail!("cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let pulled: Vec<&str> =
+        FUNCTIONAL.iter().copied().filter(|name| tree.lines().any(|l| l.starts_with(&format!("{name} ")))).collect();
+    if !pulled.is_empty() {
+        bail!("keel-http without features depends on {}: the middleware alone must not", pulled.join(", "));
+    }
+    Ok(())
+}
+
+/// Fails on a dependency no code uses (cargo-machete, installed from
+/// crates.io when missing).
+pub fn check_unused_dependencies(root: &Path) -> Result<()> {
+    if !crate::cmd::on_path("cargo-machete") {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        crate::cmd::run(Command::new(cargo).args(["install", "--locked", "cargo-machete@0.9"]))?;
+    }
+    crate::cmd::run(Command::new("cargo-machete").arg(root))
+}
+
 /// Lints every library crate with `--no-default-features`, then with each of
 /// its features alone (warnings denied), proving each backend builds by
 /// itself and nothing depends on another being on.

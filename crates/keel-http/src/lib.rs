@@ -55,6 +55,7 @@ mod metrics;
 pub mod middleware;
 #[cfg(feature = "monitoring")]
 mod monitoring;
+#[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports, unused_macros))]
 mod openapi;
 mod ops;
 mod server;

@@ -42,6 +42,7 @@
 mod capture;
 mod collector;
 mod http;
+#[cfg(feature = "hub")]
 mod hub;
 mod memory;
 mod record;
@@ -52,6 +53,7 @@ mod store;
 pub use capture::{Capture, CaptureConfig, CaptureLayer, LogSink, Records, SinkError, SinkFuture};
 pub use collector::{Collector, RouteWindows, Section, StatsDocument, TokioStats};
 pub use http::{HttpSnapshot, HttpStats, RouteSummary};
+#[cfg(feature = "hub")]
 pub use hub::{MonitoringEvent, MonitoringEvents, MonitoringHub, PROCESSES};
 pub use memory::MemoryLogs;
 pub use record::{LogRecord, REDACTED, Redactor};
