@@ -13,7 +13,7 @@ use futures_util::Stream;
 use keel_batcher::{AgentMetadata, MetadataError, MetadataRow, Submitted};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -31,6 +31,16 @@ pub fn agents_router(service: AgentMetadata) -> Router {
 /// [`agents_router`] with its OpenAPI entries.
 pub fn agents_api(service: AgentMetadata) -> ApiRouter {
     OpenApiRouter::new().routes(routes!(submit, read)).routes(routes!(watch)).with_state(service)
+}
+
+/// The agent, in every agent path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct AgentParam {
+    /// The agent's UUID.
+    #[param(pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+    agent_id: String,
 }
 
 /// A submission: up to 64 keys.
@@ -112,8 +122,7 @@ fn submitted(index: usize, item: Item) -> Result<Submitted, ApiError> {
 }
 
 /// Submits metadata values; they are batched and written behind.
-#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/metadata", operation_id = "submit_metadata", tag = "agents", params(("agent_id" = String, Path, description = "The agent's UUID",
-    pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/metadata", operation_id = "submit_metadata", tag = "agents", params(AgentParam),
     request_body(content = Submission, content_type = "application/json"),
     responses(
         (status = 202, description = "Taken (or dropped when the batcher is full)", body = AcceptedBody),
@@ -156,8 +165,7 @@ async fn current(service: &AgentMetadata, agent_id: Uuid) -> Result<AgentBody, A
 }
 
 /// The stored metadata of an agent, sorted by key.
-#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/metadata", operation_id = "get_metadata", tag = "agents", params(("agent_id" = String, Path, description = "The agent's UUID",
-    pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/metadata", operation_id = "get_metadata", tag = "agents", params(AgentParam),
     responses(
         (status = 200, description = "The metadata", body = AgentBody),
         (status = 400, description = "A bad agent id", body = ErrorSchema),
@@ -194,8 +202,7 @@ async fn next_state(
 }
 
 /// The agent's metadata now and after every change (Server-Sent Events).
-#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/metadata/watch", operation_id = "watch_metadata", tag = "agents", params(("agent_id" = String, Path, description = "The agent's UUID",
-    pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")),
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}/metadata/watch", operation_id = "watch_metadata", tag = "agents", params(AgentParam),
     responses(
         (status = 200, description = "`metadata` events, each the whole current metadata",
             body = SseEvent, content_type = "text/event-stream"),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use keel_write_behind::{Entries, EntryError, MAX_ENTRY_VALUE};
 use serde::Serialize;
 use serde_json::Value;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::ApiError;
@@ -32,6 +32,16 @@ pub fn entries_api(entries: Entries) -> ApiRouter {
     OpenApiRouter::with_openapi(EntriesDoc::openapi())
         .route("/api/v1/entries/{*key}", put(write).get(read).delete(remove))
         .with_state(entries)
+}
+
+/// The entry key, in every entry path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct KeyParam {
+    /// 1-256 bytes of [A-Za-z0-9_.:/-] (a `/` may be sent as `%2F`).
+    #[param(pattern = "^[A-Za-z0-9_.:/-]{1,256}$")]
+    key: String,
 }
 
 /// The answer to a write: its key and version.
@@ -68,7 +78,7 @@ fn accepted(key: String, version: i64) -> (StatusCode, Json<Written>) {
 }
 
 /// Writes an entry: visible to reads at once, persisted behind.
-#[utoipa::path(put, path = "/api/v1/entries/{key}", operation_id = "put_entry", tag = "entries", params(("key" = String, Path, description = "1-256 bytes of [A-Za-z0-9_.:/-]", pattern = "^[A-Za-z0-9_.:/-]{1,256}$")),
+#[utoipa::path(put, path = "/api/v1/entries/{key}", operation_id = "put_entry", tag = "entries", params(KeyParam),
     request_body(content = Value, description = "Any JSON value, at most 64 KiB", content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = Written),
@@ -94,7 +104,7 @@ async fn write(
 }
 
 /// Deletes an entry (a tombstone written like a value).
-#[utoipa::path(delete, path = "/api/v1/entries/{key}", operation_id = "delete_entry", tag = "entries", params(("key" = String, Path, description = "1-256 bytes of [A-Za-z0-9_.:/-]", pattern = "^[A-Za-z0-9_.:/-]{1,256}$")),
+#[utoipa::path(delete, path = "/api/v1/entries/{key}", operation_id = "delete_entry", tag = "entries", params(KeyParam),
     responses(
         (status = 202, description = "Queued", body = Written),
         (status = 400, description = "A bad key", body = ErrorSchema),
@@ -110,7 +120,7 @@ async fn remove(
 }
 
 /// Reads an entry: the cache, then the database.
-#[utoipa::path(get, path = "/api/v1/entries/{key}", operation_id = "get_entry", tag = "entries", params(("key" = String, Path, description = "1-256 bytes of [A-Za-z0-9_.:/-]", pattern = "^[A-Za-z0-9_.:/-]{1,256}$")),
+#[utoipa::path(get, path = "/api/v1/entries/{key}", operation_id = "get_entry", tag = "entries", params(KeyParam),
     responses(
         (status = 200, description = "The entry", body = EntryBody),
         (status = 400, description = "A bad key", body = ErrorSchema),

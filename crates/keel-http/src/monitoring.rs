@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::openapi::{ApiRouter, ErrorSchema, SseEvent};
+use crate::openapi::{AdminRefusals, ApiRouter, ErrorSchema, SseEvent};
 
 use crate::{AdminToken, ApiError};
 
@@ -175,8 +175,7 @@ fn unavailable(what: &str, err: &SinkError) -> ApiError {
     responses(
         (status = 200, description = "Records, newest first", body = LogsBody<'static>),
         (status = 400, description = "A bad parameter", body = ErrorSchema),
-        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
-        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        AdminRefusals,
         (status = 503, description = "The log store is unreachable", body = ErrorSchema),
     ))]
 async fn logs(
@@ -213,8 +212,7 @@ crate::openapi::string_enum_schema!(
     responses(
         (status = 200, description = "Cleared", body = ClearedBody),
         (status = 400, description = "A bad parameter", body = ErrorSchema),
-        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
-        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        AdminRefusals,
         (status = 503, description = "The log store is unreachable", body = ErrorSchema),
     ))]
 async fn clear(
@@ -235,8 +233,7 @@ async fn clear(
 #[utoipa::path(get, path = "/api/v1/monitoring/stats", operation_id = "get_stats", tag = "monitoring", security(("admin" = [])),
     responses(
         (status = 200, description = "One document per instance", body = StatsBody),
-        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
-        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        AdminRefusals,
         (status = 503, description = "The stats store is unreachable", body = ErrorSchema),
     ))]
 async fn stats(State(service): State<Operators>, headers: HeaderMap) -> Result<Json<StatsBody>, ApiError> {
@@ -266,8 +263,7 @@ fn stats_event(document: &StatsDocument) -> Event {
     responses(
         (status = 200, description = "Server-Sent Events: `stats` (a stats document) and `log` (a record)",
             body = SseEvent, content_type = "text/event-stream"),
-        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
-        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        AdminRefusals,
         (status = 503, description = "The event bus is unreachable", body = ErrorSchema),
     ))]
 async fn stream(

@@ -71,6 +71,18 @@ macro_rules! string_enum_schema {
 }
 pub(crate) use string_enum_schema;
 
+/// The answers of an admin endpoint to a missing or wrong token.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum AdminRefusals {
+    /// No or wrong bearer token.
+    #[response(status = 401)]
+    Unauthorized(ErrorSchema),
+    /// Admin endpoints are disabled (no token configured).
+    #[response(status = 403)]
+    Forbidden(ErrorSchema),
+}
+
 /// The name of the admin bearer security scheme.
 pub(crate) const ADMIN: &str = "admin";
 

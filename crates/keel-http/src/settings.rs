@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::openapi::{ApiRouter, ErrorSchema};
+use crate::openapi::{AdminRefusals, ApiRouter, ErrorSchema};
 use crate::{AdminToken, ApiError};
 
 #[derive(Clone)]
@@ -165,8 +165,7 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     responses(
         (status = 200, description = "Saved", body = DocumentBody),
         (status = 400, description = "Bad If-Match, or U+0000 in the document", body = ErrorSchema),
-        (status = 401, description = "No or wrong bearer token", body = ErrorSchema),
-        (status = 403, description = "Admin endpoints are disabled (no token configured)", body = ErrorSchema),
+        AdminRefusals,
         (status = 404, description = "No such document", body = ErrorSchema),
         (status = 412, description = "The document changed since the If-Match version", body = ErrorSchema),
         (status = 413, description = "The body is too large", body = ErrorSchema),
