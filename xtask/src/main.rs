@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{chaos, cmd, deploy, docs, schemathesis, services, tidy};
+use xtask::{bench, chaos, cmd, deploy, docs, schemathesis, services, tidy};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -18,6 +18,10 @@ cargo xtask <command>
                      starting installed servers when they do not
   services status    report whether they answer
   bench [ARGS..]     run the criterion benchmarks (ARGS go to cargo bench)
+  bench http         whole requests: release api (embedded and cluster) and
+                     worker beside a bare axum baseline, wrk rounds
+                     alternated, medians and ratios against targets (report
+                     under target/bench/http.json; not part of ci)
   deploy-check       promtool checks and rule tests, dashboards, Kubernetes
                      manifests, every metric they name against a running api
                      and worker, and docs/OPERATIONS.md against the flags
@@ -65,6 +69,7 @@ fn run(args: &[String]) -> Result<()> {
         Some("docs") => docs::update(&root),
         Some("chaos") => chaos::run(&root, &args[1..]),
         Some("schemathesis") => schemathesis::run(&root, args.get(1).map(String::as_str)),
+        Some("bench") if args.get(1).is_some_and(|a| a == "http") => bench::http(&root),
         Some("bench") => cmd::cargo(&root, &[&["bench", "--workspace"], &as_strs(&args[1..])[..]].concat()),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{HELP}");

@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("keel-app", 5),
     ("api", 6),
     ("worker", 6),
+    ("baseline", 6),
     ("xtask", 7),
 ];
 
@@ -170,7 +171,7 @@ fn check_package(package: &Value, members: &[&str], found: &mut Vec<Violation>) 
 }
 
 /// Crates allowed to read flags, environment and files.
-const CONFIG_READERS: &[&str] = &["keel-app", "api", "worker", "xtask"];
+const CONFIG_READERS: &[&str] = &["keel-app", "api", "worker", "baseline", "xtask"];
 
 /// Files that read the environment by a documented exception: test support
 /// (where the test servers are) and the OpenTelemetry SDK's own variables.

@@ -1,0 +1,446 @@
+//! `cargo xtask bench http`: whole requests, Keel beside a bare axum
+//! baseline, in the same run.
+//!
+//! Builds the release `api`, `worker` and `baseline`, starts a private
+//! PostgreSQL and Redis (as `chaos` does), Keel in embedded mode and in
+//! cluster mode (api + worker), and the baseline on the same Redis. wrk
+//! (Debian's package, installed when missing) drives each comparison in
+//! alternating rounds; the table gives medians, ratios, p50/p99 latency and
+//! RSS, the JSON report goes to `target/bench/http.json`, and the command
+//! fails when a ratio is below its target. Timing on a shared machine is
+//! noisy, so this is not part of `cargo xtask ci`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::chaos::servers::{Binary, Postgres, Redis};
+use crate::cmd::on_path;
+
+/// Seconds per wrk round.
+const ROUND_SECONDS: u64 = 5;
+/// Rounds per side of a comparison.
+const ROUNDS: usize = 3;
+/// wrk's concurrency: one thread (the other core serves), 32 connections.
+const CONNECTIONS: &str = "32";
+
+/// One load shape.
+#[derive(Clone)]
+struct Load {
+    addr: String,
+    method: &'static str,
+    path: String,
+    body: Option<String>,
+    /// A key suffix that changes per request (`{n}` in the path).
+    numbered: bool,
+}
+
+impl Load {
+    fn get(addr: &str, path: &str) -> Self {
+        Self { addr: addr.to_owned(), method: "GET", path: path.to_owned(), body: None, numbered: false }
+    }
+
+    fn send(addr: &str, method: &'static str, path: &str, body: &str, numbered: bool) -> Self {
+        Self { addr: addr.to_owned(), method, path: path.to_owned(), body: Some(body.to_owned()), numbered }
+    }
+}
+
+/// What one wrk round measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Round {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// One line of the table: Keel's load against its baseline's.
+struct Comparison {
+    name: &'static str,
+    keel: Load,
+    baseline: Load,
+    baseline_name: &'static str,
+    target: f64,
+}
+
+/// What a comparison measured.
+struct Measured {
+    name: &'static str,
+    baseline_name: &'static str,
+    keel: Vec<Round>,
+    baseline: Vec<Round>,
+    target: f64,
+}
+
+impl Measured {
+    fn median(rounds: &[Round], pick: impl Fn(&Round) -> f64) -> f64 {
+        let mut values: Vec<f64> = rounds.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or_default()
+    }
+
+    fn ratio(&self) -> f64 {
+        let baseline = Self::median(&self.baseline, |r| r.rps);
+        if baseline > 0.0 { Self::median(&self.keel, |r| r.rps) / baseline } else { 0.0 }
+    }
+
+    fn errors(&self) -> u64 {
+        self.keel.iter().chain(&self.baseline).map(|r| r.errors).sum()
+    }
+
+    fn met(&self) -> bool {
+        self.ratio() >= self.target && self.errors() == 0
+    }
+
+    fn json(&self) -> Value {
+        let side = |rounds: &[Round]| {
+            json!({
+                "rps_median": Self::median(rounds, |r| r.rps),
+                "p50_ms_median": Self::median(rounds, |r| r.p50_ms),
+                "p99_ms_median": Self::median(rounds, |r| r.p99_ms),
+                "rounds": rounds.iter().map(|r| json!({"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors})).collect::<Vec<_>>(),
+            })
+        };
+        json!({
+            "name": self.name, "baseline": self.baseline_name, "target": self.target, "ratio": self.ratio(),
+            "met": self.met(), "keel": side(&self.keel), "baseline_figures": side(&self.baseline),
+        })
+    }
+}
+
+/// Runs `cargo xtask bench http`.
+pub fn http(root: &Path) -> Result<()> {
+    ensure_wrk()?;
+    crate::cmd::cargo(root, &["build", "--release", "-p", "api", "-p", "worker", "-p", "baseline"])?;
+    let dir = root.join("target").join("bench");
+    let _ = std::fs::remove_dir_all(dir.join("run"));
+    std::fs::create_dir_all(dir.join("run"))?;
+    let run = dir.join("run");
+    let pg = Postgres::start(&run.join("postgres"))?;
+    let redis = Redis::start(&run.join("redis"))?;
+    pg.recreate("bench")?;
+    let bin = |name: &str| root.join("target/release").join(name);
+    let config = status_config(&run, &pg, &redis)?;
+    let token = ("KEEL_ADMIN_TOKEN", "bench".to_owned());
+    let mut embedded = Binary::spawn(
+        &bin("api"),
+        "--listen",
+        &[("KEEL_DATA_DIR", path_text(&run.join("data"))), token.clone()],
+        &run.join("embedded.log"),
+    )?;
+    let cluster_env = [
+        ("DATABASE_URL", pg.url("bench")),
+        ("REDIS_URL", redis.url()),
+        ("KEEL_CONFIG", path_text(&config)),
+        token.clone(),
+    ];
+    let mut cluster = Binary::spawn(&bin("api"), "--listen", &cluster_env, &run.join("cluster-api.log"))?;
+    let mut worker = Binary::spawn(&bin("worker"), "--admin-listen", &cluster_env, &run.join("worker.log"))?;
+    let mut baseline =
+        Binary::spawn(&bin("baseline"), "--listen", &[("REDIS_URL", redis.url())], &run.join("baseline.log"))?;
+    for process in [&mut embedded, &mut cluster, &mut worker] {
+        process.wait_ready(Duration::from_secs(60))?;
+    }
+    crate::chaos::servers::wait_until(Duration::from_secs(20), || {
+        crate::chaos::load::get(&baseline.addr, "/livez").is_ok_and(|(status, _)| status == 200)
+    })?;
+    let measured = compare(&comparisons(&embedded.addr, &cluster.addr, &baseline.addr), &run)?;
+    let durable = durable_write_path(&cluster.addr, &pg, &run)?;
+    let rss: Vec<(&str, u64)> =
+        [("api (embedded)", &embedded), ("api (cluster)", &cluster), ("worker", &worker), ("baseline", &baseline)]
+            .into_iter()
+            .map(|(name, process)| (name, rss_kib(process.pid())))
+            .collect();
+    for process in [&mut embedded, &mut cluster, &mut worker, &mut baseline] {
+        let _ = process.kill();
+    }
+    print_table(&measured, &durable, &rss);
+    let report = json!({
+        "machine": machine(),
+        "round_seconds": ROUND_SECONDS, "rounds": ROUNDS, "connections": CONNECTIONS,
+        "comparisons": measured.iter().map(Measured::json).collect::<Vec<_>>(),
+        "durable": durable,
+        "rss_kib": rss.iter().map(|(n, kib)| json!({"process": n, "kib": kib})).collect::<Vec<_>>(),
+    });
+    let path = dir.join("http.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("xtask: bench report written to {}", path.display());
+    let missed: Vec<&str> = measured.iter().filter(|m| !m.met()).map(|m| m.name).collect();
+    if !missed.is_empty() {
+        bail!("below target: {}", missed.join(", "));
+    }
+    Ok(())
+}
+
+/// The comparisons and their targets (issue 15).
+fn comparisons(embedded: &str, cluster: &str, baseline: &str) -> Vec<Comparison> {
+    let metadata: Vec<String> = (0..10).map(|i| format!(r#"{{"key":"k{i}","value":"v{i}"}}"#)).collect();
+    let metadata = format!(r#"{{"metadata":[{}]}}"#, metadata.join(","));
+    let agent = "/api/v1/agents/7f1c1a52-8d0e-4c1b-9d55-3c4c1d0b6a11/metadata";
+    vec![
+        Comparison {
+            name: "GET /livez",
+            keel: Load::get(embedded, "/livez"),
+            baseline: Load::get(baseline, "/livez"),
+            baseline_name: "bare axum",
+            target: 0.85,
+        },
+        Comparison {
+            name: "PUT /api/v1/entries/{key} (cluster)",
+            keel: Load::send(cluster, "PUT", "/api/v1/entries/bench-{n}", r#"{"n":1}"#, true),
+            baseline: Load::send(baseline, "PUT", "/entries/bench-{n}", r#"{"n":1}"#, true),
+            baseline_name: "axum + one XADD",
+            target: 0.70,
+        },
+        Comparison {
+            name: "GET /api/v1/settings/monitoring",
+            keel: Load::get(cluster, "/api/v1/settings/monitoring"),
+            baseline: Load::get(cluster, "/livez"),
+            baseline_name: "Keel /livez",
+            target: 0.85,
+        },
+        Comparison {
+            name: "GET /status (10 components)",
+            keel: Load::get(cluster, "/status"),
+            baseline: Load::get(cluster, "/livez"),
+            baseline_name: "Keel /livez",
+            target: 0.6,
+        },
+        Comparison {
+            name: "POST /api/v1/agents/{id}/metadata (10 keys)",
+            keel: Load::send(cluster, "POST", agent, &metadata, false),
+            baseline: Load::get(cluster, "/livez"),
+            baseline_name: "Keel /livez",
+            target: 0.6,
+        },
+    ]
+}
+
+/// Alternates Keel and baseline rounds for each comparison.
+fn compare(comparisons: &[Comparison], dir: &Path) -> Result<Vec<Measured>> {
+    let mut all = Vec::new();
+    for c in comparisons {
+        // A short warm-up of both sides (connections, caches, JIT-free but
+        // allocator and page-cache warm).
+        wrk(&c.keel, 1, dir)?;
+        wrk(&c.baseline, 1, dir)?;
+        let (mut keel, mut baseline) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            keel.push(wrk(&c.keel, ROUND_SECONDS, dir)?);
+            baseline.push(wrk(&c.baseline, ROUND_SECONDS, dir)?);
+        }
+        let m = Measured { name: c.name, baseline_name: c.baseline_name, keel, baseline, target: c.target };
+        eprintln!("xtask: bench: {}: {:.2}× {}", c.name, m.ratio(), c.baseline_name);
+        all.push(m);
+    }
+    Ok(all)
+}
+
+/// One wrk round of `load` for `seconds`.
+fn wrk(load: &Load, seconds: u64, dir: &Path) -> Result<Round> {
+    let script = dir.join("request.lua");
+    std::fs::write(&script, lua(load))?;
+    let out = Command::new("wrk")
+        .args(["-t1", "-c", CONNECTIONS, "-d", &format!("{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(format!("http://{}", load.addr))
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text).with_context(|| format!("cannot read wrk's output: {text}"))
+}
+
+/// The wrk script for `load`: method, path (numbered per request), body.
+fn lua(load: &Load) -> String {
+    let body = load.body.as_deref().map_or("nil".to_owned(), |b| format!("{b:?}"));
+    let path = if load.numbered {
+        let (head, tail) = load.path.split_once("{n}").unwrap_or((&load.path, ""));
+        format!("{head:?} .. counter .. {tail:?}")
+    } else {
+        format!("{:?}", load.path)
+    };
+    format!(
+        "counter = 0\n\
+         local headers = {{[\"Content-Type\"] = \"application/json\", [\"Authorization\"] = \"Bearer bench\"}}\n\
+         request = function()\n  counter = counter + 1\n  return wrk.format({:?}, {path}, headers, {body})\nend\n",
+        load.method
+    )
+}
+
+/// Requests/sec, the 50th and 99th latency percentiles, non-2xx answers
+/// and socket errors, from wrk's `--latency` output.
+fn parse_wrk(text: &str) -> Option<Round> {
+    let field = |prefix: &str| {
+        text.lines().map(str::trim).find_map(|l| l.strip_prefix(prefix)).and_then(|rest| rest.split_whitespace().next())
+    };
+    let rps = field("Requests/sec:")?.parse().ok()?;
+    let p50_ms = latency_ms(field("50%")?)?;
+    let p99_ms = latency_ms(field("99%")?)?;
+    let non_2xx: u64 = field("Non-2xx or 3xx responses:").and_then(|n| n.parse().ok()).unwrap_or(0);
+    let socket: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|rest| rest.split(',').filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    Some(Round { rps, p50_ms, p99_ms, errors: non_2xx + socket })
+}
+
+/// `250.00us`, `1.20ms`, `2.00s` → milliseconds.
+fn latency_ms(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// Sustained PUTs of distinct keys to the cluster api, then the time until
+/// every acknowledged one is a row: entries persisted per second, from the
+/// first 202 to the last row.
+fn durable_write_path(cluster: &str, pg: &Postgres, dir: &Path) -> Result<Value> {
+    let load = Load::send(cluster, "PUT", "/api/v1/entries/durable-{n}", r#"{"n":1}"#, true);
+    let started = Instant::now();
+    let round = wrk(&load, ROUND_SECONDS, dir)?;
+    let sent = (round.rps * ROUND_SECONDS as f64).round() as i64 - round.errors as i64;
+    let count = || -> Result<i64> {
+        let text = pg.psql("bench", "SELECT count(*) FROM entries WHERE key LIKE 'durable-%'")?;
+        text.trim().parse().with_context(|| format!("count: {text}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rows = count()?;
+    // wrk's rate times its duration is an estimate of the requests sent:
+    // wait until the table stops growing at (or above) it.
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = count()?;
+        if (now >= sent * 99 / 100 && now == rows) || Instant::now() > deadline {
+            rows = now;
+            break;
+        }
+        rows = now;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_second = rows as f64 / elapsed;
+    eprintln!("xtask: bench: durable write path: {rows} rows in {elapsed:.1}s = {per_second:.0}/s");
+    Ok(json!({"acknowledged_estimate": sent, "rows": rows, "seconds": elapsed, "rows_per_second": per_second,
+              "put_rps": round.rps, "target_rows_per_second": 20000}))
+}
+
+/// A config for the cluster api with five more tcp checks (on the private
+/// PostgreSQL and Redis ports), so `/status` has 10 components.
+fn status_config(dir: &Path, pg: &Postgres, redis: &Redis) -> Result<PathBuf> {
+    let redis_port = redis.url().rsplit(':').next().unwrap_or_default().to_owned();
+    let mut text = String::new();
+    for i in 0..5 {
+        let port = if i % 2 == 0 { pg.port.to_string() } else { redis_port.clone() };
+        text.push_str(&format!(
+            "[[health.checks]]\nname = \"tcp-{i}\"\nkind = \"tcp\"\ntarget = \"127.0.0.1:{port}\"\ninterval = \"5s\"\n\n"
+        ));
+    }
+    let path = dir.join("keel.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").to_owned()))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_default();
+    json!({"cpus": cpus, "cpu": model})
+}
+
+fn print_table(measured: &[Measured], durable: &Value, rss: &[(&str, u64)]) {
+    eprintln!("\n| request | Keel req/s | p50 / p99 ms | baseline | baseline req/s | ratio | target | |");
+    eprintln!("|---|---|---|---|---|---|---|---|");
+    for m in measured {
+        let (k, b) = (&m.keel, &m.baseline);
+        eprintln!(
+            "| {} | {:.0} | {:.2} / {:.2} | {} | {:.0} | {:.2}× | ≥ {:.2}× | {} |",
+            m.name,
+            Measured::median(k, |r| r.rps),
+            Measured::median(k, |r| r.p50_ms),
+            Measured::median(k, |r| r.p99_ms),
+            m.baseline_name,
+            Measured::median(b, |r| r.rps),
+            m.ratio(),
+            m.target,
+            if m.met() {
+                "met"
+            } else if m.errors() > 0 {
+                "ERRORS"
+            } else {
+                "BELOW"
+            },
+        );
+    }
+    eprintln!(
+        "\ndurable write path (cluster api + worker): {} rows persisted at {:.0} rows/s (target 20 000)",
+        durable["rows"],
+        durable["rows_per_second"].as_f64().unwrap_or_default()
+    );
+    for (name, kib) in rss {
+        eprintln!("RSS {name}: {:.1} MiB", *kib as f64 / 1024.0);
+    }
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// wrk from Debian's packages when it is missing (as root).
+fn ensure_wrk() -> Result<()> {
+    if on_path("wrk") {
+        return Ok(());
+    }
+    if crate::services::try_install("wrk")? && on_path("wrk") {
+        return Ok(());
+    }
+    bail!("wrk is not installed: apt-get install wrk")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_read() {
+        let text = "Running 5s test @ http://127.0.0.1:1/livez\n  1 threads and 32 connections\n  Latency Distribution\n     50%  250.00us\n     75%  300.00us\n     90%  400.00us\n     99%    1.20ms\n  123456 requests in 5.00s, 12.34MB read\n  Non-2xx or 3xx responses: 7\nRequests/sec:  24691.20\nTransfer/sec:      2.47MB\n";
+        let round = parse_wrk(text).unwrap();
+        assert!((round.rps - 24691.2).abs() < 1e-6);
+        assert!((round.p50_ms - 0.25).abs() < 1e-9 && (round.p99_ms - 1.2).abs() < 1e-9);
+        assert_eq!(round.errors, 7);
+        assert_eq!(latency_ms("2.00s"), Some(2000.0));
+    }
+
+    #[test]
+    fn numbered_paths_change_per_request() {
+        let script = lua(&Load::send("a", "PUT", "/entries/k-{n}", "{}", true));
+        assert!(script.contains(r#""/entries/k-" .. counter .. """#), "{script}");
+    }
+}
