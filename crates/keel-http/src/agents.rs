@@ -30,7 +30,7 @@ pub fn agents_router(service: AgentMetadata) -> Router {
 
 /// [`agents_router`] with its OpenAPI entries.
 pub fn agents_api(service: AgentMetadata) -> ApiRouter {
-    OpenApiRouter::new().routes(routes!(submit, read)).routes(routes!(watch)).with_state(service)
+    OpenApiRouter::new().routes(routes!(submit, read)).routes(routes!(watch)).with_state(std::sync::Arc::new(service))
 }
 
 /// The agent, in every agent path.
@@ -132,7 +132,7 @@ fn submitted(index: usize, item: Item) -> Result<Submitted, ApiError> {
         (status = 503, description = "Shutting down", body = ErrorSchema),
     ))]
 async fn submit(
-    State(service): State<AgentMetadata>,
+    State(service): State<std::sync::Arc<AgentMetadata>>,
     Path(agent_id): Path<String>,
     body: Result<Json<Submission>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
@@ -171,7 +171,10 @@ async fn current(service: &AgentMetadata, agent_id: Uuid) -> Result<AgentBody, A
         (status = 400, description = "A bad agent id", body = ErrorSchema),
         (status = 503, description = "The database is unreachable", body = ErrorSchema),
     ))]
-async fn read(State(service): State<AgentMetadata>, Path(agent_id): Path<String>) -> Result<Json<AgentBody>, ApiError> {
+async fn read(
+    State(service): State<std::sync::Arc<AgentMetadata>>,
+    Path(agent_id): Path<String>,
+) -> Result<Json<AgentBody>, ApiError> {
     let agent_id = agent(&agent_id)?;
     Ok(Json(current(&service, agent_id).await?))
 }
@@ -210,7 +213,7 @@ async fn next_state(
         (status = 503, description = "The database is unreachable", body = ErrorSchema),
     ))]
 async fn watch(
-    State(service): State<AgentMetadata>,
+    State(service): State<std::sync::Arc<AgentMetadata>>,
     Path(agent_id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let agent_id = agent(&agent_id)?;

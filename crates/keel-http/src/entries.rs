@@ -31,7 +31,7 @@ struct EntriesDoc;
 pub fn entries_api(entries: Entries) -> ApiRouter {
     OpenApiRouter::with_openapi(EntriesDoc::openapi())
         .route("/api/v1/entries/{*key}", put(write).get(read).delete(remove))
-        .with_state(entries)
+        .with_state(std::sync::Arc::new(entries))
 }
 
 /// The entry key, in every entry path.
@@ -88,7 +88,7 @@ fn accepted(key: String, version: i64) -> (StatusCode, Json<Written>) {
             body = ErrorSchema, headers(("Retry-After" = u32, description = "Seconds"))),
     ))]
 async fn write(
-    State(entries): State<Entries>,
+    State(entries): State<std::sync::Arc<Entries>>,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Written>), ApiError> {
@@ -112,7 +112,7 @@ async fn write(
             body = ErrorSchema, headers(("Retry-After" = u32, description = "Seconds"))),
     ))]
 async fn remove(
-    State(entries): State<Entries>,
+    State(entries): State<std::sync::Arc<Entries>>,
     Path(key): Path<String>,
 ) -> Result<(StatusCode, Json<Written>), ApiError> {
     let version = entries.delete(&key).await.map_err(api_error)?;
@@ -127,7 +127,10 @@ async fn remove(
         (status = 404, description = "Absent or deleted", body = ErrorSchema),
         (status = 503, description = "A store is unreachable", body = ErrorSchema),
     ))]
-async fn read(State(entries): State<Entries>, Path(key): Path<String>) -> Result<Json<EntryBody>, ApiError> {
+async fn read(
+    State(entries): State<std::sync::Arc<Entries>>,
+    Path(key): Path<String>,
+) -> Result<Json<EntryBody>, ApiError> {
     match entries.get(&key).await.map_err(api_error)? {
         Some(entry) => Ok(Json(EntryBody {
             value: entry.value,

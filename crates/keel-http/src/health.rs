@@ -45,7 +45,8 @@ impl AppInfo {
     }
 }
 
-#[derive(Clone)]
+/// Shared by every health route (behind one `Arc`: axum clones a route's
+/// state for each request).
 struct HealthState {
     health: Health,
     app: AppInfo,
@@ -67,7 +68,7 @@ pub fn health_api(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Sh
         .routes(routes!(status_of))
         .routes(routes!(livez))
         .routes(routes!(readyz))
-        .with_state(HealthState { health, app, codes, shutdown })
+        .with_state(std::sync::Arc::new(HealthState { health, app, codes, shutdown }))
 }
 
 /// How `/status` renders; the `X-Verbose`, `Accept`, `X-MapMode` and
@@ -213,7 +214,11 @@ fn select(state: &HealthState, options: &ViewOptions) -> Option<BTreeSet<String>
         (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
     (status = 400, description = "A parameter or header is not understood", body = ErrorSchema),
 ))]
-async fn status(State(state): State<HealthState>, Query(query): Query<StatusQuery>, headers: HeaderMap) -> Response {
+async fn status(
+    State(state): State<std::sync::Arc<HealthState>>,
+    Query(query): Query<StatusQuery>,
+    headers: HeaderMap,
+) -> Response {
     let options = match ViewOptions::parse(&query, &headers) {
         Ok(options) => options,
         Err(err) => return err.into_response(),
@@ -240,7 +245,7 @@ async fn status(State(state): State<HealthState>, Query(query): Query<StatusQuer
         (status = 404, description = "No such group or component", body = ErrorSchema),
     ))]
 async fn status_of(
-    State(state): State<HealthState>,
+    State(state): State<std::sync::Arc<HealthState>>,
     Path(name): Path<String>,
     Query(query): Query<StatusQuery>,
     headers: HeaderMap,
@@ -574,7 +579,7 @@ async fn livez(Query(q): Query<Verbose>) -> Response {
     (status = 200, description = "Ready", body = String, content_type = "text/plain"),
     (status = 503, description = "Not ready, starting or draining", body = String, content_type = "text/plain"),
 ))]
-async fn readyz(State(state): State<HealthState>, Query(q): Query<Verbose>) -> Response {
+async fn readyz(State(state): State<std::sync::Arc<HealthState>>, Query(q): Query<Verbose>) -> Response {
     let draining = state.shutdown.is_triggered();
     let ready = !draining && state.health.is_cache_healthy();
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

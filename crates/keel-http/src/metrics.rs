@@ -36,9 +36,26 @@ struct Instruments {
     active: Arc<[AtomicI64; METHODS.len()]>,
     _active_gauge: ObservableGauge<i64>,
     panics: Counter<u64>,
+    /// Route templates as shared label values, so a request clones an
+    /// `Arc<str>` instead of allocating its route (routes are few and fixed).
+    routes: std::sync::RwLock<std::collections::HashMap<Box<str>, Value>>,
     /// Per-route figures for operators' stats documents, when wanted.
     #[cfg(feature = "monitoring")]
     stats: Option<HttpStats>,
+}
+
+impl Instruments {
+    /// The label value of `template`, shared after its first request.
+    fn route(&self, template: &str) -> Value {
+        let read = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(value) = read.get(template) {
+            return value.clone();
+        }
+        drop(read);
+        let value = Value::from(std::sync::Arc::<str>::from(template));
+        let mut write = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        write.entry(template.into()).or_insert(value).clone()
+    }
 }
 
 /// The method labels, in the order of [`Instruments::active`].
@@ -97,6 +114,7 @@ impl Instruments {
                 .u64_counter(names::HTTP_SERVER_PANICS)
                 .with_description("Handler panics answered with 500")
                 .build(),
+            routes: Default::default(),
             #[cfg(feature = "monitoring")]
             stats: None,
         }
@@ -160,7 +178,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let method = method_index(req.method());
         let route: Value = match req.extensions().get::<MatchedPath>() {
-            Some(path) => path.as_str().to_owned().into(),
+            Some(path) => self.metrics.inner.route(path.as_str()),
             None => UNMATCHED_ROUTE.into(),
         };
         let guard = ActiveGuard::new(self.metrics.inner.clone(), method);

@@ -43,7 +43,7 @@ pub fn monitoring_api(hub: MonitoringHub, admin: Option<AdminToken>) -> ApiRoute
         .routes(routes!(logs, clear))
         .routes(routes!(stats))
         .routes(routes!(stream))
-        .with_state(Operators { hub, admin })
+        .with_state(std::sync::Arc::new(Operators { hub, admin }))
 }
 
 /// A captured log record.
@@ -179,7 +179,7 @@ fn unavailable(what: &str, err: &SinkError) -> ApiError {
         (status = 503, description = "The log store is unreachable", body = ErrorSchema),
     ))]
 async fn logs(
-    State(service): State<Operators>,
+    State(service): State<std::sync::Arc<Operators>>,
     headers: HeaderMap,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {
@@ -216,7 +216,7 @@ crate::openapi::string_enum_schema!(
         (status = 503, description = "The log store is unreachable", body = ErrorSchema),
     ))]
 async fn clear(
-    State(service): State<Operators>,
+    State(service): State<std::sync::Arc<Operators>>,
     headers: HeaderMap,
     Query(params): Query<ClearParams>,
 ) -> Result<Json<ClearedBody>, ApiError> {
@@ -236,7 +236,10 @@ async fn clear(
         AdminRefusals,
         (status = 503, description = "The stats store is unreachable", body = ErrorSchema),
     ))]
-async fn stats(State(service): State<Operators>, headers: HeaderMap) -> Result<Json<StatsBody>, ApiError> {
+async fn stats(
+    State(service): State<std::sync::Arc<Operators>>,
+    headers: HeaderMap,
+) -> Result<Json<StatsBody>, ApiError> {
     AdminToken::authorize(service.admin.as_ref(), &headers)?;
     let instances = service.hub.instances().await.map_err(|err| unavailable("stats", &err))?;
     Ok(Json(StatsBody { instances }))
@@ -267,7 +270,7 @@ fn stats_event(document: &StatsDocument) -> Event {
         (status = 503, description = "The event bus is unreachable", body = ErrorSchema),
     ))]
 async fn stream(
-    State(service): State<Operators>,
+    State(service): State<std::sync::Arc<Operators>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     AdminToken::authorize(service.admin.as_ref(), &headers)?;

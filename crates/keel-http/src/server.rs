@@ -106,7 +106,9 @@ pub async fn serve_with_limits(
     drain: DrainConfig,
     limits: ConnectionLimits,
 ) -> Result<(), ServeError> {
-    let closing = shutdown.clone();
+    // Behind an Arc: the closure is cloned for every request, and cloning a
+    // Shutdown takes its token's lock.
+    let closing = Arc::new(shutdown.clone());
     let router = router.layer(axum::middleware::map_response(move |mut response: axum::response::Response| {
         let closing = closing.is_triggered();
         async move {
@@ -175,20 +177,36 @@ pub async fn serve_with_limits(
 /// A connection's IO that fails reads once nothing was read or written for
 /// `idle`: an idle keep-alive connection (or a client that stopped
 /// mid-request) is closed. A response being written counts as activity.
+///
+/// Activity only stamps the time; the timer is moved to the last activity
+/// when it fires, so a busy connection costs no timer re-registration per
+/// read or write.
 struct IdleTimeout<T> {
     io: T,
     idle: Duration,
+    last_active: tokio::time::Instant,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<T> IdleTimeout<T> {
     fn new(io: T, idle: Duration) -> Self {
-        Self { io, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+        Self { io, idle, last_active: tokio::time::Instant::now(), deadline: Box::pin(tokio::time::sleep(idle)) }
     }
 
     fn active(&mut self) {
-        let next = tokio::time::Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+        self.last_active = tokio::time::Instant::now();
+    }
+
+    /// Ready once `idle` passed since the last activity.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            std::task::ready!(self.deadline.as_mut().poll(cx));
+            let due = self.last_active + self.idle;
+            if due <= tokio::time::Instant::now() {
+                return Poll::Ready(());
+            }
+            self.deadline.as_mut().reset(due);
+        }
     }
 }
 
@@ -203,7 +221,7 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for IdleTimeout<T> {
                 self.active();
                 Poll::Ready(result)
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+            Poll::Pending => match self.poll_idle(cx) {
                 Poll::Ready(()) => {
                     Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection")))
                 }

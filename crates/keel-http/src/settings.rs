@@ -34,7 +34,7 @@ pub fn settings_api(registry: SettingsRegistry, admin: Option<AdminToken>) -> Ap
         .routes(routes!(list))
         .routes(routes!(read, write))
         .routes(routes!(history))
-        .with_state(SettingsState { registry, admin })
+        .with_state(std::sync::Arc::new(SettingsState { registry, admin }))
 }
 
 fn time(t: Option<SystemTime>) -> Option<String> {
@@ -112,7 +112,7 @@ fn find<'a>(state: &'a SettingsState, name: &str) -> Result<&'a std::sync::Arc<d
 /// Every settings document this process serves.
 #[utoipa::path(get, path = "/api/v1/settings", operation_id = "list_settings", tag = "settings",
     responses((status = 200, description = "Every document", body = ListBody)))]
-async fn list(State(state): State<SettingsState>) -> Json<ListBody> {
+async fn list(State(state): State<std::sync::Arc<SettingsState>>) -> Json<ListBody> {
     Json(ListBody { settings: state.registry.iter().map(|d| document_body(&d.view())).collect() })
 }
 
@@ -124,7 +124,10 @@ async fn list(State(state): State<SettingsState>) -> Json<ListBody> {
             headers(("ETag" = String, description = "The version, quoted"))),
         (status = 404, description = "No such document", body = ErrorSchema),
     ))]
-async fn read(State(state): State<SettingsState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn read(
+    State(state): State<std::sync::Arc<SettingsState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(with_etag(&find(&state, &name)?.view()))
 }
 
@@ -174,7 +177,7 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         (status = 503, description = "The database is unreachable", body = ErrorSchema),
     ))]
 async fn write(
-    State(state): State<SettingsState>,
+    State(state): State<std::sync::Arc<SettingsState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
@@ -222,7 +225,7 @@ struct HistoryQuery {
         (status = 503, description = "The database is unreachable", body = ErrorSchema),
     ))]
 async fn history(
-    State(state): State<SettingsState>,
+    State(state): State<std::sync::Arc<SettingsState>>,
     Path(name): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<HistoryBody>, ApiError> {
