@@ -141,9 +141,6 @@ async fn submit(
         JsonRejection::MissingJsonContentType(_) => ApiError::from_status(rejection.status(), &rejection.body_text()),
         other => ApiError::bad_request(format!("malformed metadata: {}", clip(&other.body_text()))),
     })?;
-    if submission.metadata.len() > keel_batcher::MAX_KEYS {
-        return Err(api_error(MetadataError::TooMany(submission.metadata.len())));
-    }
     let items = submission.metadata.into_iter().enumerate().map(|(i, item)| submitted(i, item));
     let items = items.collect::<Result<Vec<_>, _>>()?;
     let taken = service.submit(agent_id, items, SystemTime::now()).map_err(api_error)?;

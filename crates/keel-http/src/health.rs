@@ -209,9 +209,9 @@ fn select(state: &HealthState, options: &ViewOptions) -> Option<BTreeSet<String>
 /// The health of the process and its components.
 #[utoipa::path(get, path = "/status", operation_id = "status", tag = "health", params(StatusQuery, StatusHeaders), responses(
     (status = 200, description = "OK or WARN", content(
-        (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+        (StatusBody<'static> = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
     (status = 503, description = "KO", content(
-        (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+        (StatusBody<'static> = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
     (status = 400, description = "A parameter or header is not understood", body = ErrorSchema),
 ))]
 async fn status(
@@ -238,9 +238,9 @@ async fn status(
     params(("name" = String, Path, description = "A group or component name"), StatusQuery, StatusHeaders),
     responses(
         (status = 200, description = "OK or WARN", content(
-            (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+            (StatusBody<'static> = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
         (status = 503, description = "KO", content(
-            (StatusBody = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
+            (StatusBody<'static> = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
         (status = 400, description = "A parameter or header is not understood", body = ErrorSchema),
         (status = 404, description = "No such group or component", body = ErrorSchema),
     ))]
@@ -305,27 +305,27 @@ fn millis(d: Duration) -> f64 {
 
 /// `/status` in JSON (the default).
 #[derive(Serialize, ToSchema)]
-pub(crate) struct StatusBody {
+pub(crate) struct StatusBody<'a> {
     /// Application name.
-    name: String,
+    name: &'a str,
     /// Release (version).
-    release: String,
+    release: &'a str,
     /// Source revision.
-    hash: String,
+    hash: &'a str,
     /// Build date (RFC 3339), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    build_date: Option<String>,
+    build_date: Option<&'a str>,
     /// The aggregated status.
     #[schema(value_type = StatusSchema)]
     status: Status,
     /// Why, when not OK.
-    message: String,
+    message: &'a str,
     /// Every component by name (not in map mode or short form).
     #[serde(skip_serializing_if = "Option::is_none")]
-    components: Option<BTreeMap<String, ComponentBody>>,
+    components: Option<BTreeMap<&'a str, ComponentBody<'a>>>,
     /// The groups, each with its components (map mode).
     #[serde(skip_serializing_if = "Option::is_none")]
-    groups: Option<Vec<GroupBody>>,
+    groups: Option<Vec<GroupBody<'a>>>,
 }
 
 /// `OK`, `WARN` or `KO`.
@@ -342,14 +342,14 @@ enum StatusSchema {
 
 /// One health component.
 #[derive(Serialize, ToSchema)]
-pub(crate) struct ComponentBody {
+pub(crate) struct ComponentBody<'a> {
     #[schema(value_type = StatusSchema)]
     status: Status,
-    message: String,
+    message: &'a str,
     /// Control mode: `must`, `should`, `optional`, ...
     #[schema(value_type = String)]
     mode: Mode,
-    group: String,
+    group: &'a str,
     latency_ms: f64,
     /// RFC 3339; null before the first check.
     last_check: Option<String>,
@@ -358,46 +358,46 @@ pub(crate) struct ComponentBody {
     /// The `info` of its configuration, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    info: Option<Info>,
+    info: Option<&'a Info>,
 }
 
 /// A group in map mode.
 #[derive(Serialize, ToSchema)]
-pub(crate) struct GroupBody {
-    name: String,
+pub(crate) struct GroupBody<'a> {
+    name: &'a str,
     #[schema(value_type = String)]
     mode: Mode,
     #[schema(value_type = StatusSchema)]
     status: Status,
-    components: BTreeMap<String, ComponentBody>,
+    components: BTreeMap<&'a str, ComponentBody<'a>>,
     /// The `info` of `[[health.groups]]`, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    info: Option<Info>,
+    info: Option<&'a Info>,
 }
 
-fn component_body(view: &ComponentView) -> ComponentBody {
+fn component_body(view: &ComponentView) -> ComponentBody<'_> {
     ComponentBody {
         status: view.status,
-        message: view.message.clone(),
+        message: &view.message,
         mode: view.mode,
-        group: view.group.clone(),
+        group: &view.group,
         latency_ms: millis(view.latency),
         last_check: rfc3339(view.last_check),
         uptime_s: view.uptime.as_secs(),
         downtime_s: view.downtime.as_secs(),
-        info: view.info.clone(),
+        info: view.info.as_ref(),
     }
 }
 
-fn json_body(app: &AppInfo, options: &ViewOptions, snapshot: &Snapshot) -> StatusBody {
+fn json_body<'a>(app: &'a AppInfo, options: &ViewOptions, snapshot: &'a Snapshot) -> StatusBody<'a> {
     let mut body = StatusBody {
-        name: app.name.clone(),
-        release: app.release.clone(),
-        hash: app.hash.clone(),
-        build_date: app.build_date.clone(),
+        name: &app.name,
+        release: &app.release,
+        hash: &app.hash,
+        build_date: app.build_date.as_deref(),
         status: snapshot.status,
-        message: snapshot.message.clone(),
+        message: &snapshot.message,
         components: None,
         groups: None,
     };
@@ -405,21 +405,21 @@ fn json_body(app: &AppInfo, options: &ViewOptions, snapshot: &Snapshot) -> Statu
         return body;
     }
     if options.map {
-        let group_body = |group: &keel_health_status::GroupView| GroupBody {
-            name: group.name.clone(),
+        let group_body = |group: &'a keel_health_status::GroupView| GroupBody {
+            name: &group.name,
             mode: group.mode,
             status: group.status,
             components: group
                 .components
                 .iter()
-                .filter_map(|name| snapshot.components.get(name).map(|v| (name.clone(), component_body(v))))
+                .filter_map(|name| snapshot.components.get(name).map(|v| (name.as_str(), component_body(v))))
                 .collect(),
-            info: group.info.clone(),
+            info: group.info.as_ref(),
         };
         body.groups = Some(snapshot.groups.iter().map(group_body).collect());
     } else {
         body.components =
-            Some(snapshot.components.iter().map(|(name, view)| (name.clone(), component_body(view))).collect());
+            Some(snapshot.components.iter().map(|(name, view)| (name.as_str(), component_body(view))).collect());
     }
     body
 }
