@@ -418,7 +418,7 @@ fn ensure_wrk() -> Result<()> {
     if on_path("wrk") {
         return Ok(());
     }
-    if crate::services::try_install("wrk")? && on_path("wrk") {
+    if crate::services::install("wrk")? && on_path("wrk") {
         return Ok(());
     }
     bail!("wrk is not installed: apt-get install wrk")

@@ -106,7 +106,16 @@ pub(crate) fn is_root() -> bool {
 
 /// In CI, as root, with apt available: install a missing server package.
 pub(crate) fn try_install(package: &str) -> Result<bool> {
-    if std::env::var_os("CI").is_none() || !is_root() || !on_path("apt-get") {
+    if std::env::var_os("CI").is_none() {
+        return Ok(false);
+    }
+    install(package)
+}
+
+/// As root, with apt available: install `package` (a tool a command the
+/// user asked for needs, such as the load generator of `bench http`).
+pub(crate) fn install(package: &str) -> Result<bool> {
+    if !is_root() || !on_path("apt-get") {
         return Ok(false);
     }
     eprintln!("xtask: installing {package} with apt-get");

@@ -20,15 +20,18 @@ pub type Waiting = Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
 /// `/status` are 503 with one `[-]<name> failed: <why>` line per store in
 /// `waiting`, and every other path is 503 with `Retry-After: 1`.
 pub fn starting_gate(waiting: Waiting, app: Arc<OnceLock<Router>>) -> Router {
-    Router::new().fallback(move |request: Request| {
-        let (waiting, app) = (waiting.clone(), app.clone());
-        async move {
-            match app.get() {
-                Some(app) => app.clone().oneshot(request).await.into_response(),
-                None => answer(&waiting(), &request),
+    Router::new()
+        .fallback(move |request: Request| {
+            let (waiting, app) = (waiting.clone(), app.clone());
+            async move {
+                match app.get() {
+                    Some(app) => app.clone().oneshot(request).await.into_response(),
+                    None => answer(&waiting(), &request),
+                }
             }
-        }
-    })
+        })
+        // Handlers become services now, not on every request.
+        .with_state(())
 }
 
 fn answer(missing: &[(&'static str, String)], request: &Request) -> Response {

@@ -3,23 +3,32 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
 #[cfg(feature = "monitoring")]
-use keel_monitoring::HttpStats;
-use keel_telemetry::{MeterSource, names};
-use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
-use opentelemetry::{KeyValue, Value};
+use keel_monitoring::{HttpStats, RouteStats};
+use keel_telemetry::{DurationHistogram, DurationSeries, DurationSpec, MeterSource, names};
+use opentelemetry::Value;
+use opentelemetry::metrics::{Counter, ObservableGauge};
 use tower::{Layer, Service};
 
 /// The `http.route` label of requests that matched no route: one shared
 /// series, whatever the path, so scanners cannot explode cardinality.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The request duration histogram (semantic conventions: method, route,
+/// status code).
+const DURATION: DurationSpec = DurationSpec {
+    name: names::HTTP_SERVER_REQUEST_DURATION,
+    description: "Duration of HTTP server requests",
+    bounds: &names::HTTP_DURATION_BUCKETS,
+    labels: &["http.request.method", "http.route", "http.response.status_code"],
+};
 
 /// The HTTP server instruments of one meter.
 #[derive(Clone, Debug)]
@@ -29,37 +38,108 @@ pub struct HttpMetrics {
 
 #[derive(Debug)]
 struct Instruments {
-    duration: Histogram<f64>,
+    duration: DurationHistogram,
     /// In-flight requests per entry of [`METHODS`]. Plain atomics read by an
     /// observable gauge: two relaxed adds per request instead of two trips
     /// through the SDK's attribute map.
     active: Arc<[AtomicI64; METHODS.len()]>,
     _active_gauge: ObservableGauge<i64>,
     panics: Counter<u64>,
-    /// Route templates as shared label values, so a request clones an
-    /// `Arc<str>` instead of allocating its route (routes are few and fixed).
-    routes: std::sync::RwLock<std::collections::HashMap<Box<str>, Value>>,
+    /// Every route seen, by template. Requests find their route's slot
+    /// through the per-route service ([`HttpMetricsService`]), so this map
+    /// is read once per route, not per request.
+    routes: RwLock<std::collections::HashMap<Box<str>, Arc<RouteSlot>>>,
     /// Per-route figures for operators' stats documents, when wanted.
     #[cfg(feature = "monitoring")]
     stats: Option<HttpStats>,
 }
 
 impl Instruments {
-    /// The label value of `template`, shared after its first request.
-    fn route(&self, template: &str) -> Value {
-        let read = self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(value) = read.get(template) {
-            return value.clone();
+    /// The slot of `template`, created on its first request.
+    fn route(self: &Arc<Self>, template: &str) -> Arc<RouteSlot> {
+        let read = self.routes.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = read.get(template) {
+            return slot.clone();
         }
         drop(read);
-        let value = Value::from(std::sync::Arc::<str>::from(template));
-        let mut write = self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        write.entry(template.into()).or_insert(value).clone()
+        let mut write = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        write.entry(template.into()).or_insert_with(|| Arc::new(RouteSlot::new(self, template))).clone()
     }
 }
 
 /// The method labels, in the order of [`Instruments::active`].
 const METHODS: [&str; 10] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "_OTHER"];
+
+/// Statuses whose series a route keeps in a fixed slot (found without a
+/// lock); any other status is looked up under the route's mutex.
+const STATUSES: [u16; 24] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 412, 413, 415, 422, 429, 500,
+    503,
+];
+
+/// Everything one route records into, resolved once: its label, its
+/// series per method and status, and its operators' figures.
+struct RouteSlot {
+    template: Box<str>,
+    label: Value,
+    duration: DurationHistogram,
+    active: Arc<[AtomicI64; METHODS.len()]>,
+    series: Box<[OnceLock<DurationSeries>]>,
+    other: Mutex<Vec<(usize, u16, DurationSeries)>>,
+    #[cfg(feature = "monitoring")]
+    stats: Option<RouteStats>,
+}
+
+impl std::fmt::Debug for RouteSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteSlot").field("route", &self.template).finish_non_exhaustive()
+    }
+}
+
+impl RouteSlot {
+    fn new(instruments: &Instruments, template: &str) -> Self {
+        Self {
+            template: template.into(),
+            label: Value::from(Arc::<str>::from(template)),
+            duration: instruments.duration.clone(),
+            active: instruments.active.clone(),
+            series: (0..METHODS.len() * STATUSES.len()).map(|_| OnceLock::new()).collect(),
+            other: Mutex::new(Vec::new()),
+            #[cfg(feature = "monitoring")]
+            stats: instruments.stats.as_ref().map(|stats| stats.route(template)),
+        }
+    }
+
+    fn make_series(&self, method: usize, status: u16) -> DurationSeries {
+        self.duration.series(&[METHODS[method].into(), self.label.clone(), i64::from(status).into()])
+    }
+
+    /// One record per request: the duration series of (method, route,
+    /// status), and the route's operators' figures.
+    #[inline]
+    fn record(&self, method: usize, status: u16, elapsed: Duration) {
+        #[cfg(feature = "monitoring")]
+        if let Some(stats) = &self.stats {
+            stats.record(status, elapsed);
+        }
+        match STATUSES.iter().position(|&known| known == status) {
+            Some(index) => self.series[method * STATUSES.len() + index]
+                .get_or_init(|| self.make_series(method, status))
+                .record(elapsed),
+            None => {
+                let mut other = self.other.lock().unwrap_or_else(PoisonError::into_inner);
+                match other.iter().find(|(m, s, _)| *m == method && *s == status) {
+                    Some((_, _, series)) => series.record(elapsed),
+                    None => {
+                        let series = self.make_series(method, status);
+                        series.record(elapsed);
+                        other.push((method, status, series));
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl HttpMetrics {
     /// Creates the instruments on `meters`' `keel-http` meter.
@@ -90,12 +170,7 @@ impl Instruments {
         let active: Arc<[AtomicI64; METHODS.len()]> = Arc::new(Default::default());
         let observed = active.clone();
         Self {
-            duration: meter
-                .f64_histogram(names::HTTP_SERVER_REQUEST_DURATION)
-                .with_unit("s")
-                .with_description("Duration of HTTP server requests")
-                .with_boundaries(names::HTTP_DURATION_BUCKETS.to_vec())
-                .build(),
+            duration: meters.duration_histogram("keel-http", DURATION),
             active,
             _active_gauge: meter
                 .i64_observable_gauge(names::HTTP_SERVER_ACTIVE_REQUESTS)
@@ -105,7 +180,7 @@ impl Instruments {
                         let count = count.load(Ordering::Relaxed);
                         // Methods never seen stay out of the exposition.
                         if count != 0 || *method == "GET" {
-                            gauge.observe(count, &[KeyValue::new("http.request.method", *method)]);
+                            gauge.observe(count, &[opentelemetry::KeyValue::new("http.request.method", *method)]);
                         }
                     }
                 })
@@ -152,7 +227,11 @@ impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetricsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpMetricsService { inner, metrics: self.metrics.clone() }
+        // axum applies a layer to each route's service, so this service
+        // (and its clones, one per request) only ever sees one route: its
+        // slot is remembered after the first request.
+        let shared = Arc::new(PerRoute { instruments: self.metrics.inner.clone(), slot: OnceLock::new() });
+        HttpMetricsService { inner, shared }
     }
 }
 
@@ -160,7 +239,28 @@ impl<S> Layer<S> for HttpMetricsLayer {
 #[derive(Clone, Debug)]
 pub struct HttpMetricsService<S> {
     inner: S,
-    metrics: HttpMetrics,
+    shared: Arc<PerRoute>,
+}
+
+#[derive(Debug)]
+struct PerRoute {
+    instruments: Arc<Instruments>,
+    slot: OnceLock<Arc<RouteSlot>>,
+}
+
+impl PerRoute {
+    fn slot(&self, template: &str) -> Arc<RouteSlot> {
+        match self.slot.get() {
+            Some(slot) if *slot.template == *template => slot.clone(),
+            _ => {
+                let slot = self.instruments.route(template);
+                // A service seeing another route (not axum's way) still
+                // counts right, through the map.
+                let _ = self.slot.set(slot.clone());
+                slot
+            }
+        }
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetricsService<S>
@@ -177,38 +277,37 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let method = method_index(req.method());
-        let route: Value = match req.extensions().get::<MatchedPath>() {
-            Some(path) => self.metrics.inner.route(path.as_str()),
-            None => UNMATCHED_ROUTE.into(),
-        };
-        let guard = ActiveGuard::new(self.metrics.inner.clone(), method);
-        ResponseFuture { inner: self.inner.call(req), state: Some(Pending { start: Instant::now(), route, guard }) }
+        let template = req.extensions().get::<MatchedPath>().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+        let slot = self.shared.slot(template);
+        let guard = ActiveGuard::new(slot, method);
+        ResponseFuture { inner: self.inner.call(req), state: Some(Pending { start: quanta::Instant::now(), guard }) }
     }
 }
 
 struct Pending {
-    start: Instant,
-    route: Value,
+    /// From the time-stamp counter where the CPU has a stable one (a few
+    /// nanoseconds against a clock system call's tens), else the OS clock.
+    start: quanta::Instant,
     guard: ActiveGuard,
 }
 
 /// Decrements the active-requests gauge when the request ends, including when
 /// the client goes away and the future is dropped unfinished.
 struct ActiveGuard {
-    instruments: Arc<Instruments>,
+    slot: Arc<RouteSlot>,
     method: usize,
 }
 
 impl ActiveGuard {
-    fn new(instruments: Arc<Instruments>, method: usize) -> Self {
-        instruments.active[method].fetch_add(1, Ordering::Relaxed);
-        Self { instruments, method }
+    fn new(slot: Arc<RouteSlot>, method: usize) -> Self {
+        slot.active[method].fetch_add(1, Ordering::Relaxed);
+        Self { slot, method }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.instruments.active[self.method].fetch_sub(1, Ordering::Relaxed);
+        self.slot.active[self.method].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -234,17 +333,7 @@ where
             // Errors never reach here from axum (its services are infallible);
             // count them as 500 for other stacks.
             let status = result.as_ref().map_or(500, |r| r.status().as_u16());
-            let elapsed = pending.start.elapsed();
-            #[cfg(feature = "monitoring")]
-            if let Some(stats) = &pending.guard.instruments.stats {
-                stats.record(&pending.route.as_str(), status, elapsed);
-            }
-            let attrs = [
-                KeyValue::new("http.request.method", METHODS[pending.guard.method]),
-                KeyValue::new("http.route", pending.route),
-                KeyValue::new("http.response.status_code", i64::from(status)),
-            ];
-            pending.guard.instruments.duration.record(elapsed.as_secs_f64(), &attrs);
+            pending.guard.slot.record(pending.guard.method, status, pending.start.elapsed());
         }
         Poll::Ready(result)
     }

@@ -64,7 +64,9 @@ pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -
             panic_metrics.count_panic();
             panic_response(&panic)
         }));
-    router.layer(stack)
+    // Handlers added without state become services once, here: axum would
+    // otherwise apply the whole stack to them again on every request.
+    router.layer(stack).with_state(())
 }
 
 /// Random (v4) UUIDs from a per-thread generator: no system call per request

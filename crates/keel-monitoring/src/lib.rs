@@ -52,7 +52,7 @@ mod store;
 
 pub use capture::{Capture, CaptureConfig, CaptureLayer, LogSink, Records, SinkError, SinkFuture};
 pub use collector::{Collector, RouteWindows, Section, StatsDocument, TokioStats};
-pub use http::{HttpSnapshot, HttpStats, RouteSummary};
+pub use http::{HttpSnapshot, HttpStats, RouteStats, RouteSummary};
 #[cfg(feature = "hub")]
 pub use hub::{MonitoringEvent, MonitoringEvents, MonitoringHub, PROCESSES};
 pub use memory::MemoryLogs;

@@ -5,7 +5,8 @@ use opentelemetry::metrics::MeterProvider as _;
 pub use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder as _, TextEncoder};
 
-use crate::{Meter, MeterSource, names};
+use crate::histogram::cells;
+use crate::{DurationHistogram, DurationSpec, Meter, MeterSource, names};
 
 /// Why telemetry could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub struct Telemetry {
     provider: SdkMeterProvider,
     registry: prometheus::Registry,
     service: &'static str,
+    /// Duration histograms kept in lock-free cells, by Prometheus name.
+    histograms: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<cells::Family>>>>,
 }
 
 impl Telemetry {
@@ -43,7 +46,7 @@ impl Telemetry {
             .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         instrument_process(&provider.meter("process"));
-        Ok(Self { provider, registry, service })
+        Ok(Self { provider, registry, service, histograms: Default::default() })
     }
 
     /// A meter for one instrumentation scope.
@@ -111,6 +114,28 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 impl MeterSource for Telemetry {
     fn meter(&self, scope: &'static str) -> Meter {
         Telemetry::meter(self, scope)
+    }
+
+    /// Lock-free cells registered with this telemetry's registry; the same
+    /// name asked twice is one histogram (as with OpenTelemetry
+    /// instruments). A spec the registry refuses falls back to an
+    /// OpenTelemetry histogram.
+    fn duration_histogram(&self, scope: &'static str, spec: DurationSpec) -> DurationHistogram {
+        let mut known = self.histograms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(family) = known.iter().find(|family| family.spec_name() == spec.name) {
+            return DurationHistogram::on_cells(family.clone());
+        }
+        let registered = cells::Family::new(&spec).map(std::sync::Arc::new).and_then(|family| {
+            self.registry.register(Box::new(cells::Collected(family.clone())))?;
+            Ok(family)
+        });
+        match registered {
+            Ok(family) => {
+                known.push(family.clone());
+                DurationHistogram::on_cells(family)
+            }
+            Err(_) => DurationHistogram::on_meter(&self.meter(scope), spec),
+        }
     }
 }
 
