@@ -111,8 +111,11 @@ impl Measured {
     }
 }
 
-/// Runs `cargo xtask bench http`.
-pub fn http(root: &Path) -> Result<()> {
+/// Runs `cargo xtask bench http [FILTER]`: every comparison and the durable
+/// write path, or only those whose name contains FILTER (`livez`, `PUT`,
+/// `durable`, ...), to look at one with a profiler.
+pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
+    let wanted = |name: &str| filter.is_none_or(|f| name.to_lowercase().contains(&f.to_lowercase()));
     ensure_wrk()?;
     crate::cmd::cargo(root, &["build", "--release", "-p", "api", "-p", "worker", "-p", "baseline"])?;
     let dir = root.join("target").join("bench");
@@ -147,8 +150,11 @@ pub fn http(root: &Path) -> Result<()> {
     crate::chaos::servers::wait_until(Duration::from_secs(20), || {
         crate::chaos::load::get(&baseline.addr, "/livez").is_ok_and(|(status, _)| status == 200)
     })?;
-    let measured = compare(&comparisons(&embedded.addr, &cluster.addr, &baseline.addr), &run)?;
-    let durable = durable_write_path(&cluster.addr, &pg, &run)?;
+    let mut chosen = comparisons(&embedded.addr, &cluster.addr, &baseline.addr);
+    chosen.retain(|c| wanted(c.name));
+    let measured = compare(&chosen, &run)?;
+    let durable =
+        if wanted("durable write path") { durable_write_path(&cluster.addr, &pg, &run)? } else { json!(null) };
     let rss: Vec<(&str, u64)> =
         [("api (embedded)", &embedded), ("api (cluster)", &cluster), ("worker", &worker), ("baseline", &baseline)]
             .into_iter()

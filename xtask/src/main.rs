@@ -18,7 +18,7 @@ cargo xtask <command>
                      starting installed servers when they do not
   services status    report whether they answer
   bench [ARGS..]     run the criterion benchmarks (ARGS go to cargo bench)
-  bench http         whole requests: release api (embedded and cluster) and
+  bench http [FILTER] whole requests: release api (embedded and cluster) and
                      worker beside a bare axum baseline, wrk rounds
                      alternated, medians and ratios against targets (report
                      under target/bench/http.json; not part of ci)
@@ -69,7 +69,9 @@ fn run(args: &[String]) -> Result<()> {
         Some("docs") => docs::update(&root),
         Some("chaos") => chaos::run(&root, &args[1..]),
         Some("schemathesis") => schemathesis::run(&root, args.get(1).map(String::as_str)),
-        Some("bench") if args.get(1).is_some_and(|a| a == "http") => bench::http(&root),
+        Some("bench") if args.get(1).is_some_and(|a| a == "http") => {
+            bench::http(&root, args.get(2).map(String::as_str))
+        }
         Some("bench") => cmd::cargo(&root, &[&["bench", "--workspace"], &as_strs(&args[1..])[..]].concat()),
         Some("help" | "--help" | "-h") | None => {
             eprint!("{HELP}");

@@ -2,14 +2,18 @@
 //! answers `/livez` 200 and `/readyz` 503 naming what it waits for, and
 //! serves the whole application once it is set.
 
+use std::convert::Infallible;
+use std::future::Ready;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tower::ServiceExt as _;
+use axum::routing::future::RouteFuture;
+use futures_util::future::Either;
 
 use crate::ApiError;
 
@@ -20,18 +24,33 @@ pub type Waiting = Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
 /// `/status` are 503 with one `[-]<name> failed: <why>` line per store in
 /// `waiting`, and every other path is 503 with `Retry-After: 1`.
 pub fn starting_gate(waiting: Waiting, app: Arc<OnceLock<Router>>) -> Router {
-    Router::new()
-        .fallback(move |request: Request| {
-            let (waiting, app) = (waiting.clone(), app.clone());
-            async move {
-                match app.get() {
-                    Some(app) => app.clone().oneshot(request).await.into_response(),
-                    None => answer(&waiting(), &request),
-                }
-            }
-        })
-        // Handlers become services now, not on every request.
-        .with_state(())
+    // A plain service, not a handler: once the application is set, its
+    // router's own future is returned as is (no extra box, no extraction).
+    Router::new().fallback_service(Gate { waiting, app }).with_state(())
+}
+
+#[derive(Clone)]
+struct Gate {
+    waiting: Waiting,
+    app: Arc<OnceLock<Router>>,
+}
+
+impl tower::Service<Request> for Gate {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<RouteFuture<Infallible>, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.app.get() {
+            // A router is always ready.
+            Some(app) => Either::Left(app.clone().call(request)),
+            None => Either::Right(std::future::ready(Ok(answer(&(self.waiting)(), &request)))),
+        }
+    }
 }
 
 fn answer(missing: &[(&'static str, String)], request: &Request) -> Response {

@@ -65,6 +65,7 @@ mod settings;
 pub mod testing;
 #[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports))]
 mod text;
+mod timeout;
 
 pub use admin::AdminToken;
 #[cfg(feature = "agents")]

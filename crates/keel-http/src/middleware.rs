@@ -4,12 +4,11 @@ use std::any::Any;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::http::{HeaderName, Request};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::{ApiError, HttpMetrics};
@@ -57,7 +56,7 @@ pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -
             Ok::<_, std::convert::Infallible>(crate::error::json_errors(response).await)
         })
         .map_response(IntoResponse::into_response)
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, config.request_timeout))
+        .layer(crate::timeout::LazyTimeoutLayer::new(config.request_timeout))
         .map_response(IntoResponse::into_response)
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(CatchPanicLayer::custom(move |panic: Box<dyn Any + Send>| {

@@ -110,19 +110,16 @@ pub async fn serve_with_limits(
     // Shutdown takes its token's lock.
     let closing = Arc::new(shutdown.clone());
     let router = router
-        .layer(axum::middleware::map_response(move |mut response: axum::response::Response| {
-            let closing = closing.is_triggered();
-            async move {
-                if closing {
-                    // Answered, then closed: the client's next request goes to a
-                    // replica that is not about to stop listening.
-                    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
+        .layer(tower::util::MapResponseLayer::new(move |mut response: axum::response::Response| {
+            if closing.is_triggered() {
+                // Answered, then closed: the client's next request goes to a
+                // replica that is not about to stop listening.
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            response
         }))
-        // Handlers (and the layers on them) become services once, here, instead
-        // of on every request.
+        // Handlers (and the layers on them) become services once, here,
+        // instead of on every request.
         .with_state(());
     let stop_accepting = async {
         shutdown.triggered().await;
