@@ -59,7 +59,7 @@ pub use db::{PooledSqliteConnection, SqliteConnection, SqlitePool};
 pub use error::StoreError;
 pub use keel_core::FailureKind;
 #[cfg(feature = "redis")]
-pub use redis::{RedisConfig, RedisStore};
+pub use redis::{RedisConfig, RedisStore, Script};
 
 /// The code in `docs/store.md` compiles (`cargo test --doc`).
 #[cfg(doctest)]

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::prelude::*;
+/// A Lua script known by its SHA-1, for [`RedisStore::run_script`].
+pub use fred::types::scripts::Script;
 use fred::types::{Expiration, SetOptions};
 
 use crate::StoreError;
@@ -112,6 +114,27 @@ impl RedisStore {
         Ok(self.metrics.time_redis(command, fut).await?)
     }
 
+    /// Runs `script` by its hash (`EVALSHA`), loading it on a `NOSCRIPT`
+    /// answer: the body travels to a server once, not with every call.
+    ///
+    /// ```no_run
+    /// # async fn f(redis: keel_store::RedisStore) -> Result<(), keel_store::StoreError> {
+    /// use std::sync::LazyLock;
+    /// use keel_store::Script;
+    ///
+    /// static INCR: LazyLock<Script> = LazyLock::new(|| Script::from_lua("return redis.call('INCR', KEYS[1])"));
+    /// let n: i64 = redis.run_script(&INCR, vec!["counter".into()], Vec::new()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_script<R: fred::types::FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<fred::types::Value>,
+    ) -> Result<R, StoreError> {
+        self.timed("EVALSHA", script.evalsha_with_reload(&self.client, keys, args)).await
+    }
+
     /// `PING`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.timed("PING", self.client.ping::<()>(None)).await
@@ -137,7 +160,8 @@ impl RedisStore {
     /// so concurrent writers can never leave an older version behind.
     /// Returns whether it was stored.
     pub async fn set_if_newer(&self, key: &str, version: i64, value: Bytes, ttl: Duration) -> Result<bool, StoreError> {
-        const SCRIPT: &str = r#"
+        static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::from_lua(SET_IF_NEWER));
+        const SET_IF_NEWER: &str = r#"
             local current = redis.call('GET', KEYS[1])
             if current then
                 local stored = tonumber(string.match(current, '^(-?%d+):'))
@@ -148,7 +172,7 @@ impl RedisStore {
         "#;
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let args: Vec<fred::types::Value> = vec![version.into(), value.into(), millis.into()];
-        let stored: i64 = self.timed("EVAL", self.client.eval(SCRIPT, vec![key.to_owned()], args)).await?;
+        let stored: i64 = self.run_script(&SCRIPT, vec![key.to_owned()], args).await?;
         Ok(stored == 1)
     }
 

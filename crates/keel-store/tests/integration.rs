@@ -268,6 +268,26 @@ async fn versioned_cache_writes_never_go_backwards_on_redis_and_in_process() {
     assert_set_if_newer(&Cache::memory(), "v").await;
 }
 
+/// Scripts run by hash; a server that lost its script cache (a restart, a
+/// failover, `SCRIPT FLUSH`) gets the body again and answers as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_survive_a_flushed_script_cache() {
+    static ECHO_LEN: std::sync::LazyLock<keel_store::Script> = std::sync::LazyLock::new(|| {
+        keel_store::Script::from_lua("return redis.call('SET', KEYS[1], ARGV[1]) and string.len(ARGV[1])")
+    });
+    let telemetry = telemetry();
+    let store = redis(&telemetry).await;
+    let key = format!("{}:script", unique_prefix("script"));
+    let n: i64 = store.run_script(&ECHO_LEN, vec![key.clone()], vec!["four".into()]).await.unwrap();
+    assert_eq!(n, 4);
+    let _: () = store.client().script_flush(false).await.unwrap();
+    let n: i64 = store.run_script(&ECHO_LEN, vec![key.clone()], vec!["seven!!".into()]).await.unwrap();
+    assert_eq!(n, 7);
+    let stored: Option<String> = store.client().get(&key).await.unwrap();
+    assert_eq!(stored.as_deref(), Some("seven!!"));
+    let _: () = store.client().del(&key).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_migrating_an_empty_database_at_once_all_succeed() {
     let temp = TempDatabase::create("migrate_race").await;

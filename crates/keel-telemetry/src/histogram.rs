@@ -10,7 +10,6 @@
 //! recorded with a label set built once per series.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -149,6 +148,7 @@ fn sanitize(name: &str) -> String {
 
 #[cfg(feature = "prometheus")]
 pub(crate) mod cells {
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Mutex, PoisonError};
 
     use prometheus::core::{Collector, Desc};

@@ -165,7 +165,9 @@ impl DurableProducer {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<String, DurableError> {
-        const SCRIPT: &str = r#"
+        static SCRIPT: std::sync::LazyLock<keel_store::Script> =
+            std::sync::LazyLock::new(|| keel_store::Script::from_lua(ENQUEUE_CACHED));
+        const ENQUEUE_CACHED: &str = r#"
             if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
             local current = redis.call('GET', KEYS[2])
             local stored = current and tonumber(string.match(current, '^(-?%d+):'))
@@ -181,8 +183,7 @@ impl DurableProducer {
         let args: Vec<Value> = vec![capacity.into(), json.into(), version.into(), cached.into(), millis.into()];
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let added: Option<String> =
-                self.redis.timed("EVAL", self.redis.client().eval(SCRIPT, keys.clone(), args.clone())).await?;
+            let added: Option<String> = self.redis.run_script(&SCRIPT, keys.clone(), args.clone()).await?;
             if let Some(id) = added {
                 return Ok(id);
             }
@@ -446,18 +447,19 @@ where
         // in one script: a consumer killed between two separate commands
         // would leave entries acknowledged but never deleted (stuck in the
         // backlog for good) or deleted but still pending.
-        const ACK_AND_DELETE: &str = "redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2)) \
-             return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))";
+        static ACK_AND_DELETE: std::sync::LazyLock<keel_store::Script> = std::sync::LazyLock::new(|| {
+            keel_store::Script::from_lua(
+                "redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2)) return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))",
+            )
+        });
         // Lua's `unpack` takes a few thousand values at most; chunks keep
         // any configured batch size within it.
         const IDS_PER_SCRIPT: usize = 1_000;
         for chunk in ids.chunks(IDS_PER_SCRIPT) {
-            let mut args = Vec::with_capacity(chunk.len() + 1);
-            args.push(self.config.group.clone());
-            args.extend_from_slice(chunk);
-            let keys = vec![self.config.stream.clone()];
-            let done = self.redis.client().eval::<u64, _, _, _>(ACK_AND_DELETE, keys, args);
-            self.redis.timed("EVAL", done).await?;
+            let mut args: Vec<Value> = Vec::with_capacity(chunk.len() + 1);
+            args.push(self.config.group.clone().into());
+            args.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+            let _: u64 = self.redis.run_script(&ACK_AND_DELETE, vec![self.config.stream.clone()], args).await?;
         }
         Ok(())
     }
