@@ -1,6 +1,9 @@
 //! PostgreSQL write throughput for 500-row batches of agent metadata:
 //! the batcher's UNNEST upsert against (a) one upsert statement per row and
 //! (b) binary `COPY` into an unlogged table of the same shape, in one run.
+//! Then the batcher's flush time (defaults: batches of 500, this sink) for
+//! 500 and 5,000 unique keys added at once: from the first `add` to the
+//! last row written.
 //!
 //! Run with `cargo xtask bench -p keel-batcher --bench sink` (needs the local
 //! PostgreSQL, like the tests).
@@ -8,12 +11,13 @@
 // The report printed to standard output is this benchmark's result.
 #![allow(clippy::print_stdout)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::pin_mut;
-use keel_batcher::{BatchSink, DbMetadataSink, MetadataKey, MetadataValue};
+use keel_batcher::{BatchSink, Batcher, BatcherConfig, DbMetadataSink, MetadataKey, MetadataValue};
 use keel_store::testing::TempDatabase;
 use keel_telemetry::Telemetry;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -113,6 +117,31 @@ async fn main() {
         writer.finish().await.expect("copy finish");
     }
     report("(b) binary COPY, unlogged table, same shape", BATCH * BATCHES, started.elapsed(), Some(unnest));
+
+    println!("\nbatcher flush, default configuration, unique keys added at once");
+    println!("| unique keys | flush time | rows/s |");
+    println!("|---|---|---|");
+    for keys in [500, 5_000] {
+        let batcher: Batcher<MetadataKey, MetadataValue> =
+            Batcher::start("bench", BatcherConfig::default(), Arc::new(DbMetadataSink::new(database.clone())))
+                .expect("batcher");
+        let at = SystemTime::now();
+        let agent = Uuid::new_v4();
+        let started = Instant::now();
+        for i in 0..keys {
+            let key = MetadataKey { agent_id: agent, key: format!("flush-{i}") };
+            let value = MetadataValue { value: format!("v{i}"), error: String::new(), collected_at: at };
+            while batcher.add(key.clone(), value.clone()).is_err() {
+                tokio::task::yield_now().await;
+            }
+        }
+        while batcher.stats().flushed < keys as u64 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let took = started.elapsed();
+        println!("| {keys} | {took:.1?} | {:.0} |", keys as f64 / took.as_secs_f64());
+        batcher.shutdown().await;
+    }
     drop((conn, client, sink, database));
     temp.drop_database().await;
 }

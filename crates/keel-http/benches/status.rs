@@ -1,4 +1,6 @@
-//! `GET /status` (JSON, 10 components) rendered through `oneshot`.
+//! `GET /status` (JSON) rendered through `oneshot`, with 10, 100 and 1,000
+//! components (a third of them in a `must` group, half in a `quorum` group,
+//! the rest standalone), beside `GET /livez` on the same router.
 //!
 //! Run with `cargo xtask bench -p keel-http --bench status`.
 
@@ -12,15 +14,15 @@ use keel_health_status::{ComponentSpec, Health, Mandatory, MandatoryList, Mode, 
 use keel_http::{AppInfo, health_router};
 use tower::ServiceExt as _;
 
-fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let names: Vec<String> = (0..10).map(|i| format!("component-{i}")).collect();
+fn router(runtime: &tokio::runtime::Runtime, components: usize) -> axum::Router {
+    let names: Vec<String> = (0..components).map(|i| format!("component-{i}")).collect();
+    let (must, quorum) = (components * 3 / 10, components * 8 / 10);
     let groups = MandatoryList::new(vec![
-        Mandatory::new("storage", Mode::Must, names[0..3].to_vec()),
-        Mandatory::new("upstreams", Mode::Quorum, names[3..8].to_vec()),
+        Mandatory::new("storage", Mode::Must, names[0..must].to_vec()),
+        Mandatory::new("upstreams", Mode::Quorum, names[must..quorum].to_vec()),
     ])
     .expect("groups");
-    let router = runtime.block_on(async {
+    runtime.block_on(async {
         let health = Health::new(groups, Mode::Must);
         for name in &names {
             health
@@ -30,22 +32,34 @@ fn bench(c: &mut Criterion) {
                 .expect("register");
         }
         health.first_checks().await;
-        health_router(health, AppInfo::build("bench"), StatusCodes::default(), Shutdown::new())
-    });
+        health_router(health, AppInfo::build("bench"), StatusCodes::default(), Shutdown::new()).with_state(())
+    })
+}
 
-    c.bench_function("status_json_10_components", |b| {
-        b.to_async(&runtime).iter(|| {
-            let router = router.clone();
-            async move {
-                let response = router
-                    .oneshot(Request::get("/status").body(Body::empty()).expect("request"))
-                    .await
-                    .expect("infallible");
-                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
-                assert!(body.len() > 1000);
-            }
-        });
-    });
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut group = c.benchmark_group("status_json");
+    for components in [10, 100, 1_000] {
+        let router = router(&runtime, components);
+        for path in ["/livez", "/status"] {
+            let name = format!("{}_{components}_components", path.trim_start_matches('/'));
+            group.bench_function(name, |b| {
+                b.to_async(&runtime).iter(|| {
+                    let router = router.clone();
+                    async move {
+                        let response = router
+                            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+                            .await
+                            .expect("infallible");
+                        assert!(response.status().is_success(), "{path}: {}", response.status());
+                        let body = axum::body::to_bytes(response.into_body(), 1 << 22).await.expect("body");
+                        assert!(!body.is_empty());
+                    }
+                });
+            });
+        }
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);
