@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 const TOKEN: &str = "s3cret";
 const AUTH: (&str, &str) = ("authorization", "Bearer s3cret");
 /// Requests to `/livez` log two DEBUG lines each at this filter.
-const LOG_LEVEL: &str = "info,tower_http=debug";
+const LOG_LEVEL: &str = "info,keel_http::request=debug";
 const CAP: usize = 30;
 
 /// The `worker` binary next to `api`. `cargo test --workspace` (what
@@ -232,7 +232,7 @@ async fn embedded_monitoring_keeps_everything_in_process() {
     let mut stream = open_stream(&addr).await;
     stream.until("stats", "\"instance\":\"solo\"").await; // the current stats first
     hit(&addr, 1).await;
-    stream.until("log", "\"target\":\"tower_http::trace::on_response\"").await;
+    stream.until("log", "\"target\":\"keel_http::request\"").await;
     drop(stream);
 
     filters_and_cap(&addr, &addr, "solo").await;

@@ -61,6 +61,7 @@ mod ops;
 mod server;
 #[cfg(feature = "settings")]
 mod settings;
+mod span;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports))]

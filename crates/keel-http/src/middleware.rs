@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::{ApiError, HttpMetrics};
 
@@ -47,10 +46,7 @@ pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -
     let stack = tower::ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(header.clone(), FastRequestId))
         .layer(PropagateRequestIdLayer::new(header))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = id)
-        }))
+        .layer(crate::span::RequestSpanLayer)
         .layer(metrics.layer())
         .and_then(|response: Response| async move {
             Ok::<_, std::convert::Infallible>(crate::error::json_errors(response).await)

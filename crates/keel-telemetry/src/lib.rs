@@ -22,6 +22,8 @@
 
 mod histogram;
 #[cfg(feature = "logging")]
+mod json_fields;
+#[cfg(feature = "logging")]
 mod logging;
 pub mod names;
 #[cfg(feature = "otlp")]

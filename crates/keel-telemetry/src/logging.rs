@@ -153,6 +153,7 @@ pub fn init_logging_with(
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(crate::json_fields::FlatJsonFields)
             .with_writer(std::io::stderr)
             .boxed(),
     };
