@@ -174,11 +174,15 @@ const MAX_ERROR_BODY: usize = 4096;
 
 /// Rewrites error responses that are not JSON (axum's extractor rejections,
 /// the 404 fallback, 405, timeouts, body-limit 413s) into the JSON envelope,
-/// so every error a client sees has the same shape.
-pub(crate) async fn json_errors(response: Response) -> Response {
+/// so every error a client sees has the same shape. Responses that need no
+/// rewrite (nearly all) are returned at once, with nothing allocated.
+pub(crate) fn json_errors(
+    response: Response,
+) -> futures_util::future::Either<std::future::Ready<Response>, futures_util::future::BoxFuture<'static, Response>> {
+    use futures_util::future::Either;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) || response.extensions().get::<Negotiated>().is_some() {
-        return response;
+        return Either::Left(std::future::ready(response));
     }
     let is_json = response
         .headers()
@@ -186,8 +190,12 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
     if is_json {
-        return response;
+        return Either::Left(std::future::ready(response));
     }
+    Either::Right(Box::pin(rewrite(status, response)))
+}
+
+async fn rewrite(status: StatusCode, response: Response) -> Response {
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, MAX_ERROR_BODY).await.unwrap_or_default();
     let mut rewritten = ApiError::from_status(status, &String::from_utf8_lossy(&text)).into_response();

@@ -48,8 +48,8 @@ pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -
         .layer(PropagateRequestIdLayer::new(header))
         .layer(crate::span::RequestSpanLayer)
         .layer(metrics.layer())
-        .and_then(|response: Response| async move {
-            Ok::<_, std::convert::Infallible>(crate::error::json_errors(response).await)
+        .and_then(|response: Response| {
+            futures_util::FutureExt::map(crate::error::json_errors(response), Ok::<_, std::convert::Infallible>)
         })
         .map_response(IntoResponse::into_response)
         .layer(crate::timeout::LazyTimeoutLayer::new(config.request_timeout))

@@ -52,8 +52,13 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
-        let span =
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = id);
+        // Plain `&str` fields: recorded as they are, with no formatting.
+        let span = tracing::info_span!(
+            "request",
+            method = request.method().as_str(),
+            uri = request.uri().path(),
+            request_id = id
+        );
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)

@@ -66,8 +66,9 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         timeout: Duration,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed: armed for few requests, and the future stays small for
+        // the many that never wait.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -79,16 +80,13 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result);
         }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(Instant::now() + *this.timeout)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            std::task::ready!(sleep.poll(cx));
-        }
+        let sleep =
+            this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + *this.timeout)));
+        std::task::ready!(sleep.as_mut().poll(cx));
         let mut response = Response::new(ResBody::default());
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         Poll::Ready(Ok(response))

@@ -16,7 +16,7 @@ pub(crate) struct FlatJsonFields;
 
 impl<'writer> FormatFields<'writer> for FlatJsonFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut visitor = JsonObject { out: String::new(), result: Ok(()) };
+        let mut visitor = JsonObject { out: String::with_capacity(128), result: Ok(()) };
         fields.record(&mut visitor);
         visitor.result?;
         writer.write_char('{')?;
@@ -66,13 +66,31 @@ impl JsonObject {
         self.out.push(':');
     }
 
+    /// `text` as a JSON string (RFC 8259 escapes), without a temporary.
     fn string(&mut self, text: &str) {
-        // Escaping into a String cannot fail.
-        if let Ok(quoted) = serde_json::to_string(text) {
-            self.out.push_str(&quoted);
-        } else {
-            self.result = Err(fmt::Error);
+        self.out.push('"');
+        let mut plain = 0;
+        for (at, byte) in text.bytes().enumerate() {
+            let escaped = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.out.push_str(&text[plain..at]);
+            if escaped.is_empty() {
+                // Writing to a String cannot fail.
+                let _ = write!(self.out, "\\u{byte:04x}");
+            } else {
+                self.out.push_str(escaped);
+            }
+            plain = at + 1;
         }
+        self.out.push_str(&text[plain..]);
+        self.out.push('"');
     }
 
     fn raw(&mut self, name: &str, value: impl fmt::Display) {
@@ -165,7 +183,7 @@ mod tests {
             let span = tracing::info_span!(
                 "request",
                 method = %"GET",
-                uri = "/a \"quoted\"\npath",
+                uri = "/a \"quoted\"\npath\u{1}é\\",
                 n = 7u64,
                 ok = true,
                 later = tracing::field::Empty
@@ -180,7 +198,7 @@ mod tests {
         let span = &line["span"];
         assert_eq!(span["name"], "request", "{line}");
         assert_eq!(span["method"], "GET", "{line}");
-        assert_eq!(span["uri"], "/a \"quoted\"\npath", "{line}");
+        assert_eq!(span["uri"], "/a \"quoted\"\npath\u{1}é\\", "{line}");
         assert_eq!((span["n"].as_u64(), span["ok"].as_bool(), span["later"].as_i64()), (Some(7), Some(true), Some(-3)));
         assert_eq!(line["x"], 1.5, "{line}");
     }
