@@ -362,3 +362,55 @@ async fn an_entry_whose_dead_letter_cannot_be_stored_stays_pending_until_it_is()
     running.await.unwrap();
     temp.drop_database().await;
 }
+
+/// A write whose caller goes away at any point (before the script is sent,
+/// while Redis runs it, while the answer travels back) leaves nothing or
+/// the whole write: a key is in the cache exactly when its write is in the
+/// stream.
+#[cfg(feature = "entries")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
+    use keel_write_behind::{Entries, EntrySink};
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis(&telemetry).await;
+    let temp = TempDatabase::create("abandoned").await;
+    let database = temp.connect(&telemetry).await;
+    let namespace = unique_prefix("abandoned");
+    let stream = format!("{namespace}:stream");
+    let sink = EntrySink::Durable(DurableProducer::new(store.clone(), DurableConfig::new(&stream, "g", "c")));
+    let entries =
+        Entries::new(keel_store::Cache::redis(store.clone()), &namespace, sink, DbEntries::new(database.clone()));
+    const WRITES: usize = 300;
+    let mut finished = 0;
+    for i in 0..WRITES {
+        // Deadlines from nothing to a few round trips: the caller is
+        // dropped before, during and after the script.
+        let deadline = Duration::from_micros((i as u64 * 37) % 5_000);
+        let key = format!("key-{i}");
+        if tokio::time::timeout(deadline, entries.put(&key, json!({"i": i}))).await.is_ok_and(|r| r.is_ok()) {
+            finished += 1;
+        }
+    }
+    assert!(finished > 0 && finished < WRITES, "some writes finished and some were abandoned: {finished}");
+    // Scripts already sent land on their own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let streamed: Vec<(String, std::collections::HashMap<String, String>)> =
+        store.client().xrange(&stream, "-", "+", None).await.unwrap();
+    let in_stream: std::collections::BTreeSet<String> =
+        streamed.iter().map(|(_, fields)| serde_json::from_str::<EntryWrite>(&fields["item"]).unwrap().key).collect();
+    let mut in_cache = std::collections::BTreeSet::new();
+    for i in 0..WRITES {
+        let key = format!("key-{i}");
+        let cached: Option<String> = store.client().get(format!("{namespace}:entries:{key}")).await.unwrap();
+        if cached.is_some() {
+            in_cache.insert(key);
+        }
+    }
+    assert_eq!(in_cache, in_stream, "cache and stream hold the same writes");
+    assert!(in_stream.len() >= finished, "every acknowledged write is in the stream");
+    let mut keys: Vec<String> = in_cache.iter().map(|k| format!("{namespace}:entries:{k}")).collect();
+    keys.push(stream);
+    let _: i64 = store.client().del(keys).await.unwrap();
+    drop((entries, database));
+    temp.drop_database().await;
+}
