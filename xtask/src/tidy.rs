@@ -321,7 +321,7 @@ pub fn check_lean_http(root: &Path) -> Result<()> {
 pub fn check_unused_dependencies(root: &Path) -> Result<()> {
     if !crate::cmd::on_path("cargo-machete") {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        crate::cmd::run(Command::new(cargo).args(["install", "--locked", "cargo-machete@0.9"]))?;
+        crate::cmd::run(Command::new(cargo).args(["install", "--locked", "cargo-machete@^0.9"]))?;
     }
     crate::cmd::run(Command::new("cargo-machete").arg(root))
 }
