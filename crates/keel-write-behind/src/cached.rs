@@ -173,10 +173,11 @@ impl Entries {
         if ok { Ok(()) } else { Err(EntryError::InvalidKey(key.to_owned())) }
     }
 
-    /// Writes `value` under `key` and returns its version. A caller that
-    /// goes away mid-call leaves either nothing or the whole write (queued
-    /// and cached), never half of it: in-process, the write runs on its own
-    /// task; on Redis, one script does both.
+    /// Writes `value` under `key` and returns its version. The write runs
+    /// on its own task: a caller that goes away mid-call leaves either
+    /// nothing or the whole write (queued and cached), never half of it, and
+    /// a write that lands is counted in [`acknowledged`](Self::acknowledged)
+    /// whether or not its caller waited for the answer.
     pub async fn put(&self, key: &str, value: Value) -> Result<i64, EntryError> {
         self.detached(key, value, false).await
     }
@@ -188,14 +189,6 @@ impl Entries {
 
     async fn detached(&self, key: &str, value: Value, deleted: bool) -> Result<i64, EntryError> {
         Self::check_key(key)?;
-        if matches!(self.sink, EntrySink::Durable(_)) {
-            // One script queues and caches the write: once sent, Redis runs
-            // all of it whether or not this caller is still waiting, so a
-            // caller that goes away leaves nothing or the whole write
-            // without a task of its own (a task per write costs an
-            // allocation of the whole write's future).
-            return self.write(key.to_owned(), value, deleted).await;
-        }
         let (this, key) = (self.clone(), key.to_owned());
         let tasks = self.tasks.clone();
         keel_core::Shutdown::spawn_on(tasks.as_ref(), async move { this.write(key, value, deleted).await })

@@ -408,6 +408,9 @@ async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
     }
     assert_eq!(in_cache, in_stream, "cache and stream hold the same writes");
     assert!(in_stream.len() >= finished, "every acknowledged write is in the stream");
+    // Counted as acknowledged: every write that landed, waited for or not
+    // (operators compare it with persisted + dead-lettered + pending).
+    assert_eq!(entries.acknowledged(), in_stream.len() as u64);
     let mut keys: Vec<String> = in_cache.iter().map(|k| format!("{namespace}:entries:{k}")).collect();
     keys.push(stream);
     let _: i64 = store.client().del(keys).await.unwrap();
