@@ -56,7 +56,7 @@ struct Instruments {
 
 impl Instruments {
     /// The slot of `template`, created on its first request.
-    fn route(self: &Arc<Self>, template: &str) -> Arc<RouteSlot> {
+    fn route(&self, template: &str) -> Arc<RouteSlot> {
         let read = self.routes.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(slot) = read.get(template) {
             return slot.clone();

@@ -63,7 +63,9 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        SpannedFuture { inner, span, start: quanta::Instant::now() }
+        // The clock is read only when the per-answer record is wanted.
+        let start = tracing::enabled!(target: REQUEST_TARGET, tracing::Level::DEBUG).then(quanta::Instant::now);
+        SpannedFuture { inner, span, start }
     }
 }
 
@@ -73,7 +75,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         span: Span,
-        start: quanta::Instant,
+        start: Option<quanta::Instant>,
     }
 }
 
@@ -87,10 +89,8 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Ok(response) = &result
-            && tracing::enabled!(target: REQUEST_TARGET, tracing::Level::DEBUG)
-        {
-            let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
+        if let (Ok(response), Some(start)) = (&result, this.start) {
+            let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
             tracing::debug!(target: REQUEST_TARGET, status = response.status().as_u16(), latency_ms, "request answered");
         }
         Poll::Ready(result)
