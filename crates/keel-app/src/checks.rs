@@ -154,7 +154,12 @@ pub(crate) fn start_health(
     if groups.group(STORAGE_GROUP).is_none() && !unclaimed.is_empty() {
         groups = groups.with(Mandatory::new(STORAGE_GROUP, Mode::Must, unclaimed)).map_err(invalid_health)?;
     }
-    let options = HealthOptions { default_mode: file.health.default_mode, isolated: true, ..HealthOptions::default() };
+    let options = HealthOptions {
+        default_mode: file.health.default_mode,
+        isolated: true,
+        history: file.health.history,
+        ..HealthOptions::default()
+    };
     let health = Health::with_options(groups, options)
         .map_err(|source| StartError::Os { what: "start the health watchdog", source })?;
     health.instrument(&core.meter());

@@ -152,6 +152,16 @@ pub struct HealthConfig {
     /// `[[health.checks]]`.
     #[serde(default)]
     pub checks: Vec<CheckConfig>,
+    /// Transitions kept per component for `/status/history` (default 100).
+    #[serde(default = "default_history")]
+    pub history: usize,
+}
+
+/// The most transitions `health.history` may keep per component.
+const MAX_HISTORY: usize = 10_000;
+
+fn default_history() -> usize {
+    crate::DEFAULT_HISTORY
 }
 
 fn default_mode() -> Mode {
@@ -160,7 +170,13 @@ fn default_mode() -> Mode {
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        Self { default_mode: Mode::Must, codes: StatusCodes::default(), groups: Vec::new(), checks: Vec::new() }
+        Self {
+            default_mode: Mode::Must,
+            codes: StatusCodes::default(),
+            groups: Vec::new(),
+            checks: Vec::new(),
+            history: crate::DEFAULT_HISTORY,
+        }
     }
 }
 
@@ -172,6 +188,12 @@ impl HealthConfig {
             if !(100..=599).contains(&code) {
                 return Err(HealthError::Config(format!("health.codes.{key}: {code} is not an HTTP status code")));
             }
+        }
+        if self.history > MAX_HISTORY {
+            return Err(HealthError::Config(format!(
+                "health.history: {} transitions per component is more than the {MAX_HISTORY} allowed",
+                self.history
+            )));
         }
         let mut names = BTreeSet::new();
         for check in &self.checks {
@@ -236,6 +258,8 @@ mod tests {
         let groups = config.validate().unwrap();
         assert_eq!(groups.group_of("b").unwrap().mode, Mode::Quorum);
         assert_eq!(config.checks[0].spec().timeout, std::time::Duration::from_millis(500));
+        assert_eq!(config.history, crate::DEFAULT_HISTORY, "the default when not given");
+        assert_eq!(toml::from_str::<HealthConfig>("history = 7").unwrap().history, 7);
     }
 
     #[test]
@@ -248,6 +272,8 @@ mod tests {
         };
         assert!(bad("default_mode = \"sometimes\"").contains("invalid control mode"));
         assert!(bad("codes = { ok = 42 }").contains("health.codes.ok"));
+        assert!(bad("history = 10001").contains("health.history"));
+        assert!(bad("history = -1").contains("invalid value"));
         assert!(bad("[[checks]]\nname = \"a\"\nkind = \"tcp\"\n").contains("tcp needs target"));
         assert!(
             bad("[[checks]]\nname = \"a\"\nkind = \"http\"\ntarget = \"https://x\"\n")

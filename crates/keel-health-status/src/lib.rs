@@ -65,7 +65,7 @@ pub use glob::Pattern;
 pub use listmandatory::{DEFAULT_GROUP, MandatoryList};
 pub use mandatory::{Info, Mandatory};
 pub use monitor::{Check, CheckFuture, ComponentSpec, Report, SharedCheck, Thresholds};
-pub use registry::{Health, HealthOptions, StatusChange};
+pub use registry::{DEFAULT_HISTORY, Health, HealthOptions, StatusChange};
 pub use snapshot::{ComponentView, GroupView, Snapshot};
 
 /// Errors from configuring or registering health components.

@@ -1,6 +1,6 @@
 //! The registry: monitors, component states and the cached aggregate.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
@@ -22,6 +22,8 @@ use crate::{Check, ComponentSpec, HealthError, MandatoryList, Mode, Snapshot};
 /// A component's status changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusChange {
+    /// When (the registry's wall clock).
+    pub time: SystemTime,
     /// The component.
     pub component: String,
     /// Status before.
@@ -69,11 +71,18 @@ pub struct HealthOptions {
     /// that blocks its thread instead of yielding can no longer stall the
     /// timer that fails it. Use in services; leave off under paused time.
     pub isolated: bool,
+    /// Transitions kept per component for [`Health::history`] (default
+    /// [`DEFAULT_HISTORY`]; 0 keeps none).
+    pub history: usize,
 }
+
+/// Transitions kept per component unless [`HealthOptions::history`] says
+/// otherwise.
+pub const DEFAULT_HISTORY: usize = 100;
 
 impl Default for HealthOptions {
     fn default() -> Self {
-        Self { default_mode: Mode::Must, clock: SystemClock::shared(), isolated: false }
+        Self { default_mode: Mode::Must, clock: SystemClock::shared(), isolated: false, history: DEFAULT_HISTORY }
     }
 }
 
@@ -89,6 +98,8 @@ struct Inner {
     recorded: tokio::sync::Notify,
     metrics: Mutex<Option<Metrics>>,
     clock: SharedClock,
+    /// Transitions kept per component.
+    history: usize,
     cancel: CancellationToken,
     tracker: TaskTracker,
     /// Where monitors run when isolated.
@@ -122,6 +133,8 @@ struct State {
     last_fall: Option<SystemTime>,
     successes: u32,
     failures: u32,
+    /// The last transitions, oldest first.
+    transitions: VecDeque<StatusChange>,
 }
 
 impl State {
@@ -189,7 +202,7 @@ impl Health {
         watchdog: Option<tokio::runtime::Handle>,
         cancel: CancellationToken,
     ) -> Self {
-        let HealthOptions { default_mode, clock, .. } = options;
+        let HealthOptions { default_mode, clock, history, .. } = options;
         let initial = aggregate(&groups, default_mode, &BTreeMap::new(), None);
         let global = AtomicU8::new(encode(initial.status));
         let (changes, _) = broadcast::channel(256);
@@ -204,6 +217,7 @@ impl Health {
                 recorded: tokio::sync::Notify::new(),
                 metrics: Mutex::new(None),
                 clock,
+                history,
                 cancel,
                 tracker: TaskTracker::new(),
                 watchdog,
@@ -291,6 +305,7 @@ impl Health {
                     last_fall: None,
                     successes: 0,
                     failures: 0,
+                    transitions: VecDeque::new(),
                 },
             );
             self.refresh(&states);
@@ -332,6 +347,15 @@ impl Health {
     /// Status changes as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<StatusChange> {
         self.inner.changes.subscribe()
+    }
+
+    /// The last transitions of every registered component (at most
+    /// [`HealthOptions::history`] each), newest first.
+    pub fn history(&self) -> BTreeMap<String, Vec<StatusChange>> {
+        lock(&self.inner.states)
+            .iter()
+            .map(|(name, state)| (name.clone(), state.transitions.iter().rev().cloned().collect()))
+            .collect()
     }
 
     /// The cached global status: one atomic load.
@@ -580,23 +604,33 @@ fn record(inner: &Inner, name: &str, report: Report, latency: Duration) -> Durat
                 .add(1, &[component, KeyValue::new("from", before.as_str()), KeyValue::new("to", after.as_str())]);
         }
     }
+    let change = (before != after).then(|| StatusChange {
+        time: wall,
+        component: name.to_owned(),
+        from: before,
+        to: after,
+        message: report.message.clone(),
+    });
+    if let Some(change) = &change
+        && inner.history > 0
+    {
+        if state.transitions.len() >= inner.history {
+            state.transitions.pop_front();
+        }
+        state.transitions.push_back(change.clone());
+    }
     if before != after || message_changed {
         refresh(inner, &states);
     }
     drop(states);
     inner.recorded.notify_waiters();
-    if before != after {
+    if let Some(change) = change {
         if after < before {
             tracing::warn!(component = name, from = %before, to = %after, message = %report.message, "health status fell");
         } else {
             tracing::info!(component = name, from = %before, to = %after, "health status rose");
         }
-        let _ = inner.changes.send(StatusChange {
-            component: name.to_owned(),
-            from: before,
-            to: after,
-            message: report.message,
-        });
+        let _ = inner.changes.send(change);
     }
     wait
 }

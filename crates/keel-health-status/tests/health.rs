@@ -203,6 +203,44 @@ async fn changes_are_broadcast_and_the_cache_follows() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn history_keeps_the_last_transitions_newest_first() {
+    // The default keeps 100 per component: 150 alternations keep the last 100.
+    let health = ungrouped();
+    let flapping: Vec<Status> = (0..150).map(|i| if i % 2 == 0 { Up } else { Ko }).collect();
+    let (check, _) = scripted(&flapping);
+    health.register(spec("db", Thresholds::default()), check).unwrap();
+    let (quiet, _) = scripted(&[Ko]);
+    health.register(spec("idle", Thresholds::default()), quiet).unwrap();
+    tokio::time::sleep(TICK * 150).await;
+    let history = health.history();
+    assert!(history["idle"].is_empty(), "KO from the start is no transition");
+    let db = &history["db"];
+    assert_eq!(db.len(), keel_health_status::DEFAULT_HISTORY);
+    assert!(db.windows(2).all(|w| w[0].time >= w[1].time), "newest first");
+    for change in db {
+        assert_eq!(change.component, "db");
+        assert_ne!(change.from, change.to);
+    }
+    // The newest: the last scripted KO took WARN down to KO.
+    assert_eq!((db[0].from, db[0].to, db[0].message.as_str()), (Warn, Ko, "refused"));
+
+    // A smaller bound, and none at all.
+    for keep in [3, 0] {
+        let options = keel_health_status::HealthOptions { history: keep, ..Default::default() };
+        let health = Health::with_options(MandatoryList::default(), options).unwrap();
+        let (check, _) = scripted(&[Up, Up, Ko, Ko, Up]);
+        health.register(spec("db", Thresholds::default()), check).unwrap();
+        tokio::time::sleep(TICK * 6).await;
+        let db = &health.history()["db"];
+        assert_eq!(db.len(), keep);
+        if keep == 3 {
+            let steps: Vec<(Status, Status)> = db.iter().map(|c| (c.from, c.to)).collect();
+            assert_eq!(steps, [(Warn, Up), (Ko, Warn), (Warn, Ko)], "the last scripted Up repeats: WARN → OK");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn missing_members_count_as_ko_and_subsets_apply_the_same_modes() {
     let groups = MandatoryList::new(vec![
         Mandatory::new("storage", Mode::Must, ["db", "cache"]),

@@ -47,11 +47,11 @@ impl AppInfo {
 
 /// Shared by every health route (behind one `Arc`: axum clones a route's
 /// state for each request).
-struct HealthState {
-    health: Health,
-    app: AppInfo,
+pub(crate) struct HealthState {
+    pub(crate) health: Health,
+    pub(crate) app: AppInfo,
     codes: StatusCodes,
-    shutdown: Shutdown,
+    pub(crate) shutdown: Shutdown,
 }
 
 /// The health endpoints. `/readyz` answers 503 at once when `shutdown`
@@ -68,6 +68,8 @@ pub fn health_api(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Sh
         .routes(routes!(status_of))
         .routes(routes!(livez))
         .routes(routes!(readyz))
+        .routes(routes!(crate::status_feed::history))
+        .routes(routes!(crate::status_feed::stream))
         .with_state(std::sync::Arc::new(HealthState { health, app, codes, shutdown }))
 }
 
@@ -94,19 +96,19 @@ struct StatusQuery {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Json,
     Text,
     HealthJson,
 }
 
 #[derive(Debug)]
-struct ViewOptions {
-    short: bool,
-    format: Format,
-    map: bool,
-    filter: Option<Vec<Pattern>>,
-    exclude: Vec<Pattern>,
+pub(crate) struct ViewOptions {
+    pub(crate) short: bool,
+    pub(crate) format: Format,
+    pub(crate) map: bool,
+    pub(crate) filter: Option<Vec<Pattern>>,
+    pub(crate) exclude: Vec<Pattern>,
 }
 
 fn flag(name: &str, value: &str) -> Result<bool, ApiError> {
@@ -294,7 +296,7 @@ fn render(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot) -> Re
     response
 }
 
-fn rfc3339(time: Option<SystemTime>) -> Option<String> {
+pub(crate) fn rfc3339(time: Option<SystemTime>) -> Option<String> {
     time.map(|t| humantime::format_rfc3339_millis(t).to_string())
 }
 
@@ -331,7 +333,7 @@ pub(crate) struct StatusBody<'a> {
 /// `OK`, `WARN` or `KO`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-enum StatusSchema {
+pub(crate) enum StatusSchema {
     #[schema(rename = "OK")]
     Ok,
     #[schema(rename = "WARN")]
@@ -390,7 +392,7 @@ fn component_body(view: &ComponentView) -> ComponentBody<'_> {
     }
 }
 
-fn json_body<'a>(app: &'a AppInfo, options: &ViewOptions, snapshot: &'a Snapshot) -> StatusBody<'a> {
+pub(crate) fn json_body<'a>(app: &'a AppInfo, options: &ViewOptions, snapshot: &'a Snapshot) -> StatusBody<'a> {
     let mut body = StatusBody {
         name: &app.name,
         release: &app.release,

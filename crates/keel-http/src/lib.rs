@@ -62,6 +62,8 @@ mod server;
 #[cfg(feature = "settings")]
 mod settings;
 mod span;
+#[cfg(feature = "health")]
+mod status_feed;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports))]

@@ -331,3 +331,101 @@ async fn group_info_is_shown_in_map_mode() {
     let text = text(get(&app, "/status?map=true&format=text", &[]).await).await;
     assert!(text.contains(" - storage (Primary database) - "), "{text}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn history_lists_each_components_transitions_newest_first() {
+    let (app, _, _) = fixture(StatusCodes::default()).await;
+    let response = get(&app, "/status/history", &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body = json(response).await;
+    let components = body["components"].as_object().unwrap();
+    assert_eq!(components.len(), 7, "every component, with or without transitions");
+    let steps = |name: &str| -> Vec<(String, String)> {
+        components[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["from"].as_str().unwrap().to_owned(), c["to"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    assert_eq!(steps("db"), [("WARN".into(), "OK".into()), ("KO".into(), "WARN".into())]);
+    assert_eq!(steps("smtp"), [("KO".into(), "WARN".into())]);
+    assert!(steps("c").is_empty(), "KO from the start: no transition");
+    let first = &components["db"][0];
+    assert_eq!(first["component"], "db");
+    assert!(first["time"].as_str().unwrap().ends_with('Z'), "{first}");
+}
+
+/// The next Server-Sent Event on `body`: (event name, JSON data); `None`
+/// when the stream ended.
+async fn next_event(body: &mut Body) -> Option<(String, Value)> {
+    use http_body_util::BodyExt as _;
+    let mut text = String::new();
+    loop {
+        if let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_owned);
+            let (Some(event), Some(data)) = (field("event: "), field("data: ")) else { continue };
+            return Some((event, serde_json::from_str(&data).unwrap()));
+        }
+        let frame = body.frame().await?.unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stream_opens_with_the_view_then_pushes_each_change_and_ends_at_shutdown() {
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let health =
+        Health::new(MandatoryList::new(vec![Mandatory::new("edge", Mode::Must, ["port"])]).unwrap(), Mode::Must);
+    let flag = up.clone();
+    health
+        .register(ComponentSpec::new("port").interval(Duration::from_secs(1)), move || {
+            let ok = flag.load(std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(if ok { Report::ok() } else { Report::fail("connection refused") })
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let shutdown = Shutdown::new();
+    let app = health_router(health, app_info(), StatusCodes::default(), shutdown.clone());
+
+    let response = get(&app, "/status/stream", &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let (event, view) = next_event(&mut body).await.unwrap();
+    assert_eq!(event, "status");
+    assert_eq!(view["status"], "OK");
+    assert_eq!(view["groups"][0]["name"], "edge");
+    assert_eq!(view["groups"][0]["components"]["port"]["status"], "OK");
+
+    // The port closes: OK → WARN → KO, each pushed with the view it led to.
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (event, data) = next_event(&mut body).await.unwrap();
+        if event == "change" {
+            assert_eq!(
+                (data["component"].as_str(), data["message"].as_str()),
+                (Some("port"), Some("connection refused"))
+            );
+            seen.push(format!("{}→{}", data["from"].as_str().unwrap(), data["to"].as_str().unwrap()));
+            let (next, view) = next_event(&mut body).await.unwrap();
+            assert_eq!(next, "status", "a change is followed by its view");
+            assert_eq!(view["groups"][0]["components"]["port"]["status"], data["to"]);
+        }
+    }
+    assert_eq!(seen, ["OK→WARN", "WARN→KO"]);
+    // KO answers 200 on the feeds (a page reading them sees no failed request).
+    assert_eq!(get(&app, "/status/history", &[]).await.status(), 200);
+    assert_eq!(get(&app, "/status", &[]).await.status(), 503);
+
+    // Nothing changes: the view repeats every 2 s.
+    let (event, _) = next_event(&mut body).await.unwrap();
+    assert_eq!(event, "status");
+    shutdown.trigger();
+    assert!(next_event(&mut body).await.is_none(), "the stream ends when shutdown starts");
+}
