@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod cmd;
+pub mod console;
 pub mod deploy;
 pub mod docs;
 pub mod schemathesis;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{bench, chaos, cmd, deploy, docs, schemathesis, services, tidy};
+use xtask::{bench, chaos, cmd, console, deploy, docs, schemathesis, services, tidy};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -33,6 +33,9 @@ cargo xtask <command>
   schemathesis [SEED] property-based tests of the embedded api from its own
                      /openapi.json (installs schemathesis from PyPI; report
                      under target/schemathesis/)
+  console            the operator console in headless chromium (installs
+                     Debian's chromium and playwright-core/axe-core from
+                     npm; screenshots under target/console/)
   docs               regenerate the configuration reference in
                      docs/OPERATIONS.md from the binaries' flags
 ";
@@ -67,6 +70,7 @@ fn run(args: &[String]) -> Result<()> {
             deploy::check(&root)
         }
         Some("docs") => docs::update(&root),
+        Some("console") => console::run(&root),
         Some("chaos") => chaos::run(&root, &args[1..]),
         Some("schemathesis") => schemathesis::run(&root, args.get(1).map(String::as_str)),
         Some("bench") if args.get(1).is_some_and(|a| a == "http") => {
@@ -94,6 +98,7 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("deploy-check", || deploy::check(root))?;
     step("chaos --short", || chaos::run(root, &["--short".to_owned()]))?;
     step("schemathesis", || schemathesis::run(root, None))?;
+    step("console", || console::run(root))?;
     step("test", || test(root))?;
     eprintln!("xtask: ci passed in {:.0?}", started.elapsed());
     Ok(())

@@ -3,16 +3,17 @@
 
 use axum::Router;
 use keel_http::{
-    AppInfo, HttpMetrics, agents_api, api_base, entries_api, health_api, metrics_api, middleware, monitoring_api,
-    openapi_router, settings_api,
+    AppInfo, HttpMetrics, agents_api, api_base, console_router, entries_api, health_api, metrics_api, middleware,
+    monitoring_api, openapi_router, settings_api,
 };
 
 use crate::{Role, Services};
 
 impl Services {
     /// The whole router: the operational endpoints for every role, plus the
-    /// public API and `GET /openapi.json` (the document of everything the
-    /// api serves) for `api`; a worker answers 404 to everything else.
+    /// public API, `GET /openapi.json` (the document of everything the api
+    /// serves) and the operator console at `/` for `api`; a worker answers
+    /// 404 to everything else.
     pub fn router(&self) -> Router {
         let metrics = HttpMetrics::with_stats(&self.core.telemetry, self.http_stats.clone());
         middleware::apply(self.routes(), &self.middleware_config(), &metrics)
@@ -45,7 +46,8 @@ impl Services {
     fn routes(&self) -> Router {
         let (routes, document) = self.routes_and_document();
         match self.core.role {
-            Role::Api => routes.merge(openapi_router(document)),
+            // The console is static and outside the API document.
+            Role::Api => routes.merge(openapi_router(document)).merge(console_router()),
             Role::Worker => routes,
         }
     }

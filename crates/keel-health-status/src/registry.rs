@@ -626,7 +626,7 @@ fn record(inner: &Inner, name: &str, report: Report, latency: Duration) -> Durat
     inner.recorded.notify_waiters();
     if let Some(change) = change {
         if after < before {
-            tracing::warn!(component = name, from = %before, to = %after, message = %report.message, "health status fell");
+            tracing::warn!(component = name, from = %before, to = %after, reason = %report.message, "health status fell");
         } else {
             tracing::info!(component = name, from = %before, to = %after, "health status rose");
         }

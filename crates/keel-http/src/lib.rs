@@ -7,10 +7,13 @@
 //!   ([`HttpMetrics`], OpenTelemetry HTTP semantic conventions), timeout,
 //!   body limit, and panic → 500 (counted).
 //! - [`metrics_router`]: `/metrics`; `health_router`: `/status`,
-//!   `/status/{name}`, `/livez`, `/readyz` over a `keel_health_status::Health`.
+//!   `/status/{name}`, `/status/history`, `/status/stream`, `/livez`,
+//!   `/readyz` over a `keel_health_status::Health`.
 //! - `monitoring_router`: captured logs, live stats and their SSE stream
 //!   for operators (admin token); `settings_router`, `entries_router`,
 //!   `agents_router`: the reference services.
+//! - `console_router`: the operator console at `/` (feature `console`):
+//!   one page over the endpoints above, embedded in the binary.
 //! - [`serve`]: graceful shutdown (readiness drops first, in-flight requests
 //!   finish, background tasks drain within a grace period).
 //! - [`starting_gate`]: serves `/livez` and a truthful `/readyz` while the
@@ -45,6 +48,8 @@
 mod admin;
 #[cfg(feature = "agents")]
 mod agents;
+#[cfg(feature = "console")]
+mod console;
 #[cfg(feature = "entries")]
 mod entries;
 mod error;
@@ -73,6 +78,8 @@ mod timeout;
 pub use admin::AdminToken;
 #[cfg(feature = "agents")]
 pub use agents::{agents_api, agents_router};
+#[cfg(feature = "console")]
+pub use console::console_router;
 #[cfg(feature = "entries")]
 pub use entries::{entries_api, entries_router};
 pub use error::ApiError;
