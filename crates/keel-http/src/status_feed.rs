@@ -28,7 +28,7 @@ pub(crate) const REFRESH: Duration = Duration::from_secs(2);
 
 /// One transition of a component.
 #[derive(Serialize, ToSchema)]
-pub(crate) struct ChangeBody<'a> {
+pub(crate) struct TransitionBody<'a> {
     /// RFC 3339, milliseconds.
     time: String,
     component: &'a str,
@@ -40,8 +40,8 @@ pub(crate) struct ChangeBody<'a> {
     message: &'a str,
 }
 
-fn change_body(change: &StatusChange) -> ChangeBody<'_> {
-    ChangeBody {
+fn transition_body(change: &StatusChange) -> TransitionBody<'_> {
+    TransitionBody {
         time: rfc3339(Some(change.time)).unwrap_or_default(),
         component: &change.component,
         from: change.from,
@@ -52,25 +52,25 @@ fn change_body(change: &StatusChange) -> ChangeBody<'_> {
 
 /// The last transitions of every component, newest first.
 #[derive(Serialize, ToSchema)]
-pub(crate) struct HistoryBody<'a> {
+pub(crate) struct StatusHistoryBody<'a> {
     /// RFC 3339: when this was read.
     now: String,
     /// By component name; every registered component has an entry.
-    components: BTreeMap<&'a str, Vec<ChangeBody<'a>>>,
+    components: BTreeMap<&'a str, Vec<TransitionBody<'a>>>,
 }
 
 /// The transitions each component went through (the last 100 by default:
 /// `[health] history`), newest first. 200 whatever the status.
 #[utoipa::path(get, path = "/status/history", operation_id = "status_history", tag = "health", responses(
-    (status = 200, description = "Transitions per component, newest first", body = HistoryBody<'static>),
+    (status = 200, description = "Transitions per component, newest first", body = StatusHistoryBody<'static>),
 ))]
 pub(crate) async fn history(State(state): State<Arc<HealthState>>) -> Response {
     let history = state.health.history();
-    let body = HistoryBody {
+    let body = StatusHistoryBody {
         now: rfc3339(Some(SystemTime::now())).unwrap_or_default(),
         components: history
             .iter()
-            .map(|(name, changes)| (name.as_str(), changes.iter().map(change_body).collect()))
+            .map(|(name, changes)| (name.as_str(), changes.iter().map(transition_body).collect()))
             .collect(),
     };
     let mut response = axum::Json(body).into_response();
@@ -114,7 +114,7 @@ pub(crate) async fn stream(
                         Ok(change) => {
                             // Popped from the end: the change goes first, then the view it led to.
                             pending.push(view_event(&state));
-                            pending.push(Event::default().event("change").json_data(change_body(&change)).unwrap_or_default());
+                            pending.push(Event::default().event("change").json_data(transition_body(&change)).unwrap_or_default());
                             ticks.reset();
                         }
                         Err(RecvError::Lagged(_)) => pending.push(view_event(&state)),
