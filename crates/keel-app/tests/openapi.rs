@@ -18,12 +18,15 @@ struct Args {
     common: CommonArgs,
 }
 
-/// Every endpoint of the api (DESIGN §4 and §5), `/openapi.json` aside.
+/// Every endpoint of the api (DESIGN §4 and §5), `/openapi.json` and the
+/// console's static page and assets (`/`, `/assets/{file}`) aside.
 const SERVED: &[(&str, &str)] = &[
     ("get", "/livez"),
     ("get", "/readyz"),
     ("get", "/status"),
     ("get", "/status/{name}"),
+    ("get", "/status/history"),
+    ("get", "/status/stream"),
     ("get", "/metrics"),
     ("get", "/api/v1/settings"),
     ("get", "/api/v1/settings/{name}"),
