@@ -9,13 +9,17 @@ use xtask::{bench, chaos, cmd, console, deploy, docs, schemathesis, services, ti
 const HELP: &str = "\
 cargo xtask <command>
 
-  ci                 fmt check, clippy -D warnings, tidy, services up, all tests
-  test               services up, then all tests
+  ci                 fmt check, clippy -D warnings, tidy, services up (and
+                     the local Redis Cluster), all tests
+  test               services up (and the local Redis Cluster), then all tests
   tidy [--static] [--root DIR]
                      architecture and hygiene checks (--static skips the
                      --no-default-features builds)
   services up        make sure PostgreSQL (5432) and Redis (6379) answer,
                      starting installed servers when they do not
+  services up --redis-cluster
+                     a six-node Redis Cluster (3 masters, 3 replicas) on
+                     ports 7101-7106 from the installed redis-server
   services status    report whether they answer
   bench [ARGS..]     run the criterion benchmarks (ARGS go to cargo bench)
   bench http [FILTER] whole requests: release api (embedded and cluster) and
@@ -57,13 +61,15 @@ fn run(args: &[String]) -> Result<()> {
         Some("ci") => ci(&root),
         Some("test") => {
             services::up()?;
+            services::up_cluster()?;
             test(&root)
         }
         Some("tidy") => run_tidy(&args[1..], &root),
         Some("services") => match args.get(1).map(String::as_str) {
+            Some("up") if args.get(2).is_some_and(|a| a == "--redis-cluster") => services::up_cluster(),
             Some("up") => services::up(),
             Some("status") => services::status(),
-            _ => bail!("usage: cargo xtask services up|status"),
+            _ => bail!("usage: cargo xtask services up [--redis-cluster] | status"),
         },
         Some("deploy-check") => {
             services::up()?;
@@ -94,7 +100,7 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("fmt", || cmd::cargo(root, &["fmt", "--all", "--", "--check"]))?;
     step("clippy", || cmd::cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("tidy", || run_tidy(&[], root))?;
-    step("services", services::up)?;
+    step("services", || services::up().and_then(|()| services::up_cluster()))?;
     step("deploy-check", || deploy::check(root))?;
     step("chaos --short", || chaos::run(root, &["--short".to_owned()]))?;
     step("schemathesis", || schemathesis::run(root, None))?;

@@ -232,6 +232,77 @@ fn start_redis(addr: &str) -> Result<()> {
         .arg(dir.join("redis.log")))
 }
 
+/// Ports of the local Redis Cluster of `services up --redis-cluster`: three
+/// masters, then three replicas (each with its bus port, +10000).
+pub const CLUSTER_PORTS: [u16; 6] = [7101, 7102, 7103, 7104, 7105, 7106];
+
+/// The URL of the local Redis Cluster, in the form `REDIS_URL` takes.
+pub fn cluster_url() -> String {
+    let [first, rest @ ..] = CLUSTER_PORTS;
+    let nodes: Vec<String> = rest.iter().map(|p| format!("node=127.0.0.1:{p}")).collect();
+    format!("redis-cluster://127.0.0.1:{first}?{}", nodes.join("&"))
+}
+
+/// `CLUSTER INFO` of the node on `port` says the cluster serves every slot.
+fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+}
+
+/// Starts (when it does not answer) a six-node Redis Cluster on
+/// [`CLUSTER_PORTS`] from the installed `redis-server`, with its files under
+/// `target/keel-services/redis-cluster/`, and creates it with
+/// `redis-cli --cluster create` (three masters, one replica each). Nothing is
+/// kept on disk but the nodes' cluster configuration.
+pub fn up_cluster() -> Result<()> {
+    if CLUSTER_PORTS.iter().all(|p| cluster_ok(*p)) {
+        eprintln!("xtask: redis cluster {} is up", cluster_url());
+        return Ok(());
+    }
+    if (!on_path("redis-server") || !on_path("redis-cli")) && !try_install("redis-server")? {
+        bail!("a Redis Cluster needs redis-server and redis-cli: install them (Debian: apt-get install redis-server)");
+    }
+    let root = crate::workspace_root().join("target").join("keel-services").join("redis-cluster");
+    for port in CLUSTER_PORTS {
+        let addr = format!("127.0.0.1:{port}");
+        if redis_answers(&addr) {
+            continue;
+        }
+        let dir = root.join(port.to_string());
+        // A node that lost its peers cannot rejoin a new cluster: start clean.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("redis-server")
+            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log")))?;
+        wait_for("redis cluster node", &addr, redis_answers)?;
+    }
+    if !cluster_ok(CLUSTER_PORTS[0]) {
+        let nodes: Vec<String> = CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        run(Command::new("redis-cli").args(["--cluster", "create"]).args(&nodes).args([
+            "--cluster-replicas",
+            "1",
+            "--cluster-yes",
+        ]))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !CLUSTER_PORTS.iter().all(|p| cluster_ok(*p)) {
+        if Instant::now() > deadline {
+            bail!("the redis cluster on ports {CLUSTER_PORTS:?} did not reach cluster_state:ok within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("xtask: redis cluster {} is up", cluster_url());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +313,13 @@ mod tests {
         assert_eq!(host_port("redis://localhost", 6379).as_deref(), Some("localhost:6379"));
         assert_eq!(host_port("postgres://u:p@db:6000?x=1", 5432).as_deref(), Some("db:6000"));
         assert_eq!(host_port("nonsense", 1), None);
+    }
+
+    #[test]
+    fn the_cluster_url_names_every_node() {
+        assert_eq!(
+            cluster_url(),
+            "redis-cluster://127.0.0.1:7101?node=127.0.0.1:7102&node=127.0.0.1:7103&node=127.0.0.1:7104&node=127.0.0.1:7105&node=127.0.0.1:7106"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! `<namespace>:stats:<process>:<instance>` with a TTL.
 
 use fred::prelude::*;
+use fred::types::Expiration;
 use keel_store::{RedisStore, StoreError};
 
 use crate::capture::{LogSink, SinkError, SinkFuture};
@@ -91,44 +92,42 @@ impl RedisStats {
         format!("{}:stats-index", self.namespace)
     }
 
+    // Each command touches one key, so the documents and their index may
+    // live on different nodes of a Redis Cluster (a script over both would be
+    // refused there as CROSSSLOT). A document without its index entry is
+    // unlisted until the next publish; an index entry without its document
+    // reads as nil and is skipped.
     pub(crate) async fn publish(&self, document: &StatsDocument, ttl: std::time::Duration) -> Result<(), StoreError> {
-        const SCRIPT: &str = r#"
-            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-            redis.call('ZADD', KEYS[2], ARGV[3], KEYS[1])
-            return 1
-        "#;
         let json = serde_json::to_string(document)
             .map_err(|err| StoreError::Payload { backend: "redis", reason: err.to_string() })?;
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let expires = now_ms().saturating_add(ttl_ms);
-        let keys = vec![self.key(&document.process, &document.instance), self.index()];
-        let args: Vec<fred::types::Value> = vec![json.into(), ttl_ms.into(), expires.into()];
-        let _: i64 = self.redis.timed("EVAL", self.redis.client().eval(SCRIPT, keys, args)).await?;
+        let key = self.key(&document.process, &document.instance);
+        let client = self.redis.client();
+        let set = client.set::<(), _, _>(&key, json, Some(Expiration::PX(ttl_ms)), None, false);
+        self.redis.timed("SET", set).await?;
+        let add = client.zadd::<(), _, _>(self.index(), None, None, false, false, (expires as f64, key.as_str()));
+        self.redis.timed("ZADD", add).await?;
         Ok(())
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<StatsDocument>, StoreError> {
-        // Expired keys read as nil, so the index only needs pruning, not trust.
-        const SCRIPT: &str = r#"
-            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-            local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
-            if #keys == 0 then return {} end
-            return redis.call('MGET', unpack(keys))
-        "#;
-        let args: Vec<fred::types::Value> = vec![now_ms().into()];
-        let raw: Vec<Option<String>> =
-            self.redis.timed("EVAL", self.redis.client().eval(SCRIPT, vec![self.index()], args)).await?;
+        let client = self.redis.client();
+        let pruned = client.zremrangebyscore::<i64, _, _, _>(self.index(), f64::NEG_INFINITY, now_ms() as f64);
+        self.redis.timed("ZREMRANGEBYSCORE", pruned).await?;
+        let keys: Vec<String> =
+            self.redis.timed("ZRANGE", client.zrange(self.index(), 0, -1, None, false, None, false)).await?;
+        // One GET per live instance, concurrently: a cluster may hold them on
+        // different nodes. Expired keys read as nil.
+        let reads = keys.iter().map(|key| self.redis.timed("GET", client.get::<Option<String>, _>(key)));
+        let raw = futures_util::future::try_join_all(reads).await?;
         Ok(raw.iter().flatten().filter_map(|json| serde_json::from_str(json).ok()).collect())
     }
 
     pub(crate) async fn remove(&self, process: &str, instance: &str) -> Result<(), StoreError> {
-        const SCRIPT: &str = r#"
-            redis.call('DEL', KEYS[1])
-            redis.call('ZREM', KEYS[2], KEYS[1])
-            return 1
-        "#;
-        let keys = vec![self.key(process, instance), self.index()];
-        let _: i64 = self.redis.timed("EVAL", self.redis.client().eval(SCRIPT, keys, Vec::<String>::new())).await?;
+        let key = self.key(process, instance);
+        self.redis.delete(&key).await?;
+        self.redis.timed("ZREM", self.redis.client().zrem::<i64, _, _>(self.index(), key.as_str())).await?;
         Ok(())
     }
 }

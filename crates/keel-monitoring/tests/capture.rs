@@ -66,32 +66,35 @@ async fn the_ring_keeps_the_newest_records_per_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_lists_are_capped_newest_first_and_filtered() {
-    let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
-    let store = keel_store::testing::redis(&telemetry).await;
-    let namespace = keel_store::testing::unique_prefix("logs");
-    let logs = keel_monitoring::RedisLogs::new(store, &namespace, 5);
-    let record = |level: &str, i: usize| LogRecord {
-        time_ms: i as u64,
-        level: level.into(),
-        target: "t".into(),
-        message: format!("m{i}"),
-        process: "api".into(),
-        instance: "i".into(),
-        fields: Default::default(),
-    };
-    let batch: Vec<LogRecord> = (0..8).map(|i| record(if i % 2 == 0 { "INFO" } else { "ERROR" }, i)).collect();
-    logs.push(&batch).await.unwrap();
-    let all: Vec<String> =
-        logs.recent("api", &query(Level::TRACE, 100)).await.unwrap().into_iter().map(|r| r.message).collect();
-    assert_eq!(all, ["m7", "m6", "m5", "m4", "m3"], "capped at 5, newest first");
-    let errors: Vec<String> =
-        logs.recent("api", &query(Level::ERROR, 100)).await.unwrap().into_iter().map(|r| r.message).collect();
-    assert_eq!(errors, ["m7", "m5", "m3"]);
-    let since = LogQuery { since_ms: Some(6), ..query(Level::TRACE, 100) };
-    let recent: Vec<String> = logs.recent("api", &since).await.unwrap().into_iter().map(|r| r.message).collect();
-    assert_eq!(recent, ["m7", "m6"], "since is inclusive");
-    logs.clear("api").await.unwrap();
-    assert!(logs.recent("api", &query(Level::TRACE, 100)).await.unwrap().is_empty());
+    // The standalone server, then the cluster.
+    for url in keel_store::testing::redis_urls() {
+        let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
+        let store = keel_store::testing::redis_at(&url, &telemetry).await;
+        let namespace = keel_store::testing::unique_prefix("logs");
+        let logs = keel_monitoring::RedisLogs::new(store, &namespace, 5);
+        let record = |level: &str, i: usize| LogRecord {
+            time_ms: i as u64,
+            level: level.into(),
+            target: "t".into(),
+            message: format!("m{i}"),
+            process: "api".into(),
+            instance: "i".into(),
+            fields: Default::default(),
+        };
+        let batch: Vec<LogRecord> = (0..8).map(|i| record(if i % 2 == 0 { "INFO" } else { "ERROR" }, i)).collect();
+        logs.push(&batch).await.unwrap();
+        let all: Vec<String> =
+            logs.recent("api", &query(Level::TRACE, 100)).await.unwrap().into_iter().map(|r| r.message).collect();
+        assert_eq!(all, ["m7", "m6", "m5", "m4", "m3"], "capped at 5, newest first");
+        let errors: Vec<String> =
+            logs.recent("api", &query(Level::ERROR, 100)).await.unwrap().into_iter().map(|r| r.message).collect();
+        assert_eq!(errors, ["m7", "m5", "m3"]);
+        let since = LogQuery { since_ms: Some(6), ..query(Level::TRACE, 100) };
+        let recent: Vec<String> = logs.recent("api", &since).await.unwrap().into_iter().map(|r| r.message).collect();
+        assert_eq!(recent, ["m7", "m6"], "since is inclusive");
+        logs.clear("api").await.unwrap();
+        assert!(logs.recent("api", &query(Level::TRACE, 100)).await.unwrap().is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,24 +143,30 @@ fn collector_doc(process: &str, instance: &str) -> keel_monitoring::StatsDocumen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stats_are_listed_until_they_expire_or_are_removed() {
-    let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
-    let store = keel_store::testing::redis(&telemetry).await;
-    let namespace = keel_store::testing::unique_prefix("stats");
-    let stats = StatsStore::Redis(RedisStats::new(store, &namespace));
-    stats.publish(&collector_doc("worker", "w-1"), Duration::from_secs(60)).await.unwrap();
-    stats.publish(&collector_doc("api", "a-1"), Duration::from_secs(60)).await.unwrap();
-    stats.publish(&collector_doc("api", "a-2"), Duration::from_millis(300)).await.unwrap();
-    let listed: Vec<(String, String)> =
-        stats.list().await.unwrap().into_iter().map(|d| (d.process, d.instance)).collect();
-    assert_eq!(listed, [("api".into(), "a-1".into()), ("api".into(), "a-2".into()), ("worker".into(), "w-1".into())]);
-    let documents = stats.list().await.unwrap();
-    assert_eq!(documents[0].http["/livez"].since_start.requests, 1);
+    // The standalone server, then the cluster (documents and index may sit on different shards).
+    for url in keel_store::testing::redis_urls() {
+        let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
+        let store = keel_store::testing::redis_at(&url, &telemetry).await;
+        let namespace = keel_store::testing::unique_prefix("stats");
+        let stats = StatsStore::Redis(RedisStats::new(store, &namespace));
+        stats.publish(&collector_doc("worker", "w-1"), Duration::from_secs(60)).await.unwrap();
+        stats.publish(&collector_doc("api", "a-1"), Duration::from_secs(60)).await.unwrap();
+        stats.publish(&collector_doc("api", "a-2"), Duration::from_millis(300)).await.unwrap();
+        let listed: Vec<(String, String)> =
+            stats.list().await.unwrap().into_iter().map(|d| (d.process, d.instance)).collect();
+        assert_eq!(
+            listed,
+            [("api".into(), "a-1".into()), ("api".into(), "a-2".into()), ("worker".into(), "w-1".into())]
+        );
+        let documents = stats.list().await.unwrap();
+        assert_eq!(documents[0].http["/livez"].since_start.requests, 1);
 
-    // Redis expires the key itself: real time is the only clock it has.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stats.remove("worker", "w-1").await.unwrap();
-    let listed: Vec<String> = stats.list().await.unwrap().into_iter().map(|d| d.instance).collect();
-    assert_eq!(listed, ["a-1"], "a-2 expired, w-1 removed");
+        // Redis expires the key itself: real time is the only clock it has.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stats.remove("worker", "w-1").await.unwrap();
+        let listed: Vec<String> = stats.list().await.unwrap().into_iter().map(|d| d.instance).collect();
+        assert_eq!(listed, ["a-1"], "a-2 expired, w-1 removed");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 use keel_core::ManualClock;
 use keel_settings_sync::{DbSettingsStore, Settings, SettingsConfig, SettingsDeps, UpdateError};
-use keel_store::testing::{RedisServer, TempDatabase, postgres_admin_url, redis, unique_prefix};
+use keel_store::testing::{RedisServer, TempDatabase, postgres_admin_url, unique_prefix};
 use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore};
 use keel_telemetry::Telemetry;
 use serde::{Deserialize, Serialize};
@@ -50,13 +50,21 @@ impl Pod {
 }
 
 enum World {
-    Cluster { temp: TempDatabase },
-    Embedded { dir: tempfile::TempDir, cache: Cache, bus: Bus },
+    /// PostgreSQL and Redis at `redis_url` (standalone or a Redis Cluster).
+    Cluster {
+        temp: TempDatabase,
+        redis_url: String,
+    },
+    Embedded {
+        dir: tempfile::TempDir,
+        cache: Cache,
+        bus: Bus,
+    },
 }
 
 impl World {
-    async fn cluster() -> Self {
-        World::Cluster { temp: TempDatabase::create("settings").await }
+    async fn cluster(redis_url: String) -> Self {
+        World::Cluster { temp: TempDatabase::create("settings").await, redis_url }
     }
 
     async fn embedded() -> Self {
@@ -67,8 +75,8 @@ impl World {
     async fn pod(&self) -> Pod {
         let telemetry = Telemetry::new("t").unwrap();
         match self {
-            World::Cluster { temp } => {
-                let store = redis(&telemetry).await;
+            World::Cluster { temp, redis_url } => {
+                let store = keel_store::testing::redis_at(redis_url, &telemetry).await;
                 Pod::on_redis(temp, store, telemetry).await
             }
             World::Embedded { dir, cache, bus } => {
@@ -87,7 +95,7 @@ impl World {
     }
 
     async fn finish(self) {
-        if let World::Cluster { temp } = self {
+        if let World::Cluster { temp, .. } = self {
             temp.drop_database().await;
         }
     }
@@ -171,7 +179,14 @@ async fn behaviour(world: World) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_behaviour() {
-    behaviour(World::cluster().await).await;
+    behaviour(World::cluster(keel_store::testing::redis_url()).await).await;
+}
+
+/// The same on a Redis Cluster: the cache on its shards, invalidations over
+/// sharded pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_behaviour() {
+    behaviour(World::cluster(keel_store::testing::redis_cluster_url()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +196,7 @@ async fn embedded_behaviour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_through_fills_redis_with_a_ttl_and_one_db_read_serves_100_cold_readers() {
-    let world = World::cluster().await;
+    let world = World::cluster(keel_store::testing::redis_url()).await;
     let name = unique_prefix("cold");
     let writer = world.pod().await;
     open(&writer, &name).await.update(flags(7), None, "ada").await.unwrap();
@@ -217,7 +232,7 @@ async fn read_through_fills_redis_with_a_ttl_and_one_db_read_serves_100_cold_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_cached_json_is_a_miss_and_is_rewritten() {
-    let world = World::cluster().await;
+    let world = World::cluster(keel_store::testing::redis_url()).await;
     let name = unique_prefix("corrupt");
     let pod = world.pod().await;
     let settings = open(&pod, &name).await;

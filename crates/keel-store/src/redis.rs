@@ -12,10 +12,17 @@ use fred::types::{Expiration, SetOptions};
 use crate::StoreError;
 use crate::metrics::StoreMetrics;
 
+/// The URL schemes [`RedisConfig::url`] takes: one server (plain or TLS),
+/// or a Redis Cluster reached through any of its nodes.
+const SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cluster"];
+
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or for a Redis Cluster
+    /// `redis-cluster://[user:password@]host:port?node=host2:port2&node=...`
+    /// (any reachable node is enough; the client discovers the rest and
+    /// follows `MOVED`/`ASK` and topology changes). `rediss` for TLS.
     pub url: String,
     /// Per-command timeout: a command that cannot be sent (Redis down) fails
     /// after this long instead of queueing forever.
@@ -47,11 +54,14 @@ impl std::fmt::Debug for RedisStore {
 }
 
 pub(crate) fn builder(config: &RedisConfig) -> Result<Builder, StoreError> {
-    if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
+    let scheme = config.url.split("://").next().unwrap_or_default();
+    if !SCHEMES.contains(&scheme) || !config.url.contains("://") {
         let scheme = config.url.split(':').next().unwrap_or_default();
         return Err(StoreError::InvalidUrl {
             what: "redis",
-            reason: format!("unsupported scheme {scheme:?} (expected redis:// or rediss://)"),
+            reason: format!(
+                "unsupported scheme {scheme:?} (expected redis://, rediss://, redis-cluster:// or rediss-cluster://)"
+            ),
         });
     }
     let mut fred_config = Config::from_url(&config.url)
@@ -133,6 +143,32 @@ impl RedisStore {
         args: Vec<fred::types::Value>,
     ) -> Result<R, StoreError> {
         self.timed("EVALSHA", script.evalsha_with_reload(&self.client, keys, args)).await
+    }
+
+    /// Whether the URL named a Redis Cluster (`redis-cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        self.client.is_clustered()
+    }
+
+    /// `WAIT replicas timeout` on the server that holds `key` (on a Redis
+    /// Cluster, the master of its slot): blocks until the writes this client
+    /// sent there reached `replicas` replicas, or `timeout` passes. Returns
+    /// how many replicas acknowledged them.
+    pub async fn wait_replicas(&self, key: &str, replicas: u32, timeout: Duration) -> Result<u32, StoreError> {
+        let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
+        let owner = self
+            .client
+            .is_clustered()
+            .then(|| self.client.cached_cluster_state())
+            .flatten()
+            .and_then(|state| state.get_server(fred::util::redis_keyslot(key.as_bytes())).cloned());
+        let acked: i64 = match owner {
+            Some(server) => {
+                self.timed("WAIT", self.client.with_cluster_node(server).wait(i64::from(replicas), millis)).await?
+            }
+            None => self.timed("WAIT", self.client.wait(i64::from(replicas), millis)).await?,
+        };
+        Ok(u32::try_from(acked.max(0)).unwrap_or(u32::MAX))
     }
 
     /// `PING`.

@@ -2,8 +2,11 @@
 //!
 //! Server addresses come from `KEEL_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and `KEEL_TEST_REDIS_URL`
-//! (default `redis://127.0.0.1:6379`). A server that cannot be reached makes
-//! the test fail with a message naming the variable: tests never skip.
+//! (default `redis://127.0.0.1:6379`); suites that also run on a Redis
+//! Cluster take it from `KEEL_TEST_REDIS_CLUSTER_URL` (default: the six
+//! local nodes of `cargo xtask services up --redis-cluster`, ports 7101-7106).
+//! A server that cannot be reached makes the test fail with a message naming
+//! the variable: tests never skip.
 //!
 //! Each test gets its own database ([`TempDatabase`]) or key prefix
 //! ([`unique_prefix`]), so tests run in parallel without seeing each other.
@@ -20,6 +23,19 @@ pub fn postgres_admin_url() -> String {
 /// The Redis URL for tests.
 pub fn redis_url() -> String {
     std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The Redis Cluster URL for tests.
+pub fn redis_cluster_url() -> String {
+    std::env::var("KEEL_TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| {
+        "redis-cluster://127.0.0.1:7101?node=127.0.0.1:7102&node=127.0.0.1:7103&node=127.0.0.1:7104&node=127.0.0.1:7105&node=127.0.0.1:7106".into()
+    })
+}
+
+/// Both Redis deployments a parameterized suite runs on: the standalone
+/// server, then the cluster.
+pub fn redis_urls() -> [String; 2] {
+    [redis_url(), redis_cluster_url()]
 }
 
 /// A short unique string for database names, channels and key prefixes.
@@ -84,9 +100,16 @@ impl TempDatabase {
 
 /// Connects to the test Redis, panicking with a clear message if it is down.
 pub async fn redis(telemetry: &dyn keel_telemetry::MeterSource) -> RedisStore {
-    let url = redis_url();
-    RedisStore::connect(&RedisConfig::new(&url), telemetry).await.unwrap_or_else(|err| {
-        panic!("Redis is required at {url} (set KEEL_TEST_REDIS_URL, or run `cargo xtask services up`): {err}")
+    redis_at(&redis_url(), telemetry).await
+}
+
+/// Connects to the Redis (standalone or cluster) at `url`, panicking with a
+/// clear message if it is down.
+pub async fn redis_at(url: &str, telemetry: &dyn keel_telemetry::MeterSource) -> RedisStore {
+    RedisStore::connect(&RedisConfig::new(url), telemetry).await.unwrap_or_else(|err| {
+        panic!(
+            "Redis is required at {url} (set KEEL_TEST_REDIS_URL / KEEL_TEST_REDIS_CLUSTER_URL, or run `cargo xtask services up` and `cargo xtask services up --redis-cluster`): {err}"
+        )
     })
 }
 

@@ -120,24 +120,51 @@ async fn bad_database_urls_are_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cache_round_trips_with_ttl_and_times_commands_by_name() {
-    let telemetry = telemetry();
-    let store = redis(&telemetry).await;
-    let cache = Cache::redis(store.clone());
-    let key = format!("{}:greeting", unique_prefix("cache"));
-    assert_eq!(cache.get(&key).await.unwrap(), None);
-    cache.set(&key, Bytes::from_static(b"hi"), Duration::from_secs(60)).await.unwrap();
-    assert_eq!(cache.get(&key).await.unwrap().unwrap(), "hi");
-    let ttl: i64 = store.client().pttl(&key).await.unwrap();
-    assert!((1..=60_000).contains(&ttl), "ttl {ttl}");
-    cache.delete(&key).await.unwrap();
-    assert_eq!(cache.get(&key).await.unwrap(), None);
+    for url in keel_store::testing::redis_urls() {
+        let telemetry = telemetry();
+        let store = keel_store::testing::redis_at(&url, &telemetry).await;
+        let cache = Cache::redis(store.clone());
+        let key = format!("{}:greeting", unique_prefix("cache"));
+        assert_eq!(cache.get(&key).await.unwrap(), None);
+        cache.set(&key, Bytes::from_static(b"hi"), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(cache.get(&key).await.unwrap().unwrap(), "hi");
+        let ttl: i64 = store.client().pttl(&key).await.unwrap();
+        assert!((1..=60_000).contains(&ttl), "{url}: ttl {ttl}");
+        cache.delete(&key).await.unwrap();
+        assert_eq!(cache.get(&key).await.unwrap(), None);
 
-    let text = telemetry.encode().unwrap();
-    assert!(
-        text.contains("redis_client_command_duration_seconds_count{db_operation_name=\"GET\",outcome=\"ok\"} 3"),
-        "{text}"
-    );
-    assert!(!text.contains(&key), "keys must never become labels");
+        let text = telemetry.encode().unwrap();
+        assert!(
+            text.contains("redis_client_command_duration_seconds_count{db_operation_name=\"GET\",outcome=\"ok\"} 3"),
+            "{url}: {text}"
+        );
+        assert!(!text.contains(&key), "keys must never become labels");
+    }
+}
+
+/// The cluster form of the URL reaches every shard: keys spread over all
+/// three masters are written and read through one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_url_reaches_every_shard() {
+    let telemetry = telemetry();
+    let store = keel_store::testing::redis_at(&keel_store::testing::redis_cluster_url(), &telemetry).await;
+    assert!(store.client().is_clustered());
+    let cache = Cache::redis(store.clone());
+    let prefix = unique_prefix("shards");
+    for i in 0..64 {
+        cache.set(&format!("{prefix}:{i}"), Bytes::from(i.to_string()), Duration::from_secs(60)).await.unwrap();
+    }
+    for i in 0..64 {
+        assert_eq!(cache.get(&format!("{prefix}:{i}")).await.unwrap().unwrap(), i.to_string());
+    }
+    let owners: std::collections::BTreeSet<u16> = (0..64)
+        .map(|i| fred::util::redis_keyslot(format!("{prefix}:{i}").as_bytes()))
+        .map(|slot| slot / 5462)
+        .collect();
+    assert_eq!(owners.len(), 3, "64 keys land in every third of the slot space");
+    for i in 0..64 {
+        cache.delete(&format!("{prefix}:{i}")).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -150,21 +177,33 @@ async fn redis_down_is_a_typed_error_not_a_hang() {
     let err =
         keel_store::RedisStore::connect(&keel_store::RedisConfig::new("http://nope"), &telemetry).await.unwrap_err();
     assert!(matches!(err, StoreError::InvalidUrl { what: "redis", .. }), "{err}");
+    assert!(err.to_string().contains("redis-cluster://"), "the message names every accepted scheme: {err}");
+    // The cluster forms are accepted (nothing listens on port 1: the client keeps trying in the background).
+    for url in ["redis-cluster://127.0.0.1:1?node=127.0.0.1:2", "redis-cluster://127.0.0.1:1"] {
+        let store = keel_store::RedisStore::open(&keel_store::RedisConfig::new(url), &telemetry).unwrap();
+        assert!(store.client().is_clustered(), "{url}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_bus_fans_out_without_cross_talk() {
-    let telemetry = telemetry();
-    let store = redis(&telemetry).await;
-    let bus = Bus::redis(&store, &telemetry).await.unwrap();
-    assert_fanout_without_cross_talk(&bus, &unique_prefix("rbus")).await;
+    // Standalone: PUBLISH/SUBSCRIBE; cluster: sharded SPUBLISH/SSUBSCRIBE.
+    for url in keel_store::testing::redis_urls() {
+        let telemetry = telemetry();
+        let store = keel_store::testing::redis_at(&url, &telemetry).await;
+        let bus = Bus::redis(&store, &telemetry).await.unwrap();
+        assert_fanout_without_cross_talk(&bus, &unique_prefix("rbus")).await;
 
-    // A second process's bus sees the first one's messages.
-    let other = Bus::redis(&store, &telemetry).await.unwrap();
-    let channel = unique_prefix("rbus2");
-    let mut sub = other.subscribe(&channel).await.unwrap();
-    bus.publish(&channel, Bytes::from_static(b"across")).await.unwrap();
-    assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "across");
+        // A second process's bus sees the first one's messages.
+        let other = Bus::redis(&store, &telemetry).await.unwrap();
+        let channel = unique_prefix("rbus2");
+        let mut sub = other.subscribe(&channel).await.unwrap();
+        bus.publish(&channel, Bytes::from_static(b"across")).await.unwrap();
+        assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "across", "{url}");
+        let command = if store.client().is_clustered() { "SPUBLISH" } else { "PUBLISH" };
+        let text = telemetry.encode().unwrap();
+        assert!(text.contains(&format!("db_operation_name=\"{command}\"")), "{url}: {command} is used");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,8 +302,10 @@ async fn assert_set_if_newer(cache: &Cache, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versioned_cache_writes_never_go_backwards_on_redis_and_in_process() {
     let telemetry = telemetry();
-    let store = redis(&telemetry).await;
-    assert_set_if_newer(&Cache::redis(store), &format!("{}:v", unique_prefix("cas"))).await;
+    for url in keel_store::testing::redis_urls() {
+        let store = keel_store::testing::redis_at(&url, &telemetry).await;
+        assert_set_if_newer(&Cache::redis(store), &format!("{}:v", unique_prefix("cas"))).await;
+    }
     assert_set_if_newer(&Cache::memory(), "v").await;
 }
 
@@ -276,16 +317,22 @@ async fn scripts_survive_a_flushed_script_cache() {
         keel_store::Script::from_lua("return redis.call('SET', KEYS[1], ARGV[1]) and string.len(ARGV[1])")
     });
     let telemetry = telemetry();
-    let store = redis(&telemetry).await;
-    let key = format!("{}:script", unique_prefix("script"));
-    let n: i64 = store.run_script(&ECHO_LEN, vec![key.clone()], vec!["four".into()]).await.unwrap();
-    assert_eq!(n, 4);
-    let _: () = store.client().script_flush(false).await.unwrap();
-    let n: i64 = store.run_script(&ECHO_LEN, vec![key.clone()], vec!["seven!!".into()]).await.unwrap();
-    assert_eq!(n, 7);
-    let stored: Option<String> = store.client().get(&key).await.unwrap();
-    assert_eq!(stored.as_deref(), Some("seven!!"));
-    let _: () = store.client().del(&key).await.unwrap();
+    for url in keel_store::testing::redis_urls() {
+        let store = keel_store::testing::redis_at(&url, &telemetry).await;
+        let key = format!("{}:script", unique_prefix("script"));
+        let n: i64 = store.run_script(&ECHO_LEN, vec![key.clone()], vec!["four".into()]).await.unwrap();
+        assert_eq!(n, 4);
+        if store.client().is_clustered() {
+            let _: () = store.client().script_flush_cluster(false).await.unwrap();
+        } else {
+            let _: () = store.client().script_flush(false).await.unwrap();
+        }
+        let n: i64 = store.run_script(&ECHO_LEN, vec![key.clone()], vec!["seven!!".into()]).await.unwrap();
+        assert_eq!(n, 7, "{url}");
+        let stored: Option<String> = store.client().get(&key).await.unwrap();
+        assert_eq!(stored.as_deref(), Some("seven!!"));
+        let _: () = store.client().del(&key).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,10 +11,14 @@ use crate::metrics::StoreMetrics;
 use crate::redis::{builder, wait_connected};
 use crate::{RedisStore, StoreError};
 
+/// On a Redis Cluster the bus uses sharded pub/sub (`SSUBSCRIBE`,
+/// `SPUBLISH`, Redis 7): a message goes to the shard that owns its channel's
+/// slot instead of every node. Standalone Redis keeps `SUBSCRIBE`/`PUBLISH`.
 #[derive(Debug)]
 pub(super) struct RedisBus {
     publisher: RedisStore,
     subscriber: SubscriberClient,
+    sharded: bool,
 }
 
 impl RedisBus {
@@ -60,7 +64,8 @@ impl RedisBus {
             manager.abort();
             let _ = client.quit().await;
         });
-        Ok(Self { publisher: store.clone(), subscriber })
+        let sharded = store.is_cluster();
+        Ok(Self { publisher: store.clone(), subscriber, sharded })
     }
 
     pub(super) fn connection_name(&self) -> String {
@@ -68,10 +73,19 @@ impl RedisBus {
     }
 
     pub(super) async fn subscribe(&self, channel: &str) -> Result<(), StoreError> {
-        self.publisher.timed("SUBSCRIBE", self.subscriber.subscribe(channel)).await
+        if self.sharded {
+            self.publisher.timed("SSUBSCRIBE", self.subscriber.ssubscribe(channel)).await
+        } else {
+            self.publisher.timed("SUBSCRIBE", self.subscriber.subscribe(channel)).await
+        }
     }
 
     pub(super) async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), StoreError> {
-        self.publisher.publish(channel, payload).await
+        if self.sharded {
+            let sent = self.publisher.client().spublish::<i64, _, _>(channel, payload);
+            self.publisher.timed("SPUBLISH", sent).await.map(drop)
+        } else {
+            self.publisher.publish(channel, payload).await
+        }
     }
 }
