@@ -63,21 +63,21 @@ fn builtin_spec(name: String) -> ComponentSpec {
 /// above 80 % of capacity or after new dead letters in the last minute.
 /// Redis Stream: WARN when the backlog is above 80 % of capacity.
 fn entries_check(entries: &Entries, ko_after: Duration) -> SharedCheck {
-    let (sink, consumer) = (entries.sink().clone(), entries.consumer().cloned());
+    let entries = entries.clone();
     let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
     std::sync::Arc::new(move || {
-        let (sink, consumer, last) = (sink.clone(), consumer.clone(), last.clone());
+        let (entries, last) = (entries.clone(), last.clone());
         async move {
             // The figures of whoever persists here: the in-process queue, or
             // the stream consumer (worker); in cluster mode the stream backlog
             // stands in for the queue depth.
-            let (persisting, held, capacity) = match &sink {
+            let (persisting, held, capacity) = match entries.sink() {
                 EntrySink::Memory(queue) => {
                     let m = queue.metrics();
                     (Some(m), m.queue_depth + m.in_flight, m.capacity)
                 }
-                EntrySink::Durable(producer) => match producer.backlog().await {
-                    Ok(backlog) => (consumer.map(|c| c.metrics()), backlog, 10_000),
+                EntrySink::Durable(durable) => match durable.backlog().await {
+                    Ok(backlog) => (entries.consumer_metrics(), backlog, durable.capacity()),
                     Err(err) => return Report::fail(format!("cannot read the stream backlog: {err}")),
                 },
             };

@@ -1,13 +1,13 @@
 //! The reference services: agent metadata (a batcher) and entries (a
-//! write-behind queue or a Redis Stream).
+//! write-behind queue or partitioned Redis Streams).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_batcher::{AgentMetadata, Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_write_behind::{
-    DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableProducer, Entries,
-    EntrySink, WriteBehind, WriteBehindConfig,
+    DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableEntries, DurableProducer,
+    Entries, EntryLayout, EntrySink, WriteBehind, WriteBehindConfig,
 };
 
 use crate::config::ConfigError;
@@ -39,23 +39,41 @@ pub(crate) async fn start_metadata(core: &Core) -> Result<AgentMetadata, StartEr
     Ok(AgentMetadata::new(batcher, sink, &core.bus, &channel, &core.shutdown).await?)
 }
 
-/// The entries service: with Redis, writes go to a Redis Stream (`api`
-/// produces, `worker` consumes and persists); without, to an in-process
-/// write-behind queue drained by `Services::close`.
+/// The entries service: with Redis, writes go to Redis Streams, one per
+/// partition (`api` produces, `worker` runs one consumer per partition and
+/// persists); without, to an in-process write-behind queue drained by
+/// `Services::close`.
 pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
     let store = DbEntries::new(core.database.clone());
-    let mut consumer = None;
+    let mut consumers = Vec::new();
     let sink = match &core.redis {
         Some(redis) => {
-            let config = DurableConfig::new(
-                format!("{}:entries:stream", core.args.namespace),
-                "keel-entries",
-                &core.instance_id,
-            );
+            let default = if redis.is_cluster() { 16 } else { 1 };
+            let partitions = core.args.entries_partitions.map_or(default, usize::from);
+            let layout = EntryLayout::new(&core.args.namespace, partitions);
+            let config = DurableConfig {
+                ack_replicas: core.args.ack_replicas,
+                ..DurableConfig::new(layout.stream(0), "keel-entries", &core.instance_id)
+            };
             if core.role == Role::Worker {
-                consumer = Some(start_consumer(core, redis, config.clone(), &store).await?);
+                let mut started = Vec::with_capacity(partitions + 1);
+                let mut streams = layout.streams();
+                // Releases before partitions wrote to one stream of another
+                // name: what an upgrade finds there is persisted too.
+                let legacy = format!("{}:entries:stream", core.args.namespace);
+                let left = DurableProducer::new(redis.clone(), DurableConfig::new(&legacy, "", "")).backlog().await;
+                if left.is_ok_and(|n| n > 0) {
+                    tracing::warn!(stream = legacy, "draining the entries stream of an earlier release");
+                    streams.push(legacy);
+                }
+                for stream in streams {
+                    let config = DurableConfig { stream, ..config.clone() };
+                    started.push(start_consumer(core, redis, config, &store).await?);
+                }
+                tracing::info!(consumer = core.instance_id, partitions, "consuming the entries streams");
+                consumers = started;
             }
-            EntrySink::Durable(DurableProducer::new(redis.clone(), config))
+            EntrySink::Durable(DurableEntries::new(redis, layout, &config))
         }
         None => {
             // Bounded by bytes too: 10 000 writes of 64 KiB would be 640 MiB.
@@ -71,10 +89,7 @@ pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
         .with_enqueue_timeout(timeout.map_or(DEFAULT_ENQUEUE_TIMEOUT, Duration::from))
         .with_tasks(core.shutdown.clone());
     entries.instrument(&core.meter());
-    Ok(match consumer {
-        Some(consumer) => entries.with_consumer(consumer),
-        None => entries,
-    })
+    Ok(entries.with_consumers(consumers))
 }
 
 fn dead_letters(core: &Core) -> Arc<DbDeadLetters> {
@@ -96,6 +111,5 @@ async fn start_consumer(
     running.instrument(&core.meter(), "entries");
     let (stop, task) = (core.shutdown.token(), running.clone());
     core.shutdown.spawn(async move { task.run(stop).await });
-    tracing::info!(consumer = core.instance_id, "consuming the entries stream");
     Ok(running)
 }

@@ -55,6 +55,16 @@ pub struct CommonArgs {
     /// answered 503 with Retry-After (default 2s, or `[write_behind] enqueue_timeout`).
     #[arg(long, env = "KEEL_ENQUEUE_TIMEOUT", value_name = "DURATION")]
     pub enqueue_timeout: Option<HumanDuration>,
+    /// Redis Streams the entry writes are spread over, by a stable hash of
+    /// the key (1 to 1024; default 1 on one Redis, 16 on a Redis Cluster).
+    /// Every api and worker of a deployment must use the same number.
+    #[arg(long, env = "KEEL_ENTRIES_PARTITIONS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub entries_partitions: Option<u16>,
+    /// Replicas an entry write must reach (Redis WAIT) before it is answered
+    /// 202; 503 when that does not happen within the enqueue timeout. With 0,
+    /// a master failover can lose the last writes the old master acknowledged.
+    #[arg(long, env = "KEEL_ACK_REPLICAS", value_name = "N", default_value_t = 0)]
+    pub ack_replicas: u32,
     /// How long to wait for PostgreSQL and Redis at start-up before exiting
     /// 69; 0 waits for as long as it takes (serving /livez, /readyz 503).
     #[arg(long, env = "KEEL_STARTUP_TIMEOUT", value_name = "DURATION", default_value = "0")]

@@ -166,11 +166,11 @@ struct WriteBehindSection {
 /// in-process queue, or the stream consumer (worker); `null` for a process
 /// that only produces to the stream.
 pub(crate) fn write_behind_section(entries: &Entries) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
-    let (sink, consumer) = (entries.sink().clone(), entries.consumer().cloned());
+    let entries = entries.clone();
     move || {
-        let m = match (&sink, &consumer) {
+        let m = match (entries.sink(), entries.consumer_metrics()) {
             (EntrySink::Memory(queue), _) => queue.metrics(),
-            (EntrySink::Durable(_), Some(consumer)) => consumer.metrics(),
+            (EntrySink::Durable(_), Some(consumers)) => consumers,
             (EntrySink::Durable(_), None) => return serde_json::Value::Null,
         };
         let section = WriteBehindSection {

@@ -138,17 +138,18 @@ mod durable {
     use super::*;
     use fred::prelude::*;
     use keel_store::testing::unique_prefix;
-    use keel_write_behind::{DurableConfig, DurableProducer};
+    use keel_write_behind::{DurableConfig, DurableEntries, EntryLayout};
 
     async fn fixture(capacity: u64) -> (Router, Entries, keel_store::RedisStore, String, tempfile::TempDir) {
         let (db, telemetry, dir) = sqlite().await;
         let redis = keel_store::testing::redis(&telemetry).await;
         let namespace = unique_prefix("entries");
-        let stream = format!("{namespace}:entries:stream");
+        let layout = EntryLayout::new(&namespace, 1);
+        let stream = layout.stream(0);
         let config = DurableConfig { capacity, ..DurableConfig::new(stream.clone(), "g", "c") };
-        let producer = DurableProducer::new(redis.clone(), config);
+        let durable = DurableEntries::new(&redis, layout, &config);
         let entries =
-            Entries::new(Cache::redis(redis.clone()), &namespace, EntrySink::Durable(producer), DbEntries::new(db))
+            Entries::new(Cache::redis(redis.clone()), &namespace, EntrySink::Durable(durable), DbEntries::new(db))
                 .with_enqueue_timeout(Duration::from_millis(200));
         (entries_router(entries.clone()), entries, redis, stream, dir)
     }
@@ -163,8 +164,9 @@ mod durable {
         let (db, telemetry, _dir) = sqlite().await;
         let redis =
             keel_store::RedisStore::connect(&keel_store::RedisConfig::new(server.url()), &telemetry).await.unwrap();
-        let producer = DurableProducer::new(redis.clone(), DurableConfig::new("down:stream", "g", "c"));
-        let entries = Entries::new(Cache::redis(redis), "down", EntrySink::Durable(producer), DbEntries::new(db))
+        let durable =
+            DurableEntries::new(&redis, EntryLayout::new("down", 1), &DurableConfig::new("down:stream", "g", "c"));
+        let entries = Entries::new(Cache::redis(redis), "down", EntrySink::Durable(durable), DbEntries::new(db))
             .with_enqueue_timeout(Duration::from_millis(500));
         let app = entries_router(entries);
         assert_eq!(send(&app, "PUT", "/api/v1/entries/before", Some("1".into())).await.status(), 202);
@@ -216,5 +218,88 @@ mod durable {
             assert_eq!(read.status(), 200, "k{i} is queued, so it is cached too");
         }
         let _: () = redis.client().del(&stream).await.unwrap();
+    }
+
+    /// Partitions on one Redis and on a Redis Cluster: writes spread over
+    /// the streams by key, each write's cache entry and stream append share
+    /// a slot (no CROSSSLOT), and one consumer per partition persists them
+    /// all. On the cluster each write also waits for its replica (WAIT 1);
+    /// asking for more replicas than exist answers 503.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partitioned_writes_spread_over_streams_and_each_partition_persists_its_own() {
+        use keel_write_behind::DurableConsumer;
+        for url in keel_store::testing::redis_urls() {
+            let (db, telemetry, _dir) = sqlite().await;
+            let redis = keel_store::testing::redis_at(&url, &telemetry).await;
+            let clustered = redis.client().is_clustered();
+            let namespace = unique_prefix("parts");
+            let layout = EntryLayout::new(&namespace, 16);
+            let config = DurableConfig {
+                ack_replicas: u32::from(clustered),
+                ..DurableConfig::new(layout.stream(0), "keel-entries", "c")
+            };
+            let durable = DurableEntries::new(&redis, layout.clone(), &config);
+            let entries = Entries::new(
+                Cache::redis(redis.clone()),
+                &namespace,
+                EntrySink::Durable(durable),
+                DbEntries::new(db.clone()),
+            )
+            .with_enqueue_timeout(Duration::from_secs(2));
+            let app = entries_router(entries.clone());
+            for i in 0..200 {
+                let put = send(&app, "PUT", &format!("/api/v1/entries/k{i}"), Some(i.to_string())).await;
+                assert_eq!(put.status(), 202, "{url}: k{i}");
+            }
+            // An entry named like a stream is an entry like any other.
+            assert_eq!(send(&app, "PUT", "/api/v1/entries/stream", Some("1".into())).await.status(), 202, "{url}");
+            let mut used = 0;
+            for stream in layout.streams() {
+                used += usize::from(stream_len(&redis, &stream).await > 0);
+            }
+            assert!(used >= 12, "{url}: 201 keys use most of the 16 partitions ({used})");
+            for i in (0..200).step_by(37) {
+                assert_eq!(json(send(&app, "GET", &format!("/api/v1/entries/k{i}"), None).await).await["value"], i);
+            }
+
+            for stream in layout.streams() {
+                let consumer = DurableConsumer::new(
+                    redis.clone(),
+                    DurableConfig { stream: stream.clone(), ..config.clone() },
+                    Arc::new(DbEntries::new(db.clone())),
+                    Arc::new(DbDeadLetters::new(db.clone(), "entries")),
+                )
+                .await
+                .unwrap();
+                while consumer.poll_once().await.unwrap() > 0 {}
+                assert_eq!(stream_len(&redis, &stream).await, 0, "{url}: {stream} drained");
+                let _: () = redis.client().del(&stream).await.unwrap();
+            }
+            for i in 0..200 {
+                let stored = DbEntries::new(db.clone()).get(&format!("k{i}")).await.unwrap().unwrap();
+                assert_eq!(stored.value, json!(i), "{url}: k{i} persisted");
+            }
+            assert_eq!(entries.acknowledged(), 201);
+
+            if clustered {
+                // One replica per master: WAIT 2 cannot be met.
+                let greedy = DurableConfig { ack_replicas: 2, ..config.clone() };
+                let durable = DurableEntries::new(&redis, layout.clone(), &greedy);
+                let entries = Entries::new(
+                    Cache::redis(redis.clone()),
+                    &namespace,
+                    EntrySink::Durable(durable),
+                    DbEntries::new(db),
+                )
+                .with_enqueue_timeout(Duration::from_millis(300));
+                let refused = send(&entries_router(entries), "PUT", "/api/v1/entries/greedy", Some("1".into())).await;
+                assert_eq!(refused.status(), 503, "{url}");
+                let body = json(refused).await;
+                assert!(body["error"]["message"].as_str().unwrap().contains("reached 1 of the 2 replicas"), "{body}");
+                for stream in layout.streams() {
+                    let _: () = redis.client().del(&stream).await.unwrap();
+                }
+            }
+        }
     }
 }

@@ -16,7 +16,10 @@ use opentelemetry::metrics::{Meter, ObservableCounter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{DbEntries, DurableConsumer, DurableError, DurableProducer, EnqueueError, EntryWrite, WriteBehind};
+use crate::{
+    DbEntries, DurableConfig, DurableConsumer, DurableError, DurableProducer, EnqueueError, EntryLayout, EntryWrite,
+    Metrics, WriteBehind,
+};
 
 /// Longest key, in bytes.
 pub const MAX_ENTRY_KEY: usize = 256;
@@ -32,8 +35,52 @@ pub const DEFAULT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum EntrySink {
     /// An in-process queue (embedded mode, or PostgreSQL without Redis).
     Memory(WriteBehind<EntryWrite>),
-    /// A Redis Stream consumed by the workers (cluster mode).
-    Durable(DurableProducer),
+    /// Redis Streams, one per partition, consumed by the workers (cluster
+    /// mode).
+    Durable(DurableEntries),
+}
+
+/// The entries' Redis Streams: one producer per partition of an
+/// [`EntryLayout`], each with its own capacity (backpressure is per
+/// partition).
+#[derive(Clone, Debug)]
+pub struct DurableEntries {
+    layout: EntryLayout,
+    producers: Arc<[DurableProducer]>,
+    capacity: u64,
+}
+
+impl DurableEntries {
+    /// Producers for every partition of `layout`, configured as `config`
+    /// but each on its own partition's stream.
+    pub fn new(redis: &keel_store::RedisStore, layout: EntryLayout, config: &DurableConfig) -> Self {
+        let producers = (0..layout.partitions())
+            .map(|p| DurableProducer::new(redis.clone(), DurableConfig { stream: layout.stream(p), ..config.clone() }))
+            .collect();
+        let capacity = config.capacity.saturating_mul(layout.partitions() as u64);
+        Self { layout, producers, capacity }
+    }
+
+    /// The capacity of every partition together.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &EntryLayout {
+        &self.layout
+    }
+
+    /// The producer of the partition `key` belongs to.
+    pub fn producer_for(&self, key: &str) -> &DurableProducer {
+        &self.producers[self.layout.partition_of(key)]
+    }
+
+    /// Entries in every stream: the backlog still to persist.
+    pub async fn backlog(&self) -> Result<u64, DurableError> {
+        let lengths = futures_util::future::try_join_all(self.producers.iter().map(DurableProducer::backlog)).await?;
+        Ok(lengths.iter().sum())
+    }
 }
 
 /// Why an entry operation was refused.
@@ -76,11 +123,11 @@ pub struct StoredEntry {
 #[derive(Clone, Debug)]
 pub struct Entries {
     cache: Cache,
-    prefix: Arc<str>,
+    layout: EntryLayout,
     sink: EntrySink,
     store: DbEntries,
     last_version: Arc<AtomicI64>,
-    consumer: Option<Arc<DurableConsumer<EntryWrite>>>,
+    consumers: Arc<[Arc<DurableConsumer<EntryWrite>>]>,
     enqueue_timeout: Duration,
     acknowledged: Arc<AtomicU64>,
     exported: Arc<OnceLock<ObservableCounter<u64>>>,
@@ -95,16 +142,21 @@ struct Cached {
 }
 
 impl Entries {
-    /// Entries cached under `<namespace>:entries:<key>`, written to `sink`,
-    /// read back from `store` on a cache miss.
+    /// Entries cached under their [`EntryLayout::cache_key`] (the layout of
+    /// a durable sink; one partition under `namespace` otherwise), written to
+    /// `sink`, read back from `store` on a cache miss.
     pub fn new(cache: Cache, namespace: &str, sink: EntrySink, store: DbEntries) -> Self {
+        let layout = match &sink {
+            EntrySink::Durable(durable) => durable.layout().clone(),
+            EntrySink::Memory(_) => EntryLayout::new(namespace, 1),
+        };
         Self {
             cache,
-            prefix: format!("{namespace}:entries:").into(),
+            layout,
             sink,
             store,
             last_version: Arc::default(),
-            consumer: None,
+            consumers: Arc::new([]),
             enqueue_timeout: DEFAULT_ENQUEUE_TIMEOUT,
             acknowledged: Arc::default(),
             exported: Arc::default(),
@@ -148,16 +200,22 @@ impl Entries {
         self.acknowledged.load(Ordering::Acquire)
     }
 
-    /// Records the stream consumer this process runs (the worker), so health
-    /// can watch its repository.
-    pub fn with_consumer(mut self, consumer: Arc<DurableConsumer<EntryWrite>>) -> Self {
-        self.consumer = Some(consumer);
+    /// Records the stream consumers this process runs (the worker: one per
+    /// partition), so health and stats can watch them.
+    pub fn with_consumers(mut self, consumers: Vec<Arc<DurableConsumer<EntryWrite>>>) -> Self {
+        self.consumers = consumers.into();
         self
     }
 
-    /// The stream consumer this process runs, if any.
-    pub fn consumer(&self) -> Option<&Arc<DurableConsumer<EntryWrite>>> {
-        self.consumer.as_ref()
+    /// The stream consumers this process runs (none on an api).
+    pub fn consumers(&self) -> &[Arc<DurableConsumer<EntryWrite>>] {
+        &self.consumers
+    }
+
+    /// The figures of every consumer this process runs, added up; `None`
+    /// when it runs none.
+    pub fn consumer_metrics(&self) -> Option<Metrics> {
+        self.consumers.iter().map(|c| c.metrics()).reduce(|a, b| a.plus(&b))
     }
 
     /// The write sink.
@@ -217,7 +275,7 @@ impl Entries {
     async fn write(&self, key: String, value: Value, deleted: bool) -> Result<i64, EntryError> {
         let version = self.next_version();
         let updated_at_us = keel_core::unix_micros(SystemTime::now());
-        let cache_key = format!("{}{key}", self.prefix);
+        let cache_key = self.layout.cache_key(&key);
         let cached = serde_json::to_string(&Cached { value: value.clone(), updated_at_us, deleted })
             .map_err(|err| EntryError::Internal(format!("cannot encode the entry: {err}")))?;
         let write = EntryWrite { key, value, version, updated_at_us, deleted };
@@ -233,7 +291,8 @@ impl Entries {
                     tracing::warn!(%err, "cannot cache an entry write");
                 }
             }
-            EntrySink::Durable(producer) => {
+            EntrySink::Durable(durable) => {
+                let producer = durable.producer_for(&write.key);
                 // Redis unreachable answers within the enqueue timeout too (a
                 // script already sent may still land: the write is then
                 // stored although it was refused, never the other way round).
@@ -259,7 +318,7 @@ impl Entries {
     /// still queued.
     pub async fn get(&self, key: &str) -> Result<Option<StoredEntry>, EntryError> {
         Self::check_key(key)?;
-        let cache_key = format!("{}{key}", self.prefix);
+        let cache_key = self.layout.cache_key(key);
         let mut cache_down = false;
         match self.cache.get_versioned(&cache_key).await {
             Ok(Some((version, bytes))) => {

@@ -47,6 +47,10 @@ pub struct DurableConfig {
     pub backoff_max: Duration,
     /// Random spread of each delay (0.2 = ±20 %).
     pub jitter: f64,
+    /// Replicas an append must reach (`WAIT`) before
+    /// [`DurableProducer::enqueue_cached`] succeeds (0: the master's answer
+    /// is enough, and a failover can lose the last appends it took).
+    pub ack_replicas: u32,
 }
 
 impl DurableConfig {
@@ -64,6 +68,7 @@ impl DurableConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             jitter: 0.2,
+            ack_replicas: 0,
         }
     }
 }
@@ -83,6 +88,15 @@ pub enum DurableError {
     /// Redis answered something unexpected.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// The append reached fewer replicas than `ack_replicas` in time (it is
+    /// in the stream, and may yet be persisted).
+    #[error("the write reached {acked} of the {wanted} replicas it needs")]
+    NotReplicated {
+        /// Replicas that acknowledged it.
+        acked: u32,
+        /// `ack_replicas`.
+        wanted: u32,
+    },
 }
 
 /// Appends items to the stream.
@@ -185,7 +199,7 @@ impl DurableProducer {
         loop {
             let added: Option<String> = self.redis.run_script(&SCRIPT, keys.clone(), args.clone()).await?;
             if let Some(id) = added {
-                return Ok(id);
+                return self.replicated(id, deadline).await;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -193,6 +207,18 @@ impl DurableProducer {
             }
             tokio::time::sleep(self.config.idle_poll.min(deadline - now)).await;
         }
+    }
+
+    /// `id` once the stream's server has passed it to `ack_replicas`
+    /// replicas, waiting until `deadline` at most.
+    async fn replicated(&self, id: String, deadline: tokio::time::Instant) -> Result<String, DurableError> {
+        let wanted = self.config.ack_replicas;
+        if wanted == 0 {
+            return Ok(id);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+        let acked = self.redis.wait_replicas(&self.config.stream, wanted, left).await?;
+        if acked >= wanted { Ok(id) } else { Err(DurableError::NotReplicated { acked, wanted }) }
     }
 
     async fn append<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {

@@ -66,17 +66,22 @@ mod cached;
 mod durable;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod entries;
+#[cfg(feature = "entries")]
+mod layout;
 mod persist;
 mod queue;
 
 #[cfg(all(feature = "entries", any(feature = "postgres", feature = "sqlite")))]
 pub use cached::{
-    DEFAULT_ENQUEUE_TIMEOUT, Entries, EntryError, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE, StoredEntry,
+    DEFAULT_ENQUEUE_TIMEOUT, DurableEntries, Entries, EntryError, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE,
+    StoredEntry,
 };
 #[cfg(feature = "redis")]
 pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite};
+#[cfg(feature = "entries")]
+pub use layout::{EntryLayout, MAX_PARTITIONS};
 pub use queue::{
     DeadLetter, DeadLetters, EnqueueError, FullMode, Keyed, Metrics, RepoError, RepoFuture, Repository, WriteBehind,
     WriteBehindConfig, WriteBehindError,

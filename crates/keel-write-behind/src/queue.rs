@@ -180,6 +180,28 @@ pub struct Metrics {
     pub bytes: u64,
 }
 
+impl Metrics {
+    /// Two queues' figures as one (e.g. the partitions of a durable queue):
+    /// counts and capacities add up, ages and failure spans take the longer.
+    pub fn plus(&self, other: &Metrics) -> Metrics {
+        Metrics {
+            enqueued: self.enqueued + other.enqueued,
+            coalesced: self.coalesced + other.coalesced,
+            persisted: self.persisted + other.persisted,
+            failed: self.failed + other.failed,
+            retries: self.retries + other.retries,
+            batches: self.batches + other.batches,
+            queue_depth: self.queue_depth + other.queue_depth,
+            in_flight: self.in_flight + other.in_flight,
+            oldest_age: self.oldest_age.max(other.oldest_age),
+            dead_letter_errors: self.dead_letter_errors + other.dead_letter_errors,
+            failing_for: self.failing_for.max(other.failing_for),
+            capacity: self.capacity + other.capacity,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
 struct Queued<T> {
     item: T,
     since: Instant,

@@ -370,14 +370,15 @@ async fn an_entry_whose_dead_letter_cannot_be_stored_stays_pending_until_it_is()
 #[cfg(feature = "entries")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
-    use keel_write_behind::{Entries, EntrySink};
+    use keel_write_behind::{DurableEntries, Entries, EntryLayout, EntrySink};
     let telemetry = Telemetry::new("t").unwrap();
     let store = redis(&telemetry).await;
     let temp = TempDatabase::create("abandoned").await;
     let database = temp.connect(&telemetry).await;
     let namespace = unique_prefix("abandoned");
-    let stream = format!("{namespace}:stream");
-    let sink = EntrySink::Durable(DurableProducer::new(store.clone(), DurableConfig::new(&stream, "g", "c")));
+    let layout = EntryLayout::new(&namespace, 1);
+    let stream = layout.stream(0);
+    let sink = EntrySink::Durable(DurableEntries::new(&store, layout.clone(), &DurableConfig::new(&stream, "g", "c")));
     let entries =
         Entries::new(keel_store::Cache::redis(store.clone()), &namespace, sink, DbEntries::new(database.clone()));
     const WRITES: usize = 300;
@@ -401,7 +402,7 @@ async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
     let mut in_cache = std::collections::BTreeSet::new();
     for i in 0..WRITES {
         let key = format!("key-{i}");
-        let cached: Option<String> = store.client().get(format!("{namespace}:entries:{key}")).await.unwrap();
+        let cached: Option<String> = store.client().get(layout.cache_key(&key)).await.unwrap();
         if cached.is_some() {
             in_cache.insert(key);
         }
@@ -411,7 +412,7 @@ async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
     // Counted as acknowledged: every write that landed, waited for or not
     // (operators compare it with persisted + dead-lettered + pending).
     assert_eq!(entries.acknowledged(), in_stream.len() as u64);
-    let mut keys: Vec<String> = in_cache.iter().map(|k| format!("{namespace}:entries:{k}")).collect();
+    let mut keys: Vec<String> = in_cache.iter().map(|k| layout.cache_key(k)).collect();
     keys.push(stream);
     let _: i64 = store.client().del(keys).await.unwrap();
     drop((entries, database));

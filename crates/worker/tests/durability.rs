@@ -10,7 +10,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use keel_http::testing::spawn_until_listening;
 use keel_store::testing::{TempDatabase, redis, redis_url};
 use keel_telemetry::Telemetry;
-use keel_write_behind::{DurableConfig, DurableProducer, EntryWrite};
+use keel_write_behind::{DurableConfig, DurableProducer, EntryLayout, EntryWrite};
 use tokio::process::{Child, Command};
 
 const KEYS: usize = 1000;
@@ -45,7 +45,8 @@ async fn a_killed_worker_resumes_and_every_key_ends_at_its_latest_version() {
     let namespace = temp.name().to_owned();
     let telemetry = Telemetry::new("t").unwrap();
     let store = redis(&telemetry).await;
-    let stream = format!("{namespace}:entries:stream");
+    // One partition: what the worker uses on one Redis by default.
+    let stream = EntryLayout::new(&namespace, 1).stream(0);
     // What `api` does for every PUT, 5 versions of 1000 keys in order.
     let producer = DurableProducer::new(store.clone(), DurableConfig::new(&stream, "keel-entries", "api"));
     for version in 1..=VERSIONS {
@@ -91,5 +92,39 @@ async fn a_killed_worker_resumes_and_every_key_ends_at_its_latest_version() {
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(second.wait().await.unwrap().code(), Some(0));
     let _: i64 = fred::prelude::KeysInterface::del(store.client(), &stream).await.unwrap();
+    temp.drop_database().await;
+}
+
+/// Entries an earlier release left in its single stream
+/// (`<namespace>:entries:stream`) are persisted by an upgraded worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_worker_drains_the_stream_of_the_earlier_release() {
+    let temp = TempDatabase::create("worker_upgrade").await;
+    let namespace = temp.name().to_owned();
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis(&telemetry).await;
+    let legacy = format!("{namespace}:entries:stream");
+    let producer = DurableProducer::new(store.clone(), DurableConfig::new(&legacy, "keel-entries", "old-api"));
+    for key in 0..100 {
+        let write = EntryWrite {
+            key: format!("old{key}"),
+            value: serde_json::json!(key),
+            version: 1,
+            updated_at_us: keel_core::unix_micros(SystemTime::now()),
+            deleted: false,
+        };
+        producer.enqueue(&write).await.unwrap();
+    }
+    let mut worker = start_worker(temp.url(), &namespace).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(temp.url(), "SELECT count(*)::bigint AS n FROM entries").await < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "the old stream was not drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(producer.backlog().await.unwrap(), 0);
+    let pid = worker.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(worker.wait().await.unwrap().code(), Some(0));
+    let _: i64 = fred::prelude::KeysInterface::del(store.client(), &legacy).await.unwrap();
     temp.drop_database().await;
 }
