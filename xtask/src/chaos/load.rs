@@ -14,10 +14,21 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 /// One request on its own connection (`Connection: close`): the status and
 /// the body.
 pub(crate) fn request(addr: &str, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    request_with(addr, method, path, &[], body)
+}
+
+/// [`request`] with extra headers.
+pub(crate) fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    stream.write_all(raw(addr, method, path, body).as_bytes())?;
+    stream.write_all(raw(addr, method, path, headers, body).as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response);
@@ -30,9 +41,10 @@ pub(crate) fn get(addr: &str, path: &str) -> Result<(u16, String)> {
     request(addr, "GET", path, "")
 }
 
-fn raw(addr: &str, method: &str, path: &str, body: &str) -> String {
+fn raw(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
     )
 }
@@ -41,7 +53,7 @@ fn raw(addr: &str, method: &str, path: &str, body: &str) -> String {
 /// as a client that gives up would.
 pub(crate) fn put_and_reset(addr: &str, path: &str, body: &str) -> Result<()> {
     let mut stream = TcpStream::connect(addr)?;
-    stream.write_all(raw(addr, "PUT", path, body).as_bytes())?;
+    stream.write_all(raw(addr, "PUT", path, &[], body).as_bytes())?;
     socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
     drop(stream);
     Ok(())

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 
 use load::{Ledger, Load};
-use servers::{Binary, Postgres, Redis, signal};
+use servers::{Binary, Postgres, Redis, RedisCluster, signal};
 
 /// What a scenario breaks while the writers run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -34,6 +34,11 @@ enum Fault {
     Slowloris,
     /// SIGTERM with a drain delay under keep-alive load: no resets.
     Sigterm,
+    /// On a private Redis Cluster with `--ack-replicas 1`: SIGKILL the master
+    /// of a busy partition, wait for its replica's promotion, bring the old
+    /// master back as a replica; settings changed meanwhile must reach both
+    /// apis within 5 s after.
+    MasterFailover,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +50,7 @@ struct Scenario {
     fault: Fault,
 }
 
-const SCENARIOS: [Scenario; 13] = [
+const SCENARIOS: [Scenario; 14] = [
     Scenario { name: "worker-kill", streams: true, load: Load::Entries, fault: Fault::WorkerKill },
     Scenario { name: "pg-stop", streams: true, load: Load::Entries, fault: Fault::PgStop },
     Scenario { name: "pg-pause", streams: true, load: Load::Entries, fault: Fault::PgPause },
@@ -59,6 +64,7 @@ const SCENARIOS: [Scenario; 13] = [
     Scenario { name: "slowloris", streams: false, load: Load::Entries, fault: Fault::Slowloris },
     Scenario { name: "sigterm-embedded", streams: false, load: Load::Entries, fault: Fault::Sigterm },
     Scenario { name: "sigterm-cluster", streams: true, load: Load::Entries, fault: Fault::Sigterm },
+    Scenario { name: "cluster-failover", streams: true, load: Load::Entries, fault: Fault::MasterFailover },
 ];
 
 /// Durations and rates of one run.
@@ -214,6 +220,7 @@ impl Lab {
         match scenario.fault {
             Fault::ConcurrentStart => return self.concurrent_start(scenario, &envs, &log),
             Fault::Flood | Fault::Slowloris | Fault::Sigterm => return self.edge(scenario, envs, &log),
+            Fault::MasterFailover => return self.failover(scenario, &database, &envs, &log),
             _ => {}
         }
         let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), &log)?;
@@ -264,7 +271,12 @@ impl Lab {
     fn inject(&mut self, fault: Fault, worker: Option<&mut Binary>) -> Result<()> {
         let hold = self.profile.fault;
         match fault {
-            Fault::None | Fault::ConcurrentStart | Fault::Flood | Fault::Slowloris | Fault::Sigterm => {
+            Fault::None
+            | Fault::ConcurrentStart
+            | Fault::Flood
+            | Fault::Slowloris
+            | Fault::Sigterm
+            | Fault::MasterFailover => {
                 std::thread::sleep(hold);
             }
             Fault::WorkerKill => {
@@ -297,6 +309,94 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// The failover scenario: its own Redis Cluster, two apis writing with
+    /// `--ack-replicas 1` and a worker; the master of partition 0's stream is
+    /// killed mid-load, a settings change goes through the other api while
+    /// it is down, the replica is promoted, the old master comes back as a
+    /// replica. Judged like every scenario (lost, regressed, phantoms), plus
+    /// the settings reaching both apis within 5 s of the cluster being whole.
+    fn failover(
+        &self,
+        scenario: Scenario,
+        database: &str,
+        envs: &[(&'static str, String)],
+        log: &Path,
+    ) -> Result<Outcome> {
+        const TOKEN: &str = "chaos-admin";
+        let mut cluster = RedisCluster::start(&self.dir.join("redis-cluster"))?;
+        let mut envs: Vec<(&'static str, String)> = envs.iter().filter(|(k, _)| *k != "REDIS_URL").cloned().collect();
+        envs.extend([
+            ("REDIS_URL", cluster.url()),
+            ("KEEL_ACK_REPLICAS", "1".to_owned()),
+            ("KEEL_ADMIN_TOKEN", TOKEN.to_owned()),
+        ]);
+        let namespace = envs.iter().find(|(k, _)| *k == "KEEL_NAMESPACE").map(|(_, v)| v.clone()).unwrap_or_default();
+        let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), log)?;
+        let mut other = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api-2"), log)?;
+        let mut worker =
+            Binary::spawn(&self.worker, "--admin-listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-worker"), log)?;
+        for process in [&mut api, &mut other, &mut worker] {
+            process.wait_ready(Duration::from_secs(60))?;
+        }
+
+        let (ledger, stop) = (Arc::new(Ledger::default()), Arc::new(AtomicBool::new(false)));
+        let writers =
+            load::spawn_writers(scenario.load, &api.addr, self.profile.writers, self.profile.rate, &ledger, &stop);
+        std::thread::sleep(self.profile.warm_up);
+        // Partition 0 is as busy as any: the writers' keys hash over all 16.
+        let busy = format!("{namespace}:entries-stream:{{p0}}");
+        let victim = cluster.master_of(&busy, 0)?;
+        let victim_port = cluster.nodes[victim].port;
+        let killed = Instant::now();
+        cluster.nodes[victim].kill()?;
+        let version = change_settings(&other.addr, TOKEN, Duration::from_secs(30))?;
+        let asking = (victim + 1) % cluster.nodes.len();
+        servers::wait_until(Duration::from_secs(30), || {
+            cluster.master_of(&busy, asking).is_ok_and(|m| m != victim) && cluster.healthy(Some(victim))
+        })
+        .with_context(|| {
+            format!("the replica was not promoted; the cluster as node {asking} sees it:\n{}", cluster.describe(asking))
+        })?;
+        let promoted = killed.elapsed();
+        if let Some(rest) = self.profile.fault.checked_sub(promoted) {
+            std::thread::sleep(rest);
+        }
+        cluster.nodes[victim].up()?;
+        servers::wait_until(Duration::from_secs(30), || cluster.healthy(None))
+            .context("the old master did not rejoin")?;
+        let fault_end = Instant::now();
+        let converged = servers::wait_until(Duration::from_secs(5), || {
+            [&api.addr, &other.addr].iter().all(|addr| {
+                load::get(addr, "/api/v1/settings/monitoring")
+                    .ok()
+                    .and_then(|(_, body)| load::version_of(&body))
+                    .is_some_and(|v| v >= version)
+            })
+        });
+        let convergence = fault_end.elapsed();
+        std::thread::sleep(self.profile.after);
+        load::join(writers, &stop)?;
+        worker.wait_ready(Duration::from_secs(60))?;
+        let stopped = Instant::now();
+        let mut outcome = self.settle(scenario, database, &ledger, &api.addr)?;
+        outcome.catch_up = stopped.elapsed();
+        outcome.recovery = ledger.first_ack_after(fault_end).unwrap_or_default();
+        outcome.dead_lettered = self.count(database, "SELECT count(*) FROM write_behind_dead_letters")?;
+        outcome.note = format!(
+            "master :{victim_port} of partition 0 killed; replica promoted in {:.1}s; settings v{version} on both apis {:.1}s after the cluster was whole; {} refusals (503) while it was not",
+            promoted.as_secs_f64(),
+            convergence.as_secs_f64(),
+            ledger.refusals.load(Ordering::Acquire)
+        );
+        if converged.is_err() {
+            outcome.failure = Some(format!("settings v{version} had not reached both apis 5 s after the failover"));
+        }
+        for process in [&mut worker, &mut other, &mut api] {
+            process.stop();
+        }
+        Ok(outcome)
     }
 
     /// Waits (up to 90 s) until every acknowledged write is stored, then
@@ -500,6 +600,22 @@ impl Lab {
             process.stop();
         }
         Ok(Outcome { name: scenario.name.to_owned(), catch_up, failure, ..Outcome::default() })
+    }
+}
+
+/// Sets `log_level` to `debug` in the `monitoring` document through `api`,
+/// retrying while the store is unavailable; the version it got.
+fn change_settings(api: &str, token: &str, limit: Duration) -> Result<i64> {
+    let deadline = Instant::now() + limit;
+    let auth = format!("Bearer {token}");
+    let body = r#"{"enable_monitoring":true,"log_level":"debug"}"#;
+    loop {
+        let answer = load::request_with(api, "PUT", "/api/v1/settings/monitoring", &[("Authorization", &auth)], body);
+        match answer {
+            Ok((200, text)) => return load::version_of(&text).context("a settings answer without a version"),
+            other if Instant::now() > deadline => bail!("the settings change was refused until the end: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
 }
 

@@ -151,6 +151,8 @@ pub(crate) struct Redis {
     pub(crate) port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// A node of a Redis Cluster (its cluster state in `dir/nodes.conf`).
+    cluster: bool,
 }
 
 impl Redis {
@@ -160,7 +162,7 @@ impl Redis {
         }
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
-        let mut redis = Self { port: free_port()?, dir: dir.to_path_buf(), child: None };
+        let mut redis = Self { port: free_port()?, dir: dir.to_path_buf(), child: None, cluster: false };
         redis.up()?;
         Ok(redis)
     }
@@ -168,7 +170,26 @@ impl Redis {
     pub(crate) fn up(&mut self) -> Result<()> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(if self.cluster {
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1500",
+                    // A replica may take over however long it was cut
+                    // off: the writes that matter are those WAIT put there.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--logfile",
+                    "redis.log",
+                ][..]
+            } else {
+                &[][..]
+            })
+            .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
             .spawn()
@@ -197,6 +218,102 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.kill();
+    }
+}
+
+/// A private Redis Cluster: six nodes on free ports, three masters with one
+/// replica each, created with `redis-cli --cluster create`.
+pub(crate) struct RedisCluster {
+    pub(crate) nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub(crate) fn start(dir: &Path) -> Result<Self> {
+        if !on_path("redis-cli") && !try_install("redis-server")? {
+            bail!("chaos needs redis-server and redis-cli (Debian: apt-get install redis-server)");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        let mut nodes = Vec::new();
+        for i in 0..6 {
+            let node_dir = dir.join(i.to_string());
+            std::fs::create_dir_all(&node_dir)?;
+            let mut node = Redis { port: free_port()?, dir: node_dir, child: None, cluster: true };
+            node.up()?;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        run(Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null()))?;
+        let cluster = Self { nodes };
+        wait_until(Duration::from_secs(30), || cluster.healthy(None) && cluster.replicas_in_sync())
+            .context("the chaos cluster never became ok with every replica in sync")?;
+        Ok(cluster)
+    }
+
+    /// The URL `REDIS_URL` takes, naming every node.
+    pub(crate) fn url(&self) -> String {
+        let [first, rest @ ..] = &self.nodes[..] else { return String::new() };
+        let others: Vec<String> = rest.iter().map(|n| format!("node=127.0.0.1:{}", n.port)).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", first.port, others.join("&"))
+    }
+
+    fn cli(port: u16, args: &[&str]) -> Option<String> {
+        let out =
+            Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every running node (but `except`) reports `cluster_state:ok`.
+    pub(crate) fn healthy(&self, except: Option<usize>) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| Some(*i) != except && n.child.is_some())
+            .all(|(_, n)| Self::cli(n.port, &["cluster", "info"]).is_some_and(|info| info.contains("cluster_state:ok")))
+    }
+
+    /// Three replicas, each with its link to its master up.
+    fn replicas_in_sync(&self) -> bool {
+        let linked = self
+            .nodes
+            .iter()
+            .filter_map(|n| Self::cli(n.port, &["info", "replication"]))
+            .filter(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+            .count();
+        linked == 3
+    }
+
+    /// `CLUSTER NODES` and `CLUSTER INFO` as node `asking` answers them.
+    pub(crate) fn describe(&self, asking: usize) -> String {
+        let port = self.nodes[asking].port;
+        let nodes = Self::cli(port, &["cluster", "nodes"]).unwrap_or_default();
+        let info = Self::cli(port, &["cluster", "info"]).unwrap_or_default();
+        format!("{nodes}{}", info.lines().take(3).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// The node (index) that is master of `key`'s slot, as `asking` sees it.
+    pub(crate) fn master_of(&self, key: &str, asking: usize) -> Result<usize> {
+        let port = self.nodes[asking].port;
+        let slot: u16 = Self::cli(port, &["cluster", "keyslot", key]).context("CLUSTER KEYSLOT")?.trim().parse()?;
+        let table = Self::cli(port, &["cluster", "nodes"]).context("CLUSTER NODES")?;
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b)
+            });
+            let node_port = fields[1].split('@').next().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok());
+            if owns && let Some(index) = self.nodes.iter().position(|n| Some(n.port) == node_port) {
+                return Ok(index);
+            }
+        }
+        bail!("no master owns slot {slot} of {key}")
     }
 }
 
