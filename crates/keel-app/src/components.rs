@@ -70,6 +70,7 @@ pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
                     let config = DurableConfig { stream, ..config.clone() };
                     started.push(start_consumer(core, redis, config, &store).await?);
                 }
+                DurableConsumer::instrument_all(&started, &core.meter(), "entries");
                 tracing::info!(consumer = core.instance_id, partitions, "consuming the entries streams");
                 consumers = started;
             }
@@ -108,7 +109,6 @@ async fn start_consumer(
             .await
             .map_err(|err| StartError::WriteBehind(err.to_string()))?,
     );
-    running.instrument(&core.meter(), "entries");
     let (stop, task) = (core.shutdown.token(), running.clone());
     core.shutdown.spawn(async move { task.run(stop).await });
     Ok(running)

@@ -288,10 +288,20 @@ where
     /// instruments as an in-process queue, labelled `queue = name`, so the
     /// alerts and dashboards read a worker like an embedded api.
     pub fn instrument(self: &Arc<Self>, telemetry: &dyn keel_telemetry::MeterSource, name: &str) {
+        Self::instrument_all(std::slice::from_ref(self), telemetry, name);
+    }
+
+    /// [`instrument`](Self::instrument) for the consumers of every partition
+    /// of one queue, exported as one: their figures added up (one series
+    /// each, not one per consumer with the same labels).
+    pub fn instrument_all(consumers: &[Arc<Self>], telemetry: &dyn keel_telemetry::MeterSource, name: &str) {
+        let Some(first) = consumers.first() else { return };
         // Weak: the meter provider outlives consumers and must not keep them alive.
-        let consumer = Arc::downgrade(self);
-        let handles = crate::queue::export_metrics(telemetry, name, move || consumer.upgrade().map(|c| c.metrics()));
-        self.instruments.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(handles);
+        let weak: Vec<std::sync::Weak<Self>> = consumers.iter().map(Arc::downgrade).collect();
+        let handles = crate::queue::export_metrics(telemetry, name, move || {
+            weak.iter().filter_map(std::sync::Weak::upgrade).map(|c| c.metrics()).reduce(|a, b| a.plus(&b))
+        });
+        first.instruments.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(handles);
     }
 
     /// Persists what this consumer handled so far.
@@ -325,6 +335,11 @@ where
                 }
                 Ok(_) => {}
                 Err(err) => {
+                    // After a failure (a Redis failover among them) read this
+                    // consumer's own pending entries first: what it read from
+                    // a master that died before its XACK reached the replica
+                    // is pending again on the promoted one.
+                    self.recovering.store(true, std::sync::atomic::Ordering::Release);
                     tracing::warn!(%err, "durable queue poll failed; retrying");
                     tokio::time::sleep(self.config.idle_poll * 10).await;
                 }

@@ -380,6 +380,13 @@ impl Lab {
         load::join(writers, &stop)?;
         worker.wait_ready(Duration::from_secs(60))?;
         let stopped = Instant::now();
+        // Writes refused with 503 may still have landed (in the stream and
+        // the cache): the streams must drain before phantoms are judged.
+        servers::wait_until(Duration::from_secs(60), || {
+            load::get(&worker.addr, "/metrics")
+                .is_ok_and(|(_, text)| metric(&text, "keel_write_behind_queue_depth", "queue=\"entries\"") == 0.0)
+        })
+        .context("the entries streams did not drain")?;
         let mut outcome = self.settle(scenario, database, &ledger, &api.addr)?;
         outcome.catch_up = stopped.elapsed();
         outcome.recovery = ledger.first_ack_after(fault_end).unwrap_or_default();
