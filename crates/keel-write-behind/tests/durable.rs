@@ -1,4 +1,5 @@
-//! Durable mode on a real Redis Stream, persisting into real PostgreSQL.
+//! Durable mode on a real Redis Stream, persisting into real PostgreSQL; every
+//! test runs on standalone Redis, then on the local Redis Cluster.
 
 // Helpers outside #[test] functions unwrap too: a failed set-up is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use fred::prelude::*;
 use keel_store::RedisStore;
-use keel_store::testing::{TempDatabase, redis, unique_prefix};
+use keel_store::testing::{TempDatabase, redis_at, redis_urls, unique_prefix};
 use keel_telemetry::Telemetry;
 use keel_write_behind::{
     DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableError, DurableProducer, EntryWrite, RepoFuture,
@@ -58,195 +59,208 @@ async fn drain(consumer: &DurableConsumer<EntryWrite>, target: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_flow_through_the_stream_into_postgres_and_the_stream_empties() {
-    let temp = TempDatabase::create("wb_durable").await;
-    let telemetry = Telemetry::new("t").unwrap();
-    let database = temp.connect(&telemetry).await;
-    database.run_migrations().await.unwrap();
-    let store = redis(&telemetry).await;
-    let stream = unique_prefix("stream");
-    let config = DurableConfig { batch_size: 100, ..DurableConfig::new(&stream, "workers", "c1") };
-    let producer = DurableProducer::new(store.clone(), config.clone());
-    let entries = Arc::new(DbEntries::new(database.clone()));
-    let consumer = DurableConsumer::new(
-        store.clone(),
-        config,
-        entries.clone(),
-        Arc::new(DbDeadLetters::new(database.clone(), "durable")),
-    )
-    .await
-    .unwrap();
-    for version in 1..=3 {
-        for key in 0..200 {
-            producer.enqueue(&write(key, version)).await.unwrap();
+    for url in redis_urls() {
+        let temp = TempDatabase::create("wb_durable").await;
+        let telemetry = Telemetry::new("t").unwrap();
+        let database = temp.connect(&telemetry).await;
+        database.run_migrations().await.unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let stream = unique_prefix("stream");
+        let config = DurableConfig { batch_size: 100, ..DurableConfig::new(&stream, "workers", "c1") };
+        let producer = DurableProducer::new(store.clone(), config.clone());
+        let entries = Arc::new(DbEntries::new(database.clone()));
+        let consumer = DurableConsumer::new(
+            store.clone(),
+            config,
+            entries.clone(),
+            Arc::new(DbDeadLetters::new(database.clone(), "durable")),
+        )
+        .await
+        .unwrap();
+        for version in 1..=3 {
+            for key in 0..200 {
+                producer.enqueue(&write(key, version)).await.unwrap();
+            }
         }
+        drain(&consumer, 600).await;
+        assert_eq!(producer.backlog().await.unwrap(), 0, "persisted entries are deleted from the stream");
+        assert_eq!(pending(&store, &stream, "workers").await, 0);
+        for key in 0..200 {
+            assert_eq!(entries.get(&format!("k{key}")).await.unwrap().unwrap().version, 3);
+        }
+        let _: i64 = store.client().del(&stream).await.unwrap();
+        drop((consumer, entries, database));
+        temp.drop_database().await;
     }
-    drain(&consumer, 600).await;
-    assert_eq!(producer.backlog().await.unwrap(), 0, "persisted entries are deleted from the stream");
-    assert_eq!(pending(&store, &stream, "workers").await, 0);
-    for key in 0..200 {
-        assert_eq!(entries.get(&format!("k{key}")).await.unwrap().unwrap().version, 3);
-    }
-    let _: i64 = store.client().del(&stream).await.unwrap();
-    drop((consumer, entries, database));
-    temp.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_a_dead_consumer_are_claimed_and_persisted_by_another() {
-    let temp = TempDatabase::create("wb_claim").await;
-    let telemetry = Telemetry::new("t").unwrap();
-    let database = temp.connect(&telemetry).await;
-    database.run_migrations().await.unwrap();
-    let store = redis(&telemetry).await;
-    let stream = unique_prefix("claim");
-    let base = DurableConfig {
-        batch_size: 50,
-        visibility_timeout: Duration::from_millis(300),
-        ..DurableConfig::new(&stream, "workers", "doomed")
-    };
-    let producer = DurableProducer::new(store.clone(), base.clone());
-    for key in 0..50 {
-        producer.enqueue(&write(key, 1)).await.unwrap();
-    }
-    let letters = Arc::new(DbDeadLetters::new(database.clone(), "claim"));
-
-    // The first consumer takes the batch and dies before acknowledging it.
-    let doomed = DurableConsumer::new(store.clone(), base.clone(), Arc::new(Hang), letters.clone()).await.unwrap();
-    let dying = tokio::spawn(async move { doomed.poll_once().await });
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while pending(&store, &stream, "workers").await < 50 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    for url in redis_urls() {
+        let temp = TempDatabase::create("wb_claim").await;
+        let telemetry = Telemetry::new("t").unwrap();
+        let database = temp.connect(&telemetry).await;
+        database.run_migrations().await.unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let stream = unique_prefix("claim");
+        let base = DurableConfig {
+            batch_size: 50,
+            visibility_timeout: Duration::from_millis(300),
+            ..DurableConfig::new(&stream, "workers", "doomed")
+        };
+        let producer = DurableProducer::new(store.clone(), base.clone());
+        for key in 0..50 {
+            producer.enqueue(&write(key, 1)).await.unwrap();
         }
-    })
-    .await
-    .expect("the doomed consumer never read the batch");
-    dying.abort();
+        let letters = Arc::new(DbDeadLetters::new(database.clone(), "claim"));
 
-    // Another consumer claims them once they have idled past the visibility timeout.
-    let entries = Arc::new(DbEntries::new(database.clone()));
-    let survivor = DurableConsumer::new(
-        store.clone(),
-        DurableConfig { consumer: "survivor".into(), ..base },
-        entries.clone(),
-        letters.clone(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(survivor.poll_once().await.unwrap(), 0, "nothing is claimable before the visibility timeout");
-    drain(&survivor, 50).await;
-    assert_eq!(producer.backlog().await.unwrap(), 0);
-    assert_eq!(pending(&store, &stream, "workers").await, 0);
-    for key in 0..50 {
-        assert!(entries.get(&format!("k{key}")).await.unwrap().is_some(), "k{key} lost");
+        // The first consumer takes the batch and dies before acknowledging it.
+        let doomed = DurableConsumer::new(store.clone(), base.clone(), Arc::new(Hang), letters.clone()).await.unwrap();
+        let dying = tokio::spawn(async move { doomed.poll_once().await });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pending(&store, &stream, "workers").await < 50 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the doomed consumer never read the batch");
+        dying.abort();
+
+        // Another consumer claims them once they have idled past the visibility timeout.
+        let entries = Arc::new(DbEntries::new(database.clone()));
+        let survivor = DurableConsumer::new(
+            store.clone(),
+            DurableConfig { consumer: "survivor".into(), ..base },
+            entries.clone(),
+            letters.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(survivor.poll_once().await.unwrap(), 0, "nothing is claimable before the visibility timeout");
+        drain(&survivor, 50).await;
+        assert_eq!(producer.backlog().await.unwrap(), 0);
+        assert_eq!(pending(&store, &stream, "workers").await, 0);
+        for key in 0..50 {
+            assert!(entries.get(&format!("k{key}")).await.unwrap().is_some(), "k{key} lost");
+        }
+        assert_eq!(letters.count().await.unwrap(), 0);
+        let _: i64 = store.client().del(&stream).await.unwrap();
+        drop((survivor, entries, letters, database));
+        temp.drop_database().await;
     }
-    assert_eq!(letters.count().await.unwrap(), 0);
-    let _: i64 = store.client().del(&stream).await.unwrap();
-    drop((survivor, entries, letters, database));
-    temp.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_resumes_its_own_unacknowledged_entries_at_once() {
-    let temp = TempDatabase::create("wb_resume").await;
-    let telemetry = Telemetry::new("t").unwrap();
-    let database = temp.connect(&telemetry).await;
-    database.run_migrations().await.unwrap();
-    let store = redis(&telemetry).await;
-    let stream = unique_prefix("resume");
-    // A long visibility timeout: only the restart path can recover these.
-    let config =
-        DurableConfig { visibility_timeout: Duration::from_secs(3600), ..DurableConfig::new(&stream, "workers", "w1") };
-    let producer = DurableProducer::new(store.clone(), config.clone());
-    for key in 0..20 {
-        producer.enqueue(&write(key, 1)).await.unwrap();
-    }
-    let letters = Arc::new(DbDeadLetters::new(database.clone(), "resume"));
-    let crashed = DurableConsumer::new(store.clone(), config.clone(), Arc::new(Hang), letters.clone()).await.unwrap();
-    let running = tokio::spawn(async move { crashed.poll_once().await });
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while pending(&store, &stream, "workers").await < 20 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    for url in redis_urls() {
+        let temp = TempDatabase::create("wb_resume").await;
+        let telemetry = Telemetry::new("t").unwrap();
+        let database = temp.connect(&telemetry).await;
+        database.run_migrations().await.unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let stream = unique_prefix("resume");
+        // A long visibility timeout: only the restart path can recover these.
+        let config = DurableConfig {
+            visibility_timeout: Duration::from_secs(3600),
+            ..DurableConfig::new(&stream, "workers", "w1")
+        };
+        let producer = DurableProducer::new(store.clone(), config.clone());
+        for key in 0..20 {
+            producer.enqueue(&write(key, 1)).await.unwrap();
         }
-    })
-    .await
-    .unwrap();
-    running.abort();
+        let letters = Arc::new(DbDeadLetters::new(database.clone(), "resume"));
+        let crashed =
+            DurableConsumer::new(store.clone(), config.clone(), Arc::new(Hang), letters.clone()).await.unwrap();
+        let running = tokio::spawn(async move { crashed.poll_once().await });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pending(&store, &stream, "workers").await < 20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        running.abort();
 
-    let entries = Arc::new(DbEntries::new(database.clone()));
-    let restarted = DurableConsumer::new(store.clone(), config, entries.clone(), letters).await.unwrap();
-    assert_eq!(restarted.poll_once().await.unwrap(), 20, "its own pending entries come back on the first poll");
-    assert_eq!(restarted.metrics().persisted, 20);
-    assert_eq!(pending(&store, &stream, "workers").await, 0);
-    let _: i64 = store.client().del(&stream).await.unwrap();
-    drop((restarted, entries, database));
-    temp.drop_database().await;
+        let entries = Arc::new(DbEntries::new(database.clone()));
+        let restarted = DurableConsumer::new(store.clone(), config, entries.clone(), letters).await.unwrap();
+        assert_eq!(restarted.poll_once().await.unwrap(), 20, "its own pending entries come back on the first poll");
+        assert_eq!(restarted.metrics().persisted, 20);
+        assert_eq!(pending(&store, &stream, "workers").await, 0);
+        let _: i64 = store.client().del(&stream).await.unwrap();
+        drop((restarted, entries, database));
+        temp.drop_database().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producers_wait_while_the_stream_is_at_capacity() {
-    let telemetry = Telemetry::new("t").unwrap();
-    let store = redis(&telemetry).await;
-    let stream = unique_prefix("full");
-    let producer =
-        DurableProducer::new(store.clone(), DurableConfig { capacity: 5, ..DurableConfig::new(&stream, "g", "c") });
-    for key in 0..5 {
-        producer.try_enqueue(&write(key, 1)).await.unwrap();
+    for url in redis_urls() {
+        let telemetry = Telemetry::new("t").unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let stream = unique_prefix("full");
+        let producer =
+            DurableProducer::new(store.clone(), DurableConfig { capacity: 5, ..DurableConfig::new(&stream, "g", "c") });
+        for key in 0..5 {
+            producer.try_enqueue(&write(key, 1)).await.unwrap();
+        }
+        assert!(matches!(producer.try_enqueue(&write(5, 1)).await, Err(DurableError::Full)));
+        let waiting = tokio::time::timeout(Duration::from_millis(300), producer.enqueue(&write(5, 1))).await;
+        assert!(waiting.is_err(), "enqueue waits while the stream is full");
+        assert_eq!(producer.backlog().await.unwrap(), 5, "and appended nothing while waiting");
+        // Room appears (a consumer deleted what it persisted): the wait ends.
+        let oldest: Vec<(String, std::collections::HashMap<String, String>)> =
+            store.client().xrange(&stream, "-", "+", Some(1)).await.unwrap();
+        let _: u64 = store.client().xdel(&stream, oldest[0].0.clone()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), producer.enqueue(&write(5, 1))).await.unwrap().unwrap();
+        assert_eq!(producer.backlog().await.unwrap(), 5);
+        let _: i64 = store.client().del(&stream).await.unwrap();
     }
-    assert!(matches!(producer.try_enqueue(&write(5, 1)).await, Err(DurableError::Full)));
-    let waiting = tokio::time::timeout(Duration::from_millis(300), producer.enqueue(&write(5, 1))).await;
-    assert!(waiting.is_err(), "enqueue waits while the stream is full");
-    assert_eq!(producer.backlog().await.unwrap(), 5, "and appended nothing while waiting");
-    // Room appears (a consumer deleted what it persisted): the wait ends.
-    let oldest: Vec<(String, std::collections::HashMap<String, String>)> =
-        store.client().xrange(&stream, "-", "+", Some(1)).await.unwrap();
-    let _: u64 = store.client().xdel(&stream, oldest[0].0.clone()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), producer.enqueue(&write(5, 1))).await.unwrap().unwrap();
-    assert_eq!(producer.backlog().await.unwrap(), 5);
-    let _: i64 = store.client().del(&stream).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_consumers_share_one_stream_without_duplicates_or_losses() {
-    let temp = TempDatabase::create("wb_shared").await;
-    let telemetry = Telemetry::new("t").unwrap();
-    let database = temp.connect(&telemetry).await;
-    database.run_migrations().await.unwrap();
-    let store = redis(&telemetry).await;
-    let stream = unique_prefix("shared");
-    let config = DurableConfig { batch_size: 20, ..DurableConfig::new(&stream, "workers", "a") };
-    let producer = DurableProducer::new(store.clone(), config.clone());
-    for key in 0..400 {
-        producer.enqueue(&write(key, 1)).await.unwrap();
+    for url in redis_urls() {
+        let temp = TempDatabase::create("wb_shared").await;
+        let telemetry = Telemetry::new("t").unwrap();
+        let database = temp.connect(&telemetry).await;
+        database.run_migrations().await.unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let stream = unique_prefix("shared");
+        let config = DurableConfig { batch_size: 20, ..DurableConfig::new(&stream, "workers", "a") };
+        let producer = DurableProducer::new(store.clone(), config.clone());
+        for key in 0..400 {
+            producer.enqueue(&write(key, 1)).await.unwrap();
+        }
+        let entries = Arc::new(DbEntries::new(database.clone()));
+        let letters = Arc::new(DbDeadLetters::new(database.clone(), "shared"));
+        let a = DurableConsumer::new(store.clone(), config.clone(), entries.clone(), letters.clone()).await.unwrap();
+        let b = DurableConsumer::new(
+            store.clone(),
+            DurableConfig { consumer: "b".into(), ..config },
+            entries.clone(),
+            letters.clone(),
+        )
+        .await
+        .unwrap();
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let run = |consumer: Arc<DurableConsumer<EntryWrite>>| {
+            tokio::spawn(async move {
+                while consumer.poll_once().await.unwrap() > 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let (ta, tb) = (run(a.clone()), run(b.clone()));
+        ta.await.unwrap();
+        tb.await.unwrap();
+        let (pa, pb) = (a.metrics().persisted, b.metrics().persisted);
+        assert_eq!(pa + pb, 400, "each entry handled exactly once: {pa} + {pb}");
+        assert!(pa > 0 && pb > 0, "both consumers took a share: {pa} / {pb}");
+        assert_eq!(producer.backlog().await.unwrap(), 0);
+        let _: i64 = store.client().del(&stream).await.unwrap();
+        drop((a, b, entries, letters, database));
+        temp.drop_database().await;
     }
-    let entries = Arc::new(DbEntries::new(database.clone()));
-    let letters = Arc::new(DbDeadLetters::new(database.clone(), "shared"));
-    let a = DurableConsumer::new(store.clone(), config.clone(), entries.clone(), letters.clone()).await.unwrap();
-    let b = DurableConsumer::new(
-        store.clone(),
-        DurableConfig { consumer: "b".into(), ..config },
-        entries.clone(),
-        letters.clone(),
-    )
-    .await
-    .unwrap();
-    let (a, b) = (Arc::new(a), Arc::new(b));
-    let run = |consumer: Arc<DurableConsumer<EntryWrite>>| {
-        tokio::spawn(async move {
-            while consumer.poll_once().await.unwrap() > 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-    };
-    let (ta, tb) = (run(a.clone()), run(b.clone()));
-    ta.await.unwrap();
-    tb.await.unwrap();
-    let (pa, pb) = (a.metrics().persisted, b.metrics().persisted);
-    assert_eq!(pa + pb, 400, "each entry handled exactly once: {pa} + {pb}");
-    assert!(pa > 0 && pb > 0, "both consumers took a share: {pa} / {pb}");
-    assert_eq!(producer.backlog().await.unwrap(), 0);
-    let _: i64 = store.client().del(&stream).await.unwrap();
-    drop((a, b, entries, letters, database));
-    temp.drop_database().await;
 }
 
 /// Counts what it is given; nothing may reach its dead-letter side.
@@ -268,21 +282,24 @@ impl keel_write_behind::DeadLetters<EntryWrite> for Count {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_one_acknowledgement_script_is_fully_removed() {
-    let telemetry = Telemetry::new("t").unwrap();
-    let store = redis(&telemetry).await;
-    let stream = unique_prefix("big");
-    let config = DurableConfig { batch_size: 9_000, capacity: 10_000, ..DurableConfig::new(&stream, "workers", "c1") };
-    let producer = DurableProducer::new(store.clone(), config.clone());
-    let count = Arc::new(Count::default());
-    let consumer = DurableConsumer::new(store.clone(), config, count.clone(), count.clone()).await.unwrap();
-    for key in 0..9_000 {
-        producer.enqueue(&write(key, 1)).await.unwrap();
+    for url in redis_urls() {
+        let telemetry = Telemetry::new("t").unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let stream = unique_prefix("big");
+        let config =
+            DurableConfig { batch_size: 9_000, capacity: 10_000, ..DurableConfig::new(&stream, "workers", "c1") };
+        let producer = DurableProducer::new(store.clone(), config.clone());
+        let count = Arc::new(Count::default());
+        let consumer = DurableConsumer::new(store.clone(), config, count.clone(), count.clone()).await.unwrap();
+        for key in 0..9_000 {
+            producer.enqueue(&write(key, 1)).await.unwrap();
+        }
+        assert_eq!(consumer.poll_once().await.unwrap(), 9_000, "one read takes the whole batch");
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 9_000);
+        assert_eq!(producer.backlog().await.unwrap(), 0, "every entry is deleted, across script chunks");
+        assert_eq!(pending(&store, &stream, "workers").await, 0, "every entry is acknowledged");
+        let _: i64 = store.client().del(&stream).await.unwrap();
     }
-    assert_eq!(consumer.poll_once().await.unwrap(), 9_000, "one read takes the whole batch");
-    assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 9_000);
-    assert_eq!(producer.backlog().await.unwrap(), 0, "every entry is deleted, across script chunks");
-    assert_eq!(pending(&store, &stream, "workers").await, 0, "every entry is acknowledged");
-    let _: i64 = store.client().del(&stream).await.unwrap();
 }
 
 /// A poison entry (PostgreSQL refuses U+0000 in jsonb) whose dead letter
@@ -290,77 +307,79 @@ async fn a_batch_larger_than_one_acknowledgement_script_is_fully_removed() {
 /// entries of its batch are persisted meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_whose_dead_letter_cannot_be_stored_stays_pending_until_it_is() {
-    use diesel_async::RunQueryDsl as _;
-    let temp = TempDatabase::create("wb_dead_down").await;
-    let telemetry = Telemetry::new("t").unwrap();
-    let database = temp.connect(&telemetry).await;
-    database.run_migrations().await.unwrap();
-    let store = redis(&telemetry).await;
-    let stream = unique_prefix("stream");
-    let config = DurableConfig {
-        max_retries: 1,
-        backoff_initial: Duration::from_millis(10),
-        backoff_max: Duration::from_millis(200),
-        ..DurableConfig::new(&stream, "workers", "c1")
-    };
-    let producer = DurableProducer::new(store.clone(), config.clone());
-    let dead_letters = DbDeadLetters::new(database.clone(), "durable");
-    let consumer = Arc::new(
-        DurableConsumer::new(
-            store.clone(),
-            config,
-            Arc::new(DbEntries::new(database.clone())),
-            Arc::new(dead_letters.clone()),
-        )
+    for url in redis_urls() {
+        use diesel_async::RunQueryDsl as _;
+        let temp = TempDatabase::create("wb_dead_down").await;
+        let telemetry = Telemetry::new("t").unwrap();
+        let database = temp.connect(&telemetry).await;
+        database.run_migrations().await.unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let stream = unique_prefix("stream");
+        let config = DurableConfig {
+            max_retries: 1,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(200),
+            ..DurableConfig::new(&stream, "workers", "c1")
+        };
+        let producer = DurableProducer::new(store.clone(), config.clone());
+        let dead_letters = DbDeadLetters::new(database.clone(), "durable");
+        let consumer = Arc::new(
+            DurableConsumer::new(
+                store.clone(),
+                config,
+                Arc::new(DbEntries::new(database.clone())),
+                Arc::new(dead_letters.clone()),
+            )
+            .await
+            .unwrap(),
+        );
+        for key in 0..10 {
+            let mut item = write(key, 1);
+            if key == 4 {
+                item.value = json!({"v": "a\u{0}b"});
+            }
+            producer.enqueue(&item).await.unwrap();
+        }
+        let admin = |sql: &'static str| {
+            let database = database.clone();
+            async move {
+                let mut conn = database.postgres_connection().await.unwrap().unwrap();
+                diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+            }
+        };
+        // The dead-letter table is away: storing a letter fails for real.
+        admin("ALTER TABLE write_behind_dead_letters RENAME TO dead_letters_away").await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = tokio::spawn({
+            let (consumer, stop) = (consumer.clone(), stop.clone());
+            async move { consumer.run(stop).await }
+        });
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while consumer.metrics().persisted < 9 || consumer.metrics().dead_letter_errors < 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
         .await
-        .unwrap(),
-    );
-    for key in 0..10 {
-        let mut item = write(key, 1);
-        if key == 4 {
-            item.value = json!({"v": "a\u{0}b"});
-        }
-        producer.enqueue(&item).await.unwrap();
+        .unwrap_or_else(|_| panic!("{:?}", consumer.metrics()));
+        let m = consumer.metrics();
+        assert_eq!((m.persisted, m.failed), (9, 0), "{m:?}");
+        assert_eq!(pending(&store, &stream, "workers").await, 10, "nothing acknowledged before the batch is done");
+        admin("ALTER TABLE dead_letters_away RENAME TO write_behind_dead_letters").await;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while pending(&store, &stream, "workers").await > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(consumer.metrics().failed, 1);
+        assert_eq!(dead_letters.count().await.unwrap(), 1);
+        let len: u64 = store.client().xlen(&stream).await.unwrap();
+        assert_eq!(len, 0, "acknowledged and deleted once the letter is stored");
+        stop.cancel();
+        running.await.unwrap();
+        temp.drop_database().await;
     }
-    let admin = |sql: &'static str| {
-        let database = database.clone();
-        async move {
-            let mut conn = database.postgres_connection().await.unwrap().unwrap();
-            diesel::sql_query(sql).execute(&mut conn).await.unwrap();
-        }
-    };
-    // The dead-letter table is away: storing a letter fails for real.
-    admin("ALTER TABLE write_behind_dead_letters RENAME TO dead_letters_away").await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn({
-        let (consumer, stop) = (consumer.clone(), stop.clone());
-        async move { consumer.run(stop).await }
-    });
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while consumer.metrics().persisted < 9 || consumer.metrics().dead_letter_errors < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{:?}", consumer.metrics()));
-    let m = consumer.metrics();
-    assert_eq!((m.persisted, m.failed), (9, 0), "{m:?}");
-    assert_eq!(pending(&store, &stream, "workers").await, 10, "nothing acknowledged before the batch is done");
-    admin("ALTER TABLE dead_letters_away RENAME TO write_behind_dead_letters").await;
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while pending(&store, &stream, "workers").await > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(consumer.metrics().failed, 1);
-    assert_eq!(dead_letters.count().await.unwrap(), 1);
-    let len: u64 = store.client().xlen(&stream).await.unwrap();
-    assert_eq!(len, 0, "acknowledged and deleted once the letter is stored");
-    stop.cancel();
-    running.await.unwrap();
-    temp.drop_database().await;
 }
 
 /// A write whose caller goes away at any point (before the script is sent,
@@ -370,51 +389,56 @@ async fn an_entry_whose_dead_letter_cannot_be_stored_stays_pending_until_it_is()
 #[cfg(feature = "entries")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
-    use keel_write_behind::{DurableEntries, Entries, EntryLayout, EntrySink};
-    let telemetry = Telemetry::new("t").unwrap();
-    let store = redis(&telemetry).await;
-    let temp = TempDatabase::create("abandoned").await;
-    let database = temp.connect(&telemetry).await;
-    let namespace = unique_prefix("abandoned");
-    let layout = EntryLayout::new(&namespace, 1);
-    let stream = layout.stream(0);
-    let sink = EntrySink::Durable(DurableEntries::new(&store, layout.clone(), &DurableConfig::new(&stream, "g", "c")));
-    let entries =
-        Entries::new(keel_store::Cache::redis(store.clone()), &namespace, sink, DbEntries::new(database.clone()));
-    const WRITES: usize = 300;
-    let mut finished = 0;
-    for i in 0..WRITES {
-        // Deadlines from nothing to a few round trips: the caller is
-        // dropped before, during and after the script.
-        let deadline = Duration::from_micros((i as u64 * 37) % 5_000);
-        let key = format!("key-{i}");
-        if tokio::time::timeout(deadline, entries.put(&key, json!({"i": i}))).await.is_ok_and(|r| r.is_ok()) {
-            finished += 1;
+    for url in redis_urls() {
+        use keel_write_behind::{DurableEntries, Entries, EntryLayout, EntrySink};
+        let telemetry = Telemetry::new("t").unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let temp = TempDatabase::create("abandoned").await;
+        let database = temp.connect(&telemetry).await;
+        let namespace = unique_prefix("abandoned");
+        let layout = EntryLayout::new(&namespace, 1);
+        let stream = layout.stream(0);
+        let sink =
+            EntrySink::Durable(DurableEntries::new(&store, layout.clone(), &DurableConfig::new(&stream, "g", "c")));
+        let entries =
+            Entries::new(keel_store::Cache::redis(store.clone()), &namespace, sink, DbEntries::new(database.clone()));
+        const WRITES: usize = 300;
+        let mut finished = 0;
+        for i in 0..WRITES {
+            // Deadlines from nothing to a few round trips: the caller is
+            // dropped before, during and after the script.
+            let deadline = Duration::from_micros((i as u64 * 37) % 5_000);
+            let key = format!("key-{i}");
+            if tokio::time::timeout(deadline, entries.put(&key, json!({"i": i}))).await.is_ok_and(|r| r.is_ok()) {
+                finished += 1;
+            }
         }
-    }
-    assert!(finished > 0 && finished < WRITES, "some writes finished and some were abandoned: {finished}");
-    // Scripts already sent land on their own.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let streamed: Vec<(String, std::collections::HashMap<String, String>)> =
-        store.client().xrange(&stream, "-", "+", None).await.unwrap();
-    let in_stream: std::collections::BTreeSet<String> =
-        streamed.iter().map(|(_, fields)| serde_json::from_str::<EntryWrite>(&fields["item"]).unwrap().key).collect();
-    let mut in_cache = std::collections::BTreeSet::new();
-    for i in 0..WRITES {
-        let key = format!("key-{i}");
-        let cached: Option<String> = store.client().get(layout.cache_key(&key)).await.unwrap();
-        if cached.is_some() {
-            in_cache.insert(key);
+        assert!(finished > 0 && finished < WRITES, "some writes finished and some were abandoned: {finished}");
+        // Scripts already sent land on their own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let streamed: Vec<(String, std::collections::HashMap<String, String>)> =
+            store.client().xrange(&stream, "-", "+", None).await.unwrap();
+        let in_stream: std::collections::BTreeSet<String> = streamed
+            .iter()
+            .map(|(_, fields)| serde_json::from_str::<EntryWrite>(&fields["item"]).unwrap().key)
+            .collect();
+        let mut in_cache = std::collections::BTreeSet::new();
+        for i in 0..WRITES {
+            let key = format!("key-{i}");
+            let cached: Option<String> = store.client().get(layout.cache_key(&key)).await.unwrap();
+            if cached.is_some() {
+                in_cache.insert(key);
+            }
         }
+        assert_eq!(in_cache, in_stream, "cache and stream hold the same writes");
+        assert!(in_stream.len() >= finished, "every acknowledged write is in the stream");
+        // Counted as acknowledged: every write that landed, waited for or not
+        // (operators compare it with persisted + dead-lettered + pending).
+        assert_eq!(entries.acknowledged(), in_stream.len() as u64);
+        let mut keys: Vec<String> = in_cache.iter().map(|k| layout.cache_key(k)).collect();
+        keys.push(stream);
+        let _: i64 = store.client().del(keys).await.unwrap();
+        drop((entries, database));
+        temp.drop_database().await;
     }
-    assert_eq!(in_cache, in_stream, "cache and stream hold the same writes");
-    assert!(in_stream.len() >= finished, "every acknowledged write is in the stream");
-    // Counted as acknowledged: every write that landed, waited for or not
-    // (operators compare it with persisted + dead-lettered + pending).
-    assert_eq!(entries.acknowledged(), in_stream.len() as u64);
-    let mut keys: Vec<String> = in_cache.iter().map(|k| layout.cache_key(k)).collect();
-    keys.push(stream);
-    let _: i64 = store.client().del(keys).await.unwrap();
-    drop((entries, database));
-    temp.drop_database().await;
 }
