@@ -24,14 +24,15 @@ for i in $(seq 1 150); do curl -sf 127.0.0.1:8390/readyz >/dev/null && break; sl
 for w in $(seq 1 $W); do until curl -sf 127.0.0.1:$((9390+w))/readyz >/dev/null; do sleep 0.2; done; done
 cat > $DIR/put.lua <<'LUA'
 counter = 0
+run = tostring(os.time())
 request = function() counter = counter + 1
-  return wrk.format("PUT", "/api/v1/entries/k" .. math.random(1, 100000000), {["Content-Type"]="application/json"}, '{"v":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}') end
+  return wrk.format("PUT", "/api/v1/entries/k" .. run .. "-" .. counter, {["Content-Type"]="application/json"}, '{"v":1,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}') end
 LUA
 start=$(date +%s.%N)
 wrk -t1 -c32 -d${SECS}s --latency -s $DIR/put.lua http://127.0.0.1:8390 > $DIR/wrk.txt
 rps=$(awk '/Requests\/sec/ {print $2}' $DIR/wrk.txt); total=$(awk '/requests in/ {print $1}' $DIR/wrk.txt); non2xx=$(awk '/Non-2xx/ {print $5}' $DIR/wrk.txt)
 # wait for the backlog to reach the table
-rows=0; for i in $(seq 1 600); do rows=$(psql -tAh 127.0.0.1 -U postgres -d keel_scale -c "select count(*) from entries"); [ "$rows" -ge "$((total - ${non2xx:-0} - 50))" ] && break; sleep 0.1; done
+rows=0; for i in $(seq 1 600); do rows=$(psql -tAh 127.0.0.1 -U postgres -d keel_scale -c "select count(*) from entries"); [ "$rows" -ge "$((total - ${non2xx:-0}))" ] && break; sleep 0.1; done
 end=$(date +%s.%N)
 persist=$(echo "$rows / ($end - $start)" | bc -l)
 printf "masters=%s workers=%s put_rps=%s requests=%s non2xx=%s rows=%s rows_per_s=%.0f\n" $M $W $rps $total ${non2xx:-0} $rows $persist

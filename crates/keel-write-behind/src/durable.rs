@@ -2,8 +2,9 @@
 //! consumer killed at any moment loses nothing.
 //!
 //! Producers `XADD` (waiting while the stream is longer than the capacity).
-//! Consumers first claim entries another consumer left pending longer than
-//! the visibility timeout (`XAUTOCLAIM`), then read new ones (`XREADGROUP`),
+//! Consumers claim entries another consumer left pending longer than the
+//! visibility timeout (`XAUTOCLAIM`, looked for four times per timeout, not
+//! on every poll), then read new ones (`XREADGROUP`),
 //! persist them through the repository (idempotent: a version guard makes a
 //! replay harmless), and only then `XACK` and `XDEL` them.
 
@@ -243,8 +244,17 @@ pub struct DurableConsumer<T> {
     /// Until this consumer's own unacknowledged entries (from before a
     /// restart) are handled, reads start at `0` instead of `>`.
     recovering: std::sync::atomic::AtomicBool,
-    /// The stream's length at the last poll: entries not yet acknowledged.
+    /// The stream's length when last measured: entries not yet acknowledged.
     backlog: std::sync::atomic::AtomicU64,
+    /// When the backlog was last measured and abandoned entries last looked
+    /// for: neither needs a round trip on every poll.
+    checked: std::sync::Mutex<Checked>,
+}
+
+#[derive(Debug, Default)]
+struct Checked {
+    backlog: Option<tokio::time::Instant>,
+    claim: Option<tokio::time::Instant>,
 }
 
 impl<T> std::fmt::Debug for DurableConsumer<T> {
@@ -281,6 +291,7 @@ where
             instruments: std::sync::Mutex::default(),
             recovering: std::sync::atomic::AtomicBool::new(true),
             backlog: std::sync::atomic::AtomicU64::new(0),
+            checked: std::sync::Mutex::default(),
         })
     }
 
@@ -356,9 +367,12 @@ where
     }
 
     async fn poll(&self, stop: Option<&CancellationToken>) -> Result<usize, DurableError> {
-        let backlog = self.redis.timed("XLEN", self.redis.client().xlen::<u64, _>(&self.config.stream)).await?;
-        self.backlog.store(backlog, std::sync::atomic::Ordering::Release);
-        let mut entries = self.claim().await?;
+        let (measure, claim) = self.due();
+        if measure {
+            let backlog = self.redis.timed("XLEN", self.redis.client().xlen::<u64, _>(&self.config.stream)).await?;
+            self.backlog.store(backlog, std::sync::atomic::Ordering::Release);
+        }
+        let mut entries = if claim { self.claim().await? } else { Vec::new() };
         if entries.is_empty() {
             entries = self.read_new().await?;
         }
@@ -368,6 +382,25 @@ where
         let n = entries.len();
         self.handle(entries, stop).await?;
         Ok(n)
+    }
+
+    /// Whether this poll measures the backlog (a gauge: at most every
+    /// [`BACKLOG_FRESH`]) and looks for abandoned entries (at most four times
+    /// per visibility timeout: none can be claimed sooner after it went
+    /// silent). Marks what is due as done.
+    fn due(&self) -> (bool, bool) {
+        let now = tokio::time::Instant::now();
+        let claim_every = self.config.visibility_timeout / 4;
+        let mut checked = self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = |at: Option<tokio::time::Instant>, every: Duration| at.is_none_or(|at| now - at >= every);
+        let (measure, claim) = (stale(checked.backlog, BACKLOG_FRESH), stale(checked.claim, claim_every));
+        if measure {
+            checked.backlog = Some(now);
+        }
+        if claim {
+            checked.claim = Some(now);
+        }
+        (measure, claim)
     }
 
     async fn claim(&self) -> Result<Vec<Entry>, DurableError> {
@@ -385,11 +418,15 @@ where
             self.redis.timed("XAUTOCLAIM", self.redis.client().custom(fred::cmd!("XAUTOCLAIM"), args)).await?;
         // [next-cursor, [[id, [field, value, ...]] | nil, ...], (deleted ids)]
         let mut parts = into_array(reply)?.into_iter();
-        let _cursor = parts.next();
+        let cursor = parts.next().and_then(|c| c.as_string());
         let claimed = parts.next().map(into_array).transpose()?.unwrap_or_default();
         let entries = parse_entries(claimed)?;
         if !entries.is_empty() {
             tracing::warn!(entries = entries.len(), "claimed entries abandoned by another consumer");
+        }
+        if cursor.is_some_and(|c| c != "0-0") || entries.len() >= self.config.batch_size {
+            // More may be waiting: look again on the next poll.
+            self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner).claim = None;
         }
         Ok(entries)
     }
