@@ -4,11 +4,9 @@ use std::any::Any;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, Request};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 use crate::{ApiError, HttpMetrics};
 
@@ -38,14 +36,11 @@ impl Default for MiddlewareConfig {
 /// Panics are caught innermost, so they are answered 500 JSON and counted in
 /// the request metrics like any other response.
 pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -> Router {
-    let header = HeaderName::from_static(REQUEST_ID_HEADER);
     let panic_metrics = metrics.clone();
     // One composed layer: axum boxes each `Router::layer` around every route
     // and clones that box per request, so one layer costs one clone, not
     // eight.
     let stack = tower::ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(header.clone(), FastRequestId))
-        .layer(PropagateRequestIdLayer::new(header))
         .layer(crate::span::RequestSpanLayer)
         .layer(metrics.layer())
         .and_then(|response: Response| {
@@ -62,21 +57,6 @@ pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -
     // Handlers added without state become services once, here: axum would
     // otherwise apply the whole stack to them again on every request.
     router.layer(stack).with_state(())
-}
-
-/// Random (v4) UUIDs from a per-thread generator: no system call per request
-/// (`MakeRequestUuid` asks the kernel for every id). Request ids correlate
-/// logs; they are not secrets.
-#[derive(Clone, Copy)]
-struct FastRequestId;
-
-impl MakeRequestId for FastRequestId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = id.hyphenated().encode_lower(&mut text);
-        axum::http::HeaderValue::from_str(text).ok().map(RequestId::new)
-    }
 }
 
 fn panic_response(panic: &Box<dyn Any + Send>) -> Response {

@@ -1,8 +1,10 @@
 //! Serving a router with Keel's shutdown sequence.
 
+use std::convert::Infallible;
 use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,7 +14,6 @@ use axum::http::header::CONNECTION;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use keel_core::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -51,9 +52,12 @@ pub enum ServeError {
 /// `max_connections` new connections are closed at once.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
-    /// Longest wait for a request's head (line and headers): 10 s.
+    /// Longest wait for a request's head (line and headers), counted from
+    /// its first byte, and for the first request from the connection's
+    /// start: 10 s.
     pub header_read_timeout: Duration,
-    /// Longest idle time of a keep-alive connection between requests: 60 s.
+    /// Longest time a connection may go with nothing read or written (a
+    /// keep-alive connection between requests): 60 s.
     pub keep_alive_idle: Duration,
     /// Connections served at once: 10 000.
     pub max_connections: usize,
@@ -106,29 +110,23 @@ pub async fn serve_with_limits(
     drain: DrainConfig,
     limits: ConnectionLimits,
 ) -> Result<(), ServeError> {
-    // Behind an Arc: the closure is cloned for every request, and cloning a
-    // Shutdown takes its token's lock.
-    let closing = Arc::new(shutdown.clone());
-    let router = router
-        .layer(tower::util::MapResponseLayer::new(move |mut response: axum::response::Response| {
-            if closing.is_triggered() {
-                // Answered, then closed: the client's next request goes to a
-                // replica that is not about to stop listening.
-                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }))
-        // Handlers (and the layers on them) become services once, here,
-        // instead of on every request.
-        .with_state(());
+    // Set once shutdown starts (by the accept loop, which wakes on it): one
+    // atomic load per response instead of the token's lock.
+    let closing = Arc::new(AtomicBool::new(false));
+    // Handlers (and the layers on them) become services once, here,
+    // instead of on every request.
+    let router = router.with_state(());
     let stop_accepting = async {
         shutdown.triggered().await;
+        closing.store(true, Ordering::Relaxed);
         tokio::time::sleep(drain.drain_delay.min(shutdown.remaining(drain.grace))).await;
     };
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    // The connection's IO keeps the header-read deadline (see
+    // `ConnectionIo`): hyper's own arms a timer for every request.
+    builder.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     tokio::pin!(stop_accepting);
     loop {
         let accepted = tokio::select! {
@@ -153,8 +151,13 @@ pub async fn serve_with_limits(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = IdleTimeout::new(TokioIo::new(stream), limits.keep_alive_idle);
-        let service = TowerToHyperService::new(router.clone());
+        let exchange = Arc::new(Exchange {
+            heads: AtomicU64::new(0),
+            in_request: AtomicBool::new(false),
+            closing: closing.clone(),
+        });
+        let io = ConnectionIo::new(TokioIo::new(stream), &limits, exchange.clone());
+        let service = ConnectionService { router: router.clone(), exchange };
         let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             let _ = connection.await;
@@ -175,43 +178,146 @@ pub async fn serve_with_limits(
     shutdown.drain(shutdown.remaining(drain.grace)).await.map_err(|_| ServeError::GraceExpired(drain.grace))
 }
 
-/// A connection's IO that fails reads once nothing was read or written for
-/// `idle`: an idle keep-alive connection (or a client that stopped
-/// mid-request) is closed. A response being written counts as activity.
+/// What a connection's IO and its service share.
+#[derive(Debug)]
+struct Exchange {
+    /// Requests whose head was read (the service was called for them).
+    heads: AtomicU64,
+    /// A request is being handled: what is read now is its body.
+    in_request: AtomicBool,
+    /// Shutdown started: responses say `Connection: close`.
+    closing: Arc<AtomicBool>,
+}
+
+/// The router as one connection's service: marks where requests start and
+/// end for [`ConnectionIo`], and adds `Connection: close` while draining.
+#[derive(Clone)]
+struct ConnectionService {
+    router: Router,
+    exchange: Arc<Exchange>,
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Answer {
+        self.exchange.heads.fetch_add(1, Ordering::Relaxed);
+        self.exchange.in_request.store(true, Ordering::Relaxed);
+        let mut router = self.router.clone();
+        let inner = tower::Service::call(&mut router, request.map(axum::body::Body::new));
+        Answer { inner, exchange: self.exchange.clone() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`ConnectionService`].
+    struct Answer {
+        #[pin]
+        inner: axum::routing::future::RouteFuture<Infallible>,
+        exchange: Arc<Exchange>,
+    }
+}
+
+impl std::future::Future for Answer {
+    type Output = Result<axum::response::Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        this.exchange.in_request.store(false, Ordering::Relaxed);
+        if this.exchange.closing.load(Ordering::Relaxed) {
+            // Answered, then closed: the client's next request goes to a
+            // replica that is not about to stop listening.
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// A connection's IO that holds the client to two deadlines:
 ///
-/// Activity only stamps the time; the timer is moved to the last activity
-/// when it fires, so a busy connection costs no timer re-registration per
-/// read or write.
-struct IdleTimeout<T> {
+/// - a request head (line and headers) must arrive within `header` of its
+///   first byte, and the first one within `header` of the connection;
+/// - a connection with nothing read or written for `idle` is closed (an idle
+///   keep-alive connection, or a client that stopped mid-request). A
+///   response being written counts as activity.
+///
+/// Reads and writes only stamp times; one timer per connection is moved
+/// when it fires (at least every `header`), so a busy connection costs no
+/// timer registration per request or per read.
+struct ConnectionIo<T> {
     io: T,
     idle: Duration,
+    header: Duration,
+    exchange: Arc<Exchange>,
     last_active: tokio::time::Instant,
+    /// When the request head being read started, and the count of heads
+    /// read before it.
+    head: Option<(tokio::time::Instant, u64)>,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl<T> IdleTimeout<T> {
-    fn new(io: T, idle: Duration) -> Self {
-        Self { io, idle, last_active: tokio::time::Instant::now(), deadline: Box::pin(tokio::time::sleep(idle)) }
+impl<T> ConnectionIo<T> {
+    fn new(io: T, limits: &ConnectionLimits, exchange: Arc<Exchange>) -> Self {
+        let (idle, header) = (limits.keep_alive_idle, limits.header_read_timeout);
+        let now = tokio::time::Instant::now();
+        Self {
+            io,
+            idle,
+            header,
+            exchange,
+            last_active: now,
+            head: Some((now, 0)),
+            deadline: Box::pin(tokio::time::sleep_until(now + idle.min(header))),
+        }
     }
 
     fn active(&mut self) {
         self.last_active = tokio::time::Instant::now();
     }
 
-    /// Ready once `idle` passed since the last activity.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Bytes arrived: unless they are a request's body, a head is being
+    /// read, started now if no head was under way.
+    fn read_some(&mut self) {
+        self.active();
+        let heads = self.exchange.heads.load(Ordering::Relaxed);
+        let under_way = self.head.is_some_and(|(_, before)| before == heads);
+        if !under_way && !self.exchange.in_request.load(Ordering::Relaxed) {
+            self.head = Some((self.last_active, heads));
+        }
+    }
+
+    /// An error once a deadline passed.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
         loop {
             std::task::ready!(self.deadline.as_mut().poll(cx));
-            let due = self.last_active + self.idle;
-            if due <= tokio::time::Instant::now() {
-                return Poll::Ready(());
+            let now = tokio::time::Instant::now();
+            if let Some((started, before)) = self.head {
+                if self.exchange.heads.load(Ordering::Relaxed) != before {
+                    // That head was read in time.
+                    self.head = None;
+                } else if started + self.header <= now {
+                    return Poll::Ready(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request head not received in time",
+                    ));
+                }
             }
-            self.deadline.as_mut().reset(due);
+            let idle_due = self.last_active + self.idle;
+            if idle_due <= now {
+                return Poll::Ready(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection"));
+            }
+            // Never later than `header` from now: a head that starts before
+            // the timer fires again is then caught in time.
+            let head_due = self.head.map_or(now + self.header, |(started, _)| started + self.header);
+            self.deadline.as_mut().reset(idle_due.min(head_due).min(now + self.header));
         }
     }
 }
 
-impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for IdleTimeout<T> {
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for ConnectionIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,20 +325,15 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for IdleTimeout<T> {
     ) -> Poll<std::io::Result<()>> {
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                self.active();
+                self.read_some();
                 Poll::Ready(result)
             }
-            Poll::Pending => match self.poll_idle(cx) {
-                Poll::Ready(()) => {
-                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection")))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => self.poll_deadlines(cx).map(Err),
         }
     }
 }
 
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for IdleTimeout<T> {
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for ConnectionIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.io).poll_write(cx, buf);
         if result.is_ready() {

@@ -1,5 +1,11 @@
-//! The request span: every log record written while a request is handled
-//! carries its method, path and request id.
+//! The request id and the request span: every request carries an
+//! `x-request-id` (the client's, or a generated one), echoed on its response,
+//! and every log record written while it is handled carries its method, path
+//! and that id.
+//!
+//! One layer does both: the id is written into the request's headers once
+//! and read back from there for the span and the response (no extensions
+//! entry, no second layer).
 //!
 //! A small layer instead of `tower_http::trace::TraceLayer`: the span is
 //! entered only while the handler runs (not again around every body frame),
@@ -12,15 +18,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::http::{Request, Response};
+use axum::http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
-use tower_http::request_id::RequestId;
 use tracing::Span;
+
+/// [`crate::middleware::REQUEST_ID_HEADER`], parsed once.
+static REQUEST_ID: HeaderName = HeaderName::from_static(crate::middleware::REQUEST_ID_HEADER);
 
 /// The log target of the per-request records.
 pub(crate) const REQUEST_TARGET: &str = "keel_http::request";
 
-/// Wraps each request in an `info` span named `request`.
+/// Gives each request an id and wraps it in an `info` span named `request`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestSpanLayer;
 
@@ -50,14 +58,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
         // Plain `&str` fields: recorded as they are, with no formatting.
         let span = tracing::info_span!(
             "request",
             method = request.method().as_str(),
             uri = request.uri().path(),
-            request_id = id
+            request_id = id.to_str().unwrap_or("")
         );
         let inner = {
             let _entered = span.enter();
@@ -65,8 +80,17 @@ where
         };
         // The clock is read only when the per-answer record is wanted.
         let start = tracing::enabled!(target: REQUEST_TARGET, tracing::Level::DEBUG).then(quanta::Instant::now);
-        SpannedFuture { inner, span, start }
+        SpannedFuture { inner, span, start, id: Some(id) }
     }
+}
+
+/// A random (v4) UUID from a per-thread generator: no system call per
+/// request. Request ids correlate logs; they are not secrets.
+fn new_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 pin_project_lite::pin_project! {
@@ -76,6 +100,7 @@ pin_project_lite::pin_project! {
         inner: F,
         span: Span,
         start: Option<quanta::Instant>,
+        id: Option<HeaderValue>,
     }
 }
 
@@ -88,7 +113,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let result = std::task::ready!(this.inner.poll(cx));
+        let mut result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(id)) = (&mut result, this.id.take()) {
+            // A handler that set its own id keeps it.
+            response.headers_mut().entry(REQUEST_ID.clone()).or_insert(id);
+        }
         if let (Ok(response), Some(start)) = (&result, this.start) {
             let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
             tracing::debug!(target: REQUEST_TARGET, status = response.status().as_u16(), latency_ms, "request answered");

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use keel_core::Shutdown;
 use keel_http::{ConnectionLimits, DrainConfig, serve_with_limits};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -21,7 +21,9 @@ struct Server {
 }
 
 async fn start(limits: ConnectionLimits, drain: DrainConfig) -> Server {
-    let router = Router::new().route("/hello", get(|| async { "hi" }));
+    let router = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .route("/echo", post(|body: String| async move { body.len().to_string() }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = Shutdown::new();
@@ -70,6 +72,61 @@ async fn a_half_sent_request_is_closed_after_the_header_read_timeout() {
     // Well-behaved clients are still served.
     let mut good = TcpStream::connect(&server.addr).await.unwrap();
     assert!(request(&mut good, "/hello").await.starts_with("HTTP/1.1 200"));
+    server.shutdown.trigger();
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let limits = ConnectionLimits { header_read_timeout: Duration::from_millis(300), ..ConnectionLimits::default() };
+    let server = start(limits, DrainConfig::default()).await;
+    let mut silent = TcpStream::connect(&server.addr).await.unwrap();
+    let (answer, waited) = read_until_closed(&mut silent).await;
+    assert!(answer.is_empty(), "{answer}");
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(2300), "held {waited:?}");
+    server.shutdown.trigger();
+    server.task.await.unwrap().unwrap();
+}
+
+/// The header deadline counts from a head's first byte: a keep-alive
+/// connection may idle longer than it (up to the idle timeout), and a
+/// second request trickled in after a good one is still cut off.
+#[tokio::test]
+async fn the_header_deadline_covers_each_head_and_not_the_idle_time_between_requests() {
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_millis(300),
+        keep_alive_idle: Duration::from_secs(5),
+        ..ConnectionLimits::default()
+    };
+    let server = start(limits, DrainConfig::default()).await;
+    let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+    assert!(request(&mut stream, "/hello").await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(request(&mut stream, "/hello").await.starts_with("HTTP/1.1 200"), "kept open past the header timeout");
+    stream.write_all(b"GET /hel").await.unwrap();
+    let (answer, waited) = read_until_closed(&mut stream).await;
+    assert!(!answer.contains("200"), "{answer}");
+    assert!(waited < Duration::from_millis(2300), "a trickled head is cut off within the header timeout: {waited:?}");
+    server.shutdown.trigger();
+    server.task.await.unwrap().unwrap();
+}
+
+/// A body slower than the header deadline is not cut off by it: only the
+/// head is held to it.
+#[tokio::test]
+async fn a_slow_body_is_not_held_to_the_header_deadline() {
+    let limits = ConnectionLimits { header_read_timeout: Duration::from_millis(300), ..ConnectionLimits::default() };
+    let server = start(limits, DrainConfig::default()).await;
+    let mut stream = TcpStream::connect(&server.addr).await.unwrap();
+    stream.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n").await.unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(b"x").await.unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("10"), "{answer}");
     server.shutdown.trigger();
     server.task.await.unwrap().unwrap();
 }
