@@ -122,6 +122,12 @@ pub struct StoredEntry {
 /// The entries service; cloning shares it.
 #[derive(Clone, Debug)]
 pub struct Entries {
+    /// One allocation: each write's task holds it for one reference count.
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone, Debug)]
+struct Inner {
     cache: Cache,
     layout: EntryLayout,
     sink: EntrySink,
@@ -134,9 +140,10 @@ pub struct Entries {
     tasks: Option<keel_core::Shutdown>,
 }
 
+/// An entry as cached: written from a borrowed value, read as an owned one.
 #[derive(Serialize, Deserialize)]
-struct Cached {
-    value: Value,
+struct Cached<V = Value> {
+    value: V,
     updated_at_us: i64,
     deleted: bool,
 }
@@ -150,7 +157,7 @@ impl Entries {
             EntrySink::Durable(durable) => durable.layout().clone(),
             EntrySink::Memory(_) => EntryLayout::new(namespace, 1),
         };
-        Self {
+        let inner = Inner {
             cache,
             layout,
             sink,
@@ -161,13 +168,14 @@ impl Entries {
             acknowledged: Arc::default(),
             exported: Arc::default(),
             tasks: None,
-        }
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Runs each write's task on `shutdown`'s tracker, so a drain waits for
     /// the writes already accepted.
     pub fn with_tasks(mut self, shutdown: keel_core::Shutdown) -> Self {
-        self.tasks = Some(shutdown);
+        Arc::make_mut(&mut self.inner).tasks = Some(shutdown);
         self
     }
 
@@ -175,7 +183,7 @@ impl Entries {
     /// `keel_entries_acknowledged_total`: summed over every api, it equals
     /// persisted + dead-lettered + pending once writes stop.
     pub fn instrument(&self, meter: &Meter) {
-        let acknowledged = Arc::downgrade(&self.acknowledged);
+        let acknowledged = Arc::downgrade(&self.inner.acknowledged);
         let counter = meter
             .u64_observable_counter(keel_telemetry::names::ENTRIES_ACKNOWLEDGED)
             .with_description("Entry writes answered 202")
@@ -185,42 +193,42 @@ impl Entries {
                 }
             })
             .build();
-        let _ = self.exported.set(counter);
+        let _ = self.inner.exported.set(counter);
     }
 
     /// How long a write waits for room in a full queue before it is refused
     /// with [`EntryError::Full`] (default 2 s).
     pub fn with_enqueue_timeout(mut self, timeout: Duration) -> Self {
-        self.enqueue_timeout = timeout;
+        Arc::make_mut(&mut self.inner).enqueue_timeout = timeout;
         self
     }
 
     /// Writes acknowledged by this process.
     pub fn acknowledged(&self) -> u64 {
-        self.acknowledged.load(Ordering::Acquire)
+        self.inner.acknowledged.load(Ordering::Acquire)
     }
 
     /// Records the stream consumers this process runs (the worker: one per
     /// partition), so health and stats can watch them.
     pub fn with_consumers(mut self, consumers: Vec<Arc<DurableConsumer<EntryWrite>>>) -> Self {
-        self.consumers = consumers.into();
+        Arc::make_mut(&mut self.inner).consumers = consumers.into();
         self
     }
 
     /// The stream consumers this process runs (none on an api).
     pub fn consumers(&self) -> &[Arc<DurableConsumer<EntryWrite>>] {
-        &self.consumers
+        &self.inner.consumers
     }
 
     /// The figures of every consumer this process runs, added up; `None`
     /// when it runs none.
     pub fn consumer_metrics(&self) -> Option<Metrics> {
-        self.consumers.iter().map(|c| c.metrics()).reduce(|a, b| a.plus(&b))
+        self.inner.consumers.iter().map(|c| c.metrics()).reduce(|a, b| a.plus(&b))
     }
 
     /// The write sink.
     pub fn sink(&self) -> &EntrySink {
-        &self.sink
+        &self.inner.sink
     }
 
     /// `key` if it is 1–256 bytes of `[A-Za-z0-9_.:/-]`.
@@ -247,13 +255,59 @@ impl Entries {
 
     async fn detached(&self, key: &str, value: Value, deleted: bool) -> Result<i64, EntryError> {
         Self::check_key(key)?;
-        let (this, key) = (self.clone(), key.to_owned());
-        let tasks = self.tasks.clone();
-        keel_core::Shutdown::spawn_on(tasks.as_ref(), async move { this.write(key, value, deleted).await })
+        let (this, key) = (self.inner.clone(), key.to_owned());
+        keel_core::Shutdown::spawn_on(self.inner.tasks.as_ref(), async move { this.write(key, value, deleted).await })
             .await
             .unwrap_or_else(|err| Err(EntryError::Internal(format!("the write task failed: {err}"))))
     }
 
+    /// The entry under `key`: from the cache, else from the database (and
+    /// then cached). Without the cache, an entry not in the database yet is
+    /// [`EntryError::Unavailable`], not absent: it may be acknowledged and
+    /// still queued.
+    pub async fn get(&self, key: &str) -> Result<Option<StoredEntry>, EntryError> {
+        Self::check_key(key)?;
+        let cache_key = self.inner.layout.cache_key(key);
+        let mut cache_down = false;
+        match self.inner.cache.get_versioned(&cache_key).await {
+            Ok(Some((version, bytes))) => {
+                if let Ok(cached) = serde_json::from_slice::<Cached>(&bytes) {
+                    return Ok((!cached.deleted).then(|| StoredEntry {
+                        value: cached.value,
+                        version,
+                        updated_at: keel_core::from_unix_micros(cached.updated_at_us),
+                    }));
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(%err, "entry cache unavailable; reading the database");
+                cache_down = true;
+            }
+        }
+        let stored =
+            self.inner.store.get(key).await.map_err(|err| unavailable(format!("cannot read the entry: {err}"), false))?;
+        let Some(entry) = stored else {
+            return if cache_down {
+                Err(unavailable("the entry cache is unreachable and the entry is not in the database yet", true))
+            } else {
+                Ok(None)
+            };
+        };
+        let updated_at_us = keel_core::unix_micros(entry.updated_at);
+        let cached = Cached { value: &entry.value, updated_at_us, deleted: entry.deleted };
+        if let Ok(bytes) = serde_json::to_vec(&cached) {
+            let _ = self.inner.cache.set_if_newer(&cache_key, entry.version, Bytes::from(bytes), CACHE_TTL).await;
+        }
+        Ok((!entry.deleted).then_some(StoredEntry {
+            value: entry.value,
+            version: entry.version,
+            updated_at: keel_core::from_unix_micros(updated_at_us),
+        }))
+    }
+}
+
+impl Inner {
     /// Microseconds since the epoch, strictly increasing in this process: a
     /// later write always carries a higher version (last writer wins across
     /// processes, by clock).
@@ -276,7 +330,7 @@ impl Entries {
         let version = self.next_version();
         let updated_at_us = keel_core::unix_micros(SystemTime::now());
         let cache_key = self.layout.cache_key(&key);
-        let cached = serde_json::to_string(&Cached { value: value.clone(), updated_at_us, deleted })
+        let cached = serde_json::to_string(&Cached { value: &value, updated_at_us, deleted })
             .map_err(|err| EntryError::Internal(format!("cannot encode the entry: {err}")))?;
         let write = EntryWrite { key, value, version, updated_at_us, deleted };
         match &self.sink {
@@ -310,51 +364,6 @@ impl Entries {
         }
         self.acknowledged.fetch_add(1, Ordering::AcqRel);
         Ok(version)
-    }
-
-    /// The entry under `key`: from the cache, else from the database (and
-    /// then cached). Without the cache, an entry not in the database yet is
-    /// [`EntryError::Unavailable`], not absent: it may be acknowledged and
-    /// still queued.
-    pub async fn get(&self, key: &str) -> Result<Option<StoredEntry>, EntryError> {
-        Self::check_key(key)?;
-        let cache_key = self.layout.cache_key(key);
-        let mut cache_down = false;
-        match self.cache.get_versioned(&cache_key).await {
-            Ok(Some((version, bytes))) => {
-                if let Ok(cached) = serde_json::from_slice::<Cached>(&bytes) {
-                    return Ok((!cached.deleted).then(|| StoredEntry {
-                        value: cached.value,
-                        version,
-                        updated_at: keel_core::from_unix_micros(cached.updated_at_us),
-                    }));
-                }
-            }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(%err, "entry cache unavailable; reading the database");
-                cache_down = true;
-            }
-        }
-        let stored =
-            self.store.get(key).await.map_err(|err| unavailable(format!("cannot read the entry: {err}"), false))?;
-        let Some(entry) = stored else {
-            return if cache_down {
-                Err(unavailable("the entry cache is unreachable and the entry is not in the database yet", true))
-            } else {
-                Ok(None)
-            };
-        };
-        let updated_at_us = keel_core::unix_micros(entry.updated_at);
-        let cached = Cached { value: entry.value.clone(), updated_at_us, deleted: entry.deleted };
-        if let Ok(bytes) = serde_json::to_vec(&cached) {
-            let _ = self.cache.set_if_newer(&cache_key, entry.version, Bytes::from(bytes), CACHE_TTL).await;
-        }
-        Ok((!entry.deleted).then_some(StoredEntry {
-            value: entry.value,
-            version: entry.version,
-            updated_at: keel_core::from_unix_micros(updated_at_us),
-        }))
     }
 }
 
