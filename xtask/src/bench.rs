@@ -123,7 +123,9 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(dir.join("run"))?;
     let run = dir.join("run");
     let pg = Postgres::start(&run.join("postgres"))?;
-    let redis = Redis::start(&run.join("redis"))?;
+    // Configured as deploy/compose runs it (append-only, synced every
+    // second); `chaos` uses `always`.
+    let redis = Redis::start_with_fsync(&run.join("redis"), "everysec")?;
     pg.recreate("bench")?;
     let bin = |name: &str| root.join("target/release").join(name);
     let config = status_config(&run, &pg, &redis)?;

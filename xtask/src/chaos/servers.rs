@@ -153,16 +153,25 @@ pub(crate) struct Redis {
     child: Option<Child>,
     /// A node of a Redis Cluster (its cluster state in `dir/nodes.conf`).
     cluster: bool,
+    /// `appendfsync`: `always` here, `everysec` for the benchmarks.
+    fsync: &'static str,
 }
 
 impl Redis {
     pub(crate) fn start(dir: &Path) -> Result<Self> {
+        Self::start_with_fsync(dir, "always")
+    }
+
+    /// [`start`](Self::start) with another `appendfsync` policy: `everysec`
+    /// is what `deploy/compose` runs (the append-only file is written before
+    /// each answer and synced every second).
+    pub(crate) fn start_with_fsync(dir: &Path, fsync: &'static str) -> Result<Self> {
         if !on_path("redis-server") && !try_install("redis-server")? {
             bail!("chaos needs redis-server (Debian: apt-get install redis-server)");
         }
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
-        let mut redis = Self { port: free_port()?, dir: dir.to_path_buf(), child: None, cluster: false };
+        let mut redis = Self { port: free_port()?, dir: dir.to_path_buf(), child: None, cluster: false, fsync };
         redis.up()?;
         Ok(redis)
     }
@@ -170,7 +179,7 @@ impl Redis {
     pub(crate) fn up(&mut self) -> Result<()> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--appendonly", "yes", "--appendfsync", self.fsync])
             .args(if self.cluster {
                 &[
                     "--cluster-enabled",
@@ -237,7 +246,7 @@ impl RedisCluster {
         for i in 0..6 {
             let node_dir = dir.join(i.to_string());
             std::fs::create_dir_all(&node_dir)?;
-            let mut node = Redis { port: free_port()?, dir: node_dir, child: None, cluster: true };
+            let mut node = Redis { port: free_port()?, dir: node_dir, child: None, cluster: true, fsync: "always" };
             node.up()?;
             nodes.push(node);
         }
