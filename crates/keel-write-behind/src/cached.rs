@@ -285,8 +285,12 @@ impl Entries {
                 cache_down = true;
             }
         }
-        let stored =
-            self.inner.store.get(key).await.map_err(|err| unavailable(format!("cannot read the entry: {err}"), false))?;
+        let stored = self
+            .inner
+            .store
+            .get(key)
+            .await
+            .map_err(|err| unavailable(format!("cannot read the entry: {err}"), false))?;
         let Some(entry) = stored else {
             return if cache_down {
                 Err(unavailable("the entry cache is unreachable and the entry is not in the database yet", true))
