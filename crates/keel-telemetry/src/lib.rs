@@ -34,7 +34,8 @@ mod registry;
 pub use histogram::{DurationHistogram, DurationSeries, DurationSpec};
 #[cfg(feature = "logging")]
 pub use logging::{
-    ExtraLayer, FilteredRegistry, LogFormat, LogHandle, LoggingError, check_filter, init_logging, init_logging_with,
+    ExtraLayer, FilteredRegistry, LiveFilter, LogFormat, LogHandle, LoggingError, check_filter, init_logging,
+    init_logging_with,
 };
 pub use opentelemetry::metrics::Meter;
 #[cfg(feature = "otlp")]

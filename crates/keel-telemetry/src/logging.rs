@@ -1,15 +1,49 @@
 use std::io::IsTerminal as _;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
-use tracing_subscriber::layer::{Layered, SubscriberExt as _};
+use tracing::subscriber::Interest;
+use tracing::{Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Layered, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// The subscriber that extra layers given to [`init_logging_with`] sit on:
 /// the registry behind the live filter, so they see exactly the events and
 /// spans the filter lets through.
-pub type FilteredRegistry = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+pub type FilteredRegistry = Layered<LiveFilter, Registry>;
+
+/// The running log filter, replaceable through a [`LogHandle`].
+///
+/// Filters are `target=level` directives only ([`check_filter`]), which an
+/// `EnvFilter` decides per call site once; so, unlike
+/// `tracing_subscriber::reload` around an `EnvFilter`, this layer does no work
+/// (and takes no lock) when a span is created, entered, exited or closed.
+pub struct LiveFilter {
+    current: Arc<ArcSwap<EnvFilter>>,
+}
+
+impl std::fmt::Debug for LiveFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveFilter").finish_non_exhaustive()
+    }
+}
+
+impl<S: Subscriber> Layer<S> for LiveFilter {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        <EnvFilter as Layer<S>>::register_callsite(&self.current.load(), metadata)
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        <EnvFilter as Layer<S>>::enabled(&self.current.load(), metadata, ctx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        <EnvFilter as Layer<S>>::max_level_hint(&self.current.load())
+    }
+}
 
 /// A further layer for [`init_logging_with`] (log capture, trace export).
 pub type ExtraLayer = Box<dyn Layer<FilteredRegistry> + Send + Sync>;
@@ -60,15 +94,12 @@ pub enum LoggingError {
     /// A global subscriber was already installed.
     #[error("logging is already initialised: {0}")]
     AlreadyInitialised(String),
-    /// The running filter could not be replaced.
-    #[error("cannot reload the log filter: {0}")]
-    Reload(String),
 }
 
 /// Changes the running log filter; obtained from [`init_logging`].
 #[derive(Clone)]
 pub struct LogHandle {
-    filter: reload::Handle<EnvFilter, Registry>,
+    filter: Arc<ArcSwap<EnvFilter>>,
 }
 
 impl std::fmt::Debug for LogHandle {
@@ -81,7 +112,10 @@ impl LogHandle {
     /// Replaces the filter with `directive` (e.g. `info`, `debug,hyper=warn`).
     pub fn set_filter(&self, directive: &str) -> Result<(), LoggingError> {
         let filter = parse_filter(directive)?;
-        self.filter.reload(filter).map_err(|err| LoggingError::Reload(err.to_string()))
+        self.filter.store(Arc::new(filter));
+        // Call sites cache what the filter decided: ask them again.
+        tracing::callsite::rebuild_interest_cache();
+        Ok(())
     }
 }
 
@@ -142,7 +176,8 @@ pub fn init_logging_with(
     directive: &str,
     extra: Vec<ExtraLayer>,
 ) -> Result<LogHandle, LoggingError> {
-    let (filter, handle) = reload::Layer::new(parse_filter(directive)?);
+    let current = Arc::new(ArcSwap::from_pointee(parse_filter(directive)?));
+    let (filter, handle) = (LiveFilter { current: current.clone() }, current);
     let fmt_layer = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
