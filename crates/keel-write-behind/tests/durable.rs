@@ -44,6 +44,15 @@ async fn pending(redis: &RedisStore, stream: &str, group: &str) -> u64 {
     }
 }
 
+/// A migrated database of its own and a connection to the Redis at `url`.
+async fn setup(label: &str, url: &str) -> (TempDatabase, keel_store::Database, RedisStore) {
+    let temp = TempDatabase::create(label).await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let database = temp.connect(&telemetry).await;
+    database.run_migrations().await.unwrap();
+    (temp, database, redis_at(url, &telemetry).await)
+}
+
 /// Polls `consumer` until `target` entries are persisted (bounded).
 async fn drain(consumer: &DurableConsumer<EntryWrite>, target: u64) {
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -60,11 +69,7 @@ async fn drain(consumer: &DurableConsumer<EntryWrite>, target: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_flow_through_the_stream_into_postgres_and_the_stream_empties() {
     for url in redis_urls() {
-        let temp = TempDatabase::create("wb_durable").await;
-        let telemetry = Telemetry::new("t").unwrap();
-        let database = temp.connect(&telemetry).await;
-        database.run_migrations().await.unwrap();
-        let store = redis_at(&url, &telemetry).await;
+        let (temp, database, store) = setup("wb_durable", &url).await;
         let stream = unique_prefix("stream");
         let config = DurableConfig { batch_size: 100, ..DurableConfig::new(&stream, "workers", "c1") };
         let producer = DurableProducer::new(store.clone(), config.clone());
@@ -97,11 +102,7 @@ async fn entries_flow_through_the_stream_into_postgres_and_the_stream_empties() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_a_dead_consumer_are_claimed_and_persisted_by_another() {
     for url in redis_urls() {
-        let temp = TempDatabase::create("wb_claim").await;
-        let telemetry = Telemetry::new("t").unwrap();
-        let database = temp.connect(&telemetry).await;
-        database.run_migrations().await.unwrap();
-        let store = redis_at(&url, &telemetry).await;
+        let (temp, database, store) = setup("wb_claim", &url).await;
         let stream = unique_prefix("claim");
         let base = DurableConfig {
             batch_size: 50,
@@ -153,11 +154,7 @@ async fn entries_of_a_dead_consumer_are_claimed_and_persisted_by_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_resumes_its_own_unacknowledged_entries_at_once() {
     for url in redis_urls() {
-        let temp = TempDatabase::create("wb_resume").await;
-        let telemetry = Telemetry::new("t").unwrap();
-        let database = temp.connect(&telemetry).await;
-        database.run_migrations().await.unwrap();
-        let store = redis_at(&url, &telemetry).await;
+        let (temp, database, store) = setup("wb_resume", &url).await;
         let stream = unique_prefix("resume");
         // A long visibility timeout: only the restart path can recover these.
         let config = DurableConfig {
@@ -220,11 +217,7 @@ async fn producers_wait_while_the_stream_is_at_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_consumers_share_one_stream_without_duplicates_or_losses() {
     for url in redis_urls() {
-        let temp = TempDatabase::create("wb_shared").await;
-        let telemetry = Telemetry::new("t").unwrap();
-        let database = temp.connect(&telemetry).await;
-        database.run_migrations().await.unwrap();
-        let store = redis_at(&url, &telemetry).await;
+        let (temp, database, store) = setup("wb_shared", &url).await;
         let stream = unique_prefix("shared");
         let config = DurableConfig { batch_size: 20, ..DurableConfig::new(&stream, "workers", "a") };
         let producer = DurableProducer::new(store.clone(), config.clone());
@@ -309,11 +302,7 @@ async fn a_batch_larger_than_one_acknowledgement_script_is_fully_removed() {
 async fn an_entry_whose_dead_letter_cannot_be_stored_stays_pending_until_it_is() {
     for url in redis_urls() {
         use diesel_async::RunQueryDsl as _;
-        let temp = TempDatabase::create("wb_dead_down").await;
-        let telemetry = Telemetry::new("t").unwrap();
-        let database = temp.connect(&telemetry).await;
-        database.run_migrations().await.unwrap();
-        let store = redis_at(&url, &telemetry).await;
+        let (temp, database, store) = setup("wb_dead_down", &url).await;
         let stream = unique_prefix("stream");
         let config = DurableConfig {
             max_retries: 1,
@@ -441,4 +430,75 @@ async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
         drop((entries, database));
         temp.drop_database().await;
     }
+}
+
+/// How many times `command` ran on `store`'s server (`INFO commandstats`).
+async fn calls(store: &RedisStore, command: &str) -> u64 {
+    let info: String = store.client().info(Some(fred::types::InfoKind::CommandStats)).await.unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A consumer polling often looks for abandoned entries once per quarter of
+/// the visibility timeout, not on every poll; when a look comes back full it
+/// looks again on the next poll, so a large abandoned backlog is taken
+/// batch after batch. (A private server: its command counts are this
+/// test's alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_entries_are_looked_for_a_few_times_per_visibility_timeout() {
+    let server = keel_store::testing::RedisServer::start().await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis_at(server.url(), &telemetry).await;
+
+    // Defaults (a 30 s visibility timeout): 50 polls, one look.
+    let config = DurableConfig::new("busy", "workers", "c1");
+    let producer = DurableProducer::new(store.clone(), config.clone());
+    let count = Arc::new(Count::default());
+    let consumer = DurableConsumer::new(store.clone(), config, count.clone(), count.clone()).await.unwrap();
+    for key in 0..50 {
+        producer.enqueue(&write(key, 1)).await.unwrap();
+        assert_eq!(consumer.poll_once().await.unwrap(), 1);
+    }
+    assert_eq!(calls(&store, "xautoclaim").await, 1, "one look for abandoned entries in 50 polls");
+    assert!(calls(&store, "xreadgroup").await >= 50);
+
+    // 30 entries abandoned by a consumer that read them and hung.
+    let base = DurableConfig {
+        batch_size: 30,
+        visibility_timeout: Duration::from_millis(200),
+        ..DurableConfig::new("abandoned", "workers", "doomed")
+    };
+    let producer = DurableProducer::new(store.clone(), base.clone());
+    for key in 0..30 {
+        producer.enqueue(&write(key, 1)).await.unwrap();
+    }
+    let doomed = DurableConsumer::new(store.clone(), base.clone(), Arc::new(Hang), count.clone()).await.unwrap();
+    let dying = tokio::spawn(async move { doomed.poll_once().await });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while pending(&store, "abandoned", "workers").await < 30 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the doomed consumer never read the batch");
+    dying.abort();
+    let survivor = DurableConsumer::new(
+        store.clone(),
+        DurableConfig { consumer: "survivor".into(), batch_size: 10, ..base },
+        count.clone(),
+        count.clone(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each full claim is followed by another at once.
+    for _ in 0..3 {
+        assert_eq!(survivor.poll_once().await.unwrap(), 10);
+    }
+    assert_eq!(survivor.poll_once().await.unwrap(), 0);
+    assert_eq!(pending(&store, "abandoned", "workers").await, 0);
+    assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 80);
 }
