@@ -23,19 +23,32 @@ pub type Waiting = Arc<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
 /// Serves `app` once it is set; until then `/livez` is 200, `/readyz` and
 /// `/status` are 503 with one `[-]<name> failed: <why>` line per store in
 /// `waiting`, and every other path is 503 with `Retry-After: 1`.
-pub fn starting_gate(waiting: Waiting, app: Arc<OnceLock<Router>>) -> Router {
-    // A plain service, not a handler: once the application is set, its
-    // router's own future is returned as is (no extra box, no extraction).
-    Router::new().fallback_service(Gate { waiting, app }).with_state(())
+///
+/// Serve it with [`crate::serve_with_limits`]. Once the application is set,
+/// a request costs the gate one atomic load: the application router's own
+/// future is returned as is (no second router, no extra box).
+pub fn starting_gate(waiting: Waiting, app: Arc<OnceLock<Router>>) -> StartingGate {
+    StartingGate { inner: Arc::new(Inner { waiting, app }) }
 }
 
+/// The service [`starting_gate`] returns.
 #[derive(Clone)]
-struct Gate {
+pub struct StartingGate {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     waiting: Waiting,
     app: Arc<OnceLock<Router>>,
 }
 
-impl tower::Service<Request> for Gate {
+impl std::fmt::Debug for StartingGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartingGate").field("open", &self.inner.app.get().is_some()).finish_non_exhaustive()
+    }
+}
+
+impl tower::Service<Request> for StartingGate {
     type Response = Response;
     type Error = Infallible;
     type Future = Either<RouteFuture<Infallible>, Ready<Result<Response, Infallible>>>;
@@ -45,10 +58,10 @@ impl tower::Service<Request> for Gate {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match self.app.get() {
+        match self.inner.app.get() {
             // A router is always ready.
             Some(app) => Either::Left(app.clone().call(request)),
-            None => Either::Right(std::future::ready(Ok(answer(&(self.waiting)(), &request)))),
+            None => Either::Right(std::future::ready(Ok(answer(&(self.inner.waiting)(), &request)))),
         }
     }
 }

@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_core::{Shutdown, Status};
@@ -559,21 +560,33 @@ crate::openapi::string_enum_schema!(
 );
 crate::openapi::string_enum_schema!(FormatName, "A rendering of `/status`.", ["json", "text", "health+json", "health"]);
 
-fn plain(status: StatusCode, body: String) -> Response {
-    let mut response =
-        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], body)
-            .into_response();
-    // The probes' text is the representation asked for, also when it fails.
-    response.extensions_mut().insert(crate::error::Negotiated);
+fn plain(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    // Static header values: a `&str` would be checked and copied on every
+    // answer.
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    let mut response = (status, headers, body.into()).into_response();
+    if !status.is_success() {
+        // The probes' text is the representation asked for, also when it fails.
+        response.extensions_mut().insert(crate::error::Negotiated);
+    }
     response
+}
+
+/// A probe's `?verbose`. Probes rarely carry a query: the common case
+/// decodes nothing.
+fn verbose(uri: &axum::http::Uri) -> Result<bool, QueryRejection> {
+    Ok(uri.query().is_some() && Query::<Verbose>::try_from_uri(uri)?.0.verbose.is_some())
 }
 
 /// Liveness: 200 while the process serves.
 #[utoipa::path(get, path = "/livez", operation_id = "livez", tag = "health", params(Verbose),
     responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
-async fn livez(Query(q): Query<Verbose>) -> Response {
-    let body = if q.verbose.is_some() { "[+]ping ok\nlivez check passed\n" } else { "ok" };
-    plain(StatusCode::OK, body.to_owned())
+async fn livez(request: Request) -> Result<Response, QueryRejection> {
+    let body = if verbose(request.uri())? { "[+]ping ok\nlivez check passed\n" } else { "ok" };
+    Ok(plain(StatusCode::OK, body))
 }
 
 /// Readiness: 503 while KO, starting or draining.
@@ -581,12 +594,16 @@ async fn livez(Query(q): Query<Verbose>) -> Response {
     (status = 200, description = "Ready", body = String, content_type = "text/plain"),
     (status = 503, description = "Not ready, starting or draining", body = String, content_type = "text/plain"),
 ))]
-async fn readyz(State(state): State<std::sync::Arc<HealthState>>, Query(q): Query<Verbose>) -> Response {
+async fn readyz(
+    State(state): State<std::sync::Arc<HealthState>>,
+    request: Request,
+) -> Result<Response, QueryRejection> {
+    let verbose = verbose(request.uri())?;
     let draining = state.shutdown.is_triggered();
     let ready = !draining && state.health.is_cache_healthy();
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    if q.verbose.is_none() {
-        return plain(
+    if !verbose {
+        return Ok(plain(
             code,
             if ready {
                 "ok"
@@ -594,9 +611,8 @@ async fn readyz(State(state): State<std::sync::Arc<HealthState>>, Query(q): Quer
                 "draining"
             } else {
                 "not ready"
-            }
-            .to_owned(),
-        );
+            },
+        ));
     }
     let mut body = String::from(if draining { "[-]shutdown failed: draining\n" } else { "[+]shutdown ok\n" });
     let snapshot = state.health.cached();
@@ -608,5 +624,5 @@ async fn readyz(State(state): State<std::sync::Arc<HealthState>>, Query(q): Quer
         }
     }
     body.push_str(if ready { "readyz check passed\n" } else { "readyz check failed\n" });
-    plain(code, body)
+    Ok(plain(code, body))
 }

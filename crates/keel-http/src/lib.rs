@@ -54,6 +54,7 @@ mod console;
 mod entries;
 mod error;
 mod gate;
+mod guard;
 #[cfg(feature = "health")]
 mod health;
 mod metrics;
@@ -73,7 +74,6 @@ mod status_feed;
 pub mod testing;
 #[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports))]
 mod text;
-mod timeout;
 
 pub use admin::AdminToken;
 #[cfg(feature = "agents")]
@@ -83,7 +83,7 @@ pub use console::console_router;
 #[cfg(feature = "entries")]
 pub use entries::{entries_api, entries_router};
 pub use error::ApiError;
-pub use gate::{Waiting, starting_gate};
+pub use gate::{StartingGate, Waiting, starting_gate};
 #[cfg(feature = "health")]
 pub use health::{AppInfo, health_api, health_router};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};

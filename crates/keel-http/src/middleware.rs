@@ -1,14 +1,10 @@
 //! The middleware stack every Keel router gets.
 
-use std::any::Any;
 use std::time::Duration;
 
 use axum::Router;
-use axum::response::{IntoResponse, Response};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::{ApiError, HttpMetrics};
+use crate::HttpMetrics;
 
 /// The request id header: kept when the client sends one, generated otherwise,
 /// echoed on the response and recorded in the request span.
@@ -36,36 +32,15 @@ impl Default for MiddlewareConfig {
 /// Panics are caught innermost, so they are answered 500 JSON and counted in
 /// the request metrics like any other response.
 pub fn apply(router: Router, config: &MiddlewareConfig, metrics: &HttpMetrics) -> Router {
-    let panic_metrics = metrics.clone();
     // One composed layer: axum boxes each `Router::layer` around every route
     // and clones that box per request, so one layer costs one clone, not
-    // eight.
+    // eight. The inner four (timeout, envelope, body limit, panics) are one
+    // service of their own (`guard`).
     let stack = tower::ServiceBuilder::new()
         .layer(crate::span::RequestSpanLayer)
         .layer(metrics.layer())
-        .and_then(|response: Response| {
-            futures_util::FutureExt::map(crate::error::json_errors(response), Ok::<_, std::convert::Infallible>)
-        })
-        .map_response(IntoResponse::into_response)
-        .layer(crate::timeout::LazyTimeoutLayer::new(config.request_timeout))
-        .map_response(IntoResponse::into_response)
-        .layer(RequestBodyLimitLayer::new(config.body_limit))
-        .layer(CatchPanicLayer::custom(move |panic: Box<dyn Any + Send>| {
-            panic_metrics.count_panic();
-            panic_response(&panic)
-        }));
+        .layer(crate::guard::GuardLayer::new(config.request_timeout, config.body_limit, metrics.clone()));
     // Handlers added without state become services once, here: axum would
     // otherwise apply the whole stack to them again on every request.
     router.layer(stack).with_state(())
-}
-
-fn panic_response(panic: &Box<dyn Any + Send>) -> Response {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic payload".into());
-    tracing::error!(panic = %detail, "handler panicked");
-    // The panic text may contain internals: log it, do not return it.
-    ApiError::internal("internal error").into_response()
 }

@@ -9,8 +9,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
+use axum::response::Response;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -99,23 +101,31 @@ pub async fn serve(
     shutdown: Shutdown,
     drain: DrainConfig,
 ) -> Result<(), ServeError> {
-    serve_with_limits(listener, router, shutdown, drain, ConnectionLimits::default()).await
+    // Handlers (and the layers on them) become services once, here,
+    // instead of on every request.
+    serve_with_limits(listener, router.with_state(()), shutdown, drain, ConnectionLimits::default()).await
 }
 
-/// [`serve`] with explicit [`ConnectionLimits`].
-pub async fn serve_with_limits(
+/// [`serve`] with explicit [`ConnectionLimits`], for any service that is
+/// always ready: a [`Router`], or the [`crate::StartingGate`] in front of one.
+///
+/// A `Router` is served as given: call `.with_state(())` on it first (as
+/// [`serve`] does), or axum turns its handlers into services again on every
+/// request.
+pub async fn serve_with_limits<S>(
     listener: TcpListener,
-    router: Router,
+    app: S,
     shutdown: Shutdown,
     drain: DrainConfig,
     limits: ConnectionLimits,
-) -> Result<(), ServeError> {
+) -> Result<(), ServeError>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     // Set once shutdown starts (by the accept loop, which wakes on it): one
     // atomic load per response instead of the token's lock.
     let closing = Arc::new(AtomicBool::new(false));
-    // Handlers (and the layers on them) become services once, here,
-    // instead of on every request.
-    let router = router.with_state(());
     let stop_accepting = async {
         shutdown.triggered().await;
         closing.store(true, Ordering::Relaxed);
@@ -157,7 +167,7 @@ pub async fn serve_with_limits(
             closing: closing.clone(),
         });
         let io = ConnectionIo::new(TokioIo::new(stream), &limits, exchange.clone());
-        let service = ConnectionService { router: router.clone(), exchange };
+        let service = ConnectionService { app: app.clone(), exchange };
         let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             let _ = connection.await;
@@ -189,39 +199,43 @@ struct Exchange {
     closing: Arc<AtomicBool>,
 }
 
-/// The router as one connection's service: marks where requests start and
-/// end for [`ConnectionIo`], and adds `Connection: close` while draining.
+/// The application as one connection's service: marks where requests start
+/// and end for [`ConnectionIo`], and adds `Connection: close` while
+/// draining.
 #[derive(Clone)]
-struct ConnectionService {
-    router: Router,
+struct ConnectionService<S> {
+    app: S,
     exchange: Arc<Exchange>,
 }
 
-impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnectionService {
-    type Response = axum::response::Response;
+impl<S> hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for ConnectionService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = Answer<S::Future>;
 
-    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Answer {
+    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         self.exchange.heads.fetch_add(1, Ordering::Relaxed);
         self.exchange.in_request.store(true, Ordering::Relaxed);
-        let mut router = self.router.clone();
-        let inner = tower::Service::call(&mut router, request.map(axum::body::Body::new));
+        // Always ready (see `serve_with_limits`).
+        let inner = self.app.clone().call(request.map(axum::body::Body::new));
         Answer { inner, exchange: self.exchange.clone() }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The future of [`ConnectionService`].
-    struct Answer {
+    struct Answer<F> {
         #[pin]
-        inner: axum::routing::future::RouteFuture<Infallible>,
+        inner: F,
         exchange: Arc<Exchange>,
     }
 }
 
-impl std::future::Future for Answer {
-    type Output = Result<axum::response::Response, Infallible>;
+impl<F: std::future::Future<Output = Result<Response, Infallible>>> std::future::Future for Answer<F> {
+    type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

@@ -16,12 +16,23 @@ pub(crate) struct FlatJsonFields;
 
 impl<'writer> FormatFields<'writer> for FlatJsonFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut visitor = JsonObject { out: String::with_capacity(128), result: Ok(()) };
+        // The object is built in a buffer kept by the thread and written
+        // whole: the span's own string is then allocated once, at its size.
+        thread_local! {
+            static BUFFER: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+        }
+        let mut out = BUFFER.take();
+        out.clear();
+        out.push('{');
+        let mut visitor = JsonObject { out, empty: true, result: Ok(()) };
         fields.record(&mut visitor);
-        visitor.result?;
-        writer.write_char('{')?;
-        writer.write_str(&visitor.out)?;
-        writer.write_char('}')
+        visitor.out.push('}');
+        let written = visitor.result.and_then(|()| writer.write_str(&visitor.out));
+        if visitor.out.capacity() <= 4096 {
+            // A span with huge fields does not pin its buffer.
+            BUFFER.set(visitor.out);
+        }
+        written
     }
 
     fn add_fields(
@@ -29,10 +40,10 @@ impl<'writer> FormatFields<'writer> for FlatJsonFields {
         current: &'writer mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        let mut visitor = JsonObject { out: String::new(), result: Ok(()) };
+        let mut visitor = JsonObject { out: String::new(), empty: true, result: Ok(()) };
         fields.record(&mut visitor);
         visitor.result?;
-        if visitor.out.is_empty() {
+        if visitor.empty {
             return Ok(());
         }
         // `current` is `{...}` (or empty): reopen it and append.
@@ -51,17 +62,21 @@ impl<'writer> FormatFields<'writer> for FlatJsonFields {
     }
 }
 
-/// Collects `"name":value` pairs, comma-separated, without the braces.
+/// Collects `"name":value` pairs, comma-separated, after whatever `out`
+/// already holds.
 struct JsonObject {
     out: String,
+    /// No pair written yet.
+    empty: bool,
     result: fmt::Result,
 }
 
 impl JsonObject {
     fn key(&mut self, name: &str) {
-        if !self.out.is_empty() {
+        if !self.empty {
             self.out.push(',');
         }
+        self.empty = false;
         self.string(name);
         self.out.push(':');
     }
@@ -69,6 +84,12 @@ impl JsonObject {
     /// `text` as a JSON string (RFC 8259 escapes), without a temporary.
     fn string(&mut self, text: &str) {
         self.out.push('"');
+        if !text.bytes().any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20) {
+            // Nearly every value: nothing to escape.
+            self.out.push_str(text);
+            self.out.push('"');
+            return;
+        }
         let mut plain = 0;
         for (at, byte) in text.bytes().enumerate() {
             let escaped = match byte {
