@@ -375,28 +375,42 @@ where
     V: Stamped + Clone + Send + Sync + 'static,
 {
     async fn run(mut self, cancel: CancellationToken) {
+        /// Items taken from the channel per wake-up, at most.
+        const RECEIVE: usize = 256;
         let mut deadline = Instant::now() + self.config.flush_interval;
         // While a failed batch waits for its retry, capacity does not force
         // flushes: the retry deadline governs.
         let mut retry_at: Option<Instant> = None;
+        // One timer and one cancellation wait for the whole loop, moved when
+        // the deadline moves: not made again for every item received.
+        let cancelled = cancel.cancelled();
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(cancelled, timer);
+        let mut received = Vec::with_capacity(RECEIVE);
         loop {
             let wake = retry_at.map_or(deadline, |r| r.min(deadline));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
+            // At the key bound (the sink is away) the channel is left to
+            // fill, so further adds are refused rather than lost.
+            let room = self.config.max_pending_keys.saturating_sub(self.map.len()).min(RECEIVE);
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => break,
-                // At the key bound (the sink is away) the channel is left to
-                // fill, so further adds are refused rather than lost.
-                item = self.rx.recv(), if self.map.len() < self.config.max_pending_keys => match item {
-                    Some((key, value)) => {
-                        self.insert(key, value);
-                        if retry_at.is_none() && self.map.len() >= self.config.max_batch_size {
-                            retry_at = self.flush(Reason::Capacity).await;
-                            deadline = Instant::now() + self.config.flush_interval;
-                        }
+                () = &mut cancelled => break,
+                count = self.rx.recv_many(&mut received, room), if room > 0 => {
+                    if count == 0 {
+                        break;
                     }
-                    None => break,
-                },
-                () = tokio::time::sleep_until(wake) => {
+                    for (key, value) in received.drain(..) {
+                        self.insert(key, value);
+                    }
+                    if retry_at.is_none() && self.map.len() >= self.config.max_batch_size {
+                        retry_at = self.flush(Reason::Capacity).await;
+                        deadline = Instant::now() + self.config.flush_interval;
+                    }
+                }
+                () = &mut timer => {
                     let reason = if retry_at.is_some_and(|r| r <= Instant::now()) { Reason::Retry } else { Reason::Interval };
                     retry_at = self.flush(reason).await;
                     deadline = Instant::now() + self.config.flush_interval;

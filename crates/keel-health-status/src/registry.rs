@@ -1,7 +1,7 @@
 //! The registry: monitors, component states and the cached aggregate.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -93,6 +93,8 @@ struct Inner {
     states: Mutex<BTreeMap<String, State>>,
     cache: ArcSwap<Snapshot>,
     global: AtomicU8,
+    /// Moved by every change of the states (see [`Health::revision`]).
+    revision: AtomicU64,
     changes: broadcast::Sender<StatusChange>,
     /// Woken after every recorded check.
     recorded: tokio::sync::Notify,
@@ -213,6 +215,7 @@ impl Health {
                 states: Mutex::new(BTreeMap::new()),
                 cache: ArcSwap::from_pointee(initial),
                 global,
+                revision: AtomicU64::new(0),
                 changes,
                 recorded: tokio::sync::Notify::new(),
                 metrics: Mutex::new(None),
@@ -378,6 +381,15 @@ impl Health {
         self.inner.cache.load_full()
     }
 
+    /// A number that changes whenever anything a [`snapshot`](Self::snapshot)
+    /// shows changes, except the passage of time (uptimes and downtimes):
+    /// a component registered, a check recorded. Read it before taking a
+    /// snapshot to know, later, whether a copy made from that snapshot is
+    /// still current.
+    pub fn revision(&self) -> u64 {
+        self.inner.revision.load(Ordering::Acquire)
+    }
+
     /// The aggregate computed now (fresh latencies and uptimes).
     pub fn snapshot(&self) -> Snapshot {
         self.compute(None)
@@ -470,6 +482,7 @@ impl Health {
 }
 
 fn refresh(inner: &Inner, states: &BTreeMap<String, State>) {
+    inner.revision.fetch_add(1, Ordering::AcqRel);
     let now = Instant::now();
     let views = states.iter().map(|(n, s)| (n.clone(), s.view(now))).collect();
     let snapshot = aggregate(&inner.groups, inner.default_mode, &views, None);
@@ -561,6 +574,7 @@ fn record(inner: &Inner, name: &str, report: Report, latency: Duration) -> Durat
     let wall = inner.clock.now();
     let mut states = lock(&inner.states);
     let Some(state) = states.get_mut(name) else { return Duration::from_secs(1) };
+    inner.revision.fetch_add(1, Ordering::AcqRel);
     let before = state.machine.status;
     let after = state.machine.apply(report.status);
     let message_changed = state.message != report.message;

@@ -19,6 +19,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::ApiError;
+use crate::json_body::JsonBody;
 use crate::openapi::{ApiRouter, ErrorSchema, SseEvent};
 use crate::text::{clip, shown};
 
@@ -134,10 +135,10 @@ fn submitted(index: usize, item: Item) -> Result<Submitted, ApiError> {
 async fn submit(
     State(service): State<std::sync::Arc<AgentMetadata>>,
     Path(agent_id): Path<String>,
-    body: Result<Json<Submission>, JsonRejection>,
+    body: Result<JsonBody<Submission>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     let agent_id = agent(&agent_id)?;
-    let Json(submission) = body.map_err(|rejection| match rejection {
+    let JsonBody(submission) = body.map_err(|rejection| match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::from_status(rejection.status(), &rejection.body_text()),
         other => ApiError::bad_request(format!("malformed metadata: {}", clip(&other.body_text()))),
     })?;

@@ -1,7 +1,11 @@
 //! `/status`, `/status/{name}`, `/livez` and `/readyz` over a [`Health`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -53,6 +57,67 @@ pub(crate) struct HealthState {
     pub(crate) app: AppInfo,
     codes: StatusCodes,
     pub(crate) shutdown: Shutdown,
+    /// `/status` answers without a filter, one per rendering (format,
+    /// short, map), reused while they are current.
+    rendered: [ArcSwapOption<RenderedStatus>; RENDERINGS],
+}
+
+/// Formats × short × map.
+const RENDERINGS: usize = 12;
+
+/// A whole-registry `/status` answer, valid while the registry's revision
+/// holds and until the first uptime or downtime in it would reach its next
+/// whole second: exactly what a fresh rendering would answer.
+struct RenderedStatus {
+    revision: u64,
+    until: tokio::time::Instant,
+    code: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+}
+
+impl HealthState {
+    /// The whole-registry answer for `options`, rendered again only when
+    /// something in it changed: `None` when a filter asks for part of it.
+    fn whole(&self, options: &ViewOptions) -> Option<Response> {
+        if options.filter.is_some() || !options.exclude.is_empty() {
+            return None;
+        }
+        let format = match options.format {
+            Format::Json => 0,
+            Format::Text => 1,
+            Format::HealthJson => 2,
+        };
+        let slot = &self.rendered[format * 4 + usize::from(options.short) * 2 + usize::from(options.map)];
+        let now = tokio::time::Instant::now();
+        // Read before the snapshot: a change in between makes the copy
+        // stale at once rather than wrongly current.
+        let revision = self.health.revision();
+        if let Some(current) = &*slot.load()
+            && current.revision == revision
+            && now < current.until
+        {
+            return Some(respond(current.code, current.content_type, current.body.clone()));
+        }
+        let snapshot = self.health.snapshot();
+        let (code, content_type, body) = render_parts(self, options, &snapshot);
+        let body = Bytes::from(body);
+        let until = now + next_second(&snapshot);
+        slot.store(Some(Arc::new(RenderedStatus { revision, until, code, content_type, body: body.clone() })));
+        Some(respond(code, content_type, body))
+    }
+}
+
+/// How long until the first uptime or downtime of `snapshot` reaches its
+/// next whole second (they are shown in whole seconds): at most a second.
+fn next_second(snapshot: &Snapshot) -> Duration {
+    let to_next = |d: Duration| Duration::from_secs(1) - Duration::from_nanos(u64::from(d.subsec_nanos()));
+    snapshot
+        .components
+        .values()
+        .flat_map(|view| [to_next(view.uptime), to_next(view.downtime)])
+        .min()
+        .unwrap_or(Duration::from_secs(1))
 }
 
 /// The health endpoints. `/readyz` answers 503 at once when `shutdown`
@@ -71,7 +136,7 @@ pub fn health_api(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Sh
         .routes(routes!(readyz))
         .routes(routes!(crate::status_feed::history))
         .routes(routes!(crate::status_feed::stream))
-        .with_state(std::sync::Arc::new(HealthState { health, app, codes, shutdown }))
+        .with_state(std::sync::Arc::new(HealthState { health, app, codes, shutdown, rendered: Default::default() }))
 }
 
 /// How `/status` renders; the `X-Verbose`, `Accept`, `X-MapMode` and
@@ -200,6 +265,31 @@ impl ViewOptions {
     }
 }
 
+/// The options of a `/status` request, read from its query and headers in
+/// place (most requests carry no query: nothing is decoded then).
+fn view_options(request: &Request) -> Result<ViewOptions, Refused> {
+    let query = match request.uri().query() {
+        None => StatusQuery::default(),
+        Some(_) => Query::<StatusQuery>::try_from_uri(request.uri()).map_err(Refused::Query)?.0,
+    };
+    ViewOptions::parse(&query, request.headers()).map_err(Refused::Options)
+}
+
+/// Why [`view_options`] refused a request.
+enum Refused {
+    Query(QueryRejection),
+    Options(ApiError),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Query(rejection) => rejection.into_response(),
+            Self::Options(err) => err.into_response(),
+        }
+    }
+}
+
 /// The component names selected by the filter and exclude patterns (see
 /// [`Health::select`]). `None`: no filter, everything.
 fn select(state: &HealthState, options: &ViewOptions) -> Option<BTreeSet<String>> {
@@ -217,15 +307,14 @@ fn select(state: &HealthState, options: &ViewOptions) -> Option<BTreeSet<String>
         (StatusBody<'static> = "application/json"), (HealthJsonBody = "application/health+json"), (String = "text/plain"))),
     (status = 400, description = "A parameter or header is not understood", body = ErrorSchema),
 ))]
-async fn status(
-    State(state): State<std::sync::Arc<HealthState>>,
-    Query(query): Query<StatusQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let options = match ViewOptions::parse(&query, &headers) {
+async fn status(State(state): State<std::sync::Arc<HealthState>>, request: Request) -> Response {
+    let options = match view_options(&request) {
         Ok(options) => options,
-        Err(err) => return err.into_response(),
+        Err(refused) => return refused.into_response(),
     };
+    if let Some(whole) = state.whole(&options) {
+        return whole;
+    }
     let snapshot = match select(&state, &options) {
         None => state.health.snapshot(),
         Some(names) if names.is_empty() => {
@@ -250,12 +339,11 @@ async fn status(
 async fn status_of(
     State(state): State<std::sync::Arc<HealthState>>,
     Path(name): Path<String>,
-    Query(query): Query<StatusQuery>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Response {
-    let options = match ViewOptions::parse(&query, &headers) {
+    let options = match view_options(&request) {
         Ok(options) => options,
-        Err(err) => return err.into_response(),
+        Err(refused) => return refused.into_response(),
     };
     let known = state.health.groups().group(&name).is_some()
         || state.health.snapshot().components.contains_key(&name)
@@ -282,6 +370,11 @@ fn to_json(body: &impl Serialize) -> String {
 }
 
 fn render(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot) -> Response {
+    let (code, content_type, body) = render_parts(state, options, snapshot);
+    respond(code, content_type, body)
+}
+
+fn render_parts(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot) -> (StatusCode, &'static str, String) {
     let code =
         StatusCode::from_u16(state.codes.for_status(snapshot.status)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let (content_type, body) = match options.format {
@@ -289,8 +382,15 @@ fn render(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot) -> Re
         Format::HealthJson => ("application/health+json", to_json(&health_json(&state.app, snapshot))),
         Format::Text => ("text/plain; charset=utf-8", text_body(&state.app, options, snapshot)),
     };
-    let mut response = (code, body).into_response();
-    response.extensions_mut().insert(crate::error::Negotiated);
+    (code, content_type, body)
+}
+
+fn respond(code: StatusCode, content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = (code, body.into()).into_response();
+    if !code.is_success() {
+        // The rendering asked for, also when it reports a failure.
+        response.extensions_mut().insert(crate::error::Negotiated);
+    }
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -57,6 +57,8 @@ mod gate;
 mod guard;
 #[cfg(feature = "health")]
 mod health;
+#[cfg(feature = "agents")]
+mod json_body;
 mod metrics;
 pub mod middleware;
 #[cfg(feature = "monitoring")]

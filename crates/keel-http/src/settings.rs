@@ -1,6 +1,11 @@
 //! `/api/v1/settings`: read, update (admin) and audit settings documents.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -16,10 +21,19 @@ use utoipa_axum::routes;
 use crate::openapi::{AdminRefusals, ApiRouter, ErrorSchema};
 use crate::{AdminToken, ApiError};
 
-#[derive(Clone)]
 struct SettingsState {
     registry: SettingsRegistry,
     admin: Option<AdminToken>,
+    /// Each document's answer as last rendered, reused while its version
+    /// holds (a version's value, time and author never change).
+    rendered: HashMap<String, ArcSwapOption<Rendered>>,
+}
+
+/// A document's `GET` answer, rendered once per version.
+struct Rendered {
+    version: i64,
+    body: Bytes,
+    etag: Option<HeaderValue>,
 }
 
 /// `GET /api/v1/settings`, `GET|PUT /api/v1/settings/{name}` and
@@ -34,7 +48,42 @@ pub fn settings_api(registry: SettingsRegistry, admin: Option<AdminToken>) -> Ap
         .routes(routes!(list))
         .routes(routes!(read, write))
         .routes(routes!(history))
-        .with_state(std::sync::Arc::new(SettingsState { registry, admin }))
+        .with_state(std::sync::Arc::new(SettingsState::new(registry, admin)))
+}
+
+impl SettingsState {
+    fn new(registry: SettingsRegistry, admin: Option<AdminToken>) -> Self {
+        let rendered = registry.iter().map(|d| (d.name().to_owned(), ArcSwapOption::empty())).collect();
+        Self { registry, admin, rendered }
+    }
+
+    /// `GET` of `document`: the copy rendered for its current version, or a
+    /// new one.
+    fn answer(&self, document: &dyn DynSettings) -> Response {
+        let slot = self.rendered.get(document.name());
+        let cached = slot.and_then(|slot| slot.load_full()).filter(|r| r.version == document.version());
+        let rendered = match cached {
+            Some(rendered) => rendered,
+            None => {
+                let view = document.view();
+                let body = serde_json::to_vec(&document_body(&view)).unwrap_or_default();
+                let etag = HeaderValue::from_str(&format!("\"{}\"", view.version)).ok();
+                let rendered = Arc::new(Rendered { version: view.version, body: Bytes::from(body), etag });
+                if let Some(slot) = slot {
+                    slot.store(Some(rendered.clone()));
+                }
+                rendered
+            }
+        };
+        let mut response = Response::new(axum::body::Body::from(rendered.body.clone()));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(etag) = &rendered.etag {
+            headers.insert(header::ETAG, etag.clone());
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
 }
 
 fn time(t: Option<SystemTime>) -> Option<String> {
@@ -128,7 +177,7 @@ async fn read(
     State(state): State<std::sync::Arc<SettingsState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(with_etag(&find(&state, &name)?.view()))
+    Ok(state.answer(&**find(&state, &name)?))
 }
 
 /// `If-Match: "3"` (or `3`, `W/"3"`) → `Some(3)`; `*` or absent → `None`.

@@ -429,3 +429,42 @@ async fn the_stream_opens_with_the_view_then_pushes_each_change_and_ends_at_shut
     shutdown.trigger();
     assert!(next_event(&mut body).await.is_none(), "the stream ends when shutdown starts");
 }
+
+/// The whole-registry answer is rendered again exactly when what it shows
+/// changes: it is the same while nothing happens, an uptime that reaches its
+/// next whole second shows at once, and so does a component registered
+/// since.
+#[tokio::test(start_paused = true)]
+async fn a_repeated_status_shows_every_change_at_once() {
+    let health = Health::new(MandatoryList::new(Vec::new()).unwrap(), Mode::Must);
+    let slow = || ComponentSpec::new("db").interval(Duration::from_secs(600));
+    health.register(slow(), || std::future::ready(Report::ok())).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let app = health_router(health.clone(), app_info(), StatusCodes::default(), Shutdown::new());
+    let seconds = |body: &Value, name: &str| {
+        let c = &body["components"][name];
+        c["uptime_s"].as_u64().unwrap() + c["downtime_s"].as_u64().unwrap()
+    };
+
+    let first = json(get(&app, "/status", &[]).await).await;
+    assert_eq!(json(get(&app, "/status", &[]).await).await, first);
+    tokio::time::sleep(Duration::from_millis(980)).await;
+    assert_eq!(seconds(&json(get(&app, "/status", &[]).await).await, "db"), seconds(&first, "db"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let later = json(get(&app, "/status", &[]).await).await;
+    assert_eq!(seconds(&later, "db"), seconds(&first, "db") + 1, "{later}");
+
+    health
+        .register(ComponentSpec::new("cache").interval(Duration::from_secs(600)), || {
+            std::future::ready(Report::fail("refused"))
+        })
+        .unwrap();
+    let registered = json(get(&app, "/status", &[]).await).await;
+    assert_eq!(component_names(&registered), ["cache", "db"], "{registered}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let checked = json(get(&app, "/status", &[]).await).await;
+    assert_eq!(checked["components"]["cache"]["message"], "refused", "{checked}");
+    for headers in [[("accept", "text/plain")], [("x-verbose", "false")]] {
+        assert_eq!(text(get(&app, "/status", &headers).await).await, text(get(&app, "/status", &headers).await).await);
+    }
+}

@@ -32,6 +32,11 @@ pub trait DynSettings: Send + Sync {
     fn name(&self) -> &str;
     /// The current value as JSON.
     fn view(&self) -> DocumentView;
+    /// The version [`view`](Self::view) would show, without building the
+    /// view: to tell whether a copy rendered earlier is still current.
+    fn version(&self) -> i64 {
+        self.view().version
+    }
     /// Decodes `value` as the document type and updates it.
     fn update_json<'a>(
         &'a self,
@@ -48,6 +53,10 @@ pub trait DynSettings: Send + Sync {
 impl<T: Document> DynSettings for Settings<T> {
     fn name(&self) -> &str {
         Settings::name(self)
+    }
+
+    fn version(&self) -> i64 {
+        Settings::version(self)
     }
 
     fn view(&self) -> DocumentView {

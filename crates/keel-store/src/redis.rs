@@ -121,7 +121,10 @@ impl RedisStore {
         command: &'static str,
         fut: impl Future<Output = Result<T, fred::error::Error>>,
     ) -> Result<T, StoreError> {
-        Ok(self.metrics.time_redis(command, fut).await?)
+        // Boxed: fred's command futures are large, and every future that
+        // awaits this one (scripts, queues, a request's task) would hold and
+        // move a copy of it.
+        Ok(self.metrics.time_redis(command, Box::pin(fut)).await?)
     }
 
     /// Runs `script` by its hash (`EVALSHA`), loading it on a `NOSCRIPT`

@@ -256,7 +256,9 @@ impl Entries {
     async fn detached(&self, key: &str, value: Value, deleted: bool) -> Result<i64, EntryError> {
         Self::check_key(key)?;
         let (this, key) = (self.inner.clone(), key.to_owned());
-        keel_core::Shutdown::spawn_on(self.inner.tasks.as_ref(), async move { this.write(key, value, deleted).await })
+        // Boxed, so spawning moves a pointer rather than the whole write.
+        let write = Box::pin(async move { this.write(key, value, deleted).await });
+        keel_core::Shutdown::spawn_on(self.inner.tasks.as_ref(), write)
             .await
             .unwrap_or_else(|err| Err(EntryError::Internal(format!("the write task failed: {err}"))))
     }
