@@ -75,33 +75,43 @@ where
             timeout: self.layer.timeout,
             metrics: self.layer.metrics.clone(),
         };
-        match limit_body(request, self.layer.body_limit) {
-            Ok(request) => match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-                Ok(inner) => future.inner = Some(inner),
-                Err(panic) => future.answer = Some(panicked(&self.layer.metrics, &*panic)),
-            },
-            Err(TooLarge) => future.answer = Some(too_large()),
+        let mut request = request;
+        match body_limit(&request, self.layer.body_limit) {
+            Limit::TooLarge => {
+                future.answer = Some(too_large());
+                return future;
+            }
+            Limit::Bytes(limit) => {
+                request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+            }
+            Limit::NoBody => {}
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+            Ok(inner) => future.inner = Some(inner),
+            Err(panic) => future.answer = Some(panicked(&self.layer.metrics, &*panic)),
         }
         future
     }
 }
 
-/// The body's `Content-Length` says it is over the limit.
-struct TooLarge;
+/// What the body limit asks of a request.
+enum Limit {
+    /// Its `Content-Length` is over the limit.
+    TooLarge,
+    /// Read at most this many bytes of it.
+    Bytes(usize),
+    /// It has no body (nearly every `GET`): nothing to hold.
+    NoBody,
+}
 
-/// The request, its body held to `limit` bytes. A request without a body
-/// (nearly every `GET`) is passed on as it is.
-fn limit_body(request: Request<Body>, limit: usize) -> Result<Request<Body>, TooLarge> {
+fn body_limit(request: &Request<Body>, limit: usize) -> Limit {
     let length = request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse().ok());
-    let limit = match length {
-        Some(length) if length > limit => return Err(TooLarge),
-        Some(length) => length,
-        None => limit,
-    };
-    if request.body().is_end_stream() {
-        return Ok(request);
+    match length {
+        Some(length) if length > limit => Limit::TooLarge,
+        _ if request.body().is_end_stream() => Limit::NoBody,
+        Some(length) => Limit::Bytes(length),
+        None => Limit::Bytes(limit),
     }
-    Ok(request.map(|body| Body::new(http_body_util::Limited::new(body, limit))))
 }
 
 fn too_large() -> Response {

@@ -74,10 +74,9 @@ where
             uri = request.uri().path(),
             request_id = id.to_str().unwrap_or("")
         );
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
+        // Entered while the future is polled, where handlers run (axum's
+        // `call`s only build futures).
+        let inner = self.inner.call(request);
         // The clock is read only when the per-answer record is wanted.
         let start = tracing::enabled!(target: REQUEST_TARGET, tracing::Level::DEBUG).then(quanta::Instant::now);
         SpannedFuture { inner, span, start, id: Some(id) }

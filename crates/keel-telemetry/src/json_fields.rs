@@ -62,6 +62,20 @@ impl<'writer> FormatFields<'writer> for FlatJsonFields {
     }
 }
 
+/// The bytes a JSON string cannot hold as they are: `"`, `\` and the
+/// control characters.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Collects `"name":value` pairs, comma-separated, after whatever `out`
 /// already holds.
 struct JsonObject {
@@ -84,7 +98,7 @@ impl JsonObject {
     /// `text` as a JSON string (RFC 8259 escapes), without a temporary.
     fn string(&mut self, text: &str) {
         self.out.push('"');
-        if !text.bytes().any(|byte| byte == b'"' || byte == b'\\' || byte < 0x20) {
+        if !text.bytes().any(|byte| ESCAPED[usize::from(byte)]) {
             // Nearly every value: nothing to escape.
             self.out.push_str(text);
             self.out.push('"');
