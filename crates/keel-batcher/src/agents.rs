@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{AddError, Batcher, DbMetadataSink, MetadataKey, MetadataNotifier, MetadataRow, MetadataValue};
+use crate::{Batcher, DbMetadataSink, MetadataKey, MetadataNotifier, MetadataRow, MetadataValue};
 
 /// Most keys accepted in one submission.
 pub const MAX_KEYS: usize = 64;
@@ -147,15 +147,12 @@ impl AgentMetadata {
             let collected_at = item.collected_at.unwrap_or(now);
             entries.push((MetadataKey { agent_id, key: item.key }, MetadataValue { value, error, collected_at }));
         }
-        let mut accepted = Accepted::default();
-        for (key, value) in entries {
-            match self.batcher.add(key, value) {
-                Ok(()) => accepted.accepted += 1,
-                Err(AddError::Full) => accepted.dropped += 1,
-                Err(AddError::Closed) => return Err(MetadataError::ShuttingDown),
-            }
+        let offered = entries.len() as u64;
+        match self.batcher.add_all(entries) {
+            Ok(taken) => Ok(Accepted { accepted: taken as u64, dropped: offered - taken as u64 }),
+            // `add_all` fails only once the batcher is closed.
+            Err(_) => Err(MetadataError::ShuttingDown),
         }
-        Ok(accepted)
     }
 
     /// The stored metadata of `agent_id`.

@@ -288,6 +288,39 @@ where
         }
     }
 
+    /// Queues every item of `items` without waiting, as [`add`](Self::add)
+    /// does one by one, taking the channel's room for all of them at once
+    /// when there is enough. Returns how many were taken; the others were
+    /// dropped (counted) because the channel was full. After shutdown the
+    /// answer is [`AddError::Closed`] and nothing is taken.
+    pub fn add_all(&self, items: Vec<(K, V)>) -> Result<usize, AddError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        match self.tx.try_reserve_many(items.len()) {
+            Ok(permits) => {
+                let taken = items.len();
+                for (permit, item) in permits.zip(items) {
+                    permit.send(item);
+                }
+                Ok(taken)
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => Err(AddError::Closed),
+            // Not room for all: each is taken or dropped on its own.
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let mut taken = 0;
+                for (key, value) in items {
+                    match self.add(key, value) {
+                        Ok(()) => taken += 1,
+                        Err(AddError::Full) => {}
+                        Err(AddError::Closed) => return Err(AddError::Closed),
+                    }
+                }
+                Ok(taken)
+            }
+        }
+    }
+
     fn warn_dropped(&self) {
         let now = Instant::now();
         let mut last = self.last_warning.lock().unwrap_or_else(PoisonError::into_inner);

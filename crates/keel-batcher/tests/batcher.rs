@@ -137,6 +137,29 @@ async fn never_blocks_with_a_stalled_sink_and_counts_exact_drops() {
     assert_accounted(stats);
 }
 
+/// `add_all` takes a whole run when the channel has room for it, and
+/// otherwise takes what fits and drops (and counts) the rest, as one `add`
+/// per item would; closed, it takes nothing.
+#[tokio::test(start_paused = true)]
+async fn add_all_takes_what_fits_and_counts_the_rest() {
+    let sink = Sink::new(&[Behaviour::Hang]);
+    let batcher = start(BatcherConfig { max_batch_size: 2, channel_multiplier: 2, ..BatcherConfig::default() }, &sink);
+    let run = |from: usize, n: usize| (from..from + n).map(|i| (format!("k{i}"), item("k", 1))).collect::<Vec<_>>();
+    assert_eq!(batcher.add_all(run(0, 2)), Ok(2));
+    settle().await; // capacity flush: the sink now hangs
+    assert_eq!(batcher.add_all(Vec::new()), Ok(0));
+    assert_eq!(batcher.add_all(run(2, 3)), Ok(3));
+    assert_eq!(batcher.add_all(run(5, 3)), Ok(1), "the channel holds 2 × 2");
+    let stats = batcher.stats();
+    assert_eq!((stats.dropped_full, stats.offered), (2, 8));
+    assert_eq!(batcher.queue_depth(), 4);
+    assert_accounted(stats);
+
+    let closed = start(config(10), &Sink::new(&[]));
+    closed.shutdown().await;
+    assert_eq!(closed.add_all(run(8, 1)), Err(AddError::Closed));
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_newest_timestamp_wins_not_the_latest_arrival() {
     let sink = Sink::new(&[]);
