@@ -1,6 +1,8 @@
-//! `GET /status` (JSON) rendered through `oneshot`, with 10, 100 and 1,000
+//! `GET /status` (JSON) through `oneshot`, with 10, 100 and 1,000
 //! components (a third of them in a `must` group, half in a `quorum` group,
-//! the rest standalone), beside `GET /livez` on the same router.
+//! the rest standalone), beside `GET /livez` on the same router: the whole
+//! registry (served from its rendered copy while that is current), and
+//! `?filter=*` (the same components, rendered on every request).
 //!
 //! Run with `cargo xtask bench -p keel-http --bench status`.
 
@@ -41,8 +43,8 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("status_json");
     for components in [10, 100, 1_000] {
         let router = router(&runtime, components);
-        for path in ["/livez", "/status"] {
-            let name = format!("{}_{components}_components", path.trim_start_matches('/'));
+        for (label, path) in [("livez", "/livez"), ("status", "/status"), ("status_filtered", "/status?filter=*")] {
+            let name = format!("{label}_{components}_components");
             group.bench_function(name, |b| {
                 b.to_async(&runtime).iter(|| {
                     let router = router.clone();

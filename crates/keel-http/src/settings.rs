@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Json, Router};
 use keel_settings_sync::{DocumentView, DynSettings, SettingsRegistry, UpdateError};
 use serde::{Deserialize, Serialize};
@@ -62,23 +62,30 @@ impl SettingsState {
     fn answer(&self, document: &dyn DynSettings) -> Response {
         let slot = self.rendered.get(document.name());
         let cached = slot.and_then(|slot| slot.load_full()).filter(|r| r.version == document.version());
-        let rendered = match cached {
-            Some(rendered) => rendered,
-            None => {
-                let view = document.view();
-                let body = serde_json::to_vec(&document_body(&view)).unwrap_or_default();
-                let etag = HeaderValue::from_str(&format!("\"{}\"", view.version)).ok();
-                let rendered = Arc::new(Rendered { version: view.version, body: Bytes::from(body), etag });
-                if let Some(slot) = slot {
-                    slot.store(Some(rendered.clone()));
-                }
-                rendered
+        let rendered = cached.unwrap_or_else(|| {
+            let rendered = Arc::new(Rendered::of(&document.view()));
+            if let Some(slot) = slot {
+                slot.store(Some(rendered.clone()));
             }
-        };
-        let mut response = Response::new(axum::body::Body::from(rendered.body.clone()));
+            rendered
+        });
+        rendered.response()
+    }
+}
+
+impl Rendered {
+    fn of(view: &DocumentView) -> Self {
+        let body = serde_json::to_vec(&document_body(view)).unwrap_or_default();
+        let etag = HeaderValue::from_str(&format!("\"{}\"", view.version)).ok();
+        Self { version: view.version, body: Bytes::from(body), etag }
+    }
+
+    /// The document as JSON; its version is the `ETag`.
+    fn response(&self) -> Response {
+        let mut response = Response::new(axum::body::Body::from(self.body.clone()));
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(etag) = &rendered.etag {
+        if let Some(etag) = &self.etag {
             headers.insert(header::ETAG, etag.clone());
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -143,12 +150,7 @@ fn document_body(view: &DocumentView) -> DocumentBody {
 }
 
 fn with_etag(view: &DocumentView) -> Response {
-    let mut response = Json(document_body(view)).into_response();
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", view.version)) {
-        response.headers_mut().insert(header::ETAG, etag);
-    }
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    Rendered::of(view).response()
 }
 
 fn find<'a>(state: &'a SettingsState, name: &str) -> Result<&'a std::sync::Arc<dyn DynSettings>, ApiError> {

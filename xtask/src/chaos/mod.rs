@@ -382,9 +382,13 @@ impl Lab {
         let stopped = Instant::now();
         // Writes refused with 503 may still have landed (in the stream and
         // the cache): the streams must drain before phantoms are judged.
+        // Asked of the streams themselves: the worker's gauge keeps its last
+        // reading while a partition's master cannot answer, so it can read 0
+        // over entries the new master holds.
         servers::wait_until(Duration::from_secs(60), || {
             load::get(&worker.addr, "/metrics")
                 .is_ok_and(|(_, text)| metric(&text, "keel_write_behind_queue_depth", "queue=\"entries\"") == 0.0)
+                && cluster.stream_backlog(&namespace, CLUSTER_PARTITIONS) == Some(0)
         })
         .context("the entries streams did not drain")?;
         let mut outcome = self.settle(scenario, database, &ledger, &api.addr)?;
@@ -711,6 +715,10 @@ fn report_json(profile: Profile, outcomes: &[Outcome]) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// Entry streams on a Redis Cluster: the api's default `--entries-partitions`
+/// there.
+const CLUSTER_PARTITIONS: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -295,6 +295,20 @@ impl RedisCluster {
         linked == 3
     }
 
+    /// Entries left in the first `partitions` entry streams of `namespace`
+    /// (`{namespace}:entries-stream:{pN}`), each asked of its master; `None`
+    /// while one cannot answer.
+    pub(crate) fn stream_backlog(&self, namespace: &str, partitions: usize) -> Option<u64> {
+        let asking = self.nodes.iter().position(|n| n.child.is_some())?;
+        (0..partitions)
+            .map(|p| {
+                let key = format!("{namespace}:entries-stream:{{p{p}}}");
+                let master = self.master_of(&key, asking).ok()?;
+                Self::cli(self.nodes[master].port, &["XLEN", &key])?.trim().parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     /// `CLUSTER NODES` and `CLUSTER INFO` as node `asking` answers them.
     pub(crate) fn describe(&self, asking: usize) -> String {
         let port = self.nodes[asking].port;
