@@ -378,6 +378,13 @@ impl Lab {
         let convergence = fault_end.elapsed();
         std::thread::sleep(self.profile.after);
         load::join(writers, &stop)?;
+        // A refused write may still land later: its script can wait in the
+        // Redis client for a reconnect. The apis stop before the streams are
+        // drained, so nothing lands after the judgement, and a fresh api
+        // serves the reads that judge phantoms.
+        for process in [&mut api, &mut other] {
+            process.stop();
+        }
         worker.wait_ready(Duration::from_secs(60))?;
         let stopped = Instant::now();
         // Writes refused with 503 may still have landed (in the stream and
@@ -391,7 +398,9 @@ impl Lab {
                 && cluster.stream_backlog(&namespace, CLUSTER_PARTITIONS) == Some(0)
         })
         .context("the entries streams did not drain")?;
-        let mut outcome = self.settle(scenario, database, &ledger, &api.addr)?;
+        let mut judge = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api-judge"), log)?;
+        judge.wait_ready(Duration::from_secs(60))?;
+        let mut outcome = self.settle(scenario, database, &ledger, &judge.addr)?;
         outcome.catch_up = stopped.elapsed();
         outcome.recovery = ledger.first_ack_after(fault_end).unwrap_or_default();
         outcome.dead_lettered = self.count(database, "SELECT count(*) FROM write_behind_dead_letters")?;
@@ -404,7 +413,7 @@ impl Lab {
         if converged.is_err() {
             outcome.failure = Some(format!("settings v{version} had not reached both apis 5 s after the failover"));
         }
-        for process in [&mut worker, &mut other, &mut api] {
+        for process in [&mut worker, &mut judge] {
             process.stop();
         }
         Ok(outcome)
