@@ -663,11 +663,11 @@ crate::openapi::string_enum_schema!(FormatName, "A rendering of `/status`.", ["j
 fn plain(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     // Static header values: a `&str` would be checked and copied on every
     // answer.
-    let headers = [
-        (header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-    ];
-    let mut response = (status, headers, body.into()).into_response();
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if !status.is_success() {
         // The probes' text is the representation asked for, also when it fails.
         response.extensions_mut().insert(crate::error::Negotiated);

@@ -6,9 +6,13 @@
 
 use std::fmt::{self, Write as _};
 
+use tracing::{Event, Subscriber};
 use tracing_subscriber::field::{RecordFields, Visit};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FormatFields, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::request_log::{self, RequestLog};
 
 /// A field formatter for the JSON log format (see the module docs).
 #[derive(Debug, Default, Clone, Copy)]
@@ -59,6 +63,43 @@ impl<'writer> FormatFields<'writer> for FlatJsonFields {
         fields.push_str(&visitor.out);
         fields.push('}');
         Ok(())
+    }
+}
+
+/// A JSON event format that also shows the current [`RequestLog`]: a record
+/// written outside any `tracing` span while a request is handled gets the
+/// `"span"` object the request span would have given it (see
+/// [`crate::request_log`]). Every other record is `F`'s own.
+#[derive(Debug)]
+pub(crate) struct WithRequest<F>(pub(crate) F);
+
+impl<S, N, F> FormatEvent<S, N> for WithRequest<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'writer> FormatFields<'writer> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        // The span `F` shows, found as it finds it.
+        if event.parent().and_then(|id| ctx.span(id)).or_else(|| ctx.lookup_current()).is_some() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        request_log::with_current(|request| {
+            let Some(request) = request else {
+                return self.0.format_event(ctx, writer, event);
+            };
+            let mut line = String::new();
+            self.0.format_event(ctx, Writer::new(&mut line), event)?;
+            match line.strip_suffix("}\n") {
+                // The object's last entry is where `F` puts the span.
+                Some(object) => {
+                    let mut span = JsonObject { out: String::with_capacity(128), empty: true, result: Ok(()) };
+                    span.request(request);
+                    writeln!(writer, "{object},\"span\":{{{}}}}}", span.out)
+                }
+                None => writer.write_str(&line),
+            }
+        })
     }
 }
 
@@ -126,6 +167,17 @@ impl JsonObject {
         }
         self.out.push_str(&text[plain..]);
         self.out.push('"');
+    }
+
+    /// The pairs of the request span: as its fields are stored and read
+    /// back through a JSON map, in key order, then its name.
+    fn request(&mut self, request: &RequestLog) {
+        for (name, value) in
+            [("method", request.method()), ("request_id", request.id()), ("uri", request.path()), ("name", "request")]
+        {
+            self.key(name);
+            self.string(value);
+        }
     }
 
     fn raw(&mut self, name: &str, value: impl fmt::Display) {
@@ -236,5 +288,75 @@ mod tests {
         assert_eq!(span["uri"], "/a \"quoted\"\npath\u{1}é\\", "{line}");
         assert_eq!((span["n"].as_u64(), span["ok"].as_bool(), span["later"].as_i64()), (Some(7), Some(true), Some(-3)));
         assert_eq!(line["x"], 1.5, "{line}");
+    }
+
+    /// Lines `records` writes through Keel's JSON layer, without their
+    /// timestamps.
+    fn lines_of(records: impl FnOnce()) -> Vec<String> {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(crate::logging::json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, records);
+        let text = String::from_utf8(buffer.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+            .unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let _: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+                // As written, so the order of keys is compared too.
+                let (_, rest) = line.split_once(",\"level\"").unwrap_or_else(|| panic!("no level: {line}"));
+                format!("{{\"level\"{rest}")
+            })
+            .collect()
+    }
+
+    /// A record written while a request is current (no span) is the very
+    /// line the request span gave it, escapes included; a span opened inside
+    /// the request is still the one shown, and nothing is shown outside.
+    #[test]
+    fn the_current_request_reads_as_the_request_span() {
+        let (method, path, id) = ("PUT", "/api/v1/entries/a\"b\\c\u{7}", "req-9");
+        let with_span = lines_of(|| {
+            let span = tracing::info_span!("request", method, uri = path, request_id = id);
+            span.in_scope(|| tracing::warn!(n = 3u64, "inside"));
+        });
+        let request = || {
+            let uri = http::Uri::builder().path_and_query("/api/v1/entries/a%22b").build().unwrap_or_default();
+            RequestLog::new(http::Method::PUT, &uri, http::HeaderValue::from_static("req-9"))
+        };
+        let with_request = lines_of(|| {
+            RequestLog::scope(&mut Some(request()), || tracing::warn!(n = 3u64, "inside"));
+        });
+        // The path above cannot be a URI: compare on one that can.
+        let expected: Vec<String> = with_span.iter().map(|l| l.replace(r#"a\"b\\c\u0007"#, "a%22b")).collect();
+        assert_eq!(with_request, expected);
+        assert!(
+            expected[0].contains(
+                r#""span":{"method":"PUT","request_id":"req-9","uri":"/api/v1/entries/a%22b","name":"request"}"#
+            ),
+            "{expected:?}"
+        );
+
+        let nested = lines_of(|| {
+            RequestLog::scope(&mut Some(request()), || {
+                tracing::info_span!("select", table = "entries").in_scope(|| tracing::info!("in a span"));
+                tracing::info!(parent: None, "explicit root");
+            });
+            tracing::info!("after");
+        });
+        assert!(nested[0].contains(r#""span":{"table":"entries","name":"select"}"#), "{nested:?}");
+        assert!(nested[1].contains(r#""name":"request""#), "{nested:?}");
+        assert!(!nested[2].contains("span"), "{nested:?}");
+    }
+
+    /// A path or id that needs escaping is escaped in the request object.
+    #[test]
+    fn the_current_request_is_escaped() {
+        let uri = http::Uri::from_static("/a\\b");
+        let lines = lines_of(|| {
+            let request = RequestLog::new(http::Method::GET, &uri, http::HeaderValue::from_static("q\"\\"));
+            RequestLog::scope(&mut Some(request), || tracing::info!("x"));
+        });
+        let line: serde_json::Value = serde_json::from_str(&lines[0]).unwrap_or_default();
+        assert_eq!((line["span"]["request_id"].as_str(), line["span"]["uri"].as_str()), (Some("q\"\\"), Some("/a\\b")));
     }
 }

@@ -30,6 +30,7 @@ pub mod names;
 mod otlp;
 #[cfg(feature = "prometheus")]
 mod registry;
+pub mod request_log;
 
 pub use histogram::{DurationHistogram, DurationSeries, DurationSpec};
 #[cfg(feature = "logging")]

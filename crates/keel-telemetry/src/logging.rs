@@ -183,22 +183,36 @@ pub fn init_logging_with(
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .fmt_fields(crate::json_fields::FlatJsonFields)
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Json => json_layer(std::io::stderr).boxed(),
     };
+    // An empty `Vec` of layers is interested in nothing, which would
+    // disable every event and span: no extra layers is no layer.
+    let extra = (!extra.is_empty()).then_some(extra);
     tracing_subscriber::registry()
         .with(filter)
         .with(extra)
         .with(fmt_layer)
         .try_init()
         .map_err(|err| LoggingError::AlreadyInitialised(err.to_string()))?;
+    // Requests may now show themselves in records without a span of their
+    // own (`request_log`).
+    crate::request_log::set_json_logging(format == LogFormat::Json);
     Ok(LogHandle { filter: handle })
+}
+
+/// The JSON log layer writing to `writer`: flat event fields, the current
+/// span (or request) as one object, one line per record.
+pub(crate) fn json_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    let format =
+        tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(true).with_span_list(false);
+    tracing_subscriber::fmt::layer()
+        .event_format(crate::json_fields::WithRequest(format))
+        .fmt_fields(crate::json_fields::FlatJsonFields)
+        .with_writer(writer)
 }
 
 #[cfg(test)]

@@ -57,5 +57,7 @@ pub fn otlp_layer(service: &str) -> Result<Option<(ExtraLayer, TraceExport)>, Te
         .with_resource(Resource::builder().with_service_name(name).build())
         .build();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("keel")).boxed();
+    // Exported traces need every request as a real span.
+    crate::request_log::need_spans();
     Ok(Some((layer, TraceExport { provider })))
 }
