@@ -245,7 +245,7 @@ where
         let owner = Owner {
             final_limit: final_limit.clone(),
             rx,
-            map: HashMap::new(),
+            map: HashMap::default(),
             arrivals: 0,
             sink,
             listener,
@@ -390,7 +390,9 @@ struct Entry<V> {
 
 struct Owner<K, V> {
     rx: mpsc::Receiver<(K, V)>,
-    map: HashMap<K, Entry<V>>,
+    /// Hashed with a randomly seeded `foldhash` (keys come from clients):
+    /// a fraction of SipHash's cost per key.
+    map: HashMap<K, Entry<V>, foldhash::fast::RandomState>,
     arrivals: u64,
     sink: Arc<dyn BatchSink<K, V>>,
     listener: Option<Arc<dyn FlushListener<K>>>,
