@@ -21,9 +21,10 @@ use crate::chaos::servers::{Binary, Postgres, Redis};
 use crate::cmd::on_path;
 
 /// Seconds per wrk round.
-const ROUND_SECONDS: u64 = 5;
-/// Rounds per side of a comparison.
-const ROUNDS: usize = 3;
+const ROUND_SECONDS: u64 = 3;
+/// Rounds per side of a comparison: five short ones, so that the medians
+/// leave out two rounds a noisy neighbour slowed.
+const ROUNDS: usize = 5;
 /// wrk's concurrency: one thread (the other core serves), 32 connections.
 const CONNECTIONS: &str = "32";
 
@@ -152,6 +153,10 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     crate::chaos::servers::wait_until(Duration::from_secs(20), || {
         crate::chaos::load::get(&baseline.addr, "/livez").is_ok_and(|(status, _)| status == 200)
     })?;
+    // Start-up work (migrations, pools, first checks, a fresh database's
+    // own) would land in the first rounds: measure on a quiet machine.
+    let settled = wait_until_quiet(Duration::from_secs(30));
+    eprintln!("xtask: bench: machine quiet after {:.1} s", settled.as_secs_f64());
     let mut chosen = comparisons(&embedded.addr, &cluster.addr, &baseline.addr);
     chosen.retain(|c| wanted(c.name));
     let measured = compare(&chosen, &run)?;
@@ -359,6 +364,30 @@ fn status_config(dir: &Path, pg: &Postgres, redis: &Redis) -> Result<PathBuf> {
     let path = dir.join("keel.toml");
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// Waits until the CPUs were at least 90 % idle over a second, or `limit`
+/// passed; returns how long that took.
+fn wait_until_quiet(limit: Duration) -> Duration {
+    /// Idle and total jiffies of all CPUs, from `/proc/stat`.
+    fn jiffies() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+        // idle + iowait count as idle.
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        Some((idle, fields.iter().sum()))
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let Some((idle_before, total_before)) = jiffies() else { break };
+        std::thread::sleep(Duration::from_secs(1));
+        let Some((idle_after, total_after)) = jiffies() else { break };
+        let total = total_after.saturating_sub(total_before).max(1);
+        if idle_after.saturating_sub(idle_before) * 10 >= total * 9 {
+            break;
+        }
+    }
+    started.elapsed()
 }
 
 fn rss_kib(pid: u32) -> u64 {

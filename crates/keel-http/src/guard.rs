@@ -66,31 +66,27 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let mut future = GuardFuture {
-            inner: None,
-            answer: None,
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let (inner, answer) = match body_limit(&request, self.layer.body_limit) {
+            Limit::TooLarge => (None, Some(too_large())),
+            limit => {
+                if let Limit::Bytes(limit) = limit {
+                    request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+                }
+                match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+                    Ok(inner) => (Some(inner), None),
+                    Err(panic) => (None, Some(panicked(&self.layer.metrics, &*panic))),
+                }
+            }
+        };
+        GuardFuture {
+            inner,
+            answer,
             rewriting: None,
             sleep: None,
             timeout: self.layer.timeout,
             metrics: self.layer.metrics.clone(),
-        };
-        let mut request = request;
-        match body_limit(&request, self.layer.body_limit) {
-            Limit::TooLarge => {
-                future.answer = Some(too_large());
-                return future;
-            }
-            Limit::Bytes(limit) => {
-                request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
-            }
-            Limit::NoBody => {}
         }
-        match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-            Ok(inner) => future.inner = Some(inner),
-            Err(panic) => future.answer = Some(panicked(&self.layer.metrics, &*panic)),
-        }
-        future
     }
 }
 
@@ -105,10 +101,14 @@ enum Limit {
 }
 
 fn body_limit(request: &Request<Body>, limit: usize) -> Limit {
+    // A request without a body has nothing to limit, whatever it declares:
+    // nearly every `GET` stops here, before any header is looked up.
+    if request.body().is_end_stream() {
+        return Limit::NoBody;
+    }
     let length = request.headers().get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse().ok());
     match length {
         Some(length) if length > limit => Limit::TooLarge,
-        _ if request.body().is_end_stream() => Limit::NoBody,
         Some(length) => Limit::Bytes(length),
         None => Limit::Bytes(limit),
     }
