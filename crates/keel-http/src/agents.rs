@@ -4,11 +4,9 @@
 use std::convert::Infallible;
 use std::time::SystemTime;
 
-use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Json, Router};
 use futures_util::Stream;
@@ -138,7 +136,7 @@ async fn submit(
     State(service): State<std::sync::Arc<AgentMetadata>>,
     Path(agent_id): Path<String>,
     body: Result<JsonBody<Submission>, JsonRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
     let agent_id = agent(&agent_id)?;
     let JsonBody(submission) = body.map_err(|rejection| match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::from_status(rejection.status(), &rejection.body_text()),
@@ -147,18 +145,7 @@ async fn submit(
     let items = submission.metadata.into_iter().enumerate().map(|(i, item)| submitted(i, item));
     let items = items.collect::<Result<Vec<_>, _>>()?;
     let taken = service.submit(agent_id, items, SystemTime::now()).map_err(api_error)?;
-    Ok(accepted(&AcceptedBody { accepted: taken.accepted, dropped: taken.dropped }))
-}
-
-/// The 202 answer, written directly: two numbers do not need
-/// `axum::Json`'s serializer and writer (about 1 200 instructions of a
-/// submission's 49 000).
-fn accepted(body: &AcceptedBody) -> Response {
-    let text = format!(r#"{{"accepted":{},"dropped":{}}}"#, body.accepted, body.dropped);
-    let mut response = Response::new(Body::from(text));
-    *response.status_mut() = StatusCode::ACCEPTED;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    Ok((StatusCode::ACCEPTED, Json(AcceptedBody { accepted: taken.accepted, dropped: taken.dropped })))
 }
 
 fn row_body(row: MetadataRow) -> RowBody {
@@ -242,20 +229,4 @@ async fn watch(
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The written answer is what `axum::Json` would have sent.
-    #[tokio::test]
-    async fn the_accepted_answer_is_json() {
-        let body = AcceptedBody { accepted: 7, dropped: 18_446_744_073_709_551_615 };
-        let response = accepted(&body);
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
-        let bytes = axum::body::to_bytes(response.into_body(), 1024).await.expect("body");
-        assert_eq!(bytes, serde_json::to_vec(&body).expect("json"));
-    }
 }
