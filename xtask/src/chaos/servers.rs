@@ -33,7 +33,9 @@ pub(crate) fn signal(pids: &[u32], signal: &str) -> Result<()> {
 /// A PostgreSQL cluster of our own, under `dir`, on its own port.
 pub(crate) struct Postgres {
     pub(crate) port: u16,
-    data: PathBuf,
+    /// The cluster's data directory (the server's own files: its user can
+    /// write there).
+    pub(crate) data: PathBuf,
     log: PathBuf,
     pg_ctl: PathBuf,
 }
