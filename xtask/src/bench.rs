@@ -118,7 +118,10 @@ impl Measured {
 pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     let wanted = |name: &str| filter.is_none_or(|f| name.to_lowercase().contains(&f.to_lowercase()));
     ensure_wrk()?;
-    crate::cmd::cargo(root, &["build", "--release", "-p", "api", "-p", "worker", "-p", "baseline"])?;
+    // The baseline on its own: built with api and worker, it would change
+    // their dependencies' features and rebuild what `ci` already built.
+    let binaries = crate::cmd::release_binaries(root)?;
+    crate::cmd::cargo(root, &["build", "--release", "-p", "baseline"])?;
     let dir = root.join("target").join("bench");
     let _ = std::fs::remove_dir_all(dir.join("run"));
     std::fs::create_dir_all(dir.join("run"))?;
@@ -128,11 +131,11 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     // second); `chaos` uses `always`.
     let redis = Redis::start_with_fsync(&run.join("redis"), "everysec")?;
     pg.recreate("bench")?;
-    let bin = |name: &str| root.join("target/release").join(name);
+    let baseline_bin = binaries.api.with_file_name("baseline");
     let config = status_config(&run, &pg, &redis)?;
     let token = ("KEEL_ADMIN_TOKEN", "bench".to_owned());
     let mut embedded = Binary::spawn(
-        &bin("api"),
+        &binaries.api,
         "--listen",
         &[("KEEL_DATA_DIR", path_text(&run.join("data"))), token.clone()],
         &run.join("embedded.log"),
@@ -143,10 +146,10 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
         ("KEEL_CONFIG", path_text(&config)),
         token.clone(),
     ];
-    let mut cluster = Binary::spawn(&bin("api"), "--listen", &cluster_env, &run.join("cluster-api.log"))?;
-    let mut worker = Binary::spawn(&bin("worker"), "--admin-listen", &cluster_env, &run.join("worker.log"))?;
+    let mut cluster = Binary::spawn(&binaries.api, "--listen", &cluster_env, &run.join("cluster-api.log"))?;
+    let mut worker = Binary::spawn(&binaries.worker, "--admin-listen", &cluster_env, &run.join("worker.log"))?;
     let mut baseline =
-        Binary::spawn(&bin("baseline"), "--listen", &[("REDIS_URL", redis.url())], &run.join("baseline.log"))?;
+        Binary::spawn(&baseline_bin, "--listen", &[("REDIS_URL", redis.url())], &run.join("baseline.log"))?;
     for process in [&mut embedded, &mut cluster, &mut worker] {
         process.wait_ready(Duration::from_secs(60))?;
     }

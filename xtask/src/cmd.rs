@@ -1,6 +1,6 @@
 //! Running child processes loudly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
@@ -9,6 +9,27 @@ use anyhow::{Context as _, Result, bail};
 pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo).args(args).current_dir(root))
+}
+
+/// The release `api` and `worker`, built once for every chore that runs
+/// them (`deploy-check`, `chaos`, `schemathesis`, `console`, `bench http`,
+/// `docs`): built together, with the same packages selected, their
+/// dependencies get the same features each time, so only the first chore
+/// compiles anything.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `target/release/api`.
+    pub api: PathBuf,
+    /// `target/release/worker`.
+    pub worker: PathBuf,
+}
+
+/// Builds [`Binaries`] (a no-op when they are up to date) and names them.
+pub fn release_binaries(root: &Path) -> Result<Binaries> {
+    cargo(root, &["build", "--release", "-p", "api", "-p", "worker"])?;
+    let release =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("release");
+    Ok(Binaries { api: release.join("api"), worker: release.join("worker") })
 }
 
 /// Runs a command, inheriting output; fails on a non-zero exit.

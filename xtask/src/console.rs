@@ -34,12 +34,12 @@ pub fn run(root: &Path) -> Result<()> {
     }
     let modules = root.join("target").join("console-node");
     install_modules(root, &modules)?;
-    cmd::cargo(root, &["build", "--release", "-p", "api"])?;
+    let binaries = cmd::release_binaries(root)?;
     cmd::run(
         Command::new("node")
             .arg(root.join("xtask/console/scenarios.mjs"))
             .arg("--api")
-            .arg(root.join("target/release/api"))
+            .arg(&binaries.api)
             .arg("--out")
             .arg(root.join("target/console"))
             .arg("--modules")

@@ -39,10 +39,9 @@ pub fn check(root: &Path) -> Result<()> {
     }
     check_termination_grace(&manifests)?;
 
-    crate::cmd::cargo(root, &["build", "--quiet", "-p", "api", "-p", "worker"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let api = Running::start(&target.join("debug/api"), "--listen", "api listening on")?;
-    let worker = Running::start(&target.join("debug/worker"), "--admin-listen", "worker admin endpoints on")?;
+    let binaries = crate::cmd::release_binaries(root)?;
+    let api = Running::start(&binaries.api, "--listen", "api listening on")?;
+    let worker = Running::start(&binaries.worker, "--admin-listen", "worker admin endpoints on")?;
     let mut exported = BTreeSet::new();
     for running in [&api, &worker] {
         // One request first, so the request histograms have a series.

@@ -91,9 +91,8 @@ fn help_of(binary: &Path) -> Result<String> {
 }
 
 fn generated(root: &Path) -> Result<String> {
-    crate::cmd::cargo(root, &["build", "--quiet", "-p", "api", "-p", "worker"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), std::path::PathBuf::from);
-    Ok(render(&help_of(&target.join("debug/api"))?, &help_of(&target.join("debug/worker"))?))
+    let binaries = crate::cmd::release_binaries(root)?;
+    Ok(render(&help_of(&binaries.api)?, &help_of(&binaries.worker)?))
 }
 
 /// `text` with the generated section replaced by `table`.

@@ -25,12 +25,12 @@ const VALIDATOR: &str = "openapi-spec-validator>=0.7,<1";
 /// Runs the suite; `seed` fixes the generated cases (default 1).
 pub fn run(root: &Path, seed: Option<&str>) -> Result<()> {
     let st = ensure_installed()?;
-    crate::cmd::cargo(root, &["build", "--release", "-p", "api"])?;
+    let binaries = crate::cmd::release_binaries(root)?;
     let dir = root.join("target").join("schemathesis");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let envs = [("KEEL_ADMIN_TOKEN", "schemathesis-token".to_owned()), ("KEEL_DATA_DIR", path_text(&dir.join("data")))];
-    let mut api = Binary::spawn(&root.join("target/release/api"), "--listen", &envs, &dir.join("api.log"))?;
+    let mut api = Binary::spawn(&binaries.api, "--listen", &envs, &dir.join("api.log"))?;
     api.wait_ready(Duration::from_secs(30))?;
     validate_document(&api.addr, &dir)?;
     let output = Command::new(&st)

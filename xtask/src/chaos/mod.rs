@@ -155,14 +155,14 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if scenarios.is_empty() {
         bail!("no scenario named {only:?}");
     }
-    crate::cmd::cargo(root, &["build", "--release", "-p", "api", "-p", "worker"])?;
+    let binaries = crate::cmd::release_binaries(root)?;
     let dir = root.join("target").join("chaos");
     std::fs::create_dir_all(&dir)?;
     let lab = Lab {
         pg: Postgres::start(&dir.join("postgres"))?,
         redis: Redis::start(&dir.join("redis"))?,
-        api: root.join("target/release/api"),
-        worker: root.join("target/release/worker"),
+        api: binaries.api,
+        worker: binaries.worker,
         dir: dir.clone(),
         profile,
     };
