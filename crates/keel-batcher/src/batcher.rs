@@ -444,6 +444,11 @@ where
                         retry_at = self.flush(Reason::Capacity).await;
                         deadline = Instant::now() + self.config.flush_interval;
                     }
+                    // Let the tasks that are ready run first (the requests
+                    // adding items): their adds then gather in the channel
+                    // without waking this task one by one, and the next
+                    // receive takes them together.
+                    tokio::task::yield_now().await;
                 }
                 () = &mut timer => {
                     let reason = if retry_at.is_some_and(|r| r <= Instant::now()) { Reason::Retry } else { Reason::Interval };
