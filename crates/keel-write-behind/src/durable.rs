@@ -108,6 +108,111 @@ pub struct DurableProducer {
     /// Last measured backlog, when, and appends since: the length is only
     /// measured again when it could be near capacity or is stale.
     known: Arc<std::sync::Mutex<Known>>,
+    /// The cached appends waiting for the task that sends them, started by
+    /// the first one.
+    batches: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<CachedAppend>>>,
+}
+
+/// One [`DurableProducer::enqueue_cached`] append, as its script call
+/// takes it.
+struct CachedAppend {
+    cache_key: String,
+    /// The item's JSON, its version, the cached copy and its time to live
+    /// in milliseconds.
+    args: [Value; 4],
+    /// The stream entry's id, or `None` when the stream was at capacity.
+    reply: tokio::sync::oneshot::Sender<Result<Option<String>, DurableError>>,
+}
+
+/// Appends one script call takes at most.
+const APPENDS_PER_CALL: usize = 64;
+/// Appends waiting for a call, at most (further callers wait for room).
+const APPENDS_WAITING: usize = 1024;
+
+/// The enqueue script over a run of appends (`KEYS[1]` the stream, then one
+/// cache key per append; `ARGV[1]` the capacity, then four arguments per
+/// append): each is appended and cached as one unit, in order, until the
+/// stream is at capacity; it answers each append's entry id, or `false` for
+/// those that found no room.
+const ENQUEUE_CACHED: &str = r#"
+    local capacity = tonumber(ARGV[1])
+    local length = redis.call('XLEN', KEYS[1])
+    local ids = {}
+    for i = 2, #KEYS do
+        if length >= capacity then
+            ids[i - 1] = false
+        else
+            local at = 2 + (i - 2) * 4
+            local version = tonumber(ARGV[at + 1])
+            local current = redis.call('GET', KEYS[i])
+            local stored = current and tonumber(string.match(current, '^(-?%d+):'))
+            if not (stored and stored >= version) then
+                redis.call('SET', KEYS[i], ARGV[at + 1] .. ':' .. ARGV[at + 2], 'PX', ARGV[at + 3])
+            end
+            ids[i - 1] = redis.call('XADD', KEYS[1], '*', 'item', ARGV[at])
+            length = length + 1
+        end
+    end
+    return ids
+"#;
+
+/// Sends the appends queued on `appends`: whatever queued while the last
+/// call was in flight goes in the next one, so under load one script call
+/// (and one Lua call's overhead on Redis) serves many writes, and a lone
+/// write is sent at once. An append whose caller stopped waiting before its
+/// call was sent is not sent. Ends when every producer is gone.
+async fn send_cached_appends(
+    redis: RedisStore,
+    stream: String,
+    capacity: u64,
+    mut appends: tokio::sync::mpsc::Receiver<CachedAppend>,
+) {
+    static SCRIPT: std::sync::LazyLock<keel_store::Script> =
+        std::sync::LazyLock::new(|| keel_store::Script::from_lua(ENQUEUE_CACHED));
+    let capacity = i64::try_from(capacity).unwrap_or(i64::MAX);
+    let mut run = Vec::with_capacity(APPENDS_PER_CALL);
+    while appends.recv_many(&mut run, APPENDS_PER_CALL).await > 0 {
+        run.retain(|append: &CachedAppend| !append.reply.is_closed());
+        if run.is_empty() {
+            continue;
+        }
+        let mut keys = Vec::with_capacity(run.len() + 1);
+        keys.push(stream.clone());
+        let mut args = Vec::with_capacity(1 + 4 * run.len());
+        args.push(Value::from(capacity));
+        let mut replies = Vec::with_capacity(run.len());
+        for append in run.drain(..) {
+            keys.push(append.cache_key);
+            args.extend(append.args);
+            replies.push(append.reply);
+        }
+        match redis.run_script::<Vec<Value>>(&SCRIPT, keys, args).await {
+            Ok(ids) if ids.len() == replies.len() => {
+                for (reply, id) in replies.into_iter().zip(ids) {
+                    let _ = reply.send(Ok(id.into_string()));
+                }
+            }
+            Ok(ids) => {
+                let why = format!("the enqueue script answered {} ids for {} appends", ids.len(), replies.len());
+                for reply in replies {
+                    let _ = reply.send(Err(DurableError::Protocol(why.clone())));
+                }
+            }
+            Err(err) => {
+                let shared = match err {
+                    StoreError::Redis(err) => Ok(err),
+                    other => Err(other.to_string()),
+                };
+                for reply in replies {
+                    let err = match &shared {
+                        Ok(err) => DurableError::Redis(StoreError::Redis(err.clone())),
+                        Err(text) => DurableError::Protocol(text.clone()),
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -124,7 +229,7 @@ impl DurableProducer {
     /// A producer for `config.stream`.
     pub fn new(redis: RedisStore, config: DurableConfig) -> Self {
         let known = Known { backlog: 0, at: None, appended: 0 };
-        Self { redis, config: Arc::new(config), known: Arc::new(std::sync::Mutex::new(known)) }
+        Self { redis, config: Arc::new(config), known: Arc::new(std::sync::Mutex::new(known)), batches: Arc::default() }
     }
 
     /// Whether the last measurement proves there is room, without asking Redis.
@@ -171,6 +276,9 @@ impl DurableProducer {
     /// not in the stream. While the stream is at capacity it waits (polling
     /// every `idle_poll`) up to `timeout`, then answers
     /// [`DurableError::Full`] having changed nothing.
+    ///
+    /// Appends made while another is on its way to Redis go together in the
+    /// next script call (up to 64), each still its own all-or-nothing unit.
     pub async fn enqueue_cached<T: Serialize>(
         &self,
         item: &T,
@@ -180,25 +288,18 @@ impl DurableProducer {
         ttl: Duration,
         timeout: Duration,
     ) -> Result<String, DurableError> {
-        static SCRIPT: std::sync::LazyLock<keel_store::Script> =
-            std::sync::LazyLock::new(|| keel_store::Script::from_lua(ENQUEUE_CACHED));
-        const ENQUEUE_CACHED: &str = r#"
-            if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-            local current = redis.call('GET', KEYS[2])
-            local stored = current and tonumber(string.match(current, '^(-?%d+):'))
-            if not (stored and stored >= tonumber(ARGV[3])) then
-                redis.call('SET', KEYS[2], ARGV[3] .. ':' .. ARGV[4], 'PX', ARGV[5])
-            end
-            return redis.call('XADD', KEYS[1], '*', 'item', ARGV[2])
-        "#;
         let json = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let capacity = i64::try_from(self.config.capacity).unwrap_or(i64::MAX);
-        let keys = vec![self.config.stream.clone(), cache_key.to_owned()];
-        let args: Vec<Value> = vec![capacity.into(), json.into(), version.into(), cached.into(), millis.into()];
+        let args: [Value; 4] = [json.into(), version.into(), cached.into(), millis.into()];
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let added: Option<String> = self.redis.run_script(&SCRIPT, keys.clone(), args.clone()).await?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let append = CachedAppend { cache_key: cache_key.to_owned(), args: args.clone(), reply };
+            if self.appends().send(append).await.is_err() {
+                return Err(DurableError::Protocol("the enqueue task has stopped".to_owned()));
+            }
+            let added =
+                answer.await.map_err(|_| DurableError::Protocol("the enqueue task dropped an append".to_owned()))??;
             if let Some(id) = added {
                 return self.replicated(id, deadline).await;
             }
@@ -208,6 +309,17 @@ impl DurableProducer {
             }
             tokio::time::sleep(self.config.idle_poll.min(deadline - now)).await;
         }
+    }
+
+    /// The queue of [`Self::enqueue_cached`]'s appends, and the task that
+    /// sends them, started on first use.
+    fn appends(&self) -> &tokio::sync::mpsc::Sender<CachedAppend> {
+        self.batches.get_or_init(|| {
+            let (queue, appends) = tokio::sync::mpsc::channel(APPENDS_WAITING);
+            let (redis, stream, capacity) = (self.redis.clone(), self.config.stream.clone(), self.config.capacity);
+            tokio::spawn(send_cached_appends(redis, stream, capacity, appends));
+            queue
+        })
     }
 
     /// `id` once the stream's server has passed it to `ack_replicas`

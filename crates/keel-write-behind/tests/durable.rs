@@ -502,3 +502,101 @@ async fn abandoned_entries_are_looked_for_a_few_times_per_visibility_timeout() {
     assert_eq!(pending(&store, "abandoned", "workers").await, 0);
     assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 80);
 }
+
+/// Cached appends made together share script calls (a private server: its
+/// command counts are this test's alone), and each is still its own
+/// all-or-nothing unit: appended and cached in order of arrival (an older
+/// version never overwrites a newer cached one), and refused whole, cache
+/// untouched, once the stream is at capacity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_appends_made_together_share_script_calls_and_stay_whole() {
+    let server = keel_store::testing::RedisServer::start().await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis_at(server.url(), &telemetry).await;
+    let ttl = Duration::from_secs(60);
+    let timeout = Duration::from_millis(300);
+
+    // Defaults (capacity 10 000): 200 appends at once, then the same key
+    // twice in one go, the newer version first.
+    let producer = DurableProducer::new(store.clone(), DurableConfig::new("together", "g", "c"));
+    let appends = (0..200).map(|i| {
+        let producer = producer.clone();
+        async move { producer.enqueue_cached(&write(i, 7), &format!("cache:{i}"), 7, "v", ttl, timeout).await }
+    });
+    let ids: Vec<String> = futures_util::future::join_all(appends).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 200, "200 distinct entries");
+    assert_eq!(producer.backlog().await.unwrap(), 200);
+    let calls_for_200 = calls(&store, "evalsha").await;
+    assert!((1..50).contains(&calls_for_200), "200 appends in {calls_for_200} script calls");
+    for i in [0, 63, 64, 199] {
+        let cached: Option<String> = store.client().get(format!("cache:{i}")).await.unwrap();
+        assert_eq!(cached.as_deref(), Some("7:v"), "cache:{i}");
+    }
+    let (nine, three) = (write(500, 9), write(500, 3));
+    let (newer, older) = tokio::join!(
+        producer.enqueue_cached(&nine, "cache:same", 9, "newer", ttl, timeout),
+        producer.enqueue_cached(&three, "cache:same", 3, "older", ttl, timeout),
+    );
+    assert!(newer.is_ok() && older.is_ok(), "both writes are in the stream");
+    let cached: Option<String> = store.client().get("cache:same").await.unwrap();
+    assert_eq!(cached.as_deref(), Some("9:newer"), "the older version did not overwrite the newer");
+    assert_eq!(producer.backlog().await.unwrap(), 202);
+
+    // A stream with room for 10: of 15 appends at once, 10 land and 5 are
+    // refused whole.
+    let small =
+        DurableProducer::new(store.clone(), DurableConfig { capacity: 10, ..DurableConfig::new("small", "g", "c") });
+    let appends = (0..15).map(|i| {
+        let small = small.clone();
+        async move { small.enqueue_cached(&write(i, 1), &format!("small:{i}"), 1, "v", ttl, timeout).await }
+    });
+    let results = futures_util::future::join_all(appends).await;
+    let landed = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        landed,
+        10,
+        "{:?}",
+        results.iter().map(|r| r.as_ref().err().map(ToString::to_string)).collect::<Vec<_>>()
+    );
+    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, DurableError::Full)));
+    assert_eq!(small.backlog().await.unwrap(), 10);
+    let mut cached_keys = 0;
+    for i in 0..15 {
+        let cached: Option<String> = store.client().get(format!("small:{i}")).await.unwrap();
+        cached_keys += usize::from(cached.is_some());
+    }
+    assert_eq!(cached_keys, 10, "only the appended writes are cached");
+}
+
+/// An append whose caller stopped waiting before its script call was sent
+/// is not sent: a refused write does not land later. Redis is paused (a
+/// private server) while one append is on its way, and five more callers
+/// give up behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_given_up_before_it_was_sent_is_never_sent() {
+    let server = keel_store::testing::RedisServer::start().await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis_at(server.url(), &telemetry).await;
+    let pauser = redis_at(server.url(), &telemetry).await;
+    let ttl = Duration::from_secs(60);
+    let producer = DurableProducer::new(store.clone(), DurableConfig::new("given-up", "g", "c"));
+
+    let _: () = pauser.client().custom(fred::cmd!("CLIENT"), vec!["PAUSE", "500", "ALL"]).await.unwrap();
+    let first = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.enqueue_cached(&write(0, 1), "given-up:0", 1, "v", ttl, Duration::from_secs(5)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 1..=5 {
+        let (item, key) = (write(i, 1), format!("given-up:{i}"));
+        let append = producer.enqueue_cached(&item, &key, 1, "v", ttl, Duration::from_secs(5));
+        assert!(tokio::time::timeout(Duration::from_millis(20), append).await.is_err(), "Redis is paused");
+    }
+    let _ = first.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(producer.backlog().await.unwrap() <= 1, "only the append sent before the others gave up");
+    for i in 1..=5 {
+        let cached: Option<String> = store.client().get(format!("given-up:{i}")).await.unwrap();
+        assert_eq!(cached, None, "given-up:{i} was never sent");
+    }
+}
