@@ -279,6 +279,8 @@ impl DurableProducer {
     ///
     /// Appends made while another is on its way to Redis go together in the
     /// next script call (up to 64), each still its own all-or-nothing unit.
+    /// The first call starts the task that sends them on the current tokio
+    /// runtime: use the producer (and its clones) on that runtime.
     pub async fn enqueue_cached<T: Serialize>(
         &self,
         item: &T,
