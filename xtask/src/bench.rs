@@ -386,16 +386,8 @@ fn copy_baseline(pg: &Postgres) -> Result<f64> {
              COPY (SELECT * FROM entries WHERE key LIKE 'durable-%') TO '{file}' (FORMAT binary)"
         ),
     )?;
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-d", "bench"])
-        .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", "\\timing on"])
-        .args(["-c", &format!("COPY copy_baseline FROM '{file}' (FORMAT binary)")])
-        .output()
-        .context("cannot run psql")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("binary COPY failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    }
+    let copy = format!("COPY copy_baseline FROM '{file}' (FORMAT binary)");
+    let text = pg.psql_commands("bench", &["\\timing on", &copy])?;
     timing_seconds(&text).with_context(|| format!("no timing in psql's output: {text}"))
 }
 

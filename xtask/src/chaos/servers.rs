@@ -107,13 +107,20 @@ impl Postgres {
 
     /// Runs `sql` with psql; rows as `|`-separated lines.
     pub(crate) fn psql(&self, database: &str, sql: &str) -> Result<String> {
+        self.psql_commands(database, &[sql])
+    }
+
+    /// Runs `commands` (SQL or `psql` meta-commands such as `\timing on`)
+    /// one after the other in one `psql` session; its output.
+    pub(crate) fn psql_commands(&self, database: &str, commands: &[&str]) -> Result<String> {
         let out = Command::new("psql")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", database])
-            .args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .args(["-At", "-v", "ON_ERROR_STOP=1"])
+            .args(commands.iter().flat_map(|command| ["-c", command]))
             .output()
             .context("cannot run psql")?;
         if !out.status.success() {
-            bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!("psql {commands:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
