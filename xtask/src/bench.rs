@@ -485,14 +485,13 @@ fn print_table(measured: &[Measured], durable: &Value, rss: &[(&str, u64)]) {
         );
     }
     if !durable.is_null() {
+        let persisted = durable["rows_per_second"].as_f64().unwrap_or_default();
+        let copied = durable["copy_rows_per_second"].as_f64().unwrap_or_default();
         eprintln!(
-            "\ndurable write path (cluster api + worker): {} rows persisted at {:.0} rows/s (target 20 000); \
-             binary COPY of the same rows {:.0} rows/s ({:.2}×)",
+            "\ndurable write path (cluster api + worker): {} rows persisted at {persisted:.0} rows/s (target \
+             {DURABLE_TARGET:.0}); binary COPY of the same rows {copied:.0} rows/s ({:.2}×)",
             durable["rows"],
-            durable["rows_per_second"].as_f64().unwrap_or_default(),
-            durable["copy_rows_per_second"].as_f64().unwrap_or_default(),
-            durable["rows_per_second"].as_f64().unwrap_or_default()
-                / durable["copy_rows_per_second"].as_f64().unwrap_or(f64::INFINITY),
+            persisted / copied.max(1.0),
         );
     }
     for (name, kib) in rss {

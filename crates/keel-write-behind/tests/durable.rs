@@ -600,3 +600,31 @@ async fn an_append_given_up_before_it_was_sent_is_never_sent() {
         assert_eq!(cached, None, "given-up:{i} was never sent");
     }
 }
+
+/// When the script call fails, every append it carried is answered with the
+/// failure (none is left waiting, none is told it landed): here the stream
+/// key holds a string, so Redis refuses the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_script_call_answers_every_append_it_carried() {
+    let server = keel_store::testing::RedisServer::start().await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis_at(server.url(), &telemetry).await;
+    let _: () = store.client().set("not-a-stream", "text", None, None, false).await.unwrap();
+    let producer = DurableProducer::new(store.clone(), DurableConfig::new("not-a-stream", "g", "c"));
+    let ttl = Duration::from_secs(60);
+    let appends = (0..20).map(|i| {
+        let producer = producer.clone();
+        async move {
+            let timeout = Duration::from_secs(1);
+            producer.enqueue_cached(&write(i, 1), &format!("failed:{i}"), 1, "v", ttl, timeout).await
+        }
+    });
+    let results = tokio::time::timeout(Duration::from_secs(5), futures_util::future::join_all(appends))
+        .await
+        .expect("every append is answered");
+    assert!(results.iter().all(|r| matches!(r, Err(DurableError::Redis(_)))), "{:?}", results.len());
+    for i in 0..20 {
+        let cached: Option<String> = store.client().get(format!("failed:{i}")).await.unwrap();
+        assert_eq!(cached, None, "failed:{i}");
+    }
+}
