@@ -102,6 +102,22 @@ fn entries_check(entries: &Entries, ko_after: Duration) -> SharedCheck {
     })
 }
 
+/// The entries queue's local write-ahead log: KO while appends fail (every
+/// write is answered 503), WARN above 80 % of its bound.
+fn local_log_check(log: &keel_write_behind::LocalLog) -> SharedCheck {
+    let log = log.clone();
+    std::sync::Arc::new(move || {
+        let stats = log.stats();
+        std::future::ready(match stats.failing {
+            Some(error) => Report::fail(error),
+            None if stats.bytes * 5 > stats.max_bytes * 4 => {
+                Report::warn(format!("{} of {} bytes: more than 80% of the bound", stats.bytes, stats.max_bytes))
+            }
+            None => Report::ok(),
+        })
+    })
+}
+
 /// WARN while the batcher dropped items in the last minute or its channel is
 /// more than 80 % full.
 fn batcher_check<K, V>(batcher: Batcher<K, V>) -> SharedCheck
@@ -173,6 +189,9 @@ pub(crate) fn start_health(
     if !configured("entries") {
         let ko_after = file.write_behind.ko_after.map_or(Duration::from_secs(60), Duration::from);
         builtins.push(("entries".to_owned(), entries_check(entries, ko_after)));
+    }
+    if let Some(log) = core.local_log.as_ref().filter(|_| !configured("local_log")) {
+        builtins.push(("local_log".to_owned(), local_log_check(log)));
     }
     for (name, check) in builtins {
         health.register_shared(builtin_spec(name), check).map_err(invalid_health)?;

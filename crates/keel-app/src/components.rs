@@ -79,8 +79,12 @@ pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
         None => {
             // Bounded by bytes too: 10 000 writes of 64 KiB would be 640 MiB.
             let config = WriteBehindConfig { max_bytes: Some(ENTRIES_QUEUE_BYTES), ..WriteBehindConfig::default() };
-            let queue = WriteBehind::start(config, Arc::new(store.clone()), dead_letters(core))
-                .map_err(|err| StartError::WriteBehind(err.to_string()))?;
+            let (repository, dead_letters) = (Arc::new(store.clone()), dead_letters(core));
+            let queue = match &core.local_log {
+                Some(log) => WriteBehind::start_logged(config, repository, dead_letters, log.clone()),
+                None => WriteBehind::start(config, repository, dead_letters),
+            }
+            .map_err(|err| StartError::WriteBehind(err.to_string()))?;
             queue.instrument(&core.meter(), "entries");
             EntrySink::Memory(queue)
         }

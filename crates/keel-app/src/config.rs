@@ -81,6 +81,39 @@ pub struct CommonArgs {
     /// every queue and batcher flush (default 10s, or `[http] shutdown_grace`).
     #[arg(long, env = "KEEL_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<HumanDuration>,
+    /// The in-process entries queue (no Redis): `fsync` appends each write to
+    /// a local write-ahead log under --data-dir and answers 202 only after
+    /// fdatasync; `off` keeps the queue in memory, where a crash loses what
+    /// it holds (default fsync, or `[write_behind] local_log`).
+    #[arg(long, env = "KEEL_LOCAL_LOG", value_name = "MODE")]
+    pub local_log: Option<LocalLogMode>,
+    /// Bytes the local log may hold (default 1GiB, or `[write_behind]
+    /// local_log_max_bytes`); at the bound writes wait --enqueue-timeout,
+    /// then 503.
+    #[arg(long, env = "KEEL_LOCAL_LOG_MAX_BYTES", value_name = "SIZE", value_parser = parse_bytes)]
+    pub local_log_max_bytes: Option<u64>,
+}
+
+/// Whether the in-process entries queue is backed by a local write-ahead log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalLogMode {
+    /// Acknowledged after `fdatasync` of the log.
+    #[default]
+    Fsync,
+    /// In memory only: a crash or power loss loses what the queue holds.
+    Off,
+}
+
+impl std::str::FromStr for LocalLogMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "fsync" => Ok(Self::Fsync),
+            "off" => Ok(Self::Off),
+            other => Err(format!("expected fsync or off, got {other:?}")),
+        }
+    }
 }
 
 /// `1024`, `512KiB`, `64MiB`, `1GiB` → bytes (at least 1 MiB).
@@ -152,6 +185,24 @@ pub struct WriteBehindSection {
     /// Longest an entry write waits for room in a full queue (default `2s`);
     /// `--enqueue-timeout` wins.
     pub enqueue_timeout: Option<HumanDuration>,
+    /// `fsync` (default) or `off`; `--local-log` wins.
+    pub local_log: Option<LocalLogMode>,
+    /// The local log's bound, e.g. `"1GiB"`; `--local-log-max-bytes` wins.
+    pub local_log_max_bytes: Option<String>,
+}
+
+impl CommonArgs {
+    /// The local log's mode and bound, flags first, then the file.
+    pub fn local_log(&self, file: &FileConfig) -> Result<(LocalLogMode, u64), ConfigError> {
+        let mode = self.local_log.or(file.write_behind.local_log).unwrap_or_default();
+        let max_bytes = match (self.local_log_max_bytes, &file.write_behind.local_log_max_bytes) {
+            (Some(bytes), _) => bytes,
+            (None, Some(text)) => parse_bytes(text)
+                .map_err(|reason| ConfigError::Invalid { key: "write_behind.local_log_max_bytes", reason })?,
+            (None, None) => 1 << 30,
+        };
+        Ok((mode, max_bytes))
+    }
 }
 
 /// `[app]` keys.

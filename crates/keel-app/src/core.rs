@@ -20,6 +20,8 @@ pub(crate) struct Core {
     pub(crate) cache: Cache,
     pub(crate) bus: Bus,
     pub(crate) shutdown: Shutdown,
+    /// The entries queue's local write-ahead log (an api without Redis).
+    pub(crate) local_log: Option<keel_write_behind::LocalLog>,
 }
 
 impl Core {

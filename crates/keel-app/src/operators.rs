@@ -160,6 +160,21 @@ struct WriteBehindSection {
     in_flight: u64,
     oldest_age_ms: u64,
     failing_for_s: u64,
+    /// The local write-ahead log behind the in-process queue, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_log: Option<LocalLogSection>,
+}
+
+/// The local log's figures in the `write_behind` section.
+#[derive(Serialize)]
+struct LocalLogSection {
+    bytes: u64,
+    max_bytes: u64,
+    segments: u64,
+    appends: u64,
+    syncs: u64,
+    append_errors: u64,
+    corrupt: u64,
 }
 
 /// The write-behind figures of whoever persists in this process: the
@@ -183,6 +198,21 @@ pub(crate) fn write_behind_section(entries: &Entries) -> impl Fn() -> serde_json
             in_flight: m.in_flight,
             oldest_age_ms: u64::try_from(m.oldest_age.as_millis()).unwrap_or(u64::MAX),
             failing_for_s: m.failing_for.as_secs(),
+            local_log: match entries.sink() {
+                EntrySink::Memory(queue) => queue.local_log().map(|log| {
+                    let s = log.stats();
+                    LocalLogSection {
+                        bytes: s.bytes,
+                        max_bytes: s.max_bytes,
+                        segments: s.segments,
+                        appends: s.appends,
+                        syncs: s.syncs,
+                        append_errors: s.append_errors,
+                        corrupt: s.corrupt,
+                    }
+                }),
+                EntrySink::Durable(_) => None,
+            },
         };
         serde_json::to_value(section).unwrap_or_default()
     }

@@ -64,6 +64,7 @@ pub struct Prepared {
     database: Database,
     redis: Option<RedisStore>,
     mode: RunMode,
+    local_log: Option<keel_write_behind::LocalLog>,
     #[cfg(feature = "otlp")]
     trace_export: Option<std::sync::Arc<keel_telemetry::TraceExport>>,
 }
@@ -174,6 +175,10 @@ impl Services {
         let db_config =
             DbConfig { url: database_url.map(str::to_owned), data_dir: args.data_dir.clone(), ..DbConfig::default() };
         let database = Database::open(&db_config, &telemetry)?;
+        let local_log = match &redis {
+            None if role == Role::Api => open_local_log(args, &file)?,
+            _ => None,
+        };
         Ok(Prepared {
             role,
             args: args.clone(),
@@ -186,6 +191,7 @@ impl Services {
             database,
             redis,
             mode,
+            local_log,
             #[cfg(feature = "otlp")]
             trace_export: logging.trace_export,
         })
@@ -248,7 +254,12 @@ impl Services {
         if let EntrySink::Memory(queue) = self.entries.sink() {
             queue.shutdown_within(shutdown.remaining(budget)).await;
             let m = queue.metrics();
-            tracing::info!(persisted = m.persisted, failed = m.failed, "entries queue drained");
+            tracing::info!(
+                persisted = m.persisted,
+                failed = m.failed,
+                left_in_log = m.queue_depth + m.in_flight,
+                "entries queue drained"
+            );
         }
         if let Some(metadata) = &self.metadata {
             metadata.batcher().shutdown_within(shutdown.remaining(budget)).await;
@@ -349,6 +360,7 @@ async fn connect_stores(prepared: &Prepared, shutdown: Shutdown, startup: &Start
         cache,
         bus,
         shutdown,
+        local_log: prepared.local_log.clone(),
     })
 }
 
@@ -368,6 +380,28 @@ async fn open_monitoring_settings(core: &Core) -> Result<Settings<MonitoringSett
         keel_telemetry::check_filter(&m.log_level).map_err(|err| err.to_string())
     })
     .await?)
+}
+
+/// The entries queue's local write-ahead log under `--data-dir`, locked for
+/// this process and recovered; `None` with `--local-log off`. Another
+/// process holding it is a configuration error (exit 64).
+fn open_local_log(args: &CommonArgs, file: &FileConfig) -> Result<Option<keel_write_behind::LocalLog>, StartError> {
+    let (mode, max_bytes) = args.local_log(file)?;
+    if mode == crate::config::LocalLogMode::Off {
+        tracing::warn!("--local-log off: acknowledged entry writes live in memory until persisted; a crash loses them");
+        return Ok(None);
+    }
+    let config = keel_write_behind::LocalLogConfig {
+        max_bytes,
+        ..keel_write_behind::LocalLogConfig::new(args.data_dir.join("entries-log"))
+    };
+    match keel_write_behind::LocalLog::open(config) {
+        Ok(log) => Ok(Some(log)),
+        Err(err @ keel_write_behind::LocalLogError::Locked(_)) => {
+            Err(ConfigError::Invalid { key: "--data-dir", reason: err.to_string() }.into())
+        }
+        Err(err) => Err(StartError::WriteBehind(err.to_string())),
+    }
 }
 
 fn drain_config(file: &FileConfig, args: &CommonArgs) -> DrainConfig {

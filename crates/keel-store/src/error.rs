@@ -89,10 +89,16 @@ impl StoreError {
 }
 
 /// Messages of errors that carry no specific kind but say the server, not
-/// the data, is the problem (PostgreSQL SQLSTATE classes 08, 40, 53, 57, 58
-/// and SQLite's busy/locked answers).
+/// the data, is the problem (PostgreSQL SQLSTATE classes 08, 40, 53 — disk
+/// full included —, 57, 58, and SQLite's busy, locked, full-disk and I/O
+/// answers). A full disk is the store's problem, never the data's: the
+/// batch waits for room instead of being dead-lettered.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-const TRANSIENT_MESSAGES: [&str; 14] = [
+const TRANSIENT_MESSAGES: [&str; 18] = [
+    "database or disk is full",
+    "could not extend file",
+    "disk full",
+    "disk i/o error",
     "terminating connection",
     "connection",
     "the database system is",
@@ -145,5 +151,27 @@ fn redis_kind(err: &fred::error::Error) -> FailureKind {
     match err.kind() {
         K::InvalidArgument | K::InvalidCommand | K::Parse | K::Config | K::Url | K::NotFound => FailureKind::Permanent,
         _ => FailureKind::Transient,
+    }
+}
+
+#[cfg(all(test, any(feature = "postgres", feature = "sqlite")))]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    fn query(message: &str) -> StoreError {
+        StoreError::Query(Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned())))
+    }
+
+    #[test]
+    fn a_full_disk_is_transient_and_a_refused_value_is_not() {
+        for full in [
+            "database or disk is full",
+            "could not extend file base/16384/16397: No space left on device",
+            "disk I/O error",
+        ] {
+            assert_eq!(query(full).kind(), FailureKind::Transient, "{full}");
+        }
+        assert_eq!(query("invalid input syntax for type json").kind(), FailureKind::Permanent);
     }
 }

@@ -111,3 +111,22 @@ pub const WRITE_BEHIND_QUEUE_DEPTH: &str = "keel.write_behind.queue.depth";
 pub const WRITE_BEHIND_IN_FLIGHT: &str = "keel.write_behind.in_flight";
 /// Age of the oldest waiting item (seconds), by queue.
 pub const WRITE_BEHIND_OLDEST_AGE: &str = "keel.write_behind.oldest_age";
+/// Bytes in the local write-ahead log's segments.
+pub const LOCAL_LOG_BYTES: &str = "keel.local_log.bytes";
+/// The local log's bound (`--local-log-max-bytes`).
+pub const LOCAL_LOG_MAX_BYTES: &str = "keel.local_log.max_bytes";
+/// Segment files of the local log.
+pub const LOCAL_LOG_SEGMENTS: &str = "keel.local_log.segments";
+/// Records appended to the local log and synced (each one a 202).
+pub const LOCAL_LOG_APPENDS: &str = "keel.local_log.appends";
+/// Group commits (one `fdatasync` each) of the local log.
+pub const LOCAL_LOG_SYNCS: &str = "keel.local_log.syncs";
+/// Local log appends that failed (ENOSPC, EIO): answered 503, never 202.
+pub const LOCAL_LOG_APPEND_ERRORS: &str = "keel.local_log.append_errors";
+/// Duration of one local log group commit (write + `fdatasync`), seconds.
+pub const LOCAL_LOG_SYNC_DURATION: &str = "keel.local_log.sync.duration";
+/// Records replayed from the local log at start.
+pub const LOCAL_LOG_REPLAYED: &str = "keel.local_log.replayed_records";
+/// Records of the local log that failed their CRC (or could not be
+/// decoded), kept as files beside the log.
+pub const LOCAL_LOG_CORRUPT: &str = "keel.local_log.corrupt_records";

@@ -294,7 +294,10 @@ impl Entries {
             .await
             .map_err(|err| unavailable(format!("cannot read the entry: {err}"), false))?;
         let Some(entry) = stored else {
-            return if cache_down {
+            let recovering = matches!(&self.inner.sink, EntrySink::Memory(queue) if queue.recovering());
+            return if recovering {
+                Err(unavailable("recovering the local log; the entry may not be persisted yet", true))
+            } else if cache_down {
                 Err(unavailable("the entry cache is unreachable and the entry is not in the database yet", true))
             } else {
                 Ok(None)
@@ -341,10 +344,14 @@ impl Inner {
         let write = EntryWrite { key, value, version, updated_at_us, deleted };
         match &self.sink {
             EntrySink::Memory(queue) => {
-                match tokio::time::timeout(self.enqueue_timeout, queue.enqueue(write)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(EnqueueError::Closed)) => return Err(EntryError::ShuttingDown),
-                    Ok(Err(EnqueueError::Full)) | Err(_) => return Err(EntryError::Full(self.enqueue_timeout)),
+                // Only the wait for room is bounded: a write that got room is
+                // answered by its append (fsync'd with a local log), so one
+                // answered 503 is never written later.
+                match queue.enqueue_within(write, self.enqueue_timeout).await {
+                    Ok(()) => {}
+                    Err(EnqueueError::Closed) => return Err(EntryError::ShuttingDown),
+                    Err(EnqueueError::Full) => return Err(EntryError::Full(self.enqueue_timeout)),
+                    Err(EnqueueError::Log(message)) => return Err(unavailable(message, true)),
                 }
                 if let Err(err) = self.cache.set_if_newer(&cache_key, version, Bytes::from(cached), CACHE_TTL).await {
                     // Queued already: reads fall back to the database.

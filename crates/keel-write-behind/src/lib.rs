@@ -68,6 +68,8 @@ mod durable;
 mod entries;
 #[cfg(feature = "entries")]
 mod layout;
+#[cfg(feature = "local-log")]
+mod log;
 mod persist;
 mod queue;
 
@@ -82,6 +84,8 @@ pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer}
 pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite};
 #[cfg(feature = "entries")]
 pub use layout::{EntryLayout, MAX_PARTITIONS};
+#[cfg(feature = "local-log")]
+pub use log::{DirStorage, LocalLog, LocalLogConfig, LocalLogError, LocalLogStats, LogCore, Recovery, Storage};
 pub use queue::{
     DeadLetter, DeadLetters, EnqueueError, FullMode, Keyed, Metrics, RepoError, RepoFuture, Repository, WriteBehind,
     WriteBehindConfig, WriteBehindError,

@@ -15,6 +15,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "local-log")]
+#[path = "logged.rs"]
+mod logged;
+
 /// An item with a key, for coalescing.
 pub trait Keyed {
     /// The key type.
@@ -137,7 +141,7 @@ pub enum WriteBehindError {
 }
 
 /// Why an item was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnqueueError {
     /// The queue is full (reject mode, or `try_enqueue`).
     #[error("the write-behind queue is full")]
@@ -145,6 +149,10 @@ pub enum EnqueueError {
     /// The queue has shut down.
     #[error("the write-behind queue is closed")]
     Closed,
+    /// The local log could not take the item (disk full, I/O error, an
+    /// item that does not serialize): it was not acknowledged.
+    #[error("{0}")]
+    Log(String),
 }
 
 /// Counters; `enqueued = persisted + failed + queue_depth + in_flight` when
@@ -205,6 +213,8 @@ impl Metrics {
 struct Queued<T> {
     item: T,
     since: Instant,
+    /// Its record in the local log, if the queue has one.
+    position: Option<u64>,
 }
 
 /// The queue proper; with coalescing, `index` finds a key's slot.
@@ -226,18 +236,24 @@ impl<T: Keyed> Pending<T> {
         self.items.iter().flatten().next().map(|q| q.since)
     }
 
-    fn take(&mut self, max: usize) -> Vec<T> {
+    /// Up to `max` items, with the log positions of those that have one.
+    fn take(&mut self, max: usize) -> (Vec<T>, Vec<u64>) {
         let mut batch = Vec::with_capacity(max.min(self.live));
+        let mut positions = Vec::new();
         while batch.len() < max {
             let Some(slot) = self.items.pop_front() else { break };
             self.offset += 1;
             if let Some(queued) = slot {
                 self.index.remove(&queued.item.key());
                 self.live -= 1;
+                if let Some(position) = queued.position {
+                    positions.resize(batch.len(), u64::MAX);
+                    positions.push(position);
+                }
                 batch.push(queued.item);
             }
         }
-        batch
+        (batch, positions)
     }
 }
 
@@ -255,6 +271,10 @@ struct Shared<T: Keyed> {
     closing: CancellationToken,
     /// A tighter bound than `shutdown_timeout` for the drain, when given.
     drain_limit: Mutex<Option<Duration>>,
+    /// The local write-ahead log items are appended to before they are
+    /// acknowledged, and how an item becomes a record.
+    #[cfg(feature = "local-log")]
+    log: Option<LogWith<T>>,
 }
 
 impl<T: Keyed> Shared<T> {
@@ -281,7 +301,60 @@ impl<T: Keyed> Shared<T> {
         // that can panic.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn push(&self, item: T, position: Option<u64>) {
+        let full_batch = {
+            let mut pending = self.pending();
+            if self.config.coalesce {
+                let position = pending.offset + pending.items.len();
+                pending.index.insert(item.key(), position);
+            }
+            pending.items.push_back(Some(Queued { item, since: Instant::now(), position }));
+            pending.live += 1;
+            self.counters.enqueued.fetch_add(1, Ordering::AcqRel);
+            pending.live >= self.config.batch_size
+        };
+        if full_batch || self.pending().live == 1 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits for `weight` bytes of room (see [`charge`](Self::charge)).
+    async fn charge_waiting(&self, weight: u64) -> Result<(), EnqueueError> {
+        loop {
+            let freed = self.bytes_freed.notified();
+            if self.charge(weight) {
+                return Ok(());
+            }
+            if self.closing.is_cancelled() {
+                return Err(EnqueueError::Closed);
+            }
+            freed.await;
+        }
+    }
+
+    /// Whether items are appended to a local log before they are acknowledged.
+    fn logged(&self) -> bool {
+        #[cfg(feature = "local-log")]
+        return self.log.is_some();
+        #[cfg(not(feature = "local-log"))]
+        false
+    }
+
+    /// Records left the queue for good (persisted or dead-lettered).
+    fn retire(&self, positions: &[u64]) {
+        #[cfg(feature = "local-log")]
+        if let Some((log, _)) = &self.log {
+            log.done(positions);
+        }
+        #[cfg(not(feature = "local-log"))]
+        let _ = positions;
+    }
 }
+
+/// A local log and how an item becomes one of its records.
+#[cfg(feature = "local-log")]
+type LogWith<T> = (crate::LocalLog, fn(&T) -> Result<Vec<u8>, String>);
 
 /// One exported figure: instrument name, description, and how to read it.
 type Exported = (&'static str, &'static str, fn(&Metrics) -> u64);
@@ -307,11 +380,17 @@ impl<T: Keyed> fmt::Debug for WriteBehind<T> {
 
 impl<T: Keyed + Send + Sync + 'static> WriteBehind<T> {
     /// Exports [`metrics`](Self::metrics) as OpenTelemetry instruments
-    /// labelled `queue = name`, read when scraped (nothing on the hot path).
+    /// labelled `queue = name`, read when scraped (nothing on the hot path),
+    /// and the local log's figures when the queue has one.
     pub fn instrument(&self, telemetry: &dyn keel_telemetry::MeterSource, name: &str) {
         // Weak: the meter provider outlives queues and must not keep them alive.
         let queue = Arc::downgrade(&self.shared);
-        let handles = export_metrics(telemetry, name, move || queue.upgrade().map(|s| s.metrics()));
+        #[allow(unused_mut)]
+        let mut handles = export_metrics(telemetry, name, move || queue.upgrade().map(|s| s.metrics()));
+        #[cfg(feature = "local-log")]
+        if let Some((log, _)) = &self.shared.log {
+            handles.extend(log.instrument(telemetry));
+        }
         self.instruments.lock().unwrap_or_else(PoisonError::into_inner).extend(handles);
     }
 }
@@ -419,12 +498,7 @@ impl<T> WriteBehind<T>
 where
     T: Keyed + Clone + Send + Sync + 'static,
 {
-    /// Starts the queue and its flusher.
-    pub fn start(
-        config: WriteBehindConfig,
-        repository: Arc<dyn Repository<T>>,
-        dead_letters: Arc<dyn DeadLetters<T>>,
-    ) -> Result<Self, WriteBehindError> {
+    fn validate(config: &WriteBehindConfig) -> Result<(), WriteBehindError> {
         let problem = if config.capacity == 0 || config.batch_size == 0 || config.write_concurrency == 0 {
             Some("capacity, batch_size and write_concurrency must be at least 1")
         } else if config.flush_interval.is_zero() || config.shutdown_timeout.is_zero() {
@@ -437,7 +511,61 @@ where
         if let Some(problem) = problem {
             return Err(WriteBehindError::Config(problem.into()));
         }
-        let shared = Arc::new(Shared {
+        Ok(())
+    }
+
+    /// Starts the queue and its flusher.
+    pub fn start(
+        config: WriteBehindConfig,
+        repository: Arc<dyn Repository<T>>,
+        dead_letters: Arc<dyn DeadLetters<T>>,
+    ) -> Result<Self, WriteBehindError> {
+        Self::validate(&config)?;
+        let shared = Arc::new(Shared::new(
+            config,
+            #[cfg(feature = "local-log")]
+            None,
+        ));
+        Ok(Self::run(shared, repository, dead_letters))
+    }
+
+    fn run(shared: Arc<Shared<T>>, repository: Arc<dyn Repository<T>>, dead_letters: Arc<dyn DeadLetters<T>>) -> Self {
+        let flusher = Flusher { shared: shared.clone(), repository, dead_letters };
+        let task = tokio::spawn(flusher.run());
+        Self { shared, flusher: Arc::new(Mutex::new(Some(task))), instruments: Arc::default() }
+    }
+
+    /// Queues `item`, waiting at most `limit` for room; [`EnqueueError::Full`]
+    /// once it has waited that long. Only the wait for room is bounded: once
+    /// there is room the item is taken (with a local log: appended and
+    /// synced), so an item answered `Full` is never written later.
+    pub async fn enqueue_within(&self, item: T, limit: Duration) -> Result<(), EnqueueError> {
+        self.enqueue_inner(item, Some(limit)).await
+    }
+
+    /// Queues `item`, waiting for room in `Wait` mode. Cancelling the wait
+    /// changes nothing. With a local log, `Ok` means the item's record is
+    /// durable.
+    pub async fn enqueue(&self, item: T) -> Result<(), EnqueueError> {
+        self.enqueue_inner(item, None).await
+    }
+
+    async fn enqueue_inner(&self, item: T, limit: Option<Duration>) -> Result<(), EnqueueError> {
+        #[cfg(feature = "local-log")]
+        if let Some((log, encode)) = &self.shared.log {
+            return self.enqueue_logged(item, log, *encode, limit).await;
+        }
+        let queued = self.enqueue_memory(item);
+        match limit {
+            None => queued.await,
+            Some(limit) => tokio::time::timeout(limit, queued).await.unwrap_or(Err(EnqueueError::Full)),
+        }
+    }
+}
+
+impl<T: Keyed> Shared<T> {
+    fn new(config: WriteBehindConfig, #[cfg(feature = "local-log")] log: Option<LogWith<T>>) -> Self {
+        Shared {
             room: Semaphore::new(config.capacity),
             bytes: std::sync::atomic::AtomicU64::new(0),
             bytes_freed: Notify::new(),
@@ -447,15 +575,17 @@ where
             counters: Counters::default(),
             closing: CancellationToken::new(),
             drain_limit: Mutex::new(None),
-        });
-        let flusher = Flusher { shared: shared.clone(), repository, dead_letters };
-        let task = tokio::spawn(flusher.run());
-        Ok(Self { shared, flusher: Arc::new(Mutex::new(Some(task))), instruments: Arc::default() })
+            #[cfg(feature = "local-log")]
+            log,
+        }
     }
+}
 
-    /// Queues `item`, waiting for room in `Wait` mode. Cancelling the wait
-    /// changes nothing.
-    pub async fn enqueue(&self, item: T) -> Result<(), EnqueueError> {
+impl<T> WriteBehind<T>
+where
+    T: Keyed + Clone + Send + Sync + 'static,
+{
+    async fn enqueue_memory(&self, item: T) -> Result<(), EnqueueError> {
         if self.shared.config.full_mode == FullMode::Reject {
             return self.try_enqueue(item);
         }
@@ -463,26 +593,20 @@ where
             return replaced;
         }
         let permit = self.shared.room.acquire().await.map_err(|_| EnqueueError::Closed)?;
-        let weight = item.weight() as u64;
         // Cancelled while waiting for byte room: the item permit is dropped
         // and nothing was counted.
-        loop {
-            let freed = self.shared.bytes_freed.notified();
-            if self.shared.charge(weight) {
-                break;
-            }
-            if self.shared.closing.is_cancelled() {
-                return Err(EnqueueError::Closed);
-            }
-            freed.await;
-        }
+        self.shared.charge_waiting(item.weight() as u64).await?;
         permit.forget();
-        self.push(item);
+        self.shared.push(item, None);
         Ok(())
     }
 
-    /// Queues `item` if there is room now.
+    /// Queues `item` if there is room now. With a local log this cannot
+    /// wait for the sync and answers [`EnqueueError::Log`]: use `enqueue`.
     pub fn try_enqueue(&self, item: T) -> Result<(), EnqueueError> {
+        if self.shared.logged() {
+            return Err(EnqueueError::Log("try_enqueue cannot wait for the local log's sync; use enqueue".into()));
+        }
         if let Some(replaced) = self.coalesce(&item) {
             return replaced;
         }
@@ -492,7 +616,7 @@ where
                     return Err(EnqueueError::Full);
                 }
                 permit.forget();
-                self.push(item);
+                self.shared.push(item, None);
                 Ok(())
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => Err(EnqueueError::Full),
@@ -524,23 +648,6 @@ where
             return Some(Ok(()));
         }
         None
-    }
-
-    fn push(&self, item: T) {
-        let full_batch = {
-            let mut pending = self.shared.pending();
-            if self.shared.config.coalesce {
-                let position = pending.offset + pending.items.len();
-                pending.index.insert(item.key(), position);
-            }
-            pending.items.push_back(Some(Queued { item, since: Instant::now() }));
-            pending.live += 1;
-            self.shared.counters.enqueued.fetch_add(1, Ordering::AcqRel);
-            pending.live >= self.shared.config.batch_size
-        };
-        if full_batch || self.shared.pending().live == 1 {
-            self.shared.wake.notify_one();
-        }
     }
 
     /// Stops accepting items, writes everything still queued within
@@ -607,13 +714,13 @@ where
                     () = sleep_until_opt(deadline) => {}
                 }
             }
-            let batch = self.shared.pending().take(config.batch_size);
+            let (batch, positions) = self.shared.pending().take(config.batch_size);
             if !batch.is_empty() {
                 while writes.len() >= config.write_concurrency {
                     writes.join_next().await;
                 }
                 let flusher = self.clone();
-                writes.spawn(async move { flusher.write(batch).await });
+                writes.spawn(async move { flusher.write(batch, positions).await });
             }
         }
         self.drain(&config, writes).await;
@@ -627,11 +734,11 @@ where
         let drained = tokio::time::timeout(budget, async {
             while writes.join_next().await.is_some() {}
             loop {
-                let batch = self.shared.pending().take(config.batch_size);
+                let (batch, positions) = self.shared.pending().take(config.batch_size);
                 if batch.is_empty() {
                     break;
                 }
-                self.write(batch).await;
+                self.write(batch, positions).await;
             }
         })
         .await;
@@ -649,7 +756,21 @@ where
                 self.shared.counters.failed.fetch_add(stranded, Ordering::AcqRel);
             }
         }
-        let left = self.shared.pending().take(usize::MAX);
+        #[cfg(feature = "local-log")]
+        if let Some((log, _)) = &self.shared.log {
+            // What is left stays in the log, replayed at the next start:
+            // acknowledged writes are never dead-lettered for a shutdown.
+            let left = self.shared.pending().live;
+            if left > 0 {
+                tracing::warn!(
+                    items = left,
+                    "write-behind stopped with items left in the local log for the next start"
+                );
+            }
+            log.close().await;
+            return;
+        }
+        let (left, _) = self.shared.pending().take(usize::MAX);
         if !left.is_empty() {
             let n = left.len();
             let letters: Vec<Attempt<T>> =
@@ -660,10 +781,10 @@ where
             stopping.cancel();
             let persister = Persister { stop: Some(&stopping), ..self.persister() };
             let reason = RepoError::transient("not written before the shutdown timeout");
-            if !persister.dead_letter(&letters, &reason, &|done| self.settle(done)).await {
+            if !persister.dead_letter(&letters, &reason, &|done| self.settle(done, &[])).await {
                 tracing::error!(items = n, "write-behind stopped with items neither written nor dead-lettered");
                 self.shared.counters.failed.fetch_add(n as u64, Ordering::AcqRel);
-                self.settle(&letters);
+                self.settle(&letters, &[]);
             }
         }
     }
@@ -682,13 +803,19 @@ where
         }
     }
 
-    async fn write(&self, batch: Vec<T>) {
+    /// `positions[i]`: the log record of `batch[i]` (empty without a log).
+    async fn write(&self, batch: Vec<T>, positions: Vec<u64>) {
         self.shared.counters.in_flight.fetch_add(batch.len() as u64, Ordering::AcqRel);
-        self.persister().write(batch, &|done| self.settle(done)).await;
+        self.persister().write(batch, &|done| self.settle(done, &positions)).await;
     }
 
-    /// `done` left the queue for good: free their room.
-    fn settle(&self, done: &[Attempt<T>]) {
+    /// `done` left the queue for good: free their room and retire their
+    /// log records.
+    fn settle(&self, done: &[Attempt<T>], positions: &[u64]) {
+        if !positions.is_empty() {
+            let retired: Vec<u64> = done.iter().filter_map(|a| positions.get(a.index).copied()).collect();
+            self.shared.retire(&retired);
+        }
         let n = done.len();
         self.shared.release(done.iter().map(|a| a.item.weight() as u64).sum());
         self.shared.counters.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
