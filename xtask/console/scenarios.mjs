@@ -278,7 +278,10 @@ try {
   await page.locator('.card[data-instance^="api/"] svg.spark circle').first().waitFor({ timeout: 10000 });
   await page.locator('.card[data-instance^="api/"] svg.spark polyline').first().waitFor({ timeout: 10000 });
   const cards = await page.locator(".card").count();
-  step(`instances: ${cards} card(s), sparklines drawn`);
+  // The embedded api's entries queue is a local write-ahead log: its size is on the card.
+  const logSize = await page.locator('.card[data-instance^="api/"] dt:text-is("Local log") + dd').first().textContent();
+  if (!/MiB$/.test(logSize || "")) throw new Error(`the instance card shows no local log size: ${logSize}`);
+  step(`instances: ${cards} card(s), sparklines drawn, local log ${logSize}`);
   await axe("instances");
   await shoot("instances");
 

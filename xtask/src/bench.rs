@@ -140,6 +140,14 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
         &[("KEEL_DATA_DIR", path_text(&run.join("data"))), token.clone()],
         &run.join("embedded.log"),
     )?;
+    // The same embedded api with its entries queue in memory only: the
+    // baseline of the local write-ahead log's cost.
+    let mut in_memory = Binary::spawn(
+        &binaries.api,
+        "--listen",
+        &[("KEEL_DATA_DIR", path_text(&run.join("data-memory"))), ("KEEL_LOCAL_LOG", "off".to_owned()), token.clone()],
+        &run.join("embedded-memory.log"),
+    )?;
     let cluster_env = [
         ("DATABASE_URL", pg.url("bench")),
         ("REDIS_URL", redis.url()),
@@ -150,7 +158,7 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     let mut worker = Binary::spawn(&binaries.worker, "--admin-listen", &cluster_env, &run.join("worker.log"))?;
     let mut baseline =
         Binary::spawn(&baseline_bin, "--listen", &[("REDIS_URL", redis.url())], &run.join("baseline.log"))?;
-    for process in [&mut embedded, &mut cluster, &mut worker] {
+    for process in [&mut embedded, &mut in_memory, &mut cluster, &mut worker] {
         process.wait_ready(Duration::from_secs(60))?;
     }
     crate::chaos::servers::wait_until(Duration::from_secs(20), || {
@@ -160,9 +168,10 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     // own) would land in the first rounds: measure on a quiet machine.
     let settled = wait_until_quiet(Duration::from_secs(30));
     eprintln!("xtask: bench: machine quiet after {:.1} s", settled.as_secs_f64());
-    let mut chosen = comparisons(&embedded.addr, &cluster.addr, &baseline.addr);
+    let mut chosen = comparisons(&embedded.addr, &in_memory.addr, &cluster.addr, &baseline.addr);
     chosen.retain(|c| wanted(c.name));
     let measured = compare(&chosen, &run)?;
+    let log = local_log_figures(&embedded.addr)?;
     let durable =
         if wanted("durable write path") { durable_write_path(&cluster.addr, &pg, &run)? } else { json!(null) };
     let rss: Vec<(&str, u64)> =
@@ -170,15 +179,22 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
             .into_iter()
             .map(|(name, process)| (name, rss_kib(process.pid())))
             .collect();
-    for process in [&mut embedded, &mut cluster, &mut worker, &mut baseline] {
+    for process in [&mut embedded, &mut in_memory, &mut cluster, &mut worker, &mut baseline] {
         let _ = process.kill();
     }
     print_table(&measured, &durable, &rss);
+    eprintln!(
+        "local write-ahead log (embedded, fsync): {} appends in {} group commits, {:.1} writes per fdatasync",
+        log["appends"],
+        log["syncs"],
+        log["writes_per_sync"].as_f64().unwrap_or_default()
+    );
     let report = json!({
         "machine": machine(),
         "round_seconds": ROUND_SECONDS, "rounds": ROUNDS, "connections": CONNECTIONS,
         "comparisons": measured.iter().map(Measured::json).collect::<Vec<_>>(),
         "durable": durable,
+        "local_log": log,
         "rss_kib": rss.iter().map(|(n, kib)| json!({"process": n, "kib": kib})).collect::<Vec<_>>(),
     });
     let path = dir.join("http.json");
@@ -194,8 +210,21 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The comparisons and their targets (issue 15).
-fn comparisons(embedded: &str, cluster: &str, baseline: &str) -> Vec<Comparison> {
+/// The local log's appends and group commits since the embedded api started.
+fn local_log_figures(api: &str) -> Result<Value> {
+    let (_, text) = crate::chaos::load::get(api, "/metrics")?;
+    let read = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (appends, syncs) = (read("keel_local_log_appends_total"), read("keel_local_log_syncs_total"));
+    Ok(json!({"appends": appends, "syncs": syncs, "writes_per_sync": appends / syncs.max(1.0)}))
+}
+
+/// The comparisons and their targets (issue 15; the local log's, issue 27).
+fn comparisons(embedded: &str, in_memory: &str, cluster: &str, baseline: &str) -> Vec<Comparison> {
     let metadata: Vec<String> = (0..10).map(|i| format!(r#"{{"key":"k{i}","value":"v{i}"}}"#)).collect();
     let metadata = format!(r#"{{"metadata":[{}]}}"#, metadata.join(","));
     let agent = "/api/v1/agents/7f1c1a52-8d0e-4c1b-9d55-3c4c1d0b6a11/metadata";
@@ -213,6 +242,13 @@ fn comparisons(embedded: &str, cluster: &str, baseline: &str) -> Vec<Comparison>
             baseline: Load::send(baseline, "PUT", "/entries/bench-{n}", r#"{"n":1}"#, true),
             baseline_name: "axum + one XADD",
             target: 0.70,
+        },
+        Comparison {
+            name: "PUT /api/v1/entries/{key} (embedded, local log fsync)",
+            keel: Load::send(embedded, "PUT", "/api/v1/entries/bench-{n}", r#"{"n":1}"#, true),
+            baseline: Load::send(in_memory, "PUT", "/api/v1/entries/bench-{n}", r#"{"n":1}"#, true),
+            baseline_name: "the same, --local-log off",
+            target: 0.80,
         },
         Comparison {
             name: "GET /api/v1/settings/monitoring",

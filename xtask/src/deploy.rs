@@ -40,10 +40,12 @@ pub fn check(root: &Path) -> Result<()> {
     check_termination_grace(&manifests)?;
 
     let binaries = crate::cmd::release_binaries(root)?;
-    let api = Running::start(&binaries.api, "--listen", "api listening on")?;
-    let worker = Running::start(&binaries.worker, "--admin-listen", "worker admin endpoints on")?;
+    let api = Running::start(&binaries.api, "--listen", "api listening on", true)?;
+    let worker = Running::start(&binaries.worker, "--admin-listen", "worker admin endpoints on", true)?;
+    // The in-process queue's local log exists only on an api without Redis.
+    let embedded = Running::start(&binaries.api, "--listen", "api listening on", false)?;
     let mut exported = BTreeSet::new();
-    for running in [&api, &worker] {
+    for running in [&api, &worker, &embedded] {
         // One request first, so the request histograms have a series.
         http_get(&running.addr, "/livez")?;
         let (status, body) = http_get(&running.addr, "/metrics")?;
@@ -429,17 +431,21 @@ struct Running {
 }
 
 impl Running {
-    /// Starts `binary` in cluster mode on a free port and waits for `marker`.
-    fn start(binary: &Path, listen_flag: &str, marker: &str) -> Result<Running> {
+    /// Starts `binary` on a free port, in cluster mode or embedded, and
+    /// waits for `marker`.
+    fn start(binary: &Path, listen_flag: &str, marker: &str, cluster: bool) -> Result<Running> {
         let dir = TempDir::new()?;
         let database = std::env::var("KEEL_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let redis = std::env::var("KEEL_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let mut child = Command::new(binary)
-            .args([listen_flag, "127.0.0.1:0", "--log-format", "json"])
-            .current_dir(&dir.0)
-            .env("DATABASE_URL", database)
-            .env("REDIS_URL", redis)
+        let mut command = Command::new(binary);
+        command.args([listen_flag, "127.0.0.1:0", "--log-format", "json"]).current_dir(&dir.0);
+        if cluster {
+            command.env("DATABASE_URL", database).env("REDIS_URL", redis);
+        } else {
+            command.env_remove("DATABASE_URL").env_remove("REDIS_URL").env_remove("KEEL_DATA_DIR");
+        }
+        let mut child = command
             .env("KEEL_NAMESPACE", format!("deploy-check-{}", std::process::id()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

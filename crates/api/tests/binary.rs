@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use keel_http::testing::{http_get, spawn_until_listening, terminate};
+use keel_http::testing::{http_get, http_request, spawn_until_listening, terminate};
 use tokio::process::{Child, Command};
 
 /// Starts `api` on an ephemeral port in `dir` with no storage environment.
@@ -108,6 +108,71 @@ fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
     assert!(err.contains("database url"), "{err}");
 }
 
+#[tokio::test]
+async fn a_second_api_on_the_same_data_dir_exits_64_naming_the_log_and_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, _) = start_api(dir.path()).await;
+    let second = Command::new(env!("CARGO_BIN_EXE_api"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("KEEL_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), second).await.expect("the second api exits").unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let holder = first.id().unwrap().to_string();
+    assert!(err.contains("entries-log") && err.contains(&holder), "names the log and pid {holder}: {err}");
+    assert_eq!(terminate(&mut first).await, Some(0));
+}
+
+/// Every 202 of an embedded api killed with SIGKILL is served after the
+/// restart: the write was in the local log before it was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill_of_the_embedded_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start_api(dir.path()).await;
+    let writes = (0..300).map(|i| {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let body = format!("{{\"n\":{i}}}");
+            let (status, answer) = http_request(
+                &addr,
+                "PUT",
+                &format!("/api/v1/entries/kill-{i}"),
+                &[("content-type", "application/json")],
+                &body,
+            )
+            .await;
+            assert_eq!(status, 202, "{answer}");
+            let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            (i, answer["version"].as_i64().unwrap())
+        })
+    });
+    let mut acked = Vec::new();
+    for write in writes {
+        acked.push(write.await.unwrap());
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (mut child, addr) = start_api(dir.path()).await;
+    for (i, version) in acked {
+        let path = format!("/api/v1/entries/kill-{i}");
+        // 503 while the replayed writes are not persisted yet; never 404.
+        let (status, body) = wait_for(&addr, &path, |status, _| status != 503).await;
+        assert_eq!(status, 200, "kill-{i}: {body}");
+        let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(served["version"].as_i64(), Some(version), "kill-{i}: {body}");
+        assert_eq!(served["value"]["n"].as_i64(), Some(i), "kill-{i}: {body}");
+    }
+    assert_eq!(terminate(&mut child).await, Some(0));
+}
+
 #[test]
 fn help_lists_every_flag_with_its_environment_variable() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_api")).arg("--help").output().unwrap();
@@ -122,6 +187,8 @@ fn help_lists_every_flag_with_its_environment_variable() {
         "KEEL_ADMIN_TOKEN",
         "KEEL_LOG_FORMAT",
         "KEEL_INSTANCE_ID",
+        "KEEL_LOCAL_LOG",
+        "KEEL_LOCAL_LOG_MAX_BYTES",
     ] {
         assert!(help.contains(env), "{env} missing from --help:\n{help}");
     }

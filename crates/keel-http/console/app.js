@@ -585,6 +585,7 @@ const SERIES = [
   ["batcherDrops", "Batcher drops", (v) => fmtNumber(v, 0)],
   ["wbDepth", "Write-behind depth", (v) => fmtNumber(v, 0)],
   ["deadLetters", "Dead letters", (v) => fmtNumber(v, 0)],
+  ["logBytes", "Local log", (v) => (v === null ? "–" : `${fmtNumber(v / 1048576, 2)} MiB`)],
 ];
 
 function totals(doc) {
@@ -623,6 +624,7 @@ function addStats(doc) {
     batcherDrops: batcher.dropped ?? null,
     wbDepth: wb.queue_depth ?? null,
     deadLetters: wb.failed ?? null,
+    logBytes: wb.local_log ? wb.local_log.bytes : null,
   });
   entry.samples = entry.samples.filter((s) => s.at >= at - WINDOW_MS);
   entry.last = { at, requests: t.requests, errors: t.errors };

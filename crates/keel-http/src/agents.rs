@@ -126,7 +126,7 @@ fn submitted(index: usize, item: Item) -> Result<Submitted, ApiError> {
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/metadata", operation_id = "submit_metadata", tag = "agents", params(AgentParam),
     request_body(content = Submission, content_type = "application/json"),
     responses(
-        (status = 202, description = "Taken (or dropped when the batcher is full)", body = AcceptedBody),
+        (status = 202, description = "Taken (or dropped when the batcher is full). Best-effort, as agents send their metadata again every interval: held in memory until the next flush (at most 5 s), so a SIGKILL or power loss of the api loses what was taken since the last flush; a SIGTERM flushes it", body = AcceptedBody),
         (status = 400, description = "A bad agent id, key, time, or U+0000", body = ErrorSchema),
         (status = 413, description = "More than 64 keys, or the body is too large", body = ErrorSchema),
         (status = 415, description = "The body is not application/json", body = ErrorSchema),

@@ -2,6 +2,7 @@
 //! PostgreSQL and Redis, one injected fault per scenario, and a comparison
 //! of what was acknowledged with what is stored.
 
+mod durability;
 mod edge;
 pub(crate) mod load;
 pub(crate) mod servers;
@@ -39,6 +40,15 @@ enum Fault {
     /// master back as a replica; settings changed meanwhile must reach both
     /// apis within 5 s after.
     MasterFailover,
+    /// No Redis: SIGKILL of the api under load, three times (embedded when
+    /// `embedded`, else on PostgreSQL); every 202 must be stored.
+    Kill9 {
+        embedded: bool,
+    },
+    /// The embedded api's data directory fills up under load.
+    DiskFull,
+    /// A second api on the same data directory must exit 64.
+    SecondProcess,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +60,7 @@ struct Scenario {
     fault: Fault,
 }
 
-const SCENARIOS: [Scenario; 14] = [
+const SCENARIOS: [Scenario; 18] = [
     Scenario { name: "worker-kill", streams: true, load: Load::Entries, fault: Fault::WorkerKill },
     Scenario { name: "pg-stop", streams: true, load: Load::Entries, fault: Fault::PgStop },
     Scenario { name: "pg-pause", streams: true, load: Load::Entries, fault: Fault::PgPause },
@@ -65,6 +75,10 @@ const SCENARIOS: [Scenario; 14] = [
     Scenario { name: "sigterm-embedded", streams: false, load: Load::Entries, fault: Fault::Sigterm },
     Scenario { name: "sigterm-cluster", streams: true, load: Load::Entries, fault: Fault::Sigterm },
     Scenario { name: "cluster-failover", streams: true, load: Load::Entries, fault: Fault::MasterFailover },
+    Scenario { name: "embedded-kill9", streams: false, load: Load::Entries, fault: Fault::Kill9 { embedded: true } },
+    Scenario { name: "pg-only-kill9", streams: false, load: Load::Entries, fault: Fault::Kill9 { embedded: false } },
+    Scenario { name: "disk-full", streams: false, load: Load::Entries, fault: Fault::DiskFull },
+    Scenario { name: "second-process", streams: false, load: Load::Entries, fault: Fault::SecondProcess },
 ];
 
 /// Durations and rates of one run.
@@ -207,10 +221,12 @@ impl Lab {
         let database = format!("chaos_{}", scenario.name.replace('-', "_"));
         self.pg.recreate(&database)?;
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+        // Each scenario its own data directory: a local log left by one
+        // must not be replayed into the next one's database.
         let mut envs = vec![
             ("DATABASE_URL", self.pg.url(&database)),
             ("KEEL_NAMESPACE", format!("chaos-{}-{stamp}", scenario.name)),
-            ("KEEL_DATA_DIR", self.dir.join("data").display().to_string()),
+            ("KEEL_DATA_DIR", self.data_dir(scenario.name)?.display().to_string()),
         ];
         if scenario.streams {
             envs.push(("REDIS_URL", self.redis.url()));
@@ -221,6 +237,9 @@ impl Lab {
             Fault::ConcurrentStart => return self.concurrent_start(scenario, &envs, &log),
             Fault::Flood | Fault::Slowloris | Fault::Sigterm => return self.edge(scenario, envs, &log),
             Fault::MasterFailover => return self.failover(scenario, &database, &envs, &log),
+            Fault::Kill9 { embedded } => return self.kill9(scenario, &database, &envs, embedded, &log),
+            Fault::DiskFull => return self.disk_full(scenario, &envs, &log),
+            Fault::SecondProcess => return self.second_process(scenario, &envs, &log),
             _ => {}
         }
         let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), &log)?;
@@ -276,7 +295,10 @@ impl Lab {
             | Fault::Flood
             | Fault::Slowloris
             | Fault::Sigterm
-            | Fault::MasterFailover => {
+            | Fault::MasterFailover
+            | Fault::Kill9 { .. }
+            | Fault::DiskFull
+            | Fault::SecondProcess => {
                 std::thread::sleep(hold);
             }
             Fault::WorkerKill => {
@@ -544,9 +566,6 @@ impl Lab {
         envs.push(("KEEL_CONFIG", config.display().to_string()));
         if !scenario.streams {
             envs.retain(|(k, _)| *k != "DATABASE_URL");
-            let data = self.dir.join(format!("data-{}", scenario.name));
-            let _ = std::fs::remove_dir_all(&data);
-            envs.push(("KEEL_DATA_DIR", data.display().to_string()));
         }
         let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), log)?;
         let mut worker = match scenario.streams {
