@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 
-use super::record::{self, HEADER};
+use super::record;
 use super::storage::Storage;
 
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -67,6 +67,9 @@ pub struct LogCore {
     /// cut back to this length (or, failing that, bounded by a new segment
     /// at `head`) before anything else is appended.
     repair: Option<(u64, u64)>,
+    /// The bytes of one group, kept between appends so a group commit
+    /// allocates nothing once the largest group has been seen.
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for LogCore {
@@ -162,7 +165,15 @@ impl LogCore {
             storage.replace(CHECKPOINT, &encode_checkpoint(checkpoint))?;
         }
         recovery.checkpoint = checkpoint;
-        let core = Self { storage, segment_bytes: segment_bytes.max(1), segments, head, checkpoint, repair: None };
+        let core = Self {
+            storage,
+            segment_bytes: segment_bytes.max(1),
+            segments,
+            head,
+            checkpoint,
+            repair: None,
+            scratch: Vec::new(),
+        };
         Ok((core, recovery))
     }
 
@@ -199,13 +210,19 @@ impl LogCore {
         }
         let base = self.segments.back().copied().unwrap_or(self.head);
         let name = segment_name(base);
-        let mut buffer = Vec::with_capacity(payloads.iter().map(|p| p.len() + HEADER).sum());
+        let mut buffer = std::mem::take(&mut self.scratch);
+        buffer.clear();
         let mut positions = Vec::with_capacity(payloads.len());
         for payload in payloads {
             positions.push(self.head + buffer.len() as u64);
             record::encode(payload, &mut buffer);
         }
         let written = self.storage.append(&name, &buffer).and_then(|()| self.storage.sync(&name));
+        let length = buffer.len() as u64;
+        // A group far larger than usual is not kept.
+        if buffer.capacity() <= 4 << 20 {
+            self.scratch = buffer;
+        }
         if let Err(err) = written {
             // Take the partial bytes back now if the disk lets us; the next
             // append tries again before it writes.
@@ -215,7 +232,7 @@ impl LogCore {
             }
             return Err(err);
         }
-        self.head += buffer.len() as u64;
+        self.head += length;
         Ok(positions)
     }
 

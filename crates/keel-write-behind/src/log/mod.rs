@@ -449,11 +449,16 @@ impl Shared {
         let written = tokio::task::spawn_blocking(move || {
             let mut core = core.lock().unwrap_or_else(PoisonError::into_inner);
             let result = core.append(&payloads);
-            (result, core.head(), core.bytes(), core.segments(), core.next_release())
+            // Handed back so they are freed where they were allocated, not
+            // in the blocking pool's own heaps.
+            (result, core.head(), core.bytes(), core.segments(), core.next_release(), payloads)
         })
         .await;
         let (result, head, bytes, segments, next_release) = match written {
-            Ok(done) => done,
+            Ok((result, head, bytes, segments, next_release, payloads)) => {
+                drop(payloads);
+                (result, head, bytes, segments, next_release)
+            }
             Err(err) => (Err(std::io::Error::other(format!("the log writer failed: {err}"))), 0, 0, 0, None),
         };
         if let Some(histogram) = self.sync_duration.get() {
