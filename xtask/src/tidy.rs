@@ -173,9 +173,12 @@ fn check_package(package: &Value, members: &[&str], found: &mut Vec<Violation>) 
 /// Crates allowed to read flags, environment and files.
 const CONFIG_READERS: &[&str] = &["keel-app", "api", "worker", "baseline", "xtask"];
 
-/// Files that read the environment by a documented exception: test support
-/// (where the test servers are) and the OpenTelemetry SDK's own variables.
-const ENV_EXCEPTIONS: &[&str] = &["keel-store/src/testing.rs", "keel-telemetry/src/otlp.rs"];
+/// Files that read the environment or files by a documented exception: test
+/// support (where the test servers are), the OpenTelemetry SDK's own
+/// variables, and the local log's own files (data, not configuration: its
+/// segments and the lock holder's pid).
+const ENV_EXCEPTIONS: &[&str] =
+    &["keel-store/src/testing.rs", "keel-telemetry/src/otlp.rs", "keel-write-behind/src/log/storage.rs"];
 
 /// What only `keel-http` may write in library code: HTTP responses and JSON
 /// bodies built by hand.
