@@ -92,6 +92,15 @@ async fn sqlite_is_the_default_and_migrations_are_idempotent() {
     let mut conn = db.sqlite().unwrap().get().await.unwrap();
     let rows = diesel::sql_query("SELECT key FROM keel_meta").execute(&mut conn).await.unwrap();
     assert_eq!(rows, 1);
+    // Commits are synced (FULL = 2): what the entries queue persisted is on
+    // disk before the local log lets its record go.
+    #[derive(diesel::QueryableByName)]
+    struct Synchronous {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        synchronous: i32,
+    }
+    let mode = diesel::sql_query("PRAGMA synchronous").load::<Synchronous>(&mut conn).await.unwrap();
+    assert_eq!(mode.iter().map(|m| m.synchronous).collect::<Vec<_>>(), [2]);
     drop(conn);
 
     // A second handle (a restart) sees the same migrated file.

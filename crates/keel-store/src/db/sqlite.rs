@@ -18,9 +18,12 @@ pub type PooledSqliteConnection = diesel_async::pooled_connection::deadpool::Obj
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 // WAL lets readers proceed during a write; busy_timeout turns writer contention
-// into a short wait instead of an immediate "database is locked".
+// into a short wait instead of an immediate "database is locked". FULL syncs
+// the WAL at every commit: a write the entries queue persisted is then on
+// disk before the local log's checkpoint lets its record go (with NORMAL a
+// power loss could undo the last commits after the log had dropped them).
 const PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
 
 pub(super) fn build_pool(path: &str, config: &DbConfig) -> Result<SqlitePool, StoreError> {
     let mut manager_config = ManagerConfig::<SqliteConnection>::default();
