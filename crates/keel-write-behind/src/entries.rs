@@ -171,18 +171,29 @@ impl DbEntries {
         }
         #[cfg(feature = "sqlite")]
         if let Some(mut conn) = self.database.sqlite_connection().await? {
-            conn.transaction(async |conn| {
-                for item in &items {
-                    diesel::sql_query(SQLITE_UPSERT)
-                        .bind::<Text, _>(&item.key)
-                        .bind::<Text, _>(item.value.to_string())
-                        .bind::<BigInt, _>(item.version)
-                        .bind::<BigInt, _>(item.updated_at_us)
-                        .bind::<Bool, _>(item.deleted)
-                        .execute(conn)
-                        .await?;
-                }
-                Ok::<_, diesel::result::Error>(())
+            // The whole transaction in one blocking call: a statement per
+            // row through the async wrapper would cross to the blocking pool
+            // and back once per row.
+            let rows: Vec<(String, String, i64, i64, bool)> = items
+                .iter()
+                .map(|i| (i.key.clone(), i.value.to_string(), i.version, i.updated_at_us, i.deleted))
+                .collect();
+            conn.spawn_blocking(move |conn| {
+                use diesel::Connection as _;
+                conn.transaction(|conn| {
+                    for (key, value, version, updated_at_us, deleted) in &rows {
+                        diesel::RunQueryDsl::execute(
+                            diesel::sql_query(SQLITE_UPSERT)
+                                .bind::<Text, _>(key)
+                                .bind::<Text, _>(value)
+                                .bind::<BigInt, _>(version)
+                                .bind::<BigInt, _>(updated_at_us)
+                                .bind::<Bool, _>(deleted),
+                            conn,
+                        )?;
+                    }
+                    Ok::<_, diesel::result::Error>(())
+                })
             })
             .await?;
             return Ok(());
