@@ -39,7 +39,7 @@ where
             return Err(WriteBehindError::Config("coalescing is not available with a local log".into()));
         }
         let recovered = log.take_recovered();
-        log.start();
+        log.start().map_err(|err| WriteBehindError::Start(err.to_string()))?;
         let shared = Arc::new(Shared::new(config, Some((log.clone(), encode::<T>))));
         let queue = Self::run(shared.clone(), repository, dead_letters);
         if !recovered.is_empty() {

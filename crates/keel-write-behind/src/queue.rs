@@ -138,6 +138,9 @@ pub enum WriteBehindError {
     /// Invalid configuration.
     #[error("invalid write-behind configuration: {0}")]
     Config(String),
+    /// A resource the queue needs could not be set up (the local log's writer thread).
+    #[error("cannot start the write-behind queue: {0}")]
+    Start(String),
 }
 
 /// Why an item was not queued.

@@ -5,8 +5,10 @@
 //! - Records carry their length and a CRC-32C; segments are named by the
 //!   position of their first byte.
 //! - Appends that arrive while a sync runs share the next one (group
-//!   commit): one writer task takes every waiting record, writes them with
-//!   one `write` and one `fdatasync`, then answers them all.
+//!   commit): one writer thread takes every waiting record, writes them with
+//!   one `write` and one `fdatasync`, then answers them all. A thread of its
+//!   own rather than a blocking task per group: the log's I/O never waits
+//!   for a runtime worker, and a group costs no task hand-over.
 //! - A record is done once the queue persisted or dead-lettered it. The
 //!   checkpoint (the position before which every record is done) is made
 //!   durable, and only then are the segments before it removed.
@@ -28,7 +30,6 @@ use std::time::Duration;
 
 use opentelemetry::metrics::Histogram;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use self::core::{LogCore, Recovery};
@@ -117,7 +118,8 @@ struct Shared {
     config: LocalLogConfig,
     core: Arc<Mutex<LogCore>>,
     submissions: Mutex<Vec<Submission>>,
-    wake: Notify,
+    /// Wakes the writer thread: new submissions, a segment to free, closing.
+    wake: std::sync::Condvar,
     room: Notify,
     outstanding: Mutex<Outstanding>,
     /// Bytes on disk and bytes promised to appends on their way.
@@ -126,6 +128,8 @@ struct Shared {
     segments: AtomicU64,
     /// The oldest segment is freed once the checkpoint reaches this.
     next_release: AtomicU64,
+    /// The durable checkpoint.
+    durable: AtomicU64,
     appends: AtomicU64,
     syncs: AtomicU64,
     append_errors: AtomicU64,
@@ -209,10 +213,11 @@ impl LocalLog {
             disk: AtomicU64::new(core.bytes()),
             segments: AtomicU64::new(core.segments() as u64),
             next_release: AtomicU64::new(core.next_release().unwrap_or(u64::MAX)),
+            durable: AtomicU64::new(core.durable_checkpoint()),
             config: LocalLogConfig { segment_bytes, ..config },
             core: Arc::new(Mutex::new(core)),
             submissions: Mutex::default(),
-            wake: Notify::new(),
+            wake: std::sync::Condvar::new(),
             room: Notify::new(),
             outstanding: Mutex::new(outstanding),
             reserved: AtomicU64::new(0),
@@ -341,12 +346,17 @@ impl LocalLog {
         self.done(&[position]);
     }
 
-    /// Starts the writer task (once).
-    pub(crate) fn start(&self) {
+    /// Starts the writer thread (once). It ends at [`close`](Self::close),
+    /// or within `checkpoint_interval` of the last handle being dropped.
+    pub(crate) fn start(&self) -> Result<(), LocalLogError> {
         if !self.shared.running.swap(true, Ordering::AcqRel) {
-            let shared = self.shared.clone();
-            tokio::spawn(async move { shared.write_loop().await });
+            let shared = Arc::downgrade(&self.shared);
+            std::thread::Builder::new()
+                .name("keel-local-log".into())
+                .spawn(move || Shared::write_loop(&shared))
+                .map_err(|err| LocalLogError::Io(format!("cannot start the log writer: {err}")))?;
         }
+        Ok(())
     }
 
     /// Waits until `bytes` more fit under the bound (or the log is empty).
@@ -393,14 +403,22 @@ impl LocalLog {
             }
         }
         if self.shared.candidate() >= self.shared.next_release.load(Ordering::Acquire) {
+            // Taken so the writer cannot miss it between check and wait.
+            let _queue = self.shared.submissions.lock().unwrap_or_else(PoisonError::into_inner);
             self.shared.wake.notify_one();
         }
     }
 
-    /// Stops the writer after a last checkpoint; later appends fail.
+    /// Stops the writer after it answered what was submitted and made a
+    /// last checkpoint; later appends fail.
     pub async fn close(&self) {
-        self.shared.closing.cancel();
-        self.shared.wake.notify_one();
+        {
+            // Under the submissions lock: the writer cannot miss the wake-up
+            // between its check and its wait.
+            let _queue = self.shared.submissions.lock().unwrap_or_else(PoisonError::into_inner);
+            self.shared.closing.cancel();
+            self.shared.wake.notify_one();
+        }
         if self.shared.running.load(Ordering::Acquire) {
             self.shared.stopped.cancelled().await;
         }
@@ -414,52 +432,63 @@ impl Shared {
         outstanding.positions.first().copied().unwrap_or(outstanding.head)
     }
 
-    async fn write_loop(self: Arc<Self>) {
-        let mut last_checkpoint = Instant::now();
-        loop {
-            let batch = std::mem::take(&mut *self.submissions.lock().unwrap_or_else(PoisonError::into_inner));
-            if batch.is_empty() {
-                if self.closing.is_cancelled() {
-                    break;
-                }
-                let due = self.candidate() >= self.next_release.load(Ordering::Acquire)
-                    || last_checkpoint.elapsed() >= self.config.checkpoint_interval;
-                if due {
-                    self.checkpoint().await;
-                    last_checkpoint = Instant::now();
-                }
-                let _ = tokio::time::timeout(self.config.checkpoint_interval, self.wake.notified()).await;
-                continue;
-            }
-            self.commit(batch).await;
-            if self.candidate() >= self.next_release.load(Ordering::Acquire) {
-                self.checkpoint().await;
-                last_checkpoint = Instant::now();
+    /// The writer thread: group commits as submissions come, checkpoints
+    /// every `checkpoint_interval` while records complete and at once when a
+    /// segment can be freed, a last checkpoint at close.
+    fn write_loop(shared: &std::sync::Weak<Self>) {
+        let mut last_checkpoint = std::time::Instant::now();
+        // Strong only for one round: a log nobody holds any more is let go
+        // (its lock with it).
+        while let Some(this) = shared.upgrade() {
+            if this.round(&mut last_checkpoint) {
+                this.checkpoint();
+                this.stopped.cancel();
+                return;
             }
         }
-        self.checkpoint().await;
-        self.stopped.cancel();
+    }
+
+    /// One round of the writer; `true` once closing and nothing is left.
+    fn round(&self, last_checkpoint: &mut std::time::Instant) -> bool {
+        let batch = {
+            let mut queue = self.submissions.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.is_empty() && !self.closing.is_cancelled() && !self.checkpoint_due(*last_checkpoint) {
+                queue = self
+                    .wake
+                    .wait_timeout(queue, self.config.checkpoint_interval)
+                    .map_or_else(|poisoned| poisoned.into_inner().0, |(queue, _)| queue);
+            }
+            std::mem::take(&mut *queue)
+        };
+        if batch.is_empty() {
+            if self.closing.is_cancelled() {
+                return true;
+            }
+        } else {
+            self.commit(batch);
+        }
+        if self.checkpoint_due(*last_checkpoint) {
+            self.checkpoint();
+            *last_checkpoint = std::time::Instant::now();
+        }
+        false
+    }
+
+    /// A segment can be freed, or records were done and the interval passed.
+    fn checkpoint_due(&self, last: std::time::Instant) -> bool {
+        let candidate = self.candidate();
+        candidate >= self.next_release.load(Ordering::Acquire)
+            || (last.elapsed() >= self.config.checkpoint_interval && candidate > self.durable.load(Ordering::Acquire))
     }
 
     /// One group commit.
-    async fn commit(&self, batch: Vec<Submission>) {
+    fn commit(&self, batch: Vec<Submission>) {
         let (payloads, answers): (Vec<Vec<u8>>, Vec<Answer>) = batch.into_iter().map(|s| (s.payload, s.answer)).unzip();
-        let core = self.core.clone();
         let started = std::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut core = core.lock().unwrap_or_else(PoisonError::into_inner);
+        let (result, head, bytes, segments, next_release) = {
+            let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
             let result = core.append(&payloads);
-            // Handed back so they are freed where they were allocated, not
-            // in the blocking pool's own heaps.
-            (result, core.head(), core.bytes(), core.segments(), core.next_release(), payloads)
-        })
-        .await;
-        let (result, head, bytes, segments, next_release) = match written {
-            Ok((result, head, bytes, segments, next_release, payloads)) => {
-                drop(payloads);
-                (result, head, bytes, segments, next_release)
-            }
-            Err(err) => (Err(std::io::Error::other(format!("the log writer failed: {err}"))), 0, 0, 0, None),
+            (result, core.head(), core.bytes(), core.segments(), core.next_release())
         };
         if let Some(histogram) = self.sync_duration.get() {
             histogram.record(started.elapsed().as_secs_f64(), &[]);
@@ -494,30 +523,23 @@ impl Shared {
     }
 
     /// Makes the candidate checkpoint durable and frees the segments before it.
-    async fn checkpoint(&self) {
+    fn checkpoint(&self) {
         let position = self.candidate();
-        let core = self.core.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut core = core.lock().unwrap_or_else(PoisonError::into_inner);
-            if position <= core.durable_checkpoint() {
-                return Ok(None);
-            }
-            let freed = core.checkpoint(position)?;
-            Ok::<_, std::io::Error>(Some((freed, core.bytes(), core.segments(), core.next_release())))
-        })
-        .await;
-        match done {
-            Ok(Ok(Some((freed, bytes, segments, next_release)))) => {
-                self.disk.store(bytes, Ordering::Release);
-                self.segments.store(segments as u64, Ordering::Release);
-                self.next_release.store(next_release.unwrap_or(u64::MAX), Ordering::Release);
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
+        if position <= core.durable_checkpoint() {
+            return;
+        }
+        match core.checkpoint(position) {
+            Ok(freed) => {
+                self.durable.store(core.durable_checkpoint(), Ordering::Release);
+                self.disk.store(core.bytes(), Ordering::Release);
+                self.segments.store(core.segments() as u64, Ordering::Release);
+                self.next_release.store(core.next_release().unwrap_or(u64::MAX), Ordering::Release);
                 if freed > 0 {
                     self.room.notify_waiters();
                 }
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(err)) => tracing::warn!(%err, "cannot write the local log's checkpoint; segments are kept"),
-            Err(err) => tracing::error!(%err, "the local log's checkpoint task failed"),
+            Err(err) => tracing::warn!(%err, "cannot write the local log's checkpoint; segments are kept"),
         }
     }
 }
