@@ -133,7 +133,7 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     pg.recreate("bench")?;
     let baseline_bin = binaries.api.with_file_name("baseline");
     let config = status_config(&run, &pg, &redis)?;
-    let token = ("KEEL_ADMIN_TOKEN", "bench".to_owned());
+    let token = ("KEEL_ADMIN_TOKEN", "bench-admin-token-0001".to_owned());
     let mut embedded = Binary::spawn(
         &binaries.api,
         "--listen",
@@ -321,7 +321,7 @@ fn wrk(load: &Load, seconds: u64, dir: &Path) -> Result<Round> {
 /// shared cores (wrk's own advice for static requests).
 fn lua(load: &Load) -> String {
     let body = load.body.as_deref().map_or("nil".to_owned(), |b| format!("{b:?}"));
-    let headers = r#"{["Content-Type"] = "application/json", ["Authorization"] = "Bearer bench"}"#;
+    let headers = r#"{["Content-Type"] = "application/json", ["Authorization"] = "Bearer bench-admin-token-0001"}"#;
     if !load.numbered {
         return format!(
             "wrk.method = {:?}\nwrk.path = {:?}\nwrk.headers = {headers}\nwrk.body = {body}\n",
@@ -584,7 +584,7 @@ mod tests {
         assert!(!script.contains("request"), "{script}");
         assert!(script.contains(r#"wrk.path = "/livez""#), "{script}");
         assert!(script.contains(r#"wrk.method = "GET""#) && script.contains("wrk.body = nil"), "{script}");
-        assert!(script.contains(r#"["Authorization"] = "Bearer bench""#), "{script}");
+        assert!(script.contains(r#"["Authorization"] = "Bearer bench-admin-token-0001""#), "{script}");
         let post = lua(&Load::send("a", "POST", "/m", r#"{"k":1}"#, false));
         assert!(post.contains(r#"wrk.body = "{\"k\":1}""#), "{post}");
     }

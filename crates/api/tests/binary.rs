@@ -41,6 +41,25 @@ async fn embedded_start_serves_livez_and_metrics_and_exits_cleanly_on_sigterm() 
 }
 
 #[tokio::test]
+async fn a_short_admin_token_is_accepted_only_when_asked_for_and_then_authenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_api"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--allow-weak-admin-token"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("KEEL_DATA_DIR")
+        .env("KEEL_ADMIN_TOKEN", "s3cret");
+    let (mut child, addr) = spawn_until_listening(command, "api listening").await;
+    for (header, status) in [("Bearer s3cret", 200), ("BEARER s3cret", 200), ("Bearer s3cre", 403)] {
+        let (got, body) = http_request(&addr, "GET", "/api/v1/monitoring/stats", &[("authorization", header)], "").await;
+        assert_eq!(got, status, "{header}: {body}");
+    }
+    assert_eq!(terminate(&mut child).await, Some(0));
+}
+
+#[tokio::test]
 async fn a_second_start_reuses_the_migrated_database() {
     let dir = tempfile::tempdir().unwrap();
     for _ in 0..2 {
@@ -98,6 +117,13 @@ fn invalid_configuration_exits_64_with_one_line_naming_the_key() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.trim().lines().count() == 1 && err.contains("--admin-token"), "{err}");
     assert!(!err.contains("s3cret"), "the token is never printed: {err}");
+
+    let (code, err) = run_to_exit(&["--log-format", "json"], &[("KEEL_ADMIN_TOKEN", "pässwörd-pässwörd")]);
+    assert_eq!(code, Some(64), "a token that could never authenticate: {err}");
+    assert!(err.trim().lines().count() == 1 && err.contains("b64token") && !err.contains("pässwörd"), "{err}");
+    let (code, err) = run_to_exit(&["--log-format", "json"], &[("KEEL_ADMIN_TOKEN", "s3cret")]);
+    assert_eq!(code, Some(64), "too short: {err}");
+    assert!(err.contains("6 bytes") && err.contains("--allow-weak-admin-token") && !err.contains("s3cret"), "{err}");
 
     let (code, err) = run_to_exit(&["--log-format", "json"], &[("KEEL_LOG_LEVEL", "bogus")]);
     assert_eq!(code, Some(64), "{err}");
@@ -288,7 +314,7 @@ async fn an_api_started_before_redis_waits_for_it_and_becomes_ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for(&listen, "/livez", |status, _| status == 200).await;
-    // Readiness names what is missing (after the database and migrations).
+    // Readiness names what is missing (both stores are waited for at once).
     let (status, _) = wait_for(&listen, "/readyz?verbose", |_, body| body.contains("[-]redis failed")).await;
     assert_eq!(status, 503);
     let (status, body) = http_get(&listen, "/api/v1/entries/k").await;

@@ -21,7 +21,7 @@ async fn start_api_with_logs(database_url: &str, namespace: &str, dir: &std::pat
         .current_dir(dir)
         .env("DATABASE_URL", database_url)
         .env("REDIS_URL", redis_url())
-        .env("KEEL_ADMIN_TOKEN", "s3cret")
+        .env("KEEL_ADMIN_TOKEN", "s3cret-s3cret-s3cret")
         .env("KEEL_NAMESPACE", namespace);
     spawn_with_logs(command, "api listening").await
 }
@@ -43,7 +43,7 @@ async fn a_settings_change_on_one_api_is_served_by_the_other() {
     let version = before["version"].as_i64().unwrap().to_string();
     let if_match = format!("\"{version}\"");
     let headers = [
-        ("authorization", "Bearer s3cret"),
+        ("authorization", "Bearer s3cret-s3cret-s3cret"),
         ("content-type", "application/json"),
         ("if-match", if_match.as_str()),
         ("x-actor", "ops"),

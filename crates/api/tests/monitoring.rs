@@ -14,8 +14,8 @@ use keel_store::testing::{TempDatabase, redis_url};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-const TOKEN: &str = "s3cret";
-const AUTH: (&str, &str) = ("authorization", "Bearer s3cret");
+const TOKEN: &str = "s3cret-s3cret-s3cret";
+const AUTH: (&str, &str) = ("authorization", "Bearer s3cret-s3cret-s3cret");
 /// Requests to `/livez` log two DEBUG lines each at this filter.
 const LOG_LEVEL: &str = "info,keel_http::request=debug";
 const CAP: usize = 30;

@@ -33,9 +33,13 @@ pub struct CommonArgs {
     /// Redis URL; unset means an in-process cache and bus.
     #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// Bearer token for admin endpoints; unset disables them (403).
+    /// Bearer token for admin endpoints: at least 16 bytes of letters,
+    /// digits and -._~+/ (RFC 6750); unset disables them (403).
     #[arg(long, env = "KEEL_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Accept an admin token shorter than 16 bytes (a warning is logged).
+    #[arg(long, env = "KEEL_ALLOW_WEAK_ADMIN_TOKEN")]
+    pub allow_weak_admin_token: bool,
     /// Log format: pretty or json (default: pretty on a terminal, else json).
     #[arg(long, env = "KEEL_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -77,6 +81,15 @@ pub struct CommonArgs {
     /// counted (`keel_http_connections_refused_total`).
     #[arg(long, env = "KEEL_MAX_CONNECTIONS", value_name = "N", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Server-Sent Event streams served at once (each SSE endpoint counts;
+    /// also at most 32 per client address); over it 503 with Retry-After
+    /// (default 1000, or `[http] max_streams`).
+    #[arg(long, env = "KEEL_MAX_STREAMS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: Option<u32>,
+    /// A Server-Sent Event stream ends after this long and its client
+    /// reconnects (default 1h, or `[http] stream_max_age`).
+    #[arg(long, env = "KEEL_STREAM_MAX_AGE", value_name = "DURATION")]
+    pub stream_max_age: Option<HumanDuration>,
     /// One budget after SIGTERM for the drain delay, in-flight requests and
     /// every queue and batcher flush (default 10s, or `[http] shutdown_grace`).
     #[arg(long, env = "KEEL_SHUTDOWN_GRACE", value_name = "DURATION")]
@@ -230,6 +243,13 @@ pub struct HttpSection {
     pub header_read_timeout: Option<HumanDuration>,
     /// Longest idle time of a keep-alive connection (default `60s`).
     pub keep_alive_idle: Option<HumanDuration>,
+    /// Server-Sent Event streams served at once (default 1000);
+    /// `--max-streams` wins.
+    pub max_streams: Option<u32>,
+    /// Streams one client address may hold (default 32).
+    pub streams_per_client: Option<u32>,
+    /// A stream ends after this long (default `1h`); `--stream-max-age` wins.
+    pub stream_max_age: Option<HumanDuration>,
 }
 
 /// Invalid configuration; binaries exit with [`EXIT_CONFIG`].

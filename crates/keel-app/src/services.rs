@@ -65,6 +65,9 @@ pub struct Prepared {
     redis: Option<RedisStore>,
     mode: RunMode,
     local_log: Option<keel_write_behind::LocalLog>,
+    admin_token: Option<AdminToken>,
+    /// One gate for every SSE stream the process serves.
+    streams: keel_http::StreamGate,
     #[cfg(feature = "otlp")]
     trace_export: Option<std::sync::Arc<keel_telemetry::TraceExport>>,
 }
@@ -91,6 +94,7 @@ impl Prepared {
             keep_alive_idle: http.keep_alive_idle.map_or(defaults.keep_alive_idle, Duration::from),
             max_connections: self.args.max_connections as usize,
             refused: Some(ConnectionLimits::refused_counter(&self.telemetry.meter("keel-http"))),
+            streams: self.streams.clone(),
         }
     }
 
@@ -143,16 +147,14 @@ fn start_logging(role: Role, args: &CommonArgs, file: &FileConfig, instance_id: 
     })
 }
 
-/// A presented token is trimmed by HTTP header parsing: one with outer
-/// whitespace could never match.
-fn check_admin_token(args: &CommonArgs) -> Result<(), ConfigError> {
-    match args.admin_token.as_deref() {
-        Some(token) if !token.is_empty() && token.trim() != token => Err(ConfigError::Invalid {
-            key: "--admin-token",
-            reason: "has leading or trailing whitespace (KEEL_ADMIN_TOKEN)".into(),
-        }),
-        _ => Ok(()),
-    }
+/// The configured admin token, checked (`keel_http::AdminToken::parse`):
+/// one that could never authenticate, or that is too short to resist
+/// guessing, stops the start-up with one line saying why.
+fn admin_token(args: &CommonArgs) -> Result<Option<AdminToken>, ConfigError> {
+    let Some(token) = args.admin_token.as_deref().filter(|t| !t.is_empty()) else { return Ok(None) };
+    let token = AdminToken::parse(token, args.allow_weak_admin_token)
+        .map_err(|why| ConfigError::Invalid { key: "--admin-token", reason: format!("KEEL_ADMIN_TOKEN {why}") })?;
+    Ok(Some(token))
 }
 
 impl Services {
@@ -164,8 +166,14 @@ impl Services {
             None => FileConfig::default(),
         };
         let instance_id = args.instance_id.clone().unwrap_or_else(keel_core::default_instance_id);
-        check_admin_token(args)?;
+        let admin = admin_token(args)?;
         let logging = start_logging(role, args, &file, &instance_id)?;
+        if args.admin_token.as_deref().is_some_and(|t| !t.is_empty() && t.len() < keel_http::MIN_ADMIN_TOKEN) {
+            tracing::warn!(
+                "the admin token is shorter than {} bytes (--allow-weak-admin-token): it can be guessed",
+                keel_http::MIN_ADMIN_TOKEN
+            );
+        }
         let telemetry = Telemetry::new(role.name())?;
         let (database_url, redis_url) = (non_empty(args.database_url.as_deref()), non_empty(args.redis_url.as_deref()));
         let mode = if database_url.is_none() && redis_url.is_none() { RunMode::Embedded } else { RunMode::Cluster };
@@ -192,6 +200,8 @@ impl Services {
             redis,
             mode,
             local_log,
+            admin_token: admin,
+            streams: stream_gate(args, &file, &telemetry),
             #[cfg(feature = "otlp")]
             trace_export: logging.trace_export,
         })
@@ -202,8 +212,7 @@ impl Services {
     /// starts every service of the role.
     pub async fn connect(prepared: Prepared, shutdown: Shutdown, startup: &Startup) -> Result<Self, StartError> {
         let core = connect_stores(&prepared, shutdown, startup).await?;
-        let Prepared { capture, captured, log, mode, .. } = prepared;
-        let admin_token = core.args.admin_token.as_deref().and_then(AdminToken::new);
+        let Prepared { capture, captured, log, mode, admin_token, .. } = prepared;
         if admin_token.is_none() {
             tracing::warn!("admin endpoints are disabled (403); set KEEL_ADMIN_TOKEN or --admin-token to enable them");
         }
@@ -329,16 +338,26 @@ async fn connect_stores(prepared: &Prepared, shutdown: Shutdown, startup: &Start
     let (args, database, redis) = (&prepared.args, &prepared.database, &prepared.redis);
     let waiter = startup.waiter(args.startup_timeout.get(), &shutdown);
     let db_name = database.backend().as_str();
-    waiter.until(db_name, || database.ping()).await?;
-    if args.no_migrate {
-        tracing::info!("migrations skipped (--no-migrate)");
-    } else {
-        let applied = waiter.until("migrations", || database.run_migrations()).await?;
-        tracing::info!(applied, backend = db_name, "migrations up to date");
-    }
-    if let Some(redis) = redis {
-        waiter.until("redis", || redis.ping()).await?;
-    }
+    // Both stores are waited for at once, so readiness names every one that
+    // is missing, whichever it is.
+    let database_ready = async {
+        waiter.until(db_name, || database.ping()).await?;
+        if args.no_migrate {
+            tracing::info!("migrations skipped (--no-migrate)");
+        } else {
+            let applied = waiter.until("migrations", || database.run_migrations()).await?;
+            tracing::info!(applied, backend = db_name, "migrations up to date");
+        }
+        Ok::<_, StartError>(())
+    };
+    let redis_ready = async {
+        if let Some(redis) = redis {
+            waiter.until("redis", || redis.ping()).await?;
+        }
+        Ok::<_, StartError>(())
+    };
+    let (database_ready, redis_ready) = tokio::join!(database_ready, redis_ready);
+    database_ready.and(redis_ready)?;
     let cache = match redis {
         Some(redis) => Cache::redis(redis.clone()),
         None => Cache::memory_bounded(args.cache_max_bytes),
@@ -377,7 +396,7 @@ async fn open_monitoring_settings(core: &Core) -> Result<Settings<MonitoringSett
     };
     let config = SettingsConfig { namespace: core.args.namespace.clone(), ..SettingsConfig::default() };
     Ok(Settings::open_validated(MonitoringSettings::NAME, deps, config, |m: &MonitoringSettings| {
-        keel_telemetry::check_filter(&m.log_level).map_err(|err| err.to_string())
+        keel_telemetry::check_filter(&m.log_level).map_err(|err| format!("{}.log_level: {err}", MonitoringSettings::NAME))
     })
     .await?)
 }
@@ -402,6 +421,20 @@ fn open_local_log(args: &CommonArgs, file: &FileConfig) -> Result<Option<keel_wr
         }
         Err(err) => Err(StartError::WriteBehind(err.to_string())),
     }
+}
+
+/// The stream limits from `--max-streams`, `--stream-max-age` and `[http]`,
+/// counted on the process's meter.
+fn stream_gate(args: &CommonArgs, file: &FileConfig, telemetry: &Telemetry) -> keel_http::StreamGate {
+    let defaults = keel_http::StreamLimits::default();
+    let http = &file.http;
+    let gate = keel_http::StreamGate::new(keel_http::StreamLimits {
+        max_streams: args.max_streams.or(http.max_streams).map_or(defaults.max_streams, |n| n as usize),
+        per_client: http.streams_per_client.map_or(defaults.per_client, |n| n.max(1) as usize),
+        max_age: args.stream_max_age.or(http.stream_max_age).map_or(defaults.max_age, Duration::from),
+    });
+    gate.instrument(&telemetry.meter("keel-http"));
+    gate
 }
 
 fn drain_config(file: &FileConfig, args: &CommonArgs) -> DrainConfig {

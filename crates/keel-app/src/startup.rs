@@ -61,7 +61,9 @@ impl Waiter<'_> {
     {
         let backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut attempt = 0;
-        self.startup.lock().insert(name, "connecting".to_owned());
+        // Until the first answer: what is being done, not a failure yet.
+        let first = if name == "migrations" { "still running" } else { "no answer yet" };
+        self.startup.lock().insert(name, first.to_owned());
         loop {
             let err = match op().await {
                 Ok(value) => {

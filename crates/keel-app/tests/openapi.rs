@@ -54,7 +54,7 @@ fn concrete(path: &str) -> String {
 async fn every_route_is_documented_and_every_documented_route_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_string_lossy().into_owned();
-    let args: Args = parse_from(["api", "--data-dir", &data, "--admin-token", "t0ken"]).unwrap();
+    let args: Args = parse_from(["api", "--data-dir", &data, "--admin-token", "t0ken-t0ken-t0ken"]).unwrap();
     let prepared = Services::prepare(Role::Api, &args.common).unwrap();
     let services = Services::connect(prepared, Shutdown::new(), &Startup::default()).await.unwrap();
     let (router, document) = services.routes_and_document();
@@ -76,7 +76,7 @@ async fn every_route_is_documented_and_every_documented_route_is_served() {
         let request = Request::builder()
             .method(method.to_uppercase().as_str())
             .uri(concrete(path))
-            .header("authorization", "Bearer t0ken")
+            .header("authorization", "Bearer t0ken-t0ken-t0ken")
             .header("content-type", "application/json")
             .body(Body::from(body))
             .unwrap();

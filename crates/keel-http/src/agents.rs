@@ -208,13 +208,16 @@ async fn next_state(
         (status = 200, description = "`metadata` events, each the whole current metadata",
             body = SseEvent, content_type = "text/event-stream"),
         (status = 400, description = "A bad agent id", body = ErrorSchema),
-        (status = 503, description = "The database is unreachable", body = ErrorSchema),
+        (status = 503, description = "The database is unreachable, or too many streams (--max-streams, or 32 per \
+            client address)", body = ErrorSchema),
     ))]
 async fn watch(
     State(service): State<std::sync::Arc<AgentMetadata>>,
     Path(agent_id): Path<String>,
+    slot: crate::StreamSlot,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let agent_id = agent(&agent_id)?;
+    let (gate, permit) = slot.open()?;
     let first = current(&service, agent_id).await?;
     let changes = service.changes();
     let stream = futures_util::stream::unfold(
@@ -228,5 +231,6 @@ async fn watch(
             Some((Ok(event), (None, changes, service)))
         },
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    // The watch also ends when the process stops: its change feed closes.
+    Ok(Sse::new(gate.bound(permit, stream, std::future::pending())).keep_alive(KeepAlive::default()))
 }

@@ -89,6 +89,13 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 503 `overloaded`, with `Retry-After: 1`: a limit on connections or
+    /// streams refused the request. Counted by the limit's own metric and
+    /// not logged one by one (a flood of refusals is no flood of errors).
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).with_retry_after(1)
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -147,7 +154,7 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && self.code != "overloaded" {
             tracing::error!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request failed");
         }
         let body = serde_json::to_vec(&Envelope { error: ErrorBody { code: &self.code, message: &self.message } })

@@ -79,8 +79,12 @@ fn answer(missing: &[(&'static str, String)], request: &Request) -> Response {
         }
         _ => {
             let names: Vec<&str> = missing.iter().map(|(name, _)| *name).collect();
-            let waiting = if names.is_empty() { "starting".to_owned() } else { names.join(", ") };
-            ApiError::unavailable(format!("starting: waiting for {waiting}")).with_retry_after(1).into_response()
+            let message = if names.is_empty() {
+                "starting: the stores answered; the services are starting".to_owned()
+            } else {
+                format!("starting: waiting for {}", names.join(", "))
+            };
+            ApiError::unavailable(message).with_retry_after(1).into_response()
         }
     }
 }
@@ -91,4 +95,31 @@ fn text(status: StatusCode, body: String) -> Response {
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(missing: &[(&'static str, String)], path: &str) -> (u16, String) {
+        let request = Request::get(path).body(Body::empty()).unwrap_or_default();
+        let response = answer(missing, &request);
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_starting_process_says_what_it_waits_for() {
+        let missing = [("postgres", "connection refused".to_owned()), ("redis", "no answer yet".to_owned())];
+        let (status, body) = body_of(&missing, "/api/v1/entries/k").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("starting: waiting for postgres, redis"), "{body}");
+        let (status, body) = body_of(&missing, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("[-]postgres failed: connection refused\n[-]redis failed: no answer yet"), "{body}");
+        let (_, body) = body_of(&[], "/api/v1/entries/k").await;
+        assert!(body.contains("the stores answered; the services are starting") && !body.contains("waiting for starting"), "{body}");
+        assert_eq!(body_of(&missing, "/livez").await.0, 200);
+    }
 }

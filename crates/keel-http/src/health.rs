@@ -127,16 +127,29 @@ pub fn health_router(health: Health, app: AppInfo, codes: StatusCodes, shutdown:
     health_api(health, app, codes, shutdown).into()
 }
 
-/// [`health_router`] with its OpenAPI entries.
+/// [`health_router`] with its OpenAPI entries: the status, the probes, and
+/// the transition history and live stream that feed the console.
 pub fn health_api(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Shutdown) -> ApiRouter {
-    utoipa_axum::router::OpenApiRouter::new()
+    health_routes(health, app, codes, shutdown, true)
+}
+
+/// The status and the probes alone (`/status`, `/status/{name}`, `/livez`,
+/// `/readyz`): what a process serves on an admin port that the console does
+/// not read (the worker), without the history and the stream.
+pub fn health_status_api(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Shutdown) -> ApiRouter {
+    health_routes(health, app, codes, shutdown, false)
+}
+
+fn health_routes(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Shutdown, feed: bool) -> ApiRouter {
+    let mut routes = utoipa_axum::router::OpenApiRouter::new()
         .routes(routes!(status))
         .routes(routes!(status_of))
         .routes(routes!(livez))
-        .routes(routes!(readyz))
-        .routes(routes!(crate::status_feed::history))
-        .routes(routes!(crate::status_feed::stream))
-        .with_state(std::sync::Arc::new(HealthState { health, app, codes, shutdown, rendered: Default::default() }))
+        .routes(routes!(readyz));
+    if feed {
+        routes = routes.routes(routes!(crate::status_feed::history)).routes(routes!(crate::status_feed::stream));
+    }
+    routes.with_state(std::sync::Arc::new(HealthState { health, app, codes, shutdown, rendered: Default::default() }))
 }
 
 /// How `/status` renders; the `X-Verbose`, `Accept`, `X-MapMode` and

@@ -67,6 +67,7 @@ mod monitoring;
 mod openapi;
 mod ops;
 mod server;
+mod streams;
 #[cfg(feature = "settings")]
 mod settings;
 mod span;
@@ -77,7 +78,7 @@ pub mod testing;
 #[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports))]
 mod text;
 
-pub use admin::AdminToken;
+pub use admin::{AdminToken, MIN_ADMIN_TOKEN};
 #[cfg(feature = "agents")]
 pub use agents::{agents_api, agents_router};
 #[cfg(feature = "console")]
@@ -87,14 +88,15 @@ pub use entries::{entries_api, entries_router};
 pub use error::ApiError;
 pub use gate::{StartingGate, Waiting, starting_gate};
 #[cfg(feature = "health")]
-pub use health::{AppInfo, health_api, health_router};
+pub use health::{AppInfo, health_api, health_router, health_status_api};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
 #[cfg(feature = "monitoring")]
 pub use monitoring::{MAX_LOG_LIMIT, monitoring_api, monitoring_router};
 pub use openapi::{ApiRouter, api_base, openapi_router};
 pub use ops::{metrics_api, metrics_router};
-pub use server::{ConnectionLimits, DrainConfig, ServeError, serve, serve_with_limits};
+pub use server::{ClientAddr, ConnectionLimits, DrainConfig, PROBE_RESERVE, ServeError, serve, serve_with_limits};
+pub use streams::{StreamGate, StreamLimits, StreamPermit, StreamSlot};
 #[cfg(feature = "settings")]
 pub use settings::{settings_api, settings_router};
 

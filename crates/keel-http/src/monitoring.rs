@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -18,6 +17,7 @@ use utoipa_axum::routes;
 
 use crate::openapi::{AdminRefusals, ApiRouter, ErrorSchema, SseEvent};
 
+use crate::admin::{Admin, AdminState};
 use crate::{AdminToken, ApiError};
 
 /// Most records one read returns.
@@ -28,6 +28,12 @@ pub const MAX_LOG_LIMIT: usize = 1000;
 struct Operators {
     hub: MonitoringHub,
     admin: Option<AdminToken>,
+}
+
+impl AdminState for Operators {
+    fn admin_token(&self) -> Option<&AdminToken> {
+        self.admin.as_ref()
+    }
 }
 
 /// `GET|DELETE /api/v1/monitoring/logs`, `GET /api/v1/monitoring/stats` and
@@ -180,10 +186,9 @@ fn unavailable(what: &str, err: &SinkError) -> ApiError {
     ))]
 async fn logs(
     State(service): State<std::sync::Arc<Operators>>,
-    headers: HeaderMap,
+    _admin: Admin,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {
-    AdminToken::authorize(service.admin.as_ref(), &headers)?;
     let query = parse_query(&params)?;
     let processes = processes(params.process.as_deref())?;
     let records = service.hub.recent(&processes, &query).await.map_err(|err| unavailable("logs", &err))?;
@@ -217,10 +222,9 @@ crate::openapi::string_enum_schema!(
     ))]
 async fn clear(
     State(service): State<std::sync::Arc<Operators>>,
-    headers: HeaderMap,
+    _admin: Admin,
     Query(params): Query<ClearParams>,
 ) -> Result<Json<ClearedBody>, ApiError> {
-    AdminToken::authorize(service.admin.as_ref(), &headers)?;
     let cleared = processes(params.process.as_deref())?;
     for process in &cleared {
         service.hub.clear(process).await.map_err(|err| ApiError::unavailable(format!("cannot clear logs: {err}")))?;
@@ -238,9 +242,8 @@ async fn clear(
     ))]
 async fn stats(
     State(service): State<std::sync::Arc<Operators>>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<StatsBody>, ApiError> {
-    AdminToken::authorize(service.admin.as_ref(), &headers)?;
     let instances = service.hub.instances().await.map_err(|err| unavailable("stats", &err))?;
     Ok(Json(StatsBody { instances }))
 }
@@ -267,13 +270,15 @@ fn stats_event(document: &StatsDocument) -> Event {
         (status = 200, description = "Server-Sent Events: `stats` (a stats document) and `log` (a record)",
             body = SseEvent, content_type = "text/event-stream"),
         AdminRefusals,
-        (status = 503, description = "The event bus is unreachable", body = ErrorSchema),
+        (status = 503, description = "The event bus is unreachable, or too many streams (--max-streams, or 32 per \
+            client address)", body = ErrorSchema),
     ))]
 async fn stream(
     State(service): State<std::sync::Arc<Operators>>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    AdminToken::authorize(service.admin.as_ref(), &headers)?;
+    _admin: Admin,
+    slot: crate::StreamSlot,
+) -> Result<Response, ApiError> {
+    let (gate, permit) = slot.open()?;
     let events = service
         .hub
         .subscribe()
@@ -290,7 +295,12 @@ async fn stream(
             pending.extend(sse_events(events.recv().await?));
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    // The stream's own answer is not captured: with `keel_http::request` at
+    // debug, every opened stream would otherwise send its "request answered"
+    // record to every other stream.
+    let mut response = Sse::new(gate.bound(permit, stream, std::future::pending())).keep_alive(KeepAlive::default()).into_response();
+    response.extensions_mut().insert(keel_telemetry::Uncaptured);
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::http::header::CONNECTION;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -50,8 +50,14 @@ pub enum ServeError {
 }
 
 /// What one client may hold: connections that do not finish their request
-/// head in time, or stay idle between requests, are closed; beyond
-/// `max_connections` new connections are closed at once.
+/// head in time, or stay idle between requests, are closed.
+///
+/// Beyond `max_connections`, up to [`PROBE_RESERVE`] more connections are
+/// still accepted, for one request each: `/livez` and `/readyz` are answered
+/// as usual (a probe is never starved by clients holding every connection),
+/// anything else gets 503 with `Retry-After` and the JSON error body, and
+/// the connection is closed after the answer. Past the reserve too, new
+/// connections are closed at once.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Longest wait for a request's head (line and headers), counted from
@@ -65,14 +71,32 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Counts connections refused for being over `max_connections`.
     pub refused: Option<opentelemetry::metrics::Counter<u64>>,
+    /// The Server-Sent Event streams every request may open
+    /// ([`crate::StreamSlot`]): one gate for the whole server.
+    pub streams: crate::StreamGate,
 }
+
+/// Connections accepted past `max_connections` to answer probes (and 503
+/// to anything else).
+pub const PROBE_RESERVE: usize = 64;
+
+/// The paths an over-the-cap connection is still served: the probes.
+const PROBES: [&str; 2] = ["/livez", "/readyz"];
+
+/// The longest an over-the-cap connection may take to send its request head.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The address of the client a request came from (set by the server on
+/// every request; absent in tests that call a router directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 impl ConnectionLimits {
     /// The counter of refused connections (`keel_http_connections_refused_total`) on `meter`.
     pub fn refused_counter(meter: &opentelemetry::metrics::Meter) -> opentelemetry::metrics::Counter<u64> {
         meter
             .u64_counter(keel_telemetry::names::HTTP_CONNECTIONS_REFUSED)
-            .with_description("Connections closed at once for being over --max-connections")
+            .with_description("Connections over --max-connections: answered 503 (probes excepted) or closed at once")
             .build()
     }
 }
@@ -84,6 +108,7 @@ impl Default for ConnectionLimits {
             keep_alive_idle: Duration::from_secs(60),
             max_connections: 10_000,
             refused: None,
+            streams: crate::StreamGate::default(),
         }
     }
 }
@@ -132,6 +157,12 @@ where
         tokio::time::sleep(drain.drain_delay.min(shutdown.remaining(drain.grace))).await;
     };
     let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
+    let reserve_limits = ConnectionLimits {
+        header_read_timeout: limits.header_read_timeout.min(RESERVE_HEADER_TIMEOUT),
+        keep_alive_idle: limits.keep_alive_idle.min(RESERVE_HEADER_TIMEOUT),
+        ..limits.clone()
+    };
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     // The connection's IO keeps the header-read deadline (see
@@ -143,8 +174,8 @@ where
             () = &mut stop_accepting => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 // Out of descriptors or a connection reset before accept:
                 // keep serving the others.
@@ -153,20 +184,32 @@ where
                 continue;
             }
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            if let Some(refused) = &limits.refused {
-                refused.add(1, &[]);
+        let (permit, over_cap) = match connections.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => {
+                if let Some(refused) = &limits.refused {
+                    refused.add(1, &[]);
+                }
+                match reserve.clone().try_acquire_owned() {
+                    Ok(permit) => (permit, true),
+                    Err(_) => {
+                        drop(stream);
+                        continue;
+                    }
+                }
             }
-            drop(stream);
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let exchange = Arc::new(Exchange {
             heads: AtomicU64::new(0),
             in_request: AtomicBool::new(false),
             closing: closing.clone(),
+            over_cap,
+            peer: ClientAddr(peer),
+            streams: limits.streams.clone(),
         });
-        let io = ConnectionIo::new(TokioIo::new(stream), &limits, exchange.clone());
+        let io =
+            ConnectionIo::new(TokioIo::new(stream), if over_cap { &reserve_limits } else { &limits }, exchange.clone());
         let service = ConnectionService { app: app.clone(), exchange };
         let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
@@ -197,6 +240,12 @@ struct Exchange {
     in_request: AtomicBool,
     /// Shutdown started: responses say `Connection: close`.
     closing: Arc<AtomicBool>,
+    /// Accepted past `max_connections`: probes only, one request.
+    over_cap: bool,
+    /// Who is at the other end.
+    peer: ClientAddr,
+    /// The server's stream gate.
+    streams: crate::StreamGate,
 }
 
 /// The application as one connection's service: marks where requests start
@@ -216,12 +265,19 @@ where
     type Error = Infallible;
     type Future = Answer<S::Future>;
 
-    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, mut request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
         self.exchange.heads.fetch_add(1, Ordering::Relaxed);
         self.exchange.in_request.store(true, Ordering::Relaxed);
+        if self.exchange.over_cap && !PROBES.contains(&request.uri().path()) {
+            let refusal = crate::ApiError::overloaded("too many connections: retry later").into_response();
+            return Answer { inner: None, refusal: Some(refusal), exchange: self.exchange.clone() };
+        }
+        let extensions = request.extensions_mut();
+        extensions.insert(self.exchange.peer);
+        extensions.insert(self.exchange.streams.clone());
         // Always ready (see `serve_with_limits`).
         let inner = self.app.clone().call(request.map(axum::body::Body::new));
-        Answer { inner, exchange: self.exchange.clone() }
+        Answer { inner: Some(inner), refusal: None, exchange: self.exchange.clone() }
     }
 }
 
@@ -229,7 +285,9 @@ pin_project_lite::pin_project! {
     /// The future of [`ConnectionService`].
     struct Answer<F> {
         #[pin]
-        inner: F,
+        inner: Option<F>,
+        // An answer made without the application (over the connection cap).
+        refusal: Option<Response>,
         exchange: Arc<Exchange>,
     }
 }
@@ -239,9 +297,16 @@ impl<F: std::future::Future<Output = Result<Response, Infallible>>> std::future:
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        let mut response = match (this.inner.as_pin_mut(), this.refusal.take()) {
+            (_, Some(refusal)) => refusal,
+            (Some(inner), None) => {
+                let Ok(response) = std::task::ready!(inner.poll(cx));
+                response
+            }
+            (None, None) => crate::ApiError::internal("answered twice").into_response(),
+        };
         this.exchange.in_request.store(false, Ordering::Relaxed);
-        if this.exchange.closing.load(Ordering::Relaxed) {
+        if this.exchange.closing.load(Ordering::Relaxed) || this.exchange.over_cap {
             // Answered, then closed: the client's next request goes to a
             // replica that is not about to stop listening.
             response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));

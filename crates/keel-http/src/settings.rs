@@ -29,6 +29,12 @@ struct SettingsState {
     rendered: HashMap<String, ArcSwapOption<Rendered>>,
 }
 
+impl crate::admin::AdminState for SettingsState {
+    fn admin_token(&self) -> Option<&AdminToken> {
+        self.admin.as_ref()
+    }
+}
+
 /// A document's `GET` answer, rendered once per version.
 struct Rendered {
     version: i64,
@@ -229,11 +235,11 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     ))]
 async fn write(
     State(state): State<std::sync::Arc<SettingsState>>,
+    _admin: crate::admin::Admin,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    AdminToken::authorize(state.admin.as_ref(), &headers)?;
     let document = find(&state, &name)?;
     let Json(value) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
     crate::text::refuse_nul(&value, &name)?;

@@ -151,7 +151,12 @@ where
             let result = std::task::ready!(inner.poll(cx));
             if let (Ok(response), Some(start)) = (&result, start) {
                 let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
-                tracing::debug!(target: REQUEST_TARGET, status = response.status().as_u16(), latency_ms, "request answered");
+                let status = response.status().as_u16();
+                if response.extensions().get::<keel_telemetry::Uncaptured>().is_some() {
+                    tracing::debug!(target: REQUEST_TARGET, status, latency_ms, uncaptured = true, "request answered");
+                } else {
+                    tracing::debug!(target: REQUEST_TARGET, status, latency_ms, "request answered");
+                }
             }
             Poll::Ready(result)
         });

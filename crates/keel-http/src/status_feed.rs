@@ -20,7 +20,8 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
 use crate::health::{Format, HealthState, StatusSchema, ViewOptions, json_body, rfc3339};
-use crate::openapi::SseEvent;
+use crate::openapi::{ErrorSchema, SseEvent};
+use crate::{ApiError, StreamSlot};
 
 /// How often the stream repeats the whole view when nothing changed, so
 /// latencies, last checks and uptimes stay current.
@@ -89,12 +90,15 @@ fn view_event(state: &HealthState) -> Event {
 /// every 2 s; `change`, each transition as it happens. Ends when the
 /// process starts shutting down.
 #[utoipa::path(get, path = "/status/stream", operation_id = "status_stream", tag = "health", responses(
-    (status = 200, description = "Server-Sent Events: `status` (the map-mode view) and `change` (a transition)",
-        body = SseEvent, content_type = "text/event-stream"),
+    (status = 200, description = "Server-Sent Events: `status` (the map-mode view) and `change` (a transition); \
+        ends after --stream-max-age", body = SseEvent, content_type = "text/event-stream"),
+    (status = 503, description = "Too many streams (--max-streams, or 32 per client address)", body = ErrorSchema),
 ))]
 pub(crate) async fn stream(
     State(state): State<Arc<HealthState>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    slot: StreamSlot,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let (gate, permit) = slot.open()?;
     let changes = state.health.subscribe();
     let mut ticks = tokio::time::interval(REFRESH);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -124,5 +128,6 @@ pub(crate) async fn stream(
             }
         },
     );
-    Sse::new(events).keep_alive(KeepAlive::default())
+    let token = state.shutdown.token();
+    Ok(Sse::new(gate.bound(permit, events, async move { token.cancelled().await })).keep_alive(KeepAlive::default()))
 }

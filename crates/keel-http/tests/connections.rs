@@ -148,7 +148,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_are_closed_at_once_and_counted() {
+async fn over_the_cap_probes_are_answered_the_rest_refused_with_503_and_past_the_reserve_closed() {
     let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
     let refused = telemetry.meter("t").u64_counter("keel.http.connections.refused").build();
     let limits = ConnectionLimits { max_connections: 3, refused: Some(refused), ..ConnectionLimits::default() };
@@ -159,12 +159,34 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
         assert!(request(&mut stream, "/hello").await.starts_with("HTTP/1.1 200"));
         held.push(stream);
     }
-    let mut over = TcpStream::connect(&server.addr).await.unwrap();
-    let _ = over.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    let (answer, waited) = read_until_closed(&mut over).await;
-    assert!(answer.is_empty() && waited < Duration::from_secs(1), "refused at once, unanswered: {answer:?}");
-    assert!(telemetry.encode().unwrap().contains("keel_http_connections_refused_total 1"));
+    // Over the cap: a probe is answered, then the connection closes.
+    let mut probe = TcpStream::connect(&server.addr).await.unwrap();
+    probe.write_all(b"GET /livez HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let (answer, _) = read_until_closed(&mut probe).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "the probe reached the application (no /livez here): {answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // Anything else gets 503 with Retry-After and the JSON error body.
+    let mut other = TcpStream::connect(&server.addr).await.unwrap();
+    other.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let (answer, waited) = read_until_closed(&mut other).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains(r#""code":"overloaded""#), "{answer}");
+    assert!(waited < Duration::from_secs(1), "answered at once: {waited:?}");
+    // Past the reserve too: closed at once, unanswered.
+    let mut reserve = Vec::new();
+    for _ in 0..keel_http::PROBE_RESERVE {
+        reserve.push(TcpStream::connect(&server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut past = TcpStream::connect(&server.addr).await.unwrap();
+    let _ = past.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let (answer, waited) = read_until_closed(&mut past).await;
+    assert!(answer.is_empty() && waited < Duration::from_secs(1), "closed at once, unanswered: {answer:?}");
+    let counted = telemetry.encode().unwrap();
+    assert!(counted.contains(&format!("keel_http_connections_refused_total {}", 3 + keel_http::PROBE_RESERVE)), "{counted}");
     // A slot freed is a slot usable.
+    drop(reserve);
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = TcpStream::connect(&server.addr).await.unwrap();
@@ -172,6 +194,63 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
     server.shutdown.trigger();
     drop(held);
     server.task.await.unwrap().unwrap();
+}
+
+/// Streams opened through the server's gate: one process limit and one per
+/// client address, across endpoints; a refused client gets 503 and the
+/// connection closes; a closed stream gives its place back.
+#[tokio::test]
+async fn streams_are_bounded_per_process_and_per_address() {
+    use futures_util::StreamExt as _;
+    let stream_route = get(|slot: keel_http::StreamSlot| async move {
+        let (gate, permit) = slot.open()?;
+        let ticks = futures_util::stream::repeat_with(|| Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().data("tick")))
+            .then(|event| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                event
+            });
+        Ok::<_, keel_http::ApiError>(axum::response::sse::Sse::new(gate.bound(permit, ticks, std::future::pending())))
+    });
+    let router = Router::new().route("/a/stream", stream_route.clone()).route("/b/stream", stream_route);
+    let limits = keel_http::StreamLimits { max_streams: 3, per_client: 2, ..keel_http::StreamLimits::default() };
+    let connection_limits = ConnectionLimits { streams: keel_http::StreamGate::new(limits), ..ConnectionLimits::default() };
+    let gate = connection_limits.streams.clone();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(serve_with_limits(listener, router, shutdown.clone(), DrainConfig::default(), connection_limits));
+    let open = |from: [u8; 4], path: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+        let mut stream = socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head)).await.unwrap().unwrap();
+        (String::from_utf8_lossy(&head[..n]).into_owned(), stream)
+    };
+    let (first, a1) = open([127, 0, 0, 2], "/a/stream").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let (second, _a2) = open([127, 0, 0, 2], "/b/stream").await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let (third, mut a3) = open([127, 0, 0, 2], "/a/stream").await;
+    assert!(third.starts_with("HTTP/1.1 503") && third.contains("from one address"), "{third}");
+    assert!(third.to_ascii_lowercase().contains("connection: close") && third.contains("retry-after"), "{third}");
+    read_until_closed(&mut a3).await;
+    let (other, _b1) = open([127, 0, 0, 3], "/a/stream").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "another address: {other}");
+    let (full, _) = open([127, 0, 0, 4], "/b/stream").await;
+    assert!(full.starts_with("HTTP/1.1 503") && full.contains("too many streams: 3 open"), "the process is full: {full}");
+    assert_eq!(gate.open_count(), 3);
+    drop(a1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gate.open_count() > 2 {
+        assert!(Instant::now() < deadline, "a closed stream keeps its place");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (back, _c) = open([127, 0, 0, 2], "/a/stream").await;
+    assert!(back.starts_with("HTTP/1.1 200"), "{back}");
+    shutdown.trigger();
+    task.abort();
 }
 
 #[tokio::test]

@@ -304,7 +304,9 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
             return;
         }
         let metadata = event.metadata();
-        if shared.ignore_targets.iter().any(|prefix| metadata.target().starts_with(prefix.as_str())) {
+        if shared.ignore_targets.iter().any(|prefix| metadata.target().starts_with(prefix.as_str()))
+            || metadata.fields().field(keel_telemetry::UNCAPTURED_FIELD).is_some()
+        {
             return;
         }
         // Full buffer: drop before doing any work for this record (a race with

@@ -116,12 +116,14 @@ pub struct MonitoringEvents {
 }
 
 impl MonitoringEvents {
-    /// The next event; `None` once the bus closes or the process stops.
+    /// The next event; `None` once the bus closes, the process stops, or
+    /// this reader fell so far behind that events were lost (a slow reader
+    /// is dropped, counted in `keel_bus_lagged_total`, rather than buffered).
     /// Messages that are not events are skipped.
     pub async fn recv(&mut self) -> Option<MonitoringEvent> {
         loop {
             let payload = tokio::select! {
-                payload = self.subscription.recv() => payload?,
+                payload = self.subscription.recv_or_lag() => payload.ok()??,
                 () = self.shutdown.triggered() => return None,
             };
             if let Ok(event) = serde_json::from_slice(&payload) {

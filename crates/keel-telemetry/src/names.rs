@@ -93,6 +93,10 @@ pub const BATCHER_QUEUE_DEPTH: &str = "keel.batcher.queue.depth";
 
 /// Connections closed at once for being over `--max-connections`.
 pub const HTTP_CONNECTIONS_REFUSED: &str = "keel.http.connections.refused";
+/// Server-Sent Event streams open.
+pub const HTTP_STREAMS_OPEN: &str = "keel.http.streams.open";
+/// Server-Sent Event streams refused (503), by reason (`process`, `client`).
+pub const HTTP_STREAMS_REFUSED: &str = "keel.http.streams.refused";
 /// Entry writes answered 202 by this process.
 pub const ENTRIES_ACKNOWLEDGED: &str = "keel.entries.acknowledged";
 /// Items accepted by a write-behind queue, by queue.

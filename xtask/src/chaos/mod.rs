@@ -4,6 +4,7 @@
 
 mod durability;
 mod edge;
+mod exposure;
 pub(crate) mod load;
 pub(crate) mod servers;
 
@@ -49,6 +50,13 @@ enum Fault {
     DiskFull,
     /// A second api on the same data directory must exit 64.
     SecondProcess,
+    /// 10 050 clients hold `/status/stream` (embedded, default flags): the
+    /// probes are answered within 100 ms, clients past the caps get 503, and
+    /// memory comes back once they leave.
+    StreamFlood,
+    /// 2 000 admin monitoring streams with `keel_http::request` at debug:
+    /// each receives under 4 KiB in 10 s (no record fans out to all).
+    MonitoringFlood,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -60,7 +68,7 @@ struct Scenario {
     fault: Fault,
 }
 
-const SCENARIOS: [Scenario; 18] = [
+const SCENARIOS: [Scenario; 20] = [
     Scenario { name: "worker-kill", streams: true, load: Load::Entries, fault: Fault::WorkerKill },
     Scenario { name: "pg-stop", streams: true, load: Load::Entries, fault: Fault::PgStop },
     Scenario { name: "pg-pause", streams: true, load: Load::Entries, fault: Fault::PgPause },
@@ -79,6 +87,8 @@ const SCENARIOS: [Scenario; 18] = [
     Scenario { name: "pg-only-kill9", streams: false, load: Load::Entries, fault: Fault::Kill9 { embedded: false } },
     Scenario { name: "disk-full", streams: false, load: Load::Entries, fault: Fault::DiskFull },
     Scenario { name: "second-process", streams: false, load: Load::Entries, fault: Fault::SecondProcess },
+    Scenario { name: "stream-flood", streams: false, load: Load::Entries, fault: Fault::StreamFlood },
+    Scenario { name: "monitoring-flood", streams: false, load: Load::Entries, fault: Fault::MonitoringFlood },
 ];
 
 /// Durations and rates of one run.
@@ -235,7 +245,9 @@ impl Lab {
         let _ = std::fs::remove_file(&log);
         match scenario.fault {
             Fault::ConcurrentStart => return self.concurrent_start(scenario, &envs, &log),
-            Fault::Flood | Fault::Slowloris | Fault::Sigterm => return self.edge(scenario, envs, &log),
+            Fault::Flood | Fault::Slowloris | Fault::Sigterm | Fault::StreamFlood | Fault::MonitoringFlood => {
+                return self.edge(scenario, envs, &log);
+            }
             Fault::MasterFailover => return self.failover(scenario, &database, &envs, &log),
             Fault::Kill9 { embedded } => return self.kill9(scenario, &database, &envs, embedded, &log),
             Fault::DiskFull => return self.disk_full(scenario, &envs, &log),
@@ -298,7 +310,9 @@ impl Lab {
             | Fault::MasterFailover
             | Fault::Kill9 { .. }
             | Fault::DiskFull
-            | Fault::SecondProcess => {
+            | Fault::SecondProcess
+            | Fault::StreamFlood
+            | Fault::MonitoringFlood => {
                 std::thread::sleep(hold);
             }
             Fault::WorkerKill => {
@@ -346,7 +360,7 @@ impl Lab {
         envs: &[(&'static str, String)],
         log: &Path,
     ) -> Result<Outcome> {
-        const TOKEN: &str = "chaos-admin";
+        const TOKEN: &str = "chaos-admin-token-0001";
         let mut cluster = RedisCluster::start(&self.dir.join("redis-cluster"))?;
         let mut envs: Vec<(&'static str, String)> = envs.iter().filter(|(k, _)| *k != "REDIS_URL").cloned().collect();
         envs.extend([
@@ -567,6 +581,10 @@ impl Lab {
         if !scenario.streams {
             envs.retain(|(k, _)| *k != "DATABASE_URL");
         }
+        if scenario.fault == Fault::MonitoringFlood {
+            envs.push(("KEEL_ADMIN_TOKEN", MONITORING_TOKEN.to_owned()));
+            envs.push(("KEEL_MAX_STREAMS", "2500".to_owned()));
+        }
         let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), log)?;
         let mut worker = match scenario.streams {
             true => {
@@ -593,6 +611,42 @@ impl Lab {
                     )
                 },
             ),
+            Fault::StreamFlood => exposure::stream_flood(&api, 10_050, 250).and_then(|flood| {
+                let (before, peak, after) = flood.rss;
+                let note = format!(
+                    "10050 clients: {} streams, {} refused (503), {} unanswered; {}/20 probes under 100 ms (slowest {:.0} ms); RSS {} → {} → {} MiB",
+                    flood.streams,
+                    flood.refused,
+                    flood.unanswered,
+                    flood.probes_ok,
+                    flood.slowest_probe.as_secs_f64() * 1000.0,
+                    before >> 20,
+                    peak >> 20,
+                    after >> 20
+                );
+                let bad = flood.probes_ok < 20
+                    || flood.streams > 1000
+                    || flood.refused == 0
+                    || flood.unanswered > 0
+                    || after as f64 > before as f64 * 1.2;
+                if bad { bail!("{note}") } else { Ok(note) }
+            }),
+            Fault::MonitoringFlood => {
+                let level = r#"{"enable_monitoring":true,"log_level":"info,keel_http::request=debug"}"#;
+                let auth = format!("Bearer {MONITORING_TOKEN}");
+                let answer = load::request_with(&api.addr, "PUT", "/api/v1/settings/monitoring", &[("Authorization", &auth)], level)?;
+                if answer.0 != 200 {
+                    bail!("cannot set the log level: {answer:?}");
+                }
+                exposure::monitoring_flood(&api, MONITORING_TOKEN, 2_000, 100, Duration::from_secs(10)).and_then(
+                    |(opened, average, most)| {
+                        let note = format!(
+                            "{opened} monitoring streams at keel_http::request=debug: {average} bytes per client in 10 s (most {most})"
+                        );
+                        if average >= 4096 { bail!("{note}") } else { Ok(note) }
+                    },
+                )
+            }
             _ => edge::sigterm_under_load(&mut api, 16, Duration::from_secs(2)).and_then(|(answered, resets, code)| {
                 outcome.acknowledged = answered;
                 let note = format!("{answered} answered, {resets} resets, exit {code:?} (drain 2s)");
@@ -743,6 +797,9 @@ fn report_json(profile: Profile, outcomes: &[Outcome]) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+/// The admin token of the monitoring flood.
+const MONITORING_TOKEN: &str = "chaos-monitoring-token";
 
 /// Entry streams on a Redis Cluster: the api's default `--entries-partitions`
 /// there.

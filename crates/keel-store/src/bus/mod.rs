@@ -228,6 +228,22 @@ impl Subscription {
             }
         }
     }
+
+    /// The next message; `Ok(None)` once the bus has shut down, `Err(missed)`
+    /// when this subscriber fell more than 1024 messages behind (counted in
+    /// `keel_bus_lagged_total`, not logged): for a reader that should be
+    /// dropped rather than skip ahead, and whose log records could feed the
+    /// very stream that lags.
+    pub async fn recv_or_lag(&mut self) -> Result<Option<Bytes>, u64> {
+        match self.rx.recv().await {
+            Ok(payload) => Ok(Some(payload)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                self.lagged.add(missed, &[KeyValue::new("backend", self.backend.as_str())]);
+                Err(missed)
+            }
+            Err(broadcast::error::RecvError::Closed) => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
