@@ -3,8 +3,8 @@
 
 use axum::Router;
 use keel_http::{
-    AppInfo, HttpMetrics, agents_api, api_base, console_router, entries_api, health_api, health_status_api, metrics_api,
-    middleware, monitoring_api, openapi_router, settings_api,
+    AppInfo, HttpMetrics, agents_api, api_base, console_router, entries_api, health_api, health_status_api,
+    metrics_api, middleware, monitoring_api, openapi_router, settings_api,
 };
 
 use crate::{Role, Services};
@@ -31,9 +31,12 @@ impl Services {
             Role::Api => health_api,
             Role::Worker => health_status_api,
         };
-        let mut api = api_base(&name, &info.release)
-            .merge(metrics_api(core.telemetry.clone()))
-            .merge(health(self.health.clone(), info, core.file.health.codes, core.shutdown.clone()));
+        let mut api = api_base(&name, &info.release).merge(metrics_api(core.telemetry.clone())).merge(health(
+            self.health.clone(),
+            info,
+            core.file.health.codes,
+            core.shutdown.clone(),
+        ));
         if core.role == Role::Api {
             api = api
                 .merge(settings_api(self.settings.clone(), self.admin_token.clone()))

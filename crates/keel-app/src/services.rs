@@ -187,6 +187,7 @@ impl Services {
             None if role == Role::Api => open_local_log(args, &file)?,
             _ => None,
         };
+        let streams = stream_gate(args, &file, &telemetry);
         Ok(Prepared {
             role,
             args: args.clone(),
@@ -201,7 +202,7 @@ impl Services {
             mode,
             local_log,
             admin_token: admin,
-            streams: stream_gate(args, &file, &telemetry),
+            streams,
             #[cfg(feature = "otlp")]
             trace_export: logging.trace_export,
         })
@@ -396,7 +397,8 @@ async fn open_monitoring_settings(core: &Core) -> Result<Settings<MonitoringSett
     };
     let config = SettingsConfig { namespace: core.args.namespace.clone(), ..SettingsConfig::default() };
     Ok(Settings::open_validated(MonitoringSettings::NAME, deps, config, |m: &MonitoringSettings| {
-        keel_telemetry::check_filter(&m.log_level).map_err(|err| format!("{}.log_level: {err}", MonitoringSettings::NAME))
+        keel_telemetry::check_filter(&m.log_level)
+            .map_err(|err| format!("{}.log_level: {err}", MonitoringSettings::NAME))
     })
     .await?)
 }

@@ -42,6 +42,11 @@ pub use status::{Status, StatusParseError};
 pub use text::{MAX_ECHO, clip, shown};
 pub use unix::{from_unix_micros, from_unix_millis, unix_micros, unix_millis};
 
+/// The field that marks a log record as not for capture: log capture
+/// (keel-monitoring) skips any event that has it, so what serving the
+/// captured records writes is never captured and fanned out again.
+pub const UNCAPTURED_FIELD: &str = "uncaptured";
+
 /// The code in `docs/core.md` compiles (`cargo test --doc`).
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/core.md")]

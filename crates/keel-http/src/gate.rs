@@ -119,7 +119,10 @@ mod tests {
         assert_eq!(status, 503);
         assert!(body.contains("[-]postgres failed: connection refused\n[-]redis failed: no answer yet"), "{body}");
         let (_, body) = body_of(&[], "/api/v1/entries/k").await;
-        assert!(body.contains("the stores answered; the services are starting") && !body.contains("waiting for starting"), "{body}");
+        assert!(
+            body.contains("the stores answered; the services are starting") && !body.contains("waiting for starting"),
+            "{body}"
+        );
         assert_eq!(body_of(&missing, "/livez").await.0, 200);
     }
 }

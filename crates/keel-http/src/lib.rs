@@ -67,12 +67,12 @@ mod monitoring;
 mod openapi;
 mod ops;
 mod server;
-mod streams;
 #[cfg(feature = "settings")]
 mod settings;
 mod span;
 #[cfg(feature = "health")]
 mod status_feed;
+mod streams;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg_attr(not(feature = "full"), allow(dead_code, unused_imports))]
@@ -96,9 +96,9 @@ pub use monitoring::{MAX_LOG_LIMIT, monitoring_api, monitoring_router};
 pub use openapi::{ApiRouter, api_base, openapi_router};
 pub use ops::{metrics_api, metrics_router};
 pub use server::{ClientAddr, ConnectionLimits, DrainConfig, PROBE_RESERVE, ServeError, serve, serve_with_limits};
-pub use streams::{StreamGate, StreamLimits, StreamPermit, StreamSlot};
 #[cfg(feature = "settings")]
 pub use settings::{settings_api, settings_router};
+pub use streams::{StreamGate, StreamLimits, StreamPermit, StreamSlot};
 
 /// The code in `docs/http.md` compiles (`cargo test --doc`).
 #[cfg(doctest)]

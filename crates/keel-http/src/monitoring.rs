@@ -8,7 +8,6 @@ use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use futures_util::Stream;
 use keel_monitoring::{LogQuery, LogRecord, MonitoringEvent, MonitoringHub, PROCESSES, SinkError, StatsDocument};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -240,10 +239,7 @@ async fn clear(
         AdminRefusals,
         (status = 503, description = "The stats store is unreachable", body = ErrorSchema),
     ))]
-async fn stats(
-    State(service): State<std::sync::Arc<Operators>>,
-    _admin: Admin,
-) -> Result<Json<StatsBody>, ApiError> {
+async fn stats(State(service): State<std::sync::Arc<Operators>>, _admin: Admin) -> Result<Json<StatsBody>, ApiError> {
     let instances = service.hub.instances().await.map_err(|err| unavailable("stats", &err))?;
     Ok(Json(StatsBody { instances }))
 }
@@ -290,7 +286,7 @@ async fn stream(
     let stream = futures_util::stream::unfold((first, events), |(mut pending, mut events)| async move {
         loop {
             if let Some(event) = pending.pop_front() {
-                return Some((Ok(event), (pending, events)));
+                return Some((Ok::<Event, Infallible>(event), (pending, events)));
             }
             pending.extend(sse_events(events.recv().await?));
         }
@@ -298,7 +294,8 @@ async fn stream(
     // The stream's own answer is not captured: with `keel_http::request` at
     // debug, every opened stream would otherwise send its "request answered"
     // record to every other stream.
-    let mut response = Sse::new(gate.bound(permit, stream, std::future::pending())).keep_alive(KeepAlive::default()).into_response();
+    let mut response =
+        Sse::new(gate.bound(permit, stream, std::future::pending())).keep_alive(KeepAlive::default()).into_response();
     response.extensions_mut().insert(keel_telemetry::Uncaptured);
     Ok(response)
 }

@@ -103,6 +103,7 @@ pub(crate) async fn stream(
     let mut ticks = tokio::time::interval(REFRESH);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = state.shutdown.token();
+    let token = stop.clone();
     // The first tick fires at once: the current view opens the stream.
     let events = futures_util::stream::unfold(
         (state, changes, ticks, stop, Vec::<Event>::new()),
@@ -128,6 +129,5 @@ pub(crate) async fn stream(
             }
         },
     );
-    let token = state.shutdown.token();
     Ok(Sse::new(gate.bound(permit, events, async move { token.cancelled().await })).keep_alive(KeepAlive::default()))
 }

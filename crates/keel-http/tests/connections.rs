@@ -184,7 +184,10 @@ async fn over_the_cap_probes_are_answered_the_rest_refused_with_503_and_past_the
     let (answer, waited) = read_until_closed(&mut past).await;
     assert!(answer.is_empty() && waited < Duration::from_secs(1), "closed at once, unanswered: {answer:?}");
     let counted = telemetry.encode().unwrap();
-    assert!(counted.contains(&format!("keel_http_connections_refused_total {}", 3 + keel_http::PROBE_RESERVE)), "{counted}");
+    assert!(
+        counted.contains(&format!("keel_http_connections_refused_total {}", 3 + keel_http::PROBE_RESERVE)),
+        "{counted}"
+    );
     // A slot freed is a slot usable.
     drop(reserve);
     drop(held.pop());
@@ -204,21 +207,25 @@ async fn streams_are_bounded_per_process_and_per_address() {
     use futures_util::StreamExt as _;
     let stream_route = get(|slot: keel_http::StreamSlot| async move {
         let (gate, permit) = slot.open()?;
-        let ticks = futures_util::stream::repeat_with(|| Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().data("tick")))
-            .then(|event| async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                event
-            });
+        let ticks = futures_util::stream::repeat_with(|| {
+            Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().data("tick"))
+        })
+        .then(|event| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            event
+        });
         Ok::<_, keel_http::ApiError>(axum::response::sse::Sse::new(gate.bound(permit, ticks, std::future::pending())))
     });
     let router = Router::new().route("/a/stream", stream_route.clone()).route("/b/stream", stream_route);
     let limits = keel_http::StreamLimits { max_streams: 3, per_client: 2, ..keel_http::StreamLimits::default() };
-    let connection_limits = ConnectionLimits { streams: keel_http::StreamGate::new(limits), ..ConnectionLimits::default() };
+    let connection_limits =
+        ConnectionLimits { streams: keel_http::StreamGate::new(limits), ..ConnectionLimits::default() };
     let gate = connection_limits.streams.clone();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(serve_with_limits(listener, router, shutdown.clone(), DrainConfig::default(), connection_limits));
+    let task =
+        tokio::spawn(serve_with_limits(listener, router, shutdown.clone(), DrainConfig::default(), connection_limits));
     let open = |from: [u8; 4], path: &'static str| async move {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
@@ -239,7 +246,10 @@ async fn streams_are_bounded_per_process_and_per_address() {
     let (other, _b1) = open([127, 0, 0, 3], "/a/stream").await;
     assert!(other.starts_with("HTTP/1.1 200"), "another address: {other}");
     let (full, _) = open([127, 0, 0, 4], "/b/stream").await;
-    assert!(full.starts_with("HTTP/1.1 503") && full.contains("too many streams: 3 open"), "the process is full: {full}");
+    assert!(
+        full.starts_with("HTTP/1.1 503") && full.contains("too many streams: 3 open"),
+        "the process is full: {full}"
+    );
     assert_eq!(gate.open_count(), 3);
     drop(a1);
     let deadline = Instant::now() + Duration::from_secs(5);

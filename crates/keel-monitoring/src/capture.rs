@@ -305,7 +305,7 @@ impl<S: Subscriber> Layer<S> for CaptureLayer {
         }
         let metadata = event.metadata();
         if shared.ignore_targets.iter().any(|prefix| metadata.target().starts_with(prefix.as_str()))
-            || metadata.fields().field(keel_telemetry::UNCAPTURED_FIELD).is_some()
+            || metadata.fields().field(keel_core::UNCAPTURED_FIELD).is_some()
         {
             return;
         }

@@ -40,14 +40,9 @@ pub use logging::{
 };
 pub use opentelemetry::metrics::Meter;
 
-/// The field that marks a log record as not for capture: log capture
-/// (keel-monitoring) skips any event that has it, so what serving the
-/// captured records writes is never captured and fanned out again.
-pub const UNCAPTURED_FIELD: &str = "uncaptured";
-
 /// Put in a response's extensions by a handler whose own request record must
 /// not be captured (a monitoring stream): Keel's request logging then writes
-/// its "request answered" record with [`UNCAPTURED_FIELD`].
+/// its "request answered" record with [`keel_core::UNCAPTURED_FIELD`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Uncaptured;
 #[cfg(feature = "otlp")]

@@ -41,7 +41,13 @@ async fn cluster_mode_serves_admin_endpoints_and_stops_on_sigterm() {
     assert!(body.contains("\"entries\"") && !body.contains("\"batcher\""), "no metadata batcher: {body}");
     // The worker is a worker: the public API is the api's.
     // Nor does it serve the console's history and stream (docs/OPERATIONS.md).
-    for path in ["/api/v1/entries/x", "/api/v1/settings/monitoring", "/api/v1/monitoring/stats", "/status/history", "/status/stream"] {
+    for path in [
+        "/api/v1/entries/x",
+        "/api/v1/settings/monitoring",
+        "/api/v1/monitoring/stats",
+        "/status/history",
+        "/status/stream",
+    ] {
         assert_eq!(http_get(&addr, path).await.0, 404, "{path}");
     }
     assert_eq!(terminate(&mut child).await, Some(0));

@@ -101,7 +101,8 @@ pub(crate) fn monitoring_flood(
     over: Duration,
 ) -> Result<(usize, u64, u64)> {
     let started = Instant::now();
-    let request = format!("GET /api/v1/monitoring/stream HTTP/1.1\r\nHost: flood\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let request =
+        format!("GET /api/v1/monitoring/stream HTTP/1.1\r\nHost: flood\r\nAuthorization: Bearer {token}\r\n\r\n");
     let mut held: Vec<(TcpStream, u64)> = Vec::with_capacity(clients);
     let mut buf = vec![0u8; 64 << 10];
     let drain = |held: &mut Vec<(TcpStream, u64)>, buf: &mut [u8]| {
