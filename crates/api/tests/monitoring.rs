@@ -131,6 +131,18 @@ async fn unauthorised_requests_are_refused(addr: &str) {
     }
     let (status, body) = http_request(addr, "GET", "/api/v1/monitoring/logs?level=loud", &[AUTH], "").await;
     assert_eq!(status, 400, "{body}");
+    // Two Authorization headers are refused, whichever comes first.
+    let wrong = ("authorization", "Bearer wrong");
+    for headers in [[wrong, AUTH], [AUTH, wrong]] {
+        let (status, body) = http_request(addr, "GET", "/api/v1/monitoring/stats", &headers, "").await;
+        assert_eq!(status, 400, "{body}");
+    }
+    // A refused document names the field.
+    let bad = r#"{"enable_monitoring":true,"log_level":"warning"}"#;
+    let headers = [AUTH, ("content-type", "application/json")];
+    let (status, body) = http_request(addr, "PUT", "/api/v1/settings/monitoring", &headers, bad).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("monitoring.log_level"), "{body}");
 }
 
 /// Levels filter as a minimum and the list keeps the newest `CAP` records.

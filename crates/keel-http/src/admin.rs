@@ -1,6 +1,7 @@
 //! The admin bearer token and the one extractor that checks it.
 
 use std::fmt;
+#[cfg(any(feature = "settings", feature = "monitoring"))]
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
@@ -80,6 +81,7 @@ impl fmt::Debug for AdminToken {
 }
 
 /// A router state that knows the admin token.
+#[cfg(any(feature = "settings", feature = "monitoring"))]
 pub(crate) trait AdminState: Send + Sync + 'static {
     /// The configured token, if any.
     fn admin_token(&self) -> Option<&AdminToken>;
@@ -87,9 +89,11 @@ pub(crate) trait AdminState: Send + Sync + 'static {
 
 /// An admin route's proof of authorization: every admin handler takes it,
 /// so the token is checked in one place, before the handler runs.
+#[cfg(any(feature = "settings", feature = "monitoring"))]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Admin;
 
+#[cfg(any(feature = "settings", feature = "monitoring"))]
 impl<S: AdminState> axum::extract::FromRequestParts<Arc<S>> for Admin {
     type Rejection = ApiError;
 
