@@ -98,6 +98,9 @@ const SQLITE_UPSERT: &str = "INSERT INTO entries (key, value, version, updated_a
     WHERE excluded.version > entries.version";
 #[cfg(feature = "postgres")]
 const PG_GET: &str = "SELECT value::text AS value, version, (extract(epoch FROM updated_at) * 1000000)::bigint AS updated_us, deleted FROM entries WHERE key = $1";
+/// Rows per hand-over to SQLite's blocking thread.
+#[cfg(feature = "sqlite")]
+const SQLITE_CHUNK: usize = 32;
 #[cfg(feature = "sqlite")]
 const SQLITE_GET: &str = "SELECT value, version, updated_at AS updated_us, deleted FROM entries WHERE key = ?";
 
@@ -171,29 +174,33 @@ impl DbEntries {
         }
         #[cfg(feature = "sqlite")]
         if let Some(mut conn) = self.database.sqlite_connection().await? {
-            // The whole transaction in one blocking call: a statement per
-            // row through the async wrapper would cross to the blocking pool
-            // and back once per row.
-            let rows: Vec<(String, String, i64, i64, bool)> = items
-                .iter()
-                .map(|i| (i.key.clone(), i.value.to_string(), i.version, i.updated_at_us, i.deleted))
-                .collect();
-            conn.spawn_blocking(move |conn| {
-                use diesel::Connection as _;
-                conn.transaction(|conn| {
-                    for (key, value, version, updated_at_us, deleted) in &rows {
-                        diesel::RunQueryDsl::execute(
-                            diesel::sql_query(SQLITE_UPSERT)
-                                .bind::<Text, _>(key)
-                                .bind::<Text, _>(value)
-                                .bind::<BigInt, _>(version)
-                                .bind::<BigInt, _>(updated_at_us)
-                                .bind::<Bool, _>(deleted),
-                            conn,
-                        )?;
-                    }
-                    Ok::<_, diesel::result::Error>(())
-                })
+            // Rows go to the blocking pool in chunks, inside one transaction:
+            // a statement per row through the async wrapper would cross to
+            // the pool and back once per row, and the whole batch at once
+            // would copy every value (up to 500 × 64 KiB) before writing any.
+            conn.transaction(async |conn| {
+                for chunk in items.chunks(SQLITE_CHUNK) {
+                    let rows: Vec<(String, String, i64, i64, bool)> = chunk
+                        .iter()
+                        .map(|i| (i.key.clone(), i.value.to_string(), i.version, i.updated_at_us, i.deleted))
+                        .collect();
+                    conn.spawn_blocking(move |conn| {
+                        for (key, value, version, updated_at_us, deleted) in &rows {
+                            diesel::RunQueryDsl::execute(
+                                diesel::sql_query(SQLITE_UPSERT)
+                                    .bind::<Text, _>(key)
+                                    .bind::<Text, _>(value)
+                                    .bind::<BigInt, _>(version)
+                                    .bind::<BigInt, _>(updated_at_us)
+                                    .bind::<Bool, _>(deleted),
+                                conn,
+                            )?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Ok::<_, diesel::result::Error>(())
             })
             .await?;
             return Ok(());
