@@ -86,8 +86,9 @@ const PROBES: [&str; 2] = ["/livez", "/readyz"];
 /// The longest an over-the-cap connection may take to send its request head.
 const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The address of the client a request came from (set by the server on
-/// every request; absent in tests that call a router directly).
+/// The address of the client a request came from, as the stream gate counts
+/// it (the server hands it to every request with the gate; a router called
+/// without the server has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
@@ -205,8 +206,7 @@ where
             in_request: AtomicBool::new(false),
             closing: closing.clone(),
             over_cap,
-            peer: ClientAddr(peer),
-            streams: limits.streams.clone(),
+            connection: Arc::new(crate::streams::Connected { peer: ClientAddr(peer), streams: limits.streams.clone() }),
         });
         let io =
             ConnectionIo::new(TokioIo::new(stream), if over_cap { &reserve_limits } else { &limits }, exchange.clone());
@@ -243,9 +243,9 @@ struct Exchange {
     /// Accepted past `max_connections`: probes only, one request.
     over_cap: bool,
     /// Who is at the other end.
-    peer: ClientAddr,
-    /// The server's stream gate.
-    streams: crate::StreamGate,
+    /// Who is at the other end, and the server's stream gate: one pointer
+    /// handed to every request of the connection.
+    connection: Arc<crate::streams::Connected>,
 }
 
 /// The application as one connection's service: marks where requests start
@@ -272,9 +272,7 @@ where
             let refusal = crate::ApiError::overloaded("too many connections: retry later").into_response();
             return Answer { inner: None, refusal: Some(refusal), exchange: self.exchange.clone() };
         }
-        let extensions = request.extensions_mut();
-        extensions.insert(self.exchange.peer);
-        extensions.insert(self.exchange.streams.clone());
+        request.extensions_mut().insert(self.exchange.connection.clone());
         // Always ready (see `serve_with_limits`).
         let inner = self.app.clone().call(request.map(axum::body::Body::new));
         Answer { inner: Some(inner), refusal: None, exchange: self.exchange.clone() }

@@ -189,12 +189,19 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamSlot {
 
     async fn from_request_parts(parts: &mut http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
         static FALLBACK: OnceLock<StreamGate> = OnceLock::new();
-        let gate = match parts.extensions.get::<StreamGate>() {
-            Some(gate) => gate.clone(),
-            None => FALLBACK.get_or_init(StreamGate::default).clone(),
-        };
-        Ok(Self { gate, client: parts.extensions.get::<ClientAddr>().copied() })
+        Ok(match parts.extensions.get::<Arc<Connected>>() {
+            Some(connected) => Self { gate: connected.streams.clone(), client: Some(connected.peer) },
+            None => Self { gate: FALLBACK.get_or_init(StreamGate::default).clone(), client: None },
+        })
     }
+}
+
+/// What the server puts in every request: its connection's peer and the
+/// server's gate (one shared pointer per connection).
+#[derive(Debug)]
+pub(crate) struct Connected {
+    pub(crate) peer: ClientAddr,
+    pub(crate) streams: StreamGate,
 }
 
 /// One stream's place at the gate; released when dropped.
