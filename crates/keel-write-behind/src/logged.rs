@@ -109,7 +109,7 @@ where
                 FullMode::Reject => self.shared.room.try_acquire().map_err(|_| EnqueueError::Full)?,
             };
             self.shared.charge_waiting(weight).await?;
-            let reservation = log.reserve(payload.len() as u64 + 8).await;
+            let reservation = log.reserve(crate::log::record_bytes(payload.len())).await;
             Ok::<_, EnqueueError>((permit, reservation))
         };
         let (permit, reservation) = match limit {

@@ -748,7 +748,9 @@ where
         // Abandon whatever write is still running (its items stay counted in
         // flight until counted as failed below).
         writes.abort_all();
-        if drained.is_err() {
+        // With a local log an abandoned write's items are still in the log
+        // (replayed at the next start): not failed, and they stay counted.
+        if drained.is_err() && !self.shared.logged() {
             // The abandoned write's items are still counted in flight.
             let stranded = self.shared.counters.in_flight.swap(0, Ordering::AcqRel);
             if stranded > 0 {

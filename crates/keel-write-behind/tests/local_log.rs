@@ -578,3 +578,41 @@ fn a_log_at_its_bound_refuses_after_the_wait_and_frees_room_as_items_persist() {
         assert_eq!(table.rows.lock().unwrap().len() as u64, accepted + 1);
     });
 }
+
+/// A shutdown that runs out of time while the store is away dead-letters
+/// nothing and counts nothing as failed: the items stay in the log and are
+/// replayed at the next start.
+#[test]
+fn a_shutdown_that_times_out_leaves_items_in_the_log_not_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = LocalLogConfig::new(dir.path().join("log"));
+    let first = runtime();
+    first.block_on(async {
+        let table = Arc::new(Table::default());
+        table.down.store(true, std::sync::atomic::Ordering::Release);
+        let log = LocalLog::open(config.clone()).expect("open");
+        let queue = WriteBehind::start_logged(WriteBehindConfig::default(), table.clone(), table, log).expect("start");
+        for i in 0..50 {
+            queue.enqueue(item(i)).await.expect("acknowledged");
+        }
+        queue.shutdown_within(Duration::from_millis(300)).await;
+        let m = queue.metrics();
+        assert_eq!(m.failed, 0, "{m:?}");
+        assert_eq!(m.persisted, 0, "{m:?}");
+    });
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let log = loop {
+            match LocalLog::open(config.clone()) {
+                Ok(log) => break log,
+                Err(LocalLogError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("open after the shutdown: {err}"),
+            }
+        };
+        assert_eq!(log.stats().replayed, 50);
+    });
+}

@@ -99,6 +99,11 @@ pub struct LocalLogStats {
     pub failing: Option<String>,
 }
 
+/// Bytes a record of `payload` bytes takes in the log.
+pub(crate) fn record_bytes(payload: usize) -> u64 {
+    (payload + record::HEADER) as u64
+}
+
 /// What a submitter is told: the record's position, or why it was not written.
 type Answer = Box<dyn FnOnce(Result<u64, String>) + Send>;
 
