@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keel_batcher::{AgentMetadata, Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_write_behind::{
-    DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableEntries, DurableProducer,
+    BACKLOG_INTERVAL, DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableEntries, DurableProducer,
     Entries, EntryLayout, EntrySink, WriteBehind, WriteBehindConfig,
 };
 
@@ -74,7 +74,13 @@ pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
                 tracing::info!(consumer = core.instance_id, partitions, "consuming the entries streams");
                 consumers = started;
             }
-            EntrySink::Durable(DurableEntries::new(redis, layout, &config))
+            let durable = DurableEntries::new(redis, layout, &config).watch_backlog(
+                BACKLOG_INTERVAL,
+                &core.shutdown,
+                &core.meter(),
+                "entries",
+            );
+            EntrySink::Durable(durable)
         }
         None => {
             // Bounded by bytes too: 10 000 writes of 64 KiB would be 640 MiB.

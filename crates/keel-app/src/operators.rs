@@ -185,7 +185,7 @@ pub(crate) fn write_behind_section(entries: &Entries) -> impl Fn() -> serde_json
     move || {
         let m = match (entries.sink(), entries.consumer_metrics()) {
             (EntrySink::Memory(queue), _) => queue.metrics(),
-            (EntrySink::Durable(_), Some(consumers)) => consumers,
+            (EntrySink::Durable(durable), Some(consumers)) => durable.measured_backlog().apply(consumers),
             (EntrySink::Durable(_), None) => return serde_json::Value::Null,
         };
         let section = WriteBehindSection {

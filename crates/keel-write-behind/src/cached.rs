@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::{
     DbEntries, DurableConfig, DurableConsumer, DurableError, DurableProducer, EnqueueError, EntryLayout, EntryWrite,
-    Metrics, WriteBehind,
+    Metrics, StreamBacklog, WriteBehind,
 };
 
 /// Longest key, in bytes.
@@ -48,6 +48,10 @@ pub struct DurableEntries {
     layout: EntryLayout,
     producers: Arc<[DurableProducer]>,
     capacity: u64,
+    redis: keel_store::RedisStore,
+    /// Measured by a task of its own once [`Self::watch_backlog`] ran
+    /// (zeros until then).
+    backlog: StreamBacklog,
 }
 
 impl DurableEntries {
@@ -58,7 +62,29 @@ impl DurableEntries {
             .map(|p| DurableProducer::new(redis.clone(), DurableConfig { stream: layout.stream(p), ..config.clone() }))
             .collect();
         let capacity = config.capacity.saturating_mul(layout.partitions() as u64);
-        Self { layout, producers, capacity }
+        Self { layout, producers, capacity, redis: redis.clone(), backlog: StreamBacklog::default() }
+    }
+
+    /// Measures the streams' backlog every `every` on `shutdown`'s tracker
+    /// and exports it as the `name` queue's depth and oldest age: every
+    /// process that produces or consumes shows how much waits, even while
+    /// no consumer runs or all are stuck retrying.
+    #[must_use]
+    pub fn watch_backlog(
+        mut self,
+        every: Duration,
+        shutdown: &keel_core::Shutdown,
+        telemetry: &dyn keel_telemetry::MeterSource,
+        name: &str,
+    ) -> Self {
+        self.backlog = StreamBacklog::watch(self.redis.clone(), self.layout.streams(), every, shutdown);
+        self.backlog.instrument(telemetry, name);
+        self
+    }
+
+    /// The backlog as last measured (see [`Self::watch_backlog`]).
+    pub fn measured_backlog(&self) -> &StreamBacklog {
+        &self.backlog
     }
 
     /// The capacity of every partition together.

@@ -423,9 +423,14 @@ where
         let Some(first) = consumers.first() else { return };
         // Weak: the meter provider outlives consumers and must not keep them alive.
         let weak: Vec<std::sync::Weak<Self>> = consumers.iter().map(Arc::downgrade).collect();
-        let handles = crate::queue::export_metrics(telemetry, name, move || {
-            weak.iter().filter_map(std::sync::Weak::upgrade).map(|c| c.metrics()).reduce(|a, b| a.plus(&b))
-        });
+        // The depth and age come from the queue's StreamBacklog, measured
+        // on its own timer (this consumer may be stuck retrying).
+        let handles = crate::queue::export_metrics(
+            telemetry,
+            name,
+            move || weak.iter().filter_map(std::sync::Weak::upgrade).map(|c| c.metrics()).reduce(|a, b| a.plus(&b)),
+            false,
+        );
         first.instruments.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(handles);
     }
 

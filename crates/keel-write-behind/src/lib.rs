@@ -60,6 +60,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "redis")]
+mod backlog;
 #[cfg(all(feature = "entries", any(feature = "postgres", feature = "sqlite")))]
 mod cached;
 #[cfg(feature = "redis")]
@@ -78,6 +80,8 @@ pub use cached::{
     DEFAULT_ENQUEUE_TIMEOUT, DurableEntries, Entries, EntryError, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE,
     StoredEntry,
 };
+#[cfg(feature = "redis")]
+pub use backlog::{BACKLOG_INTERVAL, StreamBacklog};
 #[cfg(feature = "redis")]
 pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

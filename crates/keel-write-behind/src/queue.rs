@@ -1,9 +1,9 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -178,7 +178,8 @@ pub struct Metrics {
     pub queue_depth: u64,
     /// Items being written (or waiting for a retry).
     pub in_flight: u64,
-    /// Age of the oldest waiting item.
+    /// Age of the oldest item not yet persisted or dead-lettered: waiting,
+    /// being written or waiting for a retry.
     pub oldest_age: Duration,
     /// Dead letters the sink itself failed to store (logged with the items).
     pub dead_letter_errors: u64,
@@ -239,16 +240,19 @@ impl<T: Keyed> Pending<T> {
         self.items.iter().flatten().next().map(|q| q.since)
     }
 
-    /// Up to `max` items, with the log positions of those that have one.
-    fn take(&mut self, max: usize) -> (Vec<T>, Vec<u64>) {
+    /// Up to `max` items, with the log positions of those that have one
+    /// and when the oldest of them was queued.
+    fn take(&mut self, max: usize) -> (Vec<T>, Vec<u64>, Option<Instant>) {
         let mut batch = Vec::with_capacity(max.min(self.live));
         let mut positions = Vec::new();
+        let mut oldest = None;
         while batch.len() < max {
             let Some(slot) = self.items.pop_front() else { break };
             self.offset += 1;
             if let Some(queued) = slot {
                 self.index.remove(&queued.item.key());
                 self.live -= 1;
+                oldest.get_or_insert(queued.since);
                 if let Some(position) = queued.position {
                     positions.resize(batch.len(), u64::MAX);
                     positions.push(position);
@@ -256,13 +260,19 @@ impl<T: Keyed> Pending<T> {
                 batch.push(queued.item);
             }
         }
-        (batch, positions)
+        (batch, positions, oldest)
     }
 }
 
 struct Shared<T: Keyed> {
     config: WriteBehindConfig,
     pending: Mutex<Pending<T>>,
+    /// When the oldest item of each batch being written (or waiting for a
+    /// retry) was queued, by batch: the age gauge covers them too, so an
+    /// outage with few writes still shows its age.
+    writing: Mutex<BTreeSet<(Instant, u64)>>,
+    /// Numbers the batches in `writing`.
+    batches_started: AtomicU64,
     /// One permit per free place: held by every queued or in-flight item.
     room: Semaphore,
     /// Weight of the items queued or in flight, against `max_bytes`.
@@ -362,6 +372,7 @@ type LogWith<T> = (crate::LocalLog, fn(&T) -> Result<Vec<u8>, String>);
 /// One exported figure: instrument name, description, and how to read it.
 type Exported = (&'static str, &'static str, fn(&Metrics) -> u64);
 
+
 /// The write-behind queue. Cloning shares it.
 pub struct WriteBehind<T: Keyed> {
     shared: Arc<Shared<T>>,
@@ -389,7 +400,7 @@ impl<T: Keyed + Send + Sync + 'static> WriteBehind<T> {
         // Weak: the meter provider outlives queues and must not keep them alive.
         let queue = Arc::downgrade(&self.shared);
         #[allow(unused_mut)]
-        let mut handles = export_metrics(telemetry, name, move || queue.upgrade().map(|s| s.metrics()));
+        let mut handles = export_metrics(telemetry, name, move || queue.upgrade().map(|s| s.metrics()), true);
         #[cfg(feature = "local-log")]
         if let Some((log, _)) = &self.shared.log {
             handles.extend(log.instrument(telemetry));
@@ -400,11 +411,15 @@ impl<T: Keyed + Send + Sync + 'static> WriteBehind<T> {
 
 /// The OpenTelemetry instruments of a write-behind queue labelled
 /// `queue = name`, each reading `read` when scraped (`None`: the queue is
-/// gone, nothing is observed). Keep the returned handles.
+/// gone, nothing is observed). `backlog`: whether the depth and age gauges
+/// come from `read` too (a durable consumer leaves them to the
+/// [`StreamBacklog`](crate::StreamBacklog), which measures the stream
+/// itself). Keep the returned handles.
 pub(crate) fn export_metrics(
     telemetry: &dyn keel_telemetry::MeterSource,
     name: &str,
     read: impl Fn() -> Option<Metrics> + Clone + Send + Sync + 'static,
+    backlog: bool,
 ) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
     use keel_telemetry::names;
     use opentelemetry::KeyValue;
@@ -432,37 +447,61 @@ pub(crate) fn export_metrics(
                 .build(),
         ));
     }
-    let gauges: [Exported; 2] = [
-        (names::WRITE_BEHIND_QUEUE_DEPTH, "Items waiting", |m| m.queue_depth),
-        (names::WRITE_BEHIND_IN_FLIGHT, "Items being written", |m| m.in_flight),
-    ];
-    for (metric, description, field) in gauges {
-        let (read, label) = (read.clone(), label.clone());
-        handles.push(Box::new(
-            meter
-                .u64_observable_gauge(metric)
-                .with_description(description)
-                .with_callback(move |g| {
-                    if let Some(m) = read() {
-                        g.observe(field(&m), &label);
-                    }
-                })
-                .build(),
-        ));
-    }
+    let in_flight = read.clone();
     handles.push(Box::new(
         meter
-            .f64_observable_gauge(names::WRITE_BEHIND_OLDEST_AGE)
-            .with_unit("s")
-            .with_description("Age of the oldest waiting item")
+            .u64_observable_gauge(names::WRITE_BEHIND_IN_FLIGHT)
+            .with_description("Items being written")
             .with_callback(move |g| {
-                if let Some(m) = read() {
-                    g.observe(m.oldest_age.as_secs_f64(), &label);
+                if let Some(m) = in_flight() {
+                    g.observe(m.in_flight, &label);
                 }
             })
             .build(),
     ));
+    if backlog {
+        handles.extend(export_backlog(telemetry, name, read));
+    }
     handles
+}
+
+/// The depth and oldest-age gauges of a queue labelled `queue = name`
+/// (see [`export_metrics`]).
+pub(crate) fn export_backlog(
+    telemetry: &dyn keel_telemetry::MeterSource,
+    name: &str,
+    read: impl Fn() -> Option<Metrics> + Clone + Send + Sync + 'static,
+) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
+    use keel_telemetry::names;
+    use opentelemetry::KeyValue;
+    let meter = telemetry.meter("keel-write-behind");
+    let label = [KeyValue::new("queue", name.to_owned())];
+    let (depth, depth_label) = (read.clone(), label.clone());
+    vec![
+        Box::new(
+            meter
+                .u64_observable_gauge(names::WRITE_BEHIND_QUEUE_DEPTH)
+                .with_description("Items waiting")
+                .with_callback(move |g| {
+                    if let Some(m) = depth() {
+                        g.observe(m.queue_depth, &depth_label);
+                    }
+                })
+                .build(),
+        ),
+        Box::new(
+            meter
+                .f64_observable_gauge(names::WRITE_BEHIND_OLDEST_AGE)
+                .with_unit("s")
+                .with_description("Age of the oldest item not yet persisted")
+                .with_callback(move |g| {
+                    if let Some(m) = read() {
+                        g.observe(m.oldest_age.as_secs_f64(), &label);
+                    }
+                })
+                .build(),
+        ),
+    ]
 }
 
 impl<T: Keyed> WriteBehind<T> {
@@ -475,9 +514,14 @@ impl<T: Keyed> WriteBehind<T> {
 impl<T: Keyed> Shared<T> {
     fn metrics(&self) -> Metrics {
         let c = &self.counters;
-        let (depth, oldest) = {
+        let (depth, queued) = {
             let pending = self.pending();
             (pending.live as u64, pending.oldest())
+        };
+        let writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner).first().map(|(t, _)| *t);
+        let oldest = match (queued, writing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         Metrics {
             enqueued: c.enqueued.load(Ordering::Acquire),
@@ -574,6 +618,8 @@ impl<T: Keyed> Shared<T> {
             bytes_freed: Notify::new(),
             config,
             pending: Mutex::new(Pending::new()),
+            writing: Mutex::new(BTreeSet::new()),
+            batches_started: AtomicU64::new(0),
             wake: Notify::new(),
             counters: Counters::default(),
             closing: CancellationToken::new(),
@@ -717,13 +763,13 @@ where
                     () = sleep_until_opt(deadline) => {}
                 }
             }
-            let (batch, positions) = self.shared.pending().take(config.batch_size);
+            let (batch, positions, since) = self.shared.pending().take(config.batch_size);
             if !batch.is_empty() {
                 while writes.len() >= config.write_concurrency {
                     writes.join_next().await;
                 }
                 let flusher = self.clone();
-                writes.spawn(async move { flusher.write(batch, positions).await });
+                writes.spawn(async move { flusher.write(batch, positions, since).await });
             }
         }
         self.drain(&config, writes).await;
@@ -737,11 +783,11 @@ where
         let drained = tokio::time::timeout(budget, async {
             while writes.join_next().await.is_some() {}
             loop {
-                let (batch, positions) = self.shared.pending().take(config.batch_size);
+                let (batch, positions, since) = self.shared.pending().take(config.batch_size);
                 if batch.is_empty() {
                     break;
                 }
-                self.write(batch, positions).await;
+                self.write(batch, positions, since).await;
             }
         })
         .await;
@@ -775,7 +821,7 @@ where
             log.close().await;
             return;
         }
-        let (left, _) = self.shared.pending().take(usize::MAX);
+        let (left, _, _) = self.shared.pending().take(usize::MAX);
         if !left.is_empty() {
             let n = left.len();
             let letters: Vec<Attempt<T>> =
@@ -808,9 +854,14 @@ where
         }
     }
 
-    /// `positions[i]`: the log record of `batch[i]` (empty without a log).
-    async fn write(&self, batch: Vec<T>, positions: Vec<u64>) {
+    /// `positions[i]`: the log record of `batch[i]` (empty without a log);
+    /// `since`: when the batch's oldest item was queued.
+    async fn write(&self, batch: Vec<T>, positions: Vec<u64>, since: Option<Instant>) {
         self.shared.counters.in_flight.fetch_add(batch.len() as u64, Ordering::AcqRel);
+        let entry = since.map(|t| (t, self.shared.batches_started.fetch_add(1, Ordering::Relaxed)));
+        // Removed when the write ends, however it ends (an abandoned write
+        // at shutdown is dropped).
+        let _writing = entry.map(|entry| Writing::new(&self.shared.writing, entry));
         self.persister().write(batch, &|done| self.settle(done, &positions)).await;
     }
 
@@ -825,6 +876,25 @@ where
         self.shared.release(done.iter().map(|a| a.item.weight() as u64).sum());
         self.shared.counters.in_flight.fetch_sub(n as u64, Ordering::AcqRel);
         self.shared.room.add_permits(n);
+    }
+}
+
+/// A batch's place in [`Shared::writing`], left when dropped.
+struct Writing<'a> {
+    set: &'a Mutex<BTreeSet<(Instant, u64)>>,
+    entry: (Instant, u64),
+}
+
+impl<'a> Writing<'a> {
+    fn new(set: &'a Mutex<BTreeSet<(Instant, u64)>>, entry: (Instant, u64)) -> Self {
+        set.lock().unwrap_or_else(PoisonError::into_inner).insert(entry);
+        Self { set, entry }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.entry);
     }
 }
 

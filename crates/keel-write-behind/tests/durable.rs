@@ -628,3 +628,50 @@ async fn a_failed_script_call_answers_every_append_it_carried() {
         assert_eq!(cached, None, "failed:{i}");
     }
 }
+
+/// The backlog is measured from the stream itself, on its own timer: with
+/// no consumer at all it shows every waiting entry and the age of the
+/// oldest (from its id, against the Redis clock), and it drops to zero
+/// once the stream is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_is_measured_without_a_consumer() {
+    for url in redis_urls() {
+        let telemetry = Telemetry::new("t").unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        let (a, b) = (unique_prefix("backlog_a"), unique_prefix("backlog_b"));
+        // The oldest entry was appended a minute ago (by its id).
+        let minute_ago = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() - 60_000;
+        let _: String = store.client().xadd(&a, false, None::<()>, format!("{minute_ago}-0"), ("item", "x")).await.unwrap();
+        for _ in 0..2 {
+            let _: String = store.client().xadd(&b, false, None::<()>, "*", ("item", "y")).await.unwrap();
+        }
+        let shutdown = keel_core::Shutdown::new();
+        let backlog = keel_write_behind::StreamBacklog::watch(
+            store.clone(),
+            vec![a.clone(), b.clone(), unique_prefix("backlog_empty")],
+            Duration::from_millis(20),
+            &shutdown,
+        );
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while backlog.depth() != 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("depth {} of 3", backlog.depth()));
+        let age = backlog.oldest_age();
+        assert!((Duration::from_secs(59)..Duration::from_secs(70)).contains(&age), "{age:?}");
+        for stream in [&a, &b] {
+            let _: i64 = store.client().del(stream).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while backlog.depth() != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(backlog.oldest_age(), Duration::ZERO);
+        shutdown.token().cancel();
+    }
+}

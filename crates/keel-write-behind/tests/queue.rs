@@ -441,3 +441,22 @@ async fn shutdown_within_spends_only_what_is_left_of_the_budget() {
     assert_eq!(started.elapsed(), Duration::from_secs(4), "the process's remaining budget, not the 30 s timeout");
     assert_balanced(queue.metrics());
 }
+
+/// An outage with a handful of writes shows its age: the items being
+/// retried count, not only those still queued (the Backlog alert reads it).
+#[tokio::test(start_paused = true)]
+async fn the_oldest_age_covers_items_being_retried() {
+    let repo = Repo::new(Mode::Down);
+    let queue = start(WriteBehindConfig::default(), &repo);
+    for key in ["a", "b", "c"] {
+        queue.enqueue(item(key, 1)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let m = queue.metrics();
+    assert_eq!((m.queue_depth, m.in_flight), (0, 3), "{m:?}");
+    assert!(m.oldest_age >= Duration::from_secs(89), "the retried batch's age: {m:?}");
+    repo.down.store(false, std::sync::atomic::Ordering::Release);
+    tokio::time::sleep(WriteBehindConfig::default().backoff_max * 2).await;
+    let m = queue.metrics();
+    assert_eq!((m.persisted, m.oldest_age), (3, Duration::ZERO), "{m:?}");
+}
