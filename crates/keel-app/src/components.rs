@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use keel_batcher::{AgentMetadata, Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
 use keel_write_behind::{
-    BACKLOG_INTERVAL, DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableEntries, DurableProducer,
-    Entries, EntryLayout, EntrySink, WriteBehind, WriteBehindConfig,
+    BACKLOG_INTERVAL, DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer,
+    DurableEntries, DurableProducer, Entries, EntryLayout, EntrySink, WriteBehind, WriteBehindConfig,
 };
 
 use crate::config::ConfigError;

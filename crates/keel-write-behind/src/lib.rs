@@ -75,13 +75,13 @@ mod log;
 mod persist;
 mod queue;
 
+#[cfg(feature = "redis")]
+pub use backlog::{BACKLOG_INTERVAL, StreamBacklog};
 #[cfg(all(feature = "entries", any(feature = "postgres", feature = "sqlite")))]
 pub use cached::{
     DEFAULT_ENQUEUE_TIMEOUT, DurableEntries, Entries, EntryError, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE,
     StoredEntry,
 };
-#[cfg(feature = "redis")]
-pub use backlog::{BACKLOG_INTERVAL, StreamBacklog};
 #[cfg(feature = "redis")]
 pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -372,7 +372,6 @@ type LogWith<T> = (crate::LocalLog, fn(&T) -> Result<Vec<u8>, String>);
 /// One exported figure: instrument name, description, and how to read it.
 type Exported = (&'static str, &'static str, fn(&Metrics) -> u64);
 
-
 /// The write-behind queue. Cloning shares it.
 pub struct WriteBehind<T: Keyed> {
     shared: Arc<Shared<T>>,

@@ -641,7 +641,8 @@ async fn the_backlog_is_measured_without_a_consumer() {
         let (a, b) = (unique_prefix("backlog_a"), unique_prefix("backlog_b"));
         // The oldest entry was appended a minute ago (by its id).
         let minute_ago = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() - 60_000;
-        let _: String = store.client().xadd(&a, false, None::<()>, format!("{minute_ago}-0"), ("item", "x")).await.unwrap();
+        let _: String =
+            store.client().xadd(&a, false, None::<()>, format!("{minute_ago}-0"), ("item", "x")).await.unwrap();
         for _ in 0..2 {
             let _: String = store.client().xadd(&b, false, None::<()>, "*", ("item", "y")).await.unwrap();
         }
