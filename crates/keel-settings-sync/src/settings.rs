@@ -117,7 +117,11 @@ pub struct SyncState {
     pub last_success: Option<SystemTime>,
     /// Why the last refresh failed, if it did.
     pub last_error: Option<String>,
-    /// How long the copy has been unconfirmed (0 while refreshes succeed).
+    /// How long a change could have gone unnoticed: since the first of the
+    /// refreshes that failing in a row reached neither the database nor
+    /// the shared cache (0 while either answers). It grows from zero, one
+    /// second per second; failed refreshes are retried every
+    /// `retry_interval`.
     pub staleness: Duration,
 }
 
@@ -240,6 +244,20 @@ impl<T: Document> Drop for Inner<T> {
 struct Health {
     last_success: Option<SystemTime>,
     last_error: Option<String>,
+    /// Since when a change could have gone unnoticed: the first refresh
+    /// that neither the database nor the shared cache could answer. Until
+    /// then the bus announced every change, and a shared cache that
+    /// answered holds every committed version (updates write it, retrying
+    /// until it takes them).
+    unconfirmed_since: Option<SystemTime>,
+}
+
+/// A refresh that could not read the database.
+struct Failed {
+    reason: String,
+    /// The shared cache showed nothing newer was written (see
+    /// [`Health::unconfirmed_since`]).
+    cache_confirmed: bool,
 }
 
 fn lock<V>(mutex: &Mutex<V>) -> MutexGuard<'_, V> {
@@ -552,13 +570,9 @@ impl<T: Document> Inner<T> {
 
     fn sync_state(&self) -> SyncState {
         let health = lock(&self.health);
-        let staleness = match (&health.last_error, health.last_success) {
-            (None, _) => Duration::ZERO,
-            (Some(_), Some(last)) => self.deps.clock.now().duration_since(last).unwrap_or_default(),
-            // Never confirmed: stale since it was opened, which we do not
-            // track; report the retry interval as a lower bound.
-            (Some(_), None) => self.config.retry_interval,
-        };
+        let staleness = health
+            .unconfirmed_since
+            .map_or(Duration::ZERO, |since| self.deps.clock.now().duration_since(since).unwrap_or_default());
         SyncState {
             version: self.current.load().version,
             last_success: health.last_success,
@@ -584,19 +598,30 @@ impl<T: Document> Inner<T> {
             Ok(_) => {
                 health.last_success = Some(self.deps.clock.now());
                 health.last_error = None;
+                health.unconfirmed_since = None;
             }
-            Err(reason) => {
+            Err(Failed { reason, cache_confirmed }) => {
                 if health.last_error.is_none() {
                     tracing::warn!(settings = %self.name, %reason, "settings refresh failed; keeping the last known value");
                 }
                 health.last_error = Some(reason);
+                if cache_confirmed {
+                    health.unconfirmed_since = None;
+                } else if health.unconfirmed_since.is_none() {
+                    health.unconfirmed_since = Some(self.deps.clock.now());
+                }
             }
         }
         read_db
     }
 
     /// Where the value came from: the cache, or the database.
-    async fn load(&self, at_least: i64) -> Result<Source, String> {
+    async fn load(&self, at_least: i64) -> Result<Source, Failed> {
+        // Whether a shared cache answered without a newer version than the
+        // one held while nothing newer was announced: then no change was
+        // missed even if the database cannot be read.
+        let mut cache_confirmed = false;
+        let shared = self.deps.cache.backend() != "memory";
         match self.deps.cache.get_versioned(&self.cache_key).await {
             Ok(Some((_, bytes))) => match serde_json::from_slice::<CacheEntry>(&bytes) {
                 Ok(entry) if entry.version >= at_least.max(1) => {
@@ -612,13 +637,17 @@ impl<T: Document> Inner<T> {
                     }
                     // A cached value T cannot decode is as good as corrupt.
                 }
-                Ok(_) => {} // older than announced: the database knows better
+                Ok(entry) => {
+                    // Older than announced: the database knows better.
+                    let held = self.current.load().version;
+                    cache_confirmed = shared && entry.version <= held && at_least <= held;
+                }
                 Err(err) => {
                     self.metrics.sync_error("decode");
                     tracing::warn!(settings = %self.name, %err, "corrupt cached settings; reloading from the database");
                 }
             },
-            Ok(None) => {}
+            Ok(None) => cache_confirmed = shared && at_least <= self.current.load().version,
             Err(err) => {
                 self.metrics.sync_error("cache");
                 tracing::debug!(settings = %self.name, %err, "settings cache unavailable; reading the database");
@@ -631,13 +660,14 @@ impl<T: Document> Inner<T> {
                     self.write_cache(&stored).await;
                     Ok(Source::Db)
                 } else {
-                    Err(format!("stored settings {:?} do not match the document type", self.name))
+                    let reason = format!("stored settings {:?} do not match the document type", self.name);
+                    Err(Failed { reason, cache_confirmed: false })
                 }
             }
             Ok(None) => Ok(Source::Db),
             Err(err) => {
                 self.metrics.sync_error("database");
-                Err(err.to_string())
+                Err(Failed { reason: err.to_string(), cache_confirmed })
             }
         }
     }

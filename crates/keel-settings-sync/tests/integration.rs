@@ -304,10 +304,90 @@ async fn an_unreachable_database_keeps_the_last_value_and_staleness_grows() {
     };
     let settings: Settings<Flags> = Settings::open("flags", deps, SettingsConfig::default()).await.unwrap();
     settings.update(flags(4), None, "ada").await.unwrap();
+    // The last success was five minutes (one poll interval) ago.
+    clock.advance(Duration::from_secs(300));
 
-    // Cut the database off: no new connections, existing ones terminated.
+    let mut admin = cut_off(&temp).await;
+    cache.delete("keel:settings:flags").await.unwrap();
+
+    settings.reload().await;
+    assert_eq!(settings.get().limit, 4, "the last known value is kept");
+    let state = settings.sync_state();
+    assert!(state.last_error.is_some(), "{state:?}");
+    assert_eq!(
+        state.staleness,
+        Duration::ZERO,
+        "counted from the first failed refresh, not the last success: {state:?}"
+    );
+    assert_eq!(metric(&telemetry, "keel_settings_staleness_seconds{name=\"flags\"}"), 0.0);
+    clock.advance(Duration::from_secs(600));
+    assert_eq!(settings.sync_state().staleness, Duration::from_secs(600));
+    assert_eq!(metric(&telemetry, "keel_settings_staleness_seconds{name=\"flags\"}"), 600.0);
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(metric(&telemetry, "keel_settings_staleness_seconds{name=\"flags\"}"), 660.0);
+
+    let err = settings.update(flags(5), None, "ada").await.unwrap_err();
+    assert!(matches!(err, UpdateError::Store { .. }), "{err}");
+
+    use diesel_async::RunQueryDsl;
+    diesel::sql_query(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", temp.name()))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    settings.reload().await;
+    assert_eq!(settings.sync_state().staleness, Duration::ZERO, "recovered");
+    drop(settings);
+    temp.drop_database().await;
+}
+
+/// With the database cut off but the shared cache answering with the
+/// version held, no change can have been missed: the refresh failure is
+/// reported, the staleness stays zero (KeelSettingsStale does not fire for
+/// a database outage alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_with_the_shared_cache_answering_is_not_staleness() {
+    let temp = TempDatabase::create("settings_db_down_cached").await;
+    let server = RedisServer::start().await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let config =
+        DbConfig { url: Some(temp.url().to_owned()), acquire_timeout: Duration::from_secs(1), ..DbConfig::default() };
+    let database = Database::connect(&config, &telemetry).await.unwrap();
+    database.run_migrations().await.unwrap();
+    let store = RedisStore::connect(&RedisConfig::new(server.url()), &telemetry).await.unwrap();
+    let clock = ManualClock::new();
+    let deps = SettingsDeps {
+        clock: clock.shared(),
+        ..SettingsDeps::new(
+            Arc::new(DbSettingsStore::new(database.clone())),
+            Cache::redis(store),
+            Bus::memory(&telemetry),
+            telemetry.clone(),
+        )
+    };
+    // Never written: the cache holds no entry, the database is the only
+    // other source (the case that used to fire the alert).
+    let settings: Settings<Flags> = Settings::open("flags", deps, SettingsConfig::default()).await.unwrap();
+    let _admin = cut_off(&temp).await;
+    settings.reload().await;
+    clock.advance(Duration::from_secs(600));
+    let state = settings.sync_state();
+    assert!(state.last_error.is_some(), "the failure is reported: {state:?}");
+    assert_eq!(state.staleness, Duration::ZERO, "{state:?}");
+    drop(settings);
     let mut admin = diesel_admin().await;
     use diesel_async::RunQueryDsl;
+    diesel::sql_query(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", temp.name()))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    temp.drop_database().await;
+}
+
+/// Cuts `temp`'s database off: no new connections, existing ones
+/// terminated. Returns the admin connection that did it.
+async fn cut_off(temp: &TempDatabase) -> diesel_async::AsyncPgConnection {
+    use diesel_async::RunQueryDsl;
+    let mut admin = diesel_admin().await;
     diesel::sql_query(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false", temp.name()))
         .execute(&mut admin)
         .await
@@ -319,29 +399,7 @@ async fn an_unreachable_database_keeps_the_last_value_and_staleness_grows() {
     .execute(&mut admin)
     .await
     .unwrap();
-    cache.delete("keel:settings:flags").await.unwrap();
-
-    settings.reload().await;
-    assert_eq!(settings.get().limit, 4, "the last known value is kept");
-    let state = settings.sync_state();
-    assert!(state.last_error.is_some(), "{state:?}");
-    clock.advance(Duration::from_secs(600));
-    assert_eq!(settings.sync_state().staleness, Duration::from_secs(600));
-    assert_eq!(metric(&telemetry, "keel_settings_staleness_seconds{name=\"flags\"}"), 600.0);
-    clock.advance(Duration::from_secs(60));
-    assert_eq!(metric(&telemetry, "keel_settings_staleness_seconds{name=\"flags\"}"), 660.0);
-
-    let err = settings.update(flags(5), None, "ada").await.unwrap_err();
-    assert!(matches!(err, UpdateError::Store { .. }), "{err}");
-
-    diesel::sql_query(format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true", temp.name()))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    settings.reload().await;
-    assert_eq!(settings.sync_state().staleness, Duration::ZERO, "recovered");
-    drop(settings);
-    temp.drop_database().await;
+    admin
 }
 
 async fn diesel_admin() -> diesel_async::AsyncPgConnection {
