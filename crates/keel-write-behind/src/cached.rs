@@ -386,9 +386,10 @@ impl Inner {
             }
             EntrySink::Durable(durable) => {
                 let producer = durable.producer_for(&write.key);
-                // Redis unreachable answers within the enqueue timeout too (a
-                // script already sent may still land: the write is then
-                // stored although it was refused, never the other way round).
+                // Redis unreachable answers within the enqueue timeout too; a
+                // script already sent that Redis runs after the timeout (less
+                // the clock margin) is refused by Redis itself, so a 503 is
+                // not stored later (see `enqueue_cached` for the margin).
                 let queued =
                     producer.enqueue_cached(&write, &cache_key, version, &cached, CACHE_TTL, self.enqueue_timeout);
                 match tokio::time::timeout(self.enqueue_timeout + Duration::from_millis(100), queued).await {

@@ -98,6 +98,11 @@ pub enum DurableError {
         /// `ack_replicas`.
         wanted: u32,
     },
+    /// Redis ran the append after its deadline (the caller's timeout, less
+    /// the clock margin of [`DurableProducer::enqueue_cached`]) and refused
+    /// it: nothing was appended or cached.
+    #[error("redis ran the append after its deadline; it was refused and nothing changed")]
+    Late,
 }
 
 /// Appends items to the stream.
@@ -117,11 +122,27 @@ pub struct DurableProducer {
 /// takes it.
 struct CachedAppend {
     cache_key: String,
-    /// The item's JSON, its version, the cached copy and its time to live
-    /// in milliseconds.
-    args: [Value; 4],
+    /// The item's JSON, its version, the cached copy, its time to live in
+    /// milliseconds, and the deadline (Unix milliseconds) after which Redis
+    /// must refuse the append.
+    args: [Value; 5],
     /// The stream entry's id, or `None` when the stream was at capacity.
     reply: tokio::sync::oneshot::Sender<Result<Option<String>, DurableError>>,
+}
+
+/// How far the Redis clock may lag the caller's before an append Redis runs
+/// after its caller gave up could still land: the script's deadline is the
+/// caller's timeout less this margin (or less a quarter of the timeout, if
+/// that is smaller).
+pub const CLOCK_MARGIN: Duration = Duration::from_millis(250);
+
+/// The Unix-milliseconds deadline the enqueue script compares with Redis's
+/// own clock, for a caller that gives up `timeout` from now.
+fn script_deadline(timeout: Duration) -> i64 {
+    let margin = CLOCK_MARGIN.min(timeout / 4);
+    let at = std::time::SystemTime::now() + timeout.saturating_sub(margin);
+    let millis = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    i64::try_from(millis).unwrap_or(i64::MAX)
 }
 
 /// Appends one script call takes at most.
@@ -130,19 +151,24 @@ const APPENDS_PER_CALL: usize = 64;
 const APPENDS_WAITING: usize = 1024;
 
 /// The enqueue script over a run of appends (`KEYS[1]` the stream, then one
-/// cache key per append; `ARGV[1]` the capacity, then four arguments per
+/// cache key per append; `ARGV[1]` the capacity, then five arguments per
 /// append): each is appended and cached as one unit, in order, until the
-/// stream is at capacity; it answers each append's entry id, or `false` for
-/// those that found no room.
+/// stream is at capacity; it answers each append's entry id, `false` for
+/// those that found no room, and `0` for those Redis runs after their
+/// deadline (by its own clock), which change nothing.
 const ENQUEUE_CACHED: &str = r#"
     local capacity = tonumber(ARGV[1])
     local length = redis.call('XLEN', KEYS[1])
+    local time = redis.call('TIME')
+    local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
     local ids = {}
     for i = 2, #KEYS do
-        if length >= capacity then
+        local at = 2 + (i - 2) * 5
+        if now > tonumber(ARGV[at + 4]) then
+            ids[i - 1] = 0
+        elseif length >= capacity then
             ids[i - 1] = false
         else
-            local at = 2 + (i - 2) * 4
             local version = tonumber(ARGV[at + 1])
             local current = redis.call('GET', KEYS[i])
             local stored = current and tonumber(string.match(current, '^(-?%d+):'))
@@ -178,7 +204,7 @@ async fn send_cached_appends(
         }
         let mut keys = Vec::with_capacity(run.len() + 1);
         keys.push(stream.clone());
-        let mut args = Vec::with_capacity(1 + 4 * run.len());
+        let mut args = Vec::with_capacity(1 + 5 * run.len());
         args.push(Value::from(capacity));
         let mut replies = Vec::with_capacity(run.len());
         for append in run.drain(..) {
@@ -189,7 +215,11 @@ async fn send_cached_appends(
         match redis.run_script::<Vec<Value>>(&SCRIPT, keys, args).await {
             Ok(ids) if ids.len() == replies.len() => {
                 for (reply, id) in replies.into_iter().zip(ids) {
-                    let _ = reply.send(Ok(id.into_string()));
+                    let answer = match id {
+                        Value::Integer(_) => Err(DurableError::Late),
+                        id => Ok(id.into_string()),
+                    };
+                    let _ = reply.send(answer);
                 }
             }
             Ok(ids) => {
@@ -277,6 +307,15 @@ impl DurableProducer {
     /// every `idle_poll`) up to `timeout`, then answers
     /// [`DurableError::Full`] having changed nothing.
     ///
+    /// A refused append does not land later: Redis itself refuses one it
+    /// runs after the caller's `timeout` (less [`CLOCK_MARGIN`], or a
+    /// quarter of the timeout if smaller, by Redis's clock) with
+    /// [`DurableError::Late`], so a script stuck behind a paused or frozen
+    /// Redis cannot store a write whose caller was answered with an error.
+    /// That holds while the Redis clock lags the caller's by less than the
+    /// margin; an append Redis runs in time but whose answer reaches the
+    /// caller after it gave up can still land (the reply's one trip).
+    ///
     /// Appends made while another is on its way to Redis go together in the
     /// next script call (up to 64), each still its own all-or-nothing unit.
     /// The first call starts the task that sends them on the current tokio
@@ -292,8 +331,10 @@ impl DurableProducer {
     ) -> Result<String, DurableError> {
         let json = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        let args: [Value; 4] = [json.into(), version.into(), cached.into(), millis.into()];
+        let args: [Value; 5] =
+            [json.into(), version.into(), cached.into(), millis.into(), script_deadline(timeout).into()];
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut full = false;
         loop {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let append = CachedAppend { cache_key: cache_key.to_owned(), args: args.clone(), reply };
@@ -301,9 +342,13 @@ impl DurableProducer {
                 return Err(DurableError::Protocol("the enqueue task has stopped".to_owned()));
             }
             let added =
-                answer.await.map_err(|_| DurableError::Protocol("the enqueue task dropped an append".to_owned()))??;
-            if let Some(id) = added {
-                return self.replicated(id, deadline).await;
+                answer.await.map_err(|_| DurableError::Protocol("the enqueue task dropped an append".to_owned()))?;
+            match added {
+                Ok(Some(id)) => return self.replicated(id, deadline).await,
+                Ok(None) => full = true,
+                // Waiting for room ran past the script's deadline.
+                Err(DurableError::Late) if full => return Err(DurableError::Full),
+                Err(err) => return Err(err),
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

@@ -83,7 +83,7 @@ pub use cached::{
     StoredEntry,
 };
 #[cfg(feature = "redis")]
-pub use durable::{DurableConfig, DurableConsumer, DurableError, DurableProducer};
+pub use durable::{CLOCK_MARGIN, DurableConfig, DurableConsumer, DurableError, DurableProducer};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite};
 #[cfg(feature = "entries")]

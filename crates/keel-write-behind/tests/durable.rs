@@ -601,6 +601,36 @@ async fn an_append_given_up_before_it_was_sent_is_never_sent() {
     }
 }
 
+/// An append Redis runs after its caller's timeout is refused by Redis
+/// itself: here Redis is paused (a private server) for longer than the
+/// caller waits, so the script already sent runs late, answers
+/// [`DurableError::Late`] and changes neither the stream nor the cache.
+/// Without the deadline it would store a write its caller was told failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_redis_runs_after_its_deadline_changes_nothing() {
+    let server = keel_store::testing::RedisServer::start().await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis_at(server.url(), &telemetry).await;
+    let pauser = redis_at(server.url(), &telemetry).await;
+    let producer = DurableProducer::new(store.clone(), DurableConfig::new("late", "g", "c"));
+    let (ttl, timeout) = (Duration::from_secs(60), Duration::from_millis(400));
+    // The first call measures nothing and only starts the sending task.
+    producer.enqueue_cached(&write(0, 1), "late:0", 1, "v", ttl, timeout).await.unwrap();
+
+    let _: () = pauser.client().custom(fred::cmd!("CLIENT"), vec!["PAUSE", "1200", "ALL"]).await.unwrap();
+    let started = std::time::Instant::now();
+    let late = producer.enqueue_cached(&write(1, 1), "late:1", 1, "v", ttl, timeout).await;
+    assert!(started.elapsed() > timeout, "Redis answered only after the pause");
+    assert!(matches!(late, Err(DurableError::Late)), "{late:?}");
+    assert_eq!(producer.backlog().await.unwrap(), 1, "only the first append is in the stream");
+    let cached: Option<String> = store.client().get("late:1").await.unwrap();
+    assert_eq!(cached, None, "the late append cached nothing");
+
+    // In time, the same call lands.
+    producer.enqueue_cached(&write(2, 1), "late:2", 1, "v", ttl, timeout).await.unwrap();
+    assert_eq!(producer.backlog().await.unwrap(), 2);
+}
+
 /// When the script call fails, every append it carried is answered with the
 /// failure (none is left waiting, none is told it landed): here the stream
 /// key holds a string, so Redis refuses the script.
