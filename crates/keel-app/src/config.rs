@@ -172,6 +172,20 @@ pub struct FileConfig {
     /// `[monitoring]`.
     #[serde(default)]
     pub monitoring: MonitoringSection,
+    /// `[settings]`.
+    #[serde(default)]
+    pub settings: SettingsSection,
+}
+
+/// `[settings]` keys: how the built-in settings documents stay current.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsSection {
+    /// The fallback poll for a missed invalidation (default `5m`, ±10 %).
+    pub poll_interval: Option<HumanDuration>,
+    /// The poll while the last refresh could not confirm the held version
+    /// (default `5s`).
+    pub retry_interval: Option<HumanDuration>,
 }
 
 /// `[monitoring]` keys.
@@ -301,6 +315,13 @@ impl FileConfig {
         if config.monitoring.stats_interval.is_some_and(|t| t.get() < std::time::Duration::from_millis(100)) {
             return Err("monitoring.stats_interval: must be at least 100ms".into());
         }
+        for (key, value) in
+            [("poll_interval", config.settings.poll_interval), ("retry_interval", config.settings.retry_interval)]
+        {
+            if value.is_some_and(|t| t.get() < std::time::Duration::from_millis(100)) {
+                return Err(format!("settings.{key}: must be at least 100ms"));
+            }
+        }
         for (key, value) in [("log_cap", config.monitoring.log_cap), ("buffer", config.monitoring.buffer)] {
             if value == Some(0) {
                 return Err(format!("monitoring.{key}: must be greater than 0"));
@@ -395,6 +416,10 @@ mod tests {
         assert!(err.contains("invalid duration"), "{err}");
         let err = FileConfig::parse("[monitoring]\nlog_cap = 0\n").unwrap_err();
         assert!(err.starts_with("monitoring.log_cap"), "{err}");
+        let err = FileConfig::parse("[settings]\npoll_interval = \"0s\"\n").unwrap_err();
+        assert!(err.starts_with("settings.poll_interval"), "{err}");
+        let parsed = FileConfig::parse("[settings]\npoll_interval = \"15s\"\nretry_interval = \"1s\"\n").unwrap();
+        assert_eq!(parsed.settings.poll_interval.map(HumanDuration::get), Some(std::time::Duration::from_secs(15)));
         let err = FileConfig::parse("[monitoring]\nstats_interval = \"1ms\"\n").unwrap_err();
         assert!(err.starts_with("monitoring.stats_interval"), "{err}");
         let err = FileConfig::parse("[http]\nbody_limit = 0\n").unwrap_err();

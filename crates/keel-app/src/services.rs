@@ -395,7 +395,14 @@ async fn open_monitoring_settings(core: &Core) -> Result<Settings<MonitoringSett
             core.telemetry.clone(),
         )
     };
-    let config = SettingsConfig { namespace: core.args.namespace.clone(), ..SettingsConfig::default() };
+    let defaults = SettingsConfig::default();
+    let section = &core.file.settings;
+    let config = SettingsConfig {
+        namespace: core.args.namespace.clone(),
+        poll_interval: section.poll_interval.map_or(defaults.poll_interval, |t| t.get()),
+        retry_interval: section.retry_interval.map_or(defaults.retry_interval, |t| t.get()),
+        ..defaults
+    };
     Ok(Settings::open_validated(MonitoringSettings::NAME, deps, config, |m: &MonitoringSettings| {
         keel_telemetry::check_filter(&m.log_level)
             .map_err(|err| format!("{}.log_level: {err}", MonitoringSettings::NAME))
