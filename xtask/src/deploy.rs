@@ -26,11 +26,13 @@ use crate::cmd::{on_path, run};
 pub fn check(root: &Path) -> Result<()> {
     let deploy = root.join("deploy");
     let prometheus = deploy.join("prometheus");
-    ensure_promtool()?;
+    ensure_prometheus()?;
     run(Command::new("promtool").arg("check").arg("config").arg(prometheus.join("prometheus.yml")))?;
     let rules = files(&prometheus.join("rules"), "yml")?;
     run(Command::new("promtool").args(["check", "rules"]).args(&rules))?;
-    run(Command::new("promtool").args(["test", "rules"]).args(files(&prometheus.join("tests"), "yml")?))?;
+    let tests = files(&prometheus.join("tests"), "yml")?;
+    run(Command::new("promtool").args(["test", "rules"]).args(&tests))?;
+    untested_alerts(&rules, &tests)?;
 
     let queries = Queries::load(&rules, &files(&deploy.join("grafana/dashboards"), "json")?)?;
     let manifests = Manifest::load_dir(&deploy.join("k8s"))?;
@@ -82,13 +84,35 @@ pub fn check(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ensure_promtool() -> Result<()> {
-    if on_path("promtool") {
+/// Fails unless every alert of `rules` is named by an `alertname:` of
+/// `tests`.
+fn untested_alerts(rules: &[PathBuf], tests: &[PathBuf]) -> Result<()> {
+    let read = |files: &[PathBuf]| -> Result<String> {
+        files.iter().map(|f| std::fs::read_to_string(f).with_context(|| f.display().to_string())).collect()
+    };
+    let (rules, tests) = (read(rules)?, read(tests)?);
+    let tested: BTreeSet<&str> = tests.lines().filter_map(|l| l.trim().strip_prefix("alertname: ")).collect();
+    let untested: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .filter(|alert| !tested.contains(alert))
+        .collect();
+    if !untested.is_empty() {
+        bail!("alerts without a promtool test in deploy/prometheus/tests: {}", untested.join(", "));
+    }
+    Ok(())
+}
+
+/// Makes sure `promtool` and `prometheus` are installed: on a CI machine
+/// (`CI` set, as root) Debian's `prometheus` package is installed when they
+/// are missing.
+pub fn ensure_prometheus() -> Result<()> {
+    if on_path("promtool") && on_path("prometheus") {
         return Ok(());
     }
     let ci_as_root = std::env::var_os("CI").is_some() && std::env::var("USER").map_or(true, |u| u == "root");
     if ci_as_root && on_path("apt-get") {
-        eprintln!("xtask: promtool is missing; installing Debian's prometheus package");
+        eprintln!("xtask: promtool/prometheus missing; installing Debian's prometheus package");
         run(Command::new("apt-get").args(["update", "-qq"]))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends", "prometheus"])
@@ -97,7 +121,7 @@ fn ensure_promtool() -> Result<()> {
         let _ = Command::new("pkill").args(["-x", "prometheus"]).status();
         return Ok(());
     }
-    bail!("promtool is not installed: `apt-get install prometheus` (Debian) or put promtool on PATH")
+    bail!("promtool and prometheus are not installed: `apt-get install prometheus` (Debian) or put them on PATH")
 }
 
 /// The files in `dir` ending with `.ext`, sorted.
@@ -155,13 +179,13 @@ impl Queries {
         Ok(queries)
     }
 
-    /// `where: name` for every metric name used but neither in `exported` nor
-    /// recorded.
+    /// `where: name` for every metric name used but neither in `exported`,
+    /// recorded, nor one Prometheus writes itself for each target (`up`).
     pub fn unknown(&self, exported: &BTreeSet<String>) -> Vec<String> {
         let mut unknown = Vec::new();
         for (place, expr) in &self.exprs {
             for name in metric_names(expr) {
-                if !exported.contains(&name) && !self.recorded.contains(&name) {
+                if !exported.contains(&name) && !self.recorded.contains(&name) && !PER_TARGET.contains(&name.as_str()) {
                     unknown.push(format!("{place}: {name}"));
                 }
             }
@@ -169,6 +193,9 @@ impl Queries {
         unknown
     }
 }
+
+/// The series Prometheus writes for every scrape target.
+pub const PER_TARGET: &[&str] = &["up", "scrape_duration_seconds", "scrape_samples_scraped"];
 
 /// Every `"expr"` in a dashboard (panels, rows, templating queries aside).
 fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
@@ -505,10 +532,11 @@ impl Drop for TempDir {
 }
 
 /// `GET path` over a fresh connection: status and body.
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+/// A GET over HTTP/1.0: the server answers unchunked and closes.
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

@@ -66,7 +66,8 @@ fn the_shipped_rules_and_dashboards_name_only_keel_metrics_or_recorded_ones() {
     // name is one of Keel's families (a typo in a prefix fails now).
     for name in &used {
         let ours = ["http_server_", "db_client_", "redis_client_", "process_", "keel_", "keel:"];
-        assert!(ours.iter().any(|p| name.starts_with(p)), "{name} is not a Keel metric");
+        let scraped = xtask::deploy::PER_TARGET.contains(&name.as_str());
+        assert!(scraped || ours.iter().any(|p| name.starts_with(p)), "{name} is not a Keel metric");
     }
     assert!(used.contains("keel_health_status") && used.contains("keel_batcher_dropped_total"));
 }
