@@ -1,5 +1,6 @@
 //! Library half of `cargo xtask`, so the checks can also run as tests.
 
+pub mod alerts;
 pub mod bench;
 pub mod chaos;
 pub mod cmd;

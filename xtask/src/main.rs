@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{bench, chaos, cmd, console, deploy, docs, schemathesis, services, tidy};
+use xtask::{alerts, bench, chaos, cmd, console, deploy, docs, schemathesis, services, tidy};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -34,6 +34,11 @@ cargo xtask <command>
                      Redis; one fault per scenario (kill, stop, pause, client
                      reset, concurrent start); fails on any lost, regressed
                      or phantom write (report under target/chaos/)
+  alerts             every alert rule against a real Prometheus scraping the
+                     release api + worker (rules' durations scaled 1/30);
+                     each alert's fault injected, firing and resolution
+                     asserted, a healthy period fires nothing (report
+                     under target/alerts/)
   schemathesis [SEED] property-based tests of the embedded api from its own
                      /openapi.json (installs schemathesis from PyPI; report
                      under target/schemathesis/)
@@ -78,6 +83,7 @@ fn run(args: &[String]) -> Result<()> {
         Some("docs") => docs::update(&root),
         Some("console") => console::run(&root),
         Some("chaos") => chaos::run(&root, &args[1..]),
+        Some("alerts") => alerts::run(&root),
         Some("schemathesis") => schemathesis::run(&root, args.get(1).map(String::as_str)),
         Some("bench") if args.get(1).is_some_and(|a| a == "http") => {
             bench::http(&root, args.get(2).map(String::as_str))
@@ -103,6 +109,7 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("services", || services::up().and_then(|()| services::up_cluster()))?;
     step("deploy-check", || deploy::check(root))?;
     step("chaos --short", || chaos::run(root, &["--short".to_owned()]))?;
+    step("alerts", || alerts::run(root))?;
     step("schemathesis", || schemathesis::run(root, None))?;
     step("console", || console::run(root))?;
     step("test", || test(root))?;
