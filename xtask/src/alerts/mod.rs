@@ -522,6 +522,16 @@ impl Lab {
                 }
             })
             .collect();
+        let rows = if rows.is_empty() {
+            // A scenario that raised nothing still has its row.
+            let fault = scenario.phases.iter().map(|p| p.fault).collect::<Vec<_>>().join("; ");
+            let verdict = "nothing raised, as required";
+            let seen = Seen::default();
+            let (alert, who) = ("(none)".to_owned(), "—".to_owned());
+            vec![Row { scenario: scenario.name, fault, verdict, alert, who, seen, recovered_at: Some(recovered) }]
+        } else {
+            rows
+        };
         print_table(&rows);
         for failure in &self.failures {
             eprintln!("xtask: alerts: so far: {failure}");
