@@ -418,6 +418,8 @@ mod tests {
         assert!(err.starts_with("monitoring.log_cap"), "{err}");
         let err = FileConfig::parse("[settings]\npoll_interval = \"0s\"\n").unwrap_err();
         assert!(err.starts_with("settings.poll_interval"), "{err}");
+        let err = FileConfig::parse("[settings]\nretry_interval = \"10ms\"\n").unwrap_err();
+        assert!(err.starts_with("settings.retry_interval"), "{err}");
         let parsed = FileConfig::parse("[settings]\npoll_interval = \"15s\"\nretry_interval = \"1s\"\n").unwrap();
         assert_eq!(parsed.settings.poll_interval.map(HumanDuration::get), Some(std::time::Duration::from_secs(15)));
         let err = FileConfig::parse("[monitoring]\nstats_interval = \"1ms\"\n").unwrap_err();

@@ -621,7 +621,7 @@ impl<T: Document> Inner<T> {
         // one held while nothing newer was announced: then no change was
         // missed even if the database cannot be read.
         let mut cache_confirmed = false;
-        let shared = self.deps.cache.backend() != "memory";
+        let shared = self.deps.cache.is_shared();
         match self.deps.cache.get_versioned(&self.cache_key).await {
             Ok(Some((_, bytes))) => match serde_json::from_slice::<CacheEntry>(&bytes) {
                 Ok(entry) if entry.version >= at_least.max(1) => {

@@ -733,3 +733,24 @@ fn parse_entries(items: Vec<Value>) -> Result<Vec<Entry>, DurableError> {
     }
     Ok(entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_now(deadline: i64) -> i64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        deadline - i64::try_from(now).unwrap()
+    }
+
+    /// At the default enqueue timeout (2 s) Redis refuses an append it runs
+    /// later than 1.75 s from now; a short timeout keeps three quarters.
+    #[test]
+    fn the_script_deadline_is_the_timeout_less_the_clock_margin() {
+        // `DEFAULT_ENQUEUE_TIMEOUT` (the entries feature's).
+        let default = from_now(script_deadline(Duration::from_secs(2)));
+        assert!((1_740..=1_750).contains(&default), "{default}");
+        let short = from_now(script_deadline(Duration::from_millis(400)));
+        assert!((290..=300).contains(&short), "{short}");
+    }
+}

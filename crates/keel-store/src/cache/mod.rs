@@ -63,6 +63,12 @@ impl Cache {
         }
     }
 
+    /// Whether other processes see this cache's entries (Redis), so an
+    /// answer from it speaks for the whole deployment.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self.inner, Inner::Memory(_))
+    }
+
     /// The value under `key`, unless absent or expired.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         match &self.inner {
