@@ -20,7 +20,7 @@
 //! gives, per alert, the fault and when it went pending, firing and resolved.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,19 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// A scenario of one phase.
+    fn single(name: &'static str, fault: &'static str, expect: Vec<(&'static str, Who)>, hold: Duration) -> Self {
+        Self { name, phases: vec![Phase { fault, expect, hold }], allow: Vec::new() }
+    }
+
+    /// The same, also allowing `allow`.
+    fn allowing(mut self, allow: Vec<(&'static str, Who)>) -> Self {
+        self.allow = allow;
+        self
+    }
+}
+
 struct Phase {
     fault: &'static str,
     expect: Vec<(&'static str, Who)>,
@@ -149,14 +162,19 @@ pub fn run(root: &Path) -> Result<()> {
 }
 
 struct Lab {
+    /// First, so it stops before the servers it talks to (fields drop in
+    /// order).
+    traffic: Traffic,
     pg: Postgres,
     redis: Redis,
     api: Binary,
     worker: Binary,
     api_pg: Binary,
     prometheus: Prometheus,
-    traffic: Traffic,
     who: BTreeMap<String, Who>,
+    /// The workspace, and its rule file as written.
+    root: PathBuf,
+    rules: String,
     failures: Vec<String>,
 }
 
@@ -199,7 +217,8 @@ impl Lab {
         }
         let who: BTreeMap<String, Who> =
             [(api.addr.clone(), API), (worker.addr.clone(), WORKER), (api_pg.addr.clone(), API_PG)].into();
-        let prometheus = Prometheus::start(root, dir, &[&api.addr, &api_pg.addr], &worker.addr)?;
+        let rules = std::fs::read_to_string(root.join("deploy/prometheus/rules/keel.yml"))?;
+        let prometheus = Prometheus::start(&rules, dir, &[&api.addr, &api_pg.addr], &worker.addr)?;
         eprintln!(
             "xtask: alerts: prometheus {} (scale 1/{SCALE}), api {}, worker {}, api-pg {}, postgres :{}, redis :{}",
             prometheus.addr, api.addr, worker.addr, api_pg.addr, pg.port, redis.port
@@ -209,7 +228,8 @@ impl Lab {
         wait_until(Duration::from_secs(60), || prometheus.query_count("up == 1") == Some(3))
             .context("prometheus does not scrape all three binaries")?;
         std::thread::sleep(Duration::from_secs(5));
-        Ok(Self { pg, redis, api, worker, api_pg, prometheus, traffic, who, failures: Vec::new() })
+        let root = root.to_path_buf();
+        Ok(Self { pg, redis, api, worker, api_pg, prometheus, traffic, who, root, rules, failures: Vec::new() })
     }
 
     fn scenarios(&mut self, rows: &mut Vec<Row>) -> Result<()> {
@@ -218,11 +238,7 @@ impl Lab {
             |who| vec![("KeelHighErrorRatio", who), ("KeelErrorBudgetFastBurn", who), ("KeelErrorBudgetSlowBurn", who)];
 
         // 1. Healthy: nothing at all.
-        let healthy = Scenario {
-            name: "healthy",
-            phases: vec![Phase { fault: "none (light traffic)", expect: vec![], hold: Duration::from_secs(60) }],
-            allow: vec![],
-        };
+        let healthy = Scenario::single("healthy", "none (light traffic)", vec![], Duration::from_secs(60));
         rows.extend(self.scenario(&healthy, |_, _| Ok(()), |_| Ok(()))?);
         self.check_dashboards()?;
 
@@ -237,23 +253,21 @@ impl Lab {
             // database frozen it cannot confirm its settings.
             ("KeelSettingsStale", API_PG),
         ]);
-        let freeze = Scenario {
-            name: "pg-freeze",
-            phases: vec![Phase {
-                fault: "PostgreSQL SIGSTOP; uncached reads; metadata flood",
-                expect: vec![
-                    ("KeelDatabasePoolExhausted", API),
-                    ("KeelHighLatencyP95", "keel-api"),
-                    ("KeelHealthComponentKO", API),
-                    ("KeelBatcherDropping", API),
-                ],
-                // Long enough for a settings refresh to fail and staleness
-                // to pass its threshold, had a frozen database alone made
-                // the cluster binaries stale.
-                hold: Duration::from_secs(40),
-            }],
-            allow,
-        };
+        let freeze = Scenario::single(
+            "pg-freeze",
+            "PostgreSQL SIGSTOP; uncached reads; metadata flood",
+            vec![
+                ("KeelDatabasePoolExhausted", API),
+                ("KeelHighLatencyP95", "keel-api"),
+                ("KeelHealthComponentKO", API),
+                ("KeelBatcherDropping", API),
+            ],
+            // Long enough for a settings refresh to fail and staleness to
+            // pass its threshold, had a frozen database alone made the
+            // cluster binaries stale.
+            Duration::from_secs(40),
+        )
+        .allowing(allow);
         rows.extend(self.scenario(
             &freeze,
             |lab, _| {
@@ -324,17 +338,15 @@ impl Lab {
 
         // 4. An outsized workload: the PostgreSQL-only api's in-process
         // cache (256 MiB here) filled with large values.
-        let memory = Scenario {
-            name: "memory",
-            phases: vec![Phase {
-                fault: "3 000 writes of 60 KB to the PG-only api (cache 256 MiB)",
-                expect: vec![("KeelHighMemory", API_PG)],
-                hold: Duration::ZERO,
-            }],
-            // Some 9 MB/s of writes against a 12 MiB log: between two
-            // checkpoints the log is near its bound, truly.
-            allow: vec![("KeelLocalLogNearFull", API_PG)],
-        };
+        let memory = Scenario::single(
+            "memory",
+            "3 000 writes of 60 KB to the PG-only api (cache 256 MiB)",
+            vec![("KeelHighMemory", API_PG)],
+            Duration::ZERO,
+        )
+        // Some 9 MB/s of writes against a 12 MiB log: between two
+        // checkpoints the log is near its bound, truly.
+        .allowing(vec![("KeelLocalLogNearFull", API_PG)]);
         rows.extend(self.scenario(
             &memory,
             |lab, _| fill_memory(&lab.api_pg.addr),
@@ -347,15 +359,12 @@ impl Lab {
         )?);
 
         // 5. The worker killed while writes continue.
-        let worker = Scenario {
-            name: "worker-kill",
-            phases: vec![Phase {
-                fault: "worker SIGKILL; writes continue",
-                expect: vec![("KeelWorkerDown", WORKER), ("KeelWriteBehindBacklog", API)],
-                hold: Duration::ZERO,
-            }],
-            allow: vec![],
-        };
+        let worker = Scenario::single(
+            "worker-kill",
+            "worker SIGKILL; writes continue",
+            vec![("KeelWorkerDown", WORKER), ("KeelWriteBehindBacklog", API)],
+            Duration::ZERO,
+        );
         rows.extend(self.scenario(
             &worker,
             |lab, _| lab.worker.kill(),
@@ -402,15 +411,12 @@ impl Lab {
         )?);
 
         // 7. The database refuses some values for good.
-        let poison = Scenario {
-            name: "dead-letters",
-            phases: vec![Phase {
-                fault: "a CHECK constraint refuses 5 written values",
-                expect: vec![("KeelWriteBehindDeadLetters", WORKER)],
-                hold: Duration::ZERO,
-            }],
-            allow: vec![],
-        };
+        let poison = Scenario::single(
+            "dead-letters",
+            "a CHECK constraint refuses 5 written values",
+            vec![("KeelWriteBehindDeadLetters", WORKER)],
+            Duration::ZERO,
+        );
         rows.extend(self.scenario(
             &poison,
             |lab, _| {
@@ -454,7 +460,7 @@ impl Lab {
             for (alert, who) in &phase.expect {
                 expected.insert(((*alert).to_owned(), (*who).to_owned()));
                 fault_of.insert(((*alert).to_owned(), (*who).to_owned()), phase.fault.to_owned());
-                deadline = deadline.max(phase_start + budget(alert));
+                deadline = deadline.max(phase_start + budget(&self.rules, alert));
             }
             loop {
                 self.observe(scenario, start, &mut seen, &mut fault_of, phase.fault)?;
@@ -589,8 +595,7 @@ impl Lab {
     /// Every dashboard query returns a series for each job on a healthy
     /// deployment, unless its panel's description says why not.
     fn check_dashboards(&mut self) -> Result<()> {
-        let root = crate::workspace_root();
-        for file in crate::deploy::files(&root.join("deploy/grafana/dashboards"), "json")? {
+        for file in crate::deploy::files(&self.root.join("deploy/grafana/dashboards"), "json")? {
             let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
             for panel in dashboard["panels"].as_array().into_iter().flatten() {
                 let title = panel["title"].as_str().unwrap_or_default();

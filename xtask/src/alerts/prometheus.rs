@@ -20,11 +20,12 @@ pub(super) struct Prometheus {
 }
 
 impl Prometheus {
-    pub(super) fn start(root: &Path, dir: &Path, apis: &[&str], worker: &str) -> Result<Self> {
-        let rules = std::fs::read_to_string(root.join("deploy/prometheus/rules/keel.yml"))?;
+    /// Starts Prometheus evaluating `rules` (scaled) over `apis` (job
+    /// `keel-api`) and `worker` (job `keel-worker`).
+    pub(super) fn start(rules: &str, dir: &Path, apis: &[&str], worker: &str) -> Result<Self> {
         let rules_dir = dir.join("rules");
         std::fs::create_dir_all(&rules_dir)?;
-        std::fs::write(rules_dir.join("keel.yml"), scaled_rules(&rules)?)?;
+        std::fs::write(rules_dir.join("keel.yml"), scaled_rules(rules)?)?;
         let quoted = |targets: &[&str]| targets.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  scrape_timeout: 900ms\n\

@@ -7,11 +7,10 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{LEADS, MARGIN, MEMORY_THRESHOLD, SCALE};
 
-/// The budget of one alert: its scaled `for`, its lead, and [`MARGIN`].
-pub(super) fn budget(alert: &str) -> Duration {
-    let rules =
-        std::fs::read_to_string(crate::workspace_root().join("deploy/prometheus/rules/keel.yml")).unwrap_or_default();
-    let scaled_for = rule_for(&rules, alert).map_or(Duration::ZERO, |d| d / u32::try_from(SCALE).unwrap_or(1));
+/// The budget of one alert of `rules`: its scaled `for`, its lead, and
+/// [`MARGIN`].
+pub(super) fn budget(rules: &str, alert: &str) -> Duration {
+    let scaled_for = rule_for(rules, alert).map_or(Duration::ZERO, |d| d / u32::try_from(SCALE).unwrap_or(1));
     let lead = LEADS.iter().find(|(a, _, _)| *a == alert).map_or(30, |(_, s, _)| *s);
     scaled_for + Duration::from_secs(lead) + MARGIN
 }
@@ -101,5 +100,8 @@ mod tests {
         assert!(scaled.contains(&format!("process_memory_usage_bytes > {MEMORY_THRESHOLD}")));
         assert_eq!(rule_for(&rules, "KeelHighErrorRatio"), Some(Duration::from_secs(300)));
         assert_eq!(rule_for(&rules, "KeelBatcherDropping"), None);
+        // 5 min / 30, the 10 s lead, the 20 s margin.
+        assert_eq!(budget(&rules, "KeelHighErrorRatio"), Duration::from_secs(40));
+        assert_eq!(budget(&rules, "KeelBatcherDropping"), Duration::from_secs(25));
     }
 }

@@ -62,11 +62,20 @@ impl Traffic {
         Self { stop, uncached, threads }
     }
 
+    /// Stops the traffic and waits for its threads (each ends with its
+    /// current request, so stop it before the servers).
     pub(super) fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// Stops the traffic, also when the harness fails half-way.
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
