@@ -51,6 +51,7 @@
 //! assert_eq!(*rows.0.lock().unwrap(), vec![("cpu".to_string(), 0.7)]);
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod agents;

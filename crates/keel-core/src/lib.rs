@@ -21,6 +21,7 @@
 //!
 //! assert!(Status::Ko < Status::Warn && Status::Warn < Status::Ok);
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 mod clock;

@@ -47,6 +47,7 @@
 //! assert!(health.is_strictly_healthy_for(&["replicas"]));
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "net")]
 pub mod checks;

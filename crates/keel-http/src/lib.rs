@@ -44,6 +44,7 @@
 //! assert!(telemetry.encode().unwrap().contains("http_route=\"/hello/{name}\""));
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod admin;
 #[cfg(feature = "agents")]

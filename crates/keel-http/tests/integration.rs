@@ -84,7 +84,7 @@ async fn unknown_paths_share_one_series_and_unknown_methods_are_other() {
     let with_unmatched = series(&telemetry.encode().unwrap(), "http_server_request_duration_seconds_count").len();
     assert_eq!(with_unmatched, before + 1);
     for _ in 0..100 {
-        let path = format!("/{:016x}/{:08x}", rand::random::<u64>(), rand::random::<u32>());
+        let path = format!("/{:016x}/{:08x}", fastrand::u64(..), fastrand::u32(..));
         let response = send(&app, get_req(&path)).await;
         assert_eq!(response.status(), 404);
         assert_eq!(json(response).await["error"]["code"], "not_found");

@@ -38,6 +38,7 @@
 //! assert_eq!(recent[0].fields["token"], "[redacted]");
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod capture;
 mod collector;

@@ -43,6 +43,7 @@
 //! assert_eq!(flags.version(), 1);
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builtin;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -30,7 +30,10 @@ pub struct DurationSpec {
     pub labels: &'static [&'static str],
 }
 
-/// A duration histogram; cloning shares it. See the [module](self) docs.
+/// A duration histogram; cloning shares it. A series (one label set) is
+/// resolved once, then recorded without a lock, a hash or an allocation; on
+/// a `Telemetry` it is read straight into the Prometheus registry at scrape
+/// time, on any other meter it is an OpenTelemetry histogram.
 ///
 /// ```
 /// use std::time::Duration;

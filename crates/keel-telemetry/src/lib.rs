@@ -19,6 +19,7 @@
 //! assert!(text.contains("jobs_done_total{queue=\"default\"} 1"));
 //! let _ = names::HTTP_SERVER_REQUEST_DURATION;
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod histogram;
 #[cfg(feature = "logging")]
@@ -42,7 +43,7 @@ pub use opentelemetry::metrics::Meter;
 
 /// Put in a response's extensions by a handler whose own request record must
 /// not be captured (a monitoring stream): Keel's request logging then writes
-/// its "request answered" record with [`keel_core::UNCAPTURED_FIELD`].
+/// its "request answered" record with `keel_core::UNCAPTURED_FIELD`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Uncaptured;
 #[cfg(feature = "otlp")]

@@ -59,6 +59,7 @@
 //! assert_eq!(queue.metrics().persisted, 1);
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "redis")]
 mod backlog;
