@@ -1,6 +1,7 @@
 //! `cargo xtask docs`: the configuration reference in `docs/OPERATIONS.md`,
 //! generated from the binaries' clap definitions (their `--help`), and the
-//! drift check that `deploy-check` runs.
+//! drift check that `deploy-check` runs; and each library crate's README,
+//! generated from its crate documentation ([`crate::publish`]).
 
 use std::path::Path;
 use std::process::Command;
@@ -108,7 +109,7 @@ pub fn update(root: &Path) -> Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     std::fs::write(&path, splice(&text, &generated(root)?)?)?;
     eprintln!("docs: {} updated", path.display());
-    Ok(())
+    crate::publish::write_readmes(root)
 }
 
 /// Fails when `docs/OPERATIONS.md` does not match the binaries' options.

@@ -7,9 +7,12 @@ pub mod cmd;
 pub mod console;
 pub mod deploy;
 pub mod docs;
+pub mod publish;
+pub mod reuse;
 pub mod schemathesis;
 pub mod services;
 pub mod tidy;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 

@@ -4,13 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{alerts, bench, chaos, cmd, console, deploy, docs, schemathesis, services, tidy};
+use xtask::{alerts, bench, chaos, cmd, console, deploy, docs, publish, reuse, schemathesis, services, tidy, tools};
 
 const HELP: &str = "\
 cargo xtask <command>
 
-  ci                 fmt check, clippy -D warnings, tidy, services up (and
-                     the local Redis Cluster), all tests
+  ci                 fmt check, clippy -D warnings, tidy, reuse, cargo deny,
+                     packaging and docs, services up (and the local Redis
+                     Cluster), deploy-check, chaos --short, alerts,
+                     schemathesis, console, all tests
+  ci --check-tools   what ci needs on this machine, and what is missing
   test               services up (and the local Redis Cluster), then all tests
   tidy [--static] [--root DIR]
                      architecture and hygiene checks (--static skips the
@@ -39,14 +42,22 @@ cargo xtask <command>
                      each alert's fault injected, firing and resolution
                      asserted, a healthy period fires nothing (report
                      under target/alerts/)
+  reuse [--report] [--only CRATE]
+                     each library crate's example built and run from a
+                     workspace of its own, once per feature set (defaults,
+                     minimal, each feature added, all); dependency trees
+                     against their budgets; --report also times clean
+                     release builds and rewrites the table in docs/reuse.md
   schemathesis [SEED] property-based tests of the embedded api from its own
                      /openapi.json (installs schemathesis from PyPI; report
                      under target/schemathesis/)
   console            the operator console in headless chromium (installs
                      Debian's chromium and playwright-core/axe-core from
                      npm; screenshots under target/console/)
-  docs               regenerate the configuration reference in
-                     docs/OPERATIONS.md from the binaries' flags
+  docs [--readmes]   regenerate the configuration reference in
+                     docs/OPERATIONS.md from the binaries' flags, and each
+                     library crate's README from its crate docs (--readmes:
+                     only those)
 ";
 
 fn main() -> ExitCode {
@@ -63,6 +74,7 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<()> {
     let root = xtask::workspace_root();
     match args.first().map(String::as_str) {
+        Some("ci") if args.get(1).is_some_and(|a| a == "--check-tools") => tools::check(),
         Some("ci") => ci(&root),
         Some("test") => {
             services::up()?;
@@ -80,10 +92,12 @@ fn run(args: &[String]) -> Result<()> {
             services::up()?;
             deploy::check(&root)
         }
+        Some("docs") if args.get(1).is_some_and(|a| a == "--readmes") => publish::write_readmes(&root),
         Some("docs") => docs::update(&root),
         Some("console") => console::run(&root),
         Some("chaos") => chaos::run(&root, &args[1..]),
         Some("alerts") => alerts::run(&root),
+        Some("reuse") => reuse::run(&root, &args[1..]),
         Some("schemathesis") => schemathesis::run(&root, args.get(1).map(String::as_str)),
         Some("bench") if args.get(1).is_some_and(|a| a == "http") => {
             bench::http(&root, args.get(2).map(String::as_str))
@@ -106,6 +120,9 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("fmt", || cmd::cargo(root, &["fmt", "--all", "--", "--check"]))?;
     step("clippy", || cmd::cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("tidy", || run_tidy(&[], root))?;
+    step("reuse", || reuse::run(root, &[]))?;
+    step("supply-chain", || publish::supply_chain(root))?;
+    step("publish", || publish::check_builds(root))?;
     step("services", || services::up().and_then(|()| services::up_cluster()))?;
     step("deploy-check", || deploy::check(root))?;
     step("chaos --short", || chaos::run(root, &["--short".to_owned()]))?;

@@ -13,7 +13,9 @@
 //!   and lives in a directory named after its package.
 //!
 //! [`check_feature_builds`] additionally lints every library crate with
-//! `--no-default-features`, proving the storage-free core builds alone.
+//! `--no-default-features`, each feature alone and all features, proving the
+//! storage-free core builds alone; `publish` checks manifests and READMEs
+//! ([`crate::publish::check`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -85,10 +87,11 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
     for package in packages {
         check_boundaries(package, &mut found)?;
     }
+    crate::publish::check(root, &mut found)?;
     Ok(found)
 }
 
-fn metadata(root: &Path) -> Result<Value> {
+pub(crate) fn metadata(root: &Path) -> Result<Value> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
@@ -330,8 +333,9 @@ pub fn check_unused_dependencies(root: &Path) -> Result<()> {
 }
 
 /// Lints every library crate with `--no-default-features`, then with each of
-/// its features alone (warnings denied), proving each backend builds by
-/// itself and nothing depends on another being on.
+/// its features alone, then with all of them (warnings denied), proving each
+/// backend builds by itself, nothing depends on another being on, and all
+/// of them build together.
 pub fn check_feature_builds(root: &Path) -> Result<()> {
     let metadata = metadata(root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -349,11 +353,14 @@ pub fn check_feature_builds(root: &Path) -> Result<()> {
             .as_object()
             .map(|f| f.keys().map(String::as_str).filter(|f| !matches!(*f, "default" | "testing")).collect())
             .unwrap_or_default();
-        for feature in std::iter::once("").chain(features) {
-            let mut args = vec!["clippy", "--quiet", "-p", name, "--lib", "--no-default-features"];
-            if !feature.is_empty() {
-                args.extend(["--features", feature]);
-            }
+        // No features, each feature alone, then all of them together (what
+        // docs.rs builds, and what `all-features = true` in deny.toml checks).
+        let alone = std::iter::once(vec!["--no-default-features"])
+            .chain(features.into_iter().map(|f| vec!["--no-default-features", "--features", f]))
+            .chain(std::iter::once(vec!["--all-features"]));
+        for selection in alone {
+            let mut args = vec!["clippy", "--quiet", "-p", name, "--lib"];
+            args.extend(selection);
             args.extend(["--", "-D", "warnings"]);
             crate::cmd::run(Command::new(&cargo).args(&args).current_dir(root))?;
         }
