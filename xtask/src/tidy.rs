@@ -10,7 +10,8 @@
 //!   and the storage and functional crates only optionally (behind features);
 //! - no placeholder or debugging macros and no ignored tests;
 //! - every crate has `[lints] workspace = true`, a crate-level doc comment,
-//!   and lives in a directory named after its package.
+//!   and lives in a directory named after its package;
+//! - the CI workflow installs every tool `ci` needs ([`crate::tools`]).
 //!
 //! [`check_feature_builds`] additionally lints every library crate with
 //! `--no-default-features`, each feature alone and all features, proving the
@@ -88,6 +89,12 @@ pub fn check(root: &Path) -> Result<Vec<Violation>> {
         check_boundaries(package, &mut found)?;
     }
     crate::publish::check(root, &mut found)?;
+    let workflow = root.join(".github/workflows/ci.yml");
+    if workflow.is_file() {
+        for tool in crate::tools::missing_from_workflow(&workflow)? {
+            found.push(violation("workflow", format!(".github/workflows/ci.yml does not install {tool}")));
+        }
+    }
     Ok(found)
 }
 
