@@ -43,6 +43,23 @@ pub fn run(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// A tool installed with `cargo install`: from `PATH` when it is there,
+/// otherwise from `target/tools/bin` (kept with the build cache, so a
+/// machine that keeps `target/` compiles it once), installed there with
+/// `cargo install --locked SPEC` when missing.
+pub fn cargo_tool(root: &Path, program: &str, spec: &str) -> Result<PathBuf> {
+    if on_path(program) {
+        return Ok(PathBuf::from(program));
+    }
+    let tools = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("tools");
+    let binary = tools.join("bin").join(program);
+    if !binary.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo).args(["install", "--locked", "--root"]).arg(&tools).arg(spec))?;
+    }
+    Ok(binary)
+}
+
 /// Whether `program` is on `PATH`.
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))

@@ -176,18 +176,12 @@ const CARGO_DENY: &str = "cargo-deny@^0.20";
 /// advisories, when the advisory database can be fetched (one line says so
 /// when it cannot: this machine may have no route to GitHub).
 pub fn supply_chain(root: &Path) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    if !crate::cmd::on_path("cargo-deny") {
-        crate::cmd::run(Command::new(&cargo).args(["install", "--locked", CARGO_DENY]))?;
-    }
-    crate::cmd::run(Command::new(&cargo).args(["deny", "check", "licenses", "bans", "sources"]).current_dir(root))?;
-    let fetched = Command::new(&cargo)
-        .args(["deny", "fetch", "db"])
-        .current_dir(root)
-        .output()
-        .is_ok_and(|out| out.status.success());
+    let deny = crate::cmd::cargo_tool(root, "cargo-deny", CARGO_DENY)?;
+    crate::cmd::run(Command::new(&deny).args(["check", "licenses", "bans", "sources"]).current_dir(root))?;
+    let fetched =
+        Command::new(&deny).args(["fetch", "db"]).current_dir(root).output().is_ok_and(|out| out.status.success());
     if fetched {
-        crate::cmd::run(Command::new(&cargo).args(["deny", "check", "advisories"]).current_dir(root))
+        crate::cmd::run(Command::new(&deny).args(["check", "advisories"]).current_dir(root))
     } else {
         eprintln!("supply-chain: the advisory database cannot be fetched from here; advisories not checked");
         Ok(())

@@ -3,10 +3,11 @@
 //! Inside this workspace, a crate that forgets a feature or a dependency can
 //! still build because another member happens to enable it. Here each
 //! library crate's example is copied into a fresh package under
-//! `target/reuse/<crate>/` whose manifest names that crate alone (by path)
-//! plus what the example itself uses, and is built and run once per feature
-//! set a user can ask for: the crate's defaults, the example's minimal
-//! features, each further feature added to them, and all of them together.
+//! `target/reuse/<crate>-<example>/` whose manifest names that crate alone
+//! (by path) plus what the example itself uses, and is compiled once per
+//! feature set a user can ask for: built and run with the crate's defaults,
+//! the example's minimal features and all features together; compiled
+//! (`cargo check`) with each further feature added to the minimal ones.
 //! `tidy` lints each crate alone with each feature (no example involved);
 //! this proves the crate is usable from outside.
 //!
@@ -325,13 +326,24 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             lock: Some(&lock),
         };
         let dir = scratch.join(format!("{}-{}", example.krate, example.name));
+        let required = info.required_of(example.name);
+        let all: BTreeSet<String> = info.features.iter().cloned().chain(required.iter().cloned()).collect();
         for set in feature_sets(&info, example.name) {
-            eprintln!("reuse: {} example {} with features {}", example.krate, example.name, set.label());
-            if let Err(err) = package.build_and_run(&dir, &scratch.join("target"), &set) {
+            // Defaults, the minimal set and all features are built and run;
+            // each feature added to the minimal set is compiled (what a
+            // forgotten feature or dependency breaks) without linking.
+            let run = set.features.as_ref().is_none_or(|f| *f == required || *f == all);
+            let how = if run { "built and run" } else { "compiled" };
+            eprintln!("reuse: {} example {} with features {} ({how})", example.krate, example.name, set.label());
+            let done = if run {
+                package.build_and_run(&dir, &scratch.join("target"), &set)
+            } else {
+                package.check(&dir, &scratch.join("target"), &set)
+            };
+            if let Err(err) = done {
                 failures.push(format!("{} ({}): {err:#}", example.krate, set.label()));
             }
         }
-        let required = info.required_of(example.name);
         for (label, budget) in example.budgets.iter().copied() {
             let set = FeatureSet::parse(label);
             let tree = dependency_tree(&scratch.join("tree"), example.krate, &info.dir, &set)?;
@@ -441,6 +453,20 @@ impl Scratch<'_> {
         )?;
         let binary = target.join("debug").join(self.binary());
         run_within(Command::new(&binary).current_dir(dir).stdout(Stdio::inherit()), Duration::from_secs(60))
+    }
+
+    /// Compiles the package under `dir` with `set` (`cargo check`: every
+    /// error a missing feature or dependency causes, without code
+    /// generation).
+    pub fn check(&self, dir: &Path, target: &Path, set: &FeatureSet) -> Result<()> {
+        let manifest = self.write(dir, set)?;
+        crate::cmd::run(
+            cargo()
+                .args(["check", "--quiet", "--manifest-path"])
+                .arg(&manifest)
+                .env("CARGO_TARGET_DIR", target)
+                .current_dir(dir),
+        )
     }
 
     /// A clean release build under `dir` with `set` in a target directory of

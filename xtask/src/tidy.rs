@@ -330,13 +330,10 @@ pub fn check_lean_http(root: &Path) -> Result<()> {
 }
 
 /// Fails on a dependency no code uses (cargo-machete, installed from
-/// crates.io when missing).
+/// crates.io under `target/tools` when missing).
 pub fn check_unused_dependencies(root: &Path) -> Result<()> {
-    if !crate::cmd::on_path("cargo-machete") {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        crate::cmd::run(Command::new(cargo).args(["install", "--locked", "cargo-machete@^0.9"]))?;
-    }
-    crate::cmd::run(Command::new("cargo-machete").arg(root))
+    let machete = crate::cmd::cargo_tool(root, "cargo-machete", "cargo-machete@^0.9")?;
+    crate::cmd::run(Command::new(machete).arg(root))
 }
 
 /// Lints every library crate with `--no-default-features`, then with each of

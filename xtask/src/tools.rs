@@ -36,8 +36,16 @@ pub struct Tool {
 pub const TOOLS: &[Tool] = &[
     Tool { program: "rustfmt", install: Install::Rustup("rustfmt"), steps: &["fmt"] },
     Tool { program: "cargo-clippy", install: Install::Rustup("clippy"), steps: &["clippy", "tidy"] },
-    Tool { program: "cargo-machete", install: Install::Xtask("cargo install cargo-machete"), steps: &["tidy"] },
-    Tool { program: "cargo-deny", install: Install::Xtask("cargo install cargo-deny"), steps: &["supply-chain"] },
+    Tool {
+        program: "cargo-machete",
+        install: Install::Xtask("cargo install --root target/tools cargo-machete"),
+        steps: &["tidy"],
+    },
+    Tool {
+        program: "cargo-deny",
+        install: Install::Xtask("cargo install --root target/tools cargo-deny"),
+        steps: &["supply-chain"],
+    },
     Tool { program: "initdb", install: Install::Debian("postgresql"), steps: &["services", "chaos --short", "alerts"] },
     Tool { program: "pg_ctl", install: Install::Debian("postgresql"), steps: &["chaos --short", "alerts"] },
     Tool {
