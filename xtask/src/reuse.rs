@@ -348,18 +348,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             let set = FeatureSet::parse(label);
             let tree = dependency_tree(&scratch.join("tree"), example.krate, &info.dir, &set)?;
             eprintln!("reuse: {} ({label}): {} crates in its tree (budget {budget})", example.krate, tree.len());
-            if tree.len() > budget {
-                failures.push(format!(
-                    "{} ({label}): {} crates in its dependency tree, over its budget of {budget}",
-                    example.krate,
-                    tree.len()
-                ));
-            }
-            let banned: Vec<&str> =
-                example.banned.iter().copied().filter(|b| label == "none" && tree.contains(*b)).collect();
-            if !banned.is_empty() {
-                failures.push(format!("{} ({label}): pulls in {}", example.krate, banned.join(", ")));
-            }
+            failures.extend(judge(example, label, budget, &tree));
             if report {
                 let covered = match &set.features {
                     None => required.is_subset(&info.defaults),
@@ -387,6 +376,25 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     eprintln!("reuse: ok");
     Ok(())
+}
+
+/// What is wrong with `example`'s crate having `tree` with the feature set
+/// `label`: over its budget, or (with no features) pulling in a crate it
+/// must not.
+pub fn judge(example: &Example, label: &str, budget: usize, tree: &BTreeSet<String>) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if tree.len() > budget {
+        wrong.push(format!(
+            "{} ({label}): {} crates in its dependency tree, over its budget of {budget}",
+            example.krate,
+            tree.len()
+        ));
+    }
+    let banned: Vec<&str> = example.banned.iter().copied().filter(|b| label == "none" && tree.contains(*b)).collect();
+    if !banned.is_empty() {
+        wrong.push(format!("{} ({label}): pulls in {}", example.krate, banned.join(", ")));
+    }
+    wrong
 }
 
 /// An example to build from a package of its own: the crate it shows, the
@@ -633,6 +641,19 @@ mod tests {
     fn a_crate_without_features_is_built_once() {
         let sets = feature_sets(&info(&[], &[], &[]), "ex");
         assert_eq!(sets.iter().map(FeatureSet::label).collect::<Vec<_>>(), ["default"]);
+    }
+
+    #[test]
+    fn a_tree_over_budget_or_pulling_a_banned_crate_fails() {
+        let core = EXAMPLES.iter().find(|e| e.krate == "keel-core").expect("keel-core has an example");
+        let tree = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<BTreeSet<String>>();
+        assert!(judge(core, "none", 3, &tree(&["keel-core", "tokio"])).is_empty());
+        let over = judge(core, "none", 1, &tree(&["keel-core", "tokio"]));
+        assert_eq!(over, ["keel-core (none): 2 crates in its dependency tree, over its budget of 1"]);
+        let heavy = judge(core, "none", 9, &tree(&["keel-core", "fred", "diesel"]));
+        assert_eq!(heavy, ["keel-core (none): pulls in diesel, fred"]);
+        // With features, a heavy crate may be the point (a backend).
+        assert!(judge(core, "default", 9, &tree(&["keel-core", "fred"])).is_empty());
     }
 
     #[test]
