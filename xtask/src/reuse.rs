@@ -256,9 +256,8 @@ pub fn feature_sets(info: &CrateInfo, example: &str) -> Vec<FeatureSet> {
     sets.into_iter().collect()
 }
 
-/// Reads the library crates' features and examples.
-pub fn crate_info(root: &Path, krate: &str) -> Result<CrateInfo> {
-    let metadata = crate::tidy::metadata(root)?;
+/// Reads a library crate's features and examples from `cargo metadata`.
+pub fn crate_info(metadata: &Value, krate: &str) -> Result<CrateInfo> {
     let package = metadata["packages"]
         .as_array()
         .into_iter()
@@ -308,10 +307,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
     }
     let scratch = root.join("target/reuse");
+    let metadata = crate::tidy::metadata(root)?;
     let mut failures = Vec::new();
     let mut rows = Vec::new();
     for example in EXAMPLES.iter().filter(|e| only.as_deref().is_none_or(|o| o == e.krate)) {
-        let info = crate_info(root, example.krate)?;
+        let info = crate_info(&metadata, example.krate)?;
         if !info.required.iter().any(|(name, _)| name == example.name) {
             bail!("{}: no example named {} in its Cargo.toml", example.krate, example.name);
         }

@@ -63,17 +63,11 @@ pub const TOOLS: &[Tool] = &[
     Tool { program: "npm", install: Install::Action("actions/setup-node"), steps: &["console"] },
 ];
 
-/// Whether `program` can be run here.
+/// Whether `program` can be run here (PostgreSQL's tools where Debian puts
+/// them, as the steps that run them look).
 pub fn present(program: &str) -> bool {
-    crate::cmd::on_path(program) || (matches!(program, "initdb" | "pg_ctl") && postgres_bin(program))
-}
-
-fn postgres_bin(program: &str) -> bool {
-    std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|version| version.path().join("bin").join(program).is_file())
+    crate::cmd::on_path(program)
+        || (matches!(program, "initdb" | "pg_ctl") && crate::services::find_postgres_tool(program).is_some())
 }
 
 /// `cargo xtask ci --check-tools`: one line per missing tool with the steps
