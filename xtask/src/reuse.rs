@@ -11,10 +11,10 @@
 //! `tidy` lints each crate alone with each feature (no example involved);
 //! this proves the crate is usable from outside.
 //!
-//! Each crate's footprint — the crates in its dependency tree with its
-//! minimal and its default features — is checked against the budget written
-//! here (and in `docs/reuse.md`), and the minimal set must pull none of the
-//! crates the budget bans. `--report` also times a clean release build of
+//! Each crate's footprint — the crates in its dependency tree with no
+//! features, the example's minimal ones and its defaults — is checked
+//! against the budgets written here (and in `docs/reuse.md`), and with no
+//! features it must pull in none of the crates its entry bans. `--report` also times a clean release build of
 //! each example and measures its binary, and rewrites the table in
 //! `docs/reuse.md`.
 
