@@ -23,6 +23,7 @@ pub const LIBRARIES: &[&str] = &[
     "keel-batcher",
     "keel-write-behind",
     "keel-monitoring",
+    "keel-entries",
     "keel-http",
 ];
 

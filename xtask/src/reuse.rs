@@ -134,11 +134,11 @@ pub const EXAMPLES: &[Example] = &[
         banned: &concat_banned(),
     },
     Example {
-        krate: "keel-write-behind",
-        name: "entries",
-        deps: &[TOKIO_MAIN, SERDE_JSON, TELEMETRY, STORE_SQLITE],
-        budgets: &[("entries,sqlite", 162)],
-        banned: &["axum", "opentelemetry-otlp"],
+        krate: "keel-entries",
+        name: "embedded",
+        deps: &[TOKIO_MAIN, SERDE_JSON, TELEMETRY, STORE_SQLITE, CORE],
+        budgets: &[("none", 67), ("sqlite", 96), ("default", 188)],
+        banned: &["axum", "fred", "tokio-postgres", "opentelemetry-otlp"],
     },
     Example {
         krate: "keel-monitoring",

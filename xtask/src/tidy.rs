@@ -1,8 +1,8 @@
 //! Architecture and hygiene checks (`cargo xtask tidy`).
 //!
 //! Static checks, read from `cargo metadata` and the sources:
-//! - the dependency direction of DESIGN §1 (`keel-core` ← `keel-telemetry` ←
-//!   `keel-store` ← functional crates ← `keel-http` ← `keel-app` ← binaries);
+//! - the dependency direction of `docs/ARCHITECTURE.md` invariant 1 (`keel-core` ← `keel-telemetry` ←
+//!   `keel-store` ← functional crates ← `keel-entries` ← `keel-http` ← `keel-app` ← binaries);
 //! - the API boundaries of `docs/ARCHITECTURE.md`: only `keel-app` (and the
 //!   binaries) read flags, environment and files; only `keel-http` builds HTTP
 //!   responses and JSON bodies;
@@ -35,16 +35,14 @@ const LAYERS: &[(&str, u8)] = &[
     ("keel-batcher", 3),
     ("keel-write-behind", 3),
     ("keel-monitoring", 3),
-    ("keel-http", 4),
-    ("keel-app", 5),
-    ("api", 6),
-    ("worker", 6),
-    ("baseline", 6),
-    ("xtask", 7),
+    ("keel-entries", 4),
+    ("keel-http", 5),
+    ("keel-app", 6),
+    ("api", 7),
+    ("worker", 7),
+    ("baseline", 7),
+    ("xtask", 8),
 ];
-
-/// Same-layer dependencies that the design allows.
-const ALLOWED_SIDEWAYS: &[(&str, &str)] = &[("keel-write-behind", "keel-batcher")];
 
 /// Crates that pull in an HTTP server, an ORM or a Redis client.
 const HEAVY: &[&str] =
@@ -117,7 +115,7 @@ fn check_package(package: &Value, members: &[&str], found: &mut Vec<Violation>) 
     let Some(own_layer) = layer(name) else {
         found.push(violation(
             "layers",
-            format!("{name}: not in the layer table of xtask/src/tidy.rs; add it where DESIGN §1 puts it"),
+            format!("{name}: not in the layer table of xtask/src/tidy.rs; add it where docs/ARCHITECTURE.md invariant 1 puts it"),
         ));
         return;
     };
@@ -136,8 +134,7 @@ fn check_package(package: &Value, members: &[&str], found: &mut Vec<Violation>) 
         }
         if members.contains(&dep_name) {
             let Some(dep_layer) = layer(dep_name) else { continue };
-            let sideways_ok = ALLOWED_SIDEWAYS.contains(&(name, dep_name));
-            if dep_layer > own_layer || (dep_layer == own_layer && !sideways_ok) {
+            if dep_layer >= own_layer {
                 found.push(violation(
                     "dependency-direction",
                     format!("{name} ({kind} dependency) must not depend on {dep_name}: {name} is layer {own_layer}, {dep_name} is layer {dep_layer}"),
@@ -305,8 +302,15 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
 
 /// The functional crates, which `keel-http` must not pull in without a
 /// router feature.
-const FUNCTIONAL: &[&str] =
-    &["keel-store", "keel-health-status", "keel-settings-sync", "keel-batcher", "keel-write-behind", "keel-monitoring"];
+const FUNCTIONAL: &[&str] = &[
+    "keel-store",
+    "keel-health-status",
+    "keel-settings-sync",
+    "keel-batcher",
+    "keel-write-behind",
+    "keel-monitoring",
+    "keel-entries",
+];
 
 /// `keel-http` with no feature (the middleware, `ApiError`, `/metrics`, the
 /// server) depends on no functional crate nor on keel-store.

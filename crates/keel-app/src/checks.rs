@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use keel_batcher::{AgentMetadata, Batcher};
+use keel_entries::Entries;
 use keel_health_status::{CheckKind, ComponentSpec, Health, HealthOptions, Mandatory, Mode, Report, SharedCheck};
 use keel_settings_sync::SettingsRegistry;
 use keel_store::{Database, RedisStore};
-use keel_write_behind::{Entries, EntrySink};
 
 use crate::StartError;
 use crate::config::{ConfigError, FileConfig};
@@ -64,42 +64,48 @@ fn builtin_spec(name: String) -> ComponentSpec {
 /// Redis Stream: WARN when the backlog is above 80 % of capacity.
 fn entries_check(entries: &Entries, ko_after: Duration) -> SharedCheck {
     let entries = entries.clone();
-    let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
+    let dead_letters = std::sync::Arc::new(Rises::default());
     std::sync::Arc::new(move || {
-        let (entries, last) = (entries.clone(), last.clone());
+        let (entries, dead_letters) = (entries.clone(), dead_letters.clone());
         async move {
             // The figures of whoever persists here: the in-process queue, or
             // the stream consumer (worker); in cluster mode the stream backlog
             // stands in for the queue depth.
-            let (persisting, held, capacity) = match entries.sink() {
-                EntrySink::Memory(queue) => {
-                    let m = queue.metrics();
-                    (Some(m), m.queue_depth + m.in_flight, m.capacity)
-                }
-                EntrySink::Durable(durable) => match durable.backlog().await {
-                    Ok(backlog) => (entries.consumer_metrics(), backlog, durable.capacity()),
-                    Err(err) => return Report::fail(format!("cannot read the stream backlog: {err}")),
-                },
+            let (persisting, held, capacity) = match entries.backlog().await {
+                Ok(backlog) => (backlog.persisting, backlog.held, backlog.capacity),
+                Err(err) => return Report::fail(err.to_string()),
             };
-            let now = tokio::time::Instant::now();
-            let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(m) = persisting {
-                if m.failing_for >= ko_after {
-                    return Report::fail(format!("repository failing for {}s", m.failing_for.as_secs()));
-                }
-                if m.failed > last.0 {
-                    *last = (m.failed, Some(now));
-                }
+            if let Some(m) = persisting.filter(|m| m.failing_for >= ko_after) {
+                return Report::fail(format!("repository failing for {}s", m.failing_for.as_secs()));
             }
+            let (failed, recent) = dead_letters.observe(persisting.map(|m| m.failed));
             if held * 5 > capacity * 4 {
                 Report::warn(format!("backlog {held}/{capacity} is more than 80% of capacity"))
-            } else if last.1.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
-                Report::warn(format!("{} items dead-lettered, some in the last minute", last.0))
+            } else if recent {
+                Report::warn(format!("{failed} items dead-lettered, some in the last minute"))
             } else {
                 Report::ok()
             }
         }
     })
+}
+
+/// When a running total (dead letters, drops) last went up: a check warns
+/// while it rose within the last minute.
+#[derive(Default)]
+struct Rises(std::sync::Mutex<(u64, Option<tokio::time::Instant>)>);
+
+impl Rises {
+    /// Records `total` (when known) and answers the highest total seen and
+    /// whether it rose within the last minute.
+    fn observe(&self, total: Option<u64>) -> (u64, bool) {
+        let now = tokio::time::Instant::now();
+        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(total) = total.filter(|t| *t > last.0) {
+            *last = (total, Some(now));
+        }
+        (last.0, last.1.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)))
+    }
 }
 
 /// The entries queue's local write-ahead log: KO while appends fail (every
@@ -125,18 +131,12 @@ where
     K: Send + Sync + 'static,
     V: Send + Sync + 'static,
 {
-    let last = std::sync::Arc::new(std::sync::Mutex::new((0u64, None::<tokio::time::Instant>)));
+    let drops = Rises::default();
     std::sync::Arc::new(move || {
-        let stats = batcher.stats();
-        let now = tokio::time::Instant::now();
-        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if stats.dropped() > last.0 {
-            *last = (stats.dropped(), Some(now));
-        }
-        let recent_drops = last.1.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60));
+        let (dropped, recent) = drops.observe(Some(batcher.stats().dropped()));
         let (depth, capacity) = (batcher.queue_depth(), batcher.queue_capacity());
-        std::future::ready(if recent_drops {
-            Report::warn(format!("{} items dropped in total, some in the last minute", stats.dropped()))
+        std::future::ready(if recent {
+            Report::warn(format!("{dropped} items dropped in total, some in the last minute"))
         } else if depth * 5 > capacity * 4 {
             Report::warn(format!("queue {depth}/{capacity} is more than 80% full"))
         } else {
@@ -285,16 +285,16 @@ mod tests {
 
     struct Down;
 
-    impl keel_write_behind::Repository<keel_write_behind::EntryWrite> for Down {
-        fn upsert_many<'a>(&'a self, _items: &'a [keel_write_behind::EntryWrite]) -> keel_write_behind::RepoFuture<'a> {
+    impl keel_write_behind::Repository<keel_entries::EntryWrite> for Down {
+        fn upsert_many<'a>(&'a self, _items: &'a [keel_entries::EntryWrite]) -> keel_write_behind::RepoFuture<'a> {
             Box::pin(async { Err(keel_write_behind::RepoError::transient("database down")) })
         }
     }
 
-    impl keel_write_behind::DeadLetters<keel_write_behind::EntryWrite> for Down {
+    impl keel_write_behind::DeadLetters<keel_entries::EntryWrite> for Down {
         fn store<'a>(
             &'a self,
-            _letters: &'a [keel_write_behind::DeadLetter<keel_write_behind::EntryWrite>],
+            _letters: &'a [keel_write_behind::DeadLetter<keel_entries::EntryWrite>],
         ) -> keel_write_behind::RepoFuture<'a> {
             Box::pin(async { Ok(()) })
         }
@@ -309,16 +309,16 @@ mod tests {
         let queue_config = keel_write_behind::WriteBehindConfig { max_retries: 1, jitter: 0.0, ..Default::default() };
         let down = Arc::new(Down);
         let queue = keel_write_behind::WriteBehind::start(queue_config, down.clone(), down).unwrap();
-        let entries = keel_write_behind::Entries::new(
+        let entries = keel_entries::Entries::new(
             keel_store::Cache::memory(),
             "t",
-            keel_write_behind::EntrySink::Memory(queue.clone()),
-            keel_write_behind::DbEntries::new(db),
+            keel_entries::EntrySink::Memory(queue.clone()),
+            keel_entries::DbEntries::new(db),
         );
         let check = super::entries_check(&entries, Duration::from_secs(30));
         assert_eq!(check.check().await.status, Status::Ok);
 
-        let write = |n: i64| keel_write_behind::EntryWrite {
+        let write = |n: i64| keel_entries::EntryWrite {
             key: "k".into(),
             value: serde_json::json!(n),
             version: n,

@@ -5,17 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_batcher::{AgentMetadata, Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
-use keel_write_behind::{
-    BACKLOG_INTERVAL, DEFAULT_ENQUEUE_TIMEOUT, DbDeadLetters, DbEntries, DurableConfig, DurableConsumer,
-    DurableEntries, DurableProducer, Entries, EntryLayout, EntrySink, WriteBehind, WriteBehindConfig,
-};
+use keel_entries::{DEFAULT_ENQUEUE_TIMEOUT, Entries, EntriesConfig, EntryStores};
 
 use crate::config::ConfigError;
 use crate::core::Core;
 use crate::{Role, StartError};
-
-/// What the in-process entries queue may hold: 16 MiB.
-const ENTRIES_QUEUE_BYTES: u64 = 16 << 20;
 
 /// The agent-metadata batcher writing to the database, announcing changes on
 /// Redis (cluster), PostgreSQL NOTIFY (no Redis) or in-process (embedded),
@@ -44,82 +38,18 @@ pub(crate) async fn start_metadata(core: &Core) -> Result<AgentMetadata, StartEr
 /// persists); without, to an in-process write-behind queue drained by
 /// `Services::close`.
 pub(crate) async fn start_entries(core: &Core) -> Result<Entries, StartError> {
-    let store = DbEntries::new(core.database.clone());
-    let mut consumers = Vec::new();
-    let sink = match &core.redis {
-        Some(redis) => {
-            let default = if redis.is_cluster() { 16 } else { 1 };
-            let partitions = core.args.entries_partitions.map_or(default, usize::from);
-            let layout = EntryLayout::new(&core.args.namespace, partitions);
-            let config = DurableConfig {
-                ack_replicas: core.args.ack_replicas,
-                ..DurableConfig::new(layout.stream(0), "keel-entries", &core.instance_id)
-            };
-            if core.role == Role::Worker {
-                let mut started = Vec::with_capacity(partitions + 1);
-                let mut streams = layout.streams();
-                // Releases before partitions wrote to one stream of another
-                // name: what an upgrade finds there is persisted too.
-                let legacy = format!("{}:entries:stream", core.args.namespace);
-                let left = DurableProducer::new(redis.clone(), DurableConfig::new(&legacy, "", "")).backlog().await;
-                if left.is_ok_and(|n| n > 0) {
-                    tracing::warn!(stream = legacy, "draining the entries stream of an earlier release");
-                    streams.push(legacy);
-                }
-                for stream in streams {
-                    let config = DurableConfig { stream, ..config.clone() };
-                    started.push(start_consumer(core, redis, config, &store).await?);
-                }
-                DurableConsumer::instrument_all(&started, &core.meter(), "entries");
-                tracing::info!(consumer = core.instance_id, partitions, "consuming the entries streams");
-                consumers = started;
-            }
-            let durable = DurableEntries::new(redis, layout, &config).watch_backlog(
-                BACKLOG_INTERVAL,
-                &core.shutdown,
-                &core.meter(),
-                "entries",
-            );
-            EntrySink::Durable(durable)
-        }
-        None => {
-            // Bounded by bytes too: 10 000 writes of 64 KiB would be 640 MiB.
-            let config = WriteBehindConfig { max_bytes: Some(ENTRIES_QUEUE_BYTES), ..WriteBehindConfig::default() };
-            let (repository, dead_letters) = (Arc::new(store.clone()), dead_letters(core));
-            let queue = match &core.local_log {
-                Some(log) => WriteBehind::start_logged(config, repository, dead_letters, log.clone()),
-                None => WriteBehind::start(config, repository, dead_letters),
-            }
-            .map_err(|err| StartError::WriteBehind(err.to_string()))?;
-            queue.instrument(&core.meter(), "entries");
-            EntrySink::Memory(queue)
-        }
-    };
     let timeout = core.args.enqueue_timeout.or(core.file.write_behind.enqueue_timeout);
-    let entries = Entries::new(core.cache.clone(), &core.args.namespace, sink, store)
-        .with_enqueue_timeout(timeout.map_or(DEFAULT_ENQUEUE_TIMEOUT, Duration::from))
-        .with_tasks(core.shutdown.clone());
-    entries.instrument(&core.meter());
-    Ok(entries.with_consumers(consumers))
-}
-
-fn dead_letters(core: &Core) -> Arc<DbDeadLetters> {
-    Arc::new(DbDeadLetters::new(core.database.clone(), "entries"))
-}
-
-/// The worker's stream consumer, running until shutdown.
-async fn start_consumer(
-    core: &Core,
-    redis: &keel_store::RedisStore,
-    config: DurableConfig,
-    store: &DbEntries,
-) -> Result<Arc<DurableConsumer<keel_write_behind::EntryWrite>>, StartError> {
-    let running = Arc::new(
-        DurableConsumer::new(redis.clone(), config, Arc::new(store.clone()), dead_letters(core))
-            .await
-            .map_err(|err| StartError::WriteBehind(err.to_string()))?,
-    );
-    let (stop, task) = (core.shutdown.token(), running.clone());
-    core.shutdown.spawn(async move { task.run(stop).await });
-    Ok(running)
+    let config = EntriesConfig {
+        enqueue_timeout: timeout.map_or(DEFAULT_ENQUEUE_TIMEOUT, Duration::from),
+        partitions: core.args.entries_partitions.map(usize::from),
+        ack_replicas: core.args.ack_replicas,
+        consume: core.role == Role::Worker,
+        ..EntriesConfig::new(&core.args.namespace, &core.instance_id)
+    };
+    let stores = EntryStores::new(core.database.clone(), core.cache.clone())
+        .with_redis(core.redis.clone())
+        .with_local_log(core.local_log.clone());
+    Entries::start(config, stores, &core.shutdown, &core.telemetry)
+        .await
+        .map_err(|err| StartError::WriteBehind(err.to_string()))
 }

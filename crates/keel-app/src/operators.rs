@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use keel_batcher::Batcher;
 use keel_core::Shutdown;
+use keel_entries::Entries;
 use keel_monitoring::{
     Capture, Collector, LogStore, MemoryLogs, MonitoringHub, Records, RedisLogs, RedisStats, StatsStore,
 };
 use keel_settings_sync::{MonitoringSettings, Settings};
 use keel_store::Bus;
 use keel_telemetry::LogHandle;
-use keel_write_behind::{Entries, EntrySink};
 use serde::Serialize;
 
 use crate::core::Core;
@@ -183,10 +183,8 @@ struct LocalLogSection {
 pub(crate) fn write_behind_section(entries: &Entries) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
     let entries = entries.clone();
     move || {
-        let m = match (entries.sink(), entries.consumer_metrics()) {
-            (EntrySink::Memory(queue), _) => queue.metrics(),
-            (EntrySink::Durable(durable), Some(consumers)) => durable.measured_backlog().apply(consumers),
-            (EntrySink::Durable(_), None) => return serde_json::Value::Null,
+        let Some(m) = entries.metrics() else {
+            return serde_json::Value::Null;
         };
         let section = WriteBehindSection {
             enqueued: m.enqueued,
@@ -198,21 +196,18 @@ pub(crate) fn write_behind_section(entries: &Entries) -> impl Fn() -> serde_json
             in_flight: m.in_flight,
             oldest_age_ms: u64::try_from(m.oldest_age.as_millis()).unwrap_or(u64::MAX),
             failing_for_s: m.failing_for.as_secs(),
-            local_log: match entries.sink() {
-                EntrySink::Memory(queue) => queue.local_log().map(|log| {
-                    let s = log.stats();
-                    LocalLogSection {
-                        bytes: s.bytes,
-                        max_bytes: s.max_bytes,
-                        segments: s.segments,
-                        appends: s.appends,
-                        syncs: s.syncs,
-                        append_errors: s.append_errors,
-                        corrupt: s.corrupt,
-                    }
-                }),
-                EntrySink::Durable(_) => None,
-            },
+            local_log: entries.local_log().map(|log| {
+                let s = log.stats();
+                LocalLogSection {
+                    bytes: s.bytes,
+                    max_bytes: s.max_bytes,
+                    segments: s.segments,
+                    appends: s.appends,
+                    syncs: s.syncs,
+                    append_errors: s.append_errors,
+                    corrupt: s.corrupt,
+                }
+            }),
         };
         serde_json::to_value(section).unwrap_or_default()
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use keel_batcher::AgentMetadata;
 use keel_core::Shutdown;
+use keel_entries::Entries;
 use keel_health_status::Health;
 use keel_http::{AdminToken, ConnectionLimits, DrainConfig, MiddlewareConfig};
 use keel_monitoring::{Capture, CaptureConfig, Collector, HttpStats, MonitoringHub, Records, Redactor};
@@ -14,7 +15,6 @@ use keel_settings_sync::{
 };
 use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore};
 use keel_telemetry::{LogFormat, LogHandle, Telemetry};
-use keel_write_behind::{Entries, EntrySink};
 
 use crate::checks::{await_first_checks, start_health};
 use crate::components::{start_entries, start_metadata};
@@ -261,9 +261,7 @@ impl Services {
     /// within what is left of the one shutdown budget.
     pub async fn close(&self) {
         let (budget, shutdown) = (self.drain.grace, &self.core.shutdown);
-        if let EntrySink::Memory(queue) = self.entries.sink() {
-            queue.shutdown_within(shutdown.remaining(budget)).await;
-            let m = queue.metrics();
+        if let Some(m) = self.entries.close(shutdown.remaining(budget)).await {
             tracing::info!(
                 persisted = m.persisted,
                 failed = m.failed,

@@ -18,7 +18,7 @@ struct Args {
     common: CommonArgs,
 }
 
-/// Every endpoint of the api (DESIGN §4 and §5), `/openapi.json` and the
+/// Every endpoint of the api (`docs/http.md`), `/openapi.json` and the
 /// console's static page and assets (`/`, `/assets/{file}`) aside.
 const SERVED: &[(&str, &str)] = &[
     ("get", "/livez"),

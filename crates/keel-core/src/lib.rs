@@ -28,6 +28,8 @@ mod clock;
 mod duration;
 mod failure;
 mod ids;
+#[cfg(feature = "json")]
+mod json;
 mod shutdown;
 mod status;
 mod text;
@@ -38,6 +40,8 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use duration::{DurationError, HumanDuration, parse_duration};
 pub use failure::{FailureKind, WriteError};
 pub use ids::default_instance_id;
+#[cfg(feature = "json")]
+pub use json::nul_path;
 pub use shutdown::{DrainTimeout, Shutdown};
 pub use status::{Status, StatusParseError};
 pub use text::{MAX_ECHO, clip, shown};

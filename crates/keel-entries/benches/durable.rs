@@ -5,7 +5,7 @@
 //! `COPY` into a table of the same shape (the fastest way PostgreSQL takes
 //! rows: the ceiling for the consumers).
 //!
-//! Run with `cargo xtask bench -p keel-write-behind --bench durable` (needs
+//! Run with `cargo xtask bench -p keel-entries --bench durable` (needs
 //! the local PostgreSQL and Redis, like the tests).
 
 // The report printed to standard output is this benchmark's result.
@@ -16,11 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fred::prelude::*;
 use futures_util::pin_mut;
+use keel_entries::{DbEntries, EntryWrite};
 use keel_store::testing::{TempDatabase, redis, unique_prefix};
 use keel_telemetry::Telemetry;
-use keel_write_behind::{
-    DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableProducer, EntryWrite, RepoFuture, Repository,
-};
+use keel_write_behind::{DbDeadLetters, DurableConfig, DurableConsumer, DurableProducer, RepoFuture, Repository};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
 use tokio_util::sync::CancellationToken;

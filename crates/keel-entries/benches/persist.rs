@@ -2,7 +2,7 @@
 //! against binary `COPY` into an unlogged table of the same shape and against
 //! one upsert statement per item, in one run.
 //!
-//! Run with `cargo xtask bench -p keel-write-behind --bench persist` (needs
+//! Run with `cargo xtask bench -p keel-entries --bench persist` (needs
 //! the local PostgreSQL, like the tests).
 
 // The report printed to standard output is this benchmark's result.
@@ -14,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::pin_mut;
+use keel_entries::{DbEntries, EntryWrite};
 use keel_store::testing::TempDatabase;
 use keel_telemetry::Telemetry;
-use keel_write_behind::{DbDeadLetters, DbEntries, EntryWrite, WriteBehind, WriteBehindConfig};
+use keel_write_behind::{DbDeadLetters, WriteBehind, WriteBehindConfig};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 

@@ -10,7 +10,7 @@
 /// The Redis key layout of the entries service.
 ///
 /// ```
-/// use keel_write_behind::EntryLayout;
+/// use keel_entries::EntryLayout;
 ///
 /// let layout = EntryLayout::new("keel", 16);
 /// let p = layout.partition_of("users/42");

@@ -1,10 +1,10 @@
 //! The entries service: writes visible at once through the cache, persisted
 //! behind by a write-behind queue (in-process) or a Redis Stream (cluster).
 //!
-//! The rules live here, not in any HTTP handler: key syntax, versions that
-//! only grow, one atomic unit of queue + cache per write, cache read-through
-//! from the database, and "absent" refused when it cannot be told from "not
-//! persisted yet".
+//! The rules live here, not in any HTTP handler: key syntax, value size and
+//! bytes (`rules`), versions that only grow, one atomic unit of queue + cache
+//! per write, cache read-through from the database, and "absent" refused
+//! when it cannot be told from "not persisted yet".
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -12,19 +12,17 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use keel_store::Cache;
-use opentelemetry::metrics::{Meter, ObservableCounter};
+use opentelemetry::metrics::ObservableCounter;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{
-    DbEntries, DurableConfig, DurableConsumer, DurableError, DurableProducer, EnqueueError, EntryLayout, EntryWrite,
-    Metrics, StreamBacklog, WriteBehind,
-};
+#[cfg(feature = "redis")]
+use keel_write_behind::{DurableConfig, DurableConsumer, DurableError, DurableProducer, StreamBacklog};
+use keel_write_behind::{EnqueueError, LocalLog, Metrics, WriteBehind};
 
-/// Longest key, in bytes.
-pub const MAX_ENTRY_KEY: usize = 256;
-/// Largest value, in bytes of JSON.
-pub const MAX_ENTRY_VALUE: usize = 64 * 1024;
+use crate::rules::{check_key, check_value, parse_value};
+use crate::{DbEntries, EntryError, EntryLayout, EntryWrite};
+
 /// How long a written entry stays in the cache.
 const CACHE_TTL: Duration = Duration::from_secs(3600);
 /// How long a write waits for room in a full queue by default.
@@ -37,12 +35,14 @@ pub enum EntrySink {
     Memory(WriteBehind<EntryWrite>),
     /// Redis Streams, one per partition, consumed by the workers (cluster
     /// mode).
+    #[cfg(feature = "redis")]
     Durable(DurableEntries),
 }
 
 /// The entries' Redis Streams: one producer per partition of an
 /// [`EntryLayout`], each with its own capacity (backpressure is per
 /// partition).
+#[cfg(feature = "redis")]
 #[derive(Clone, Debug)]
 pub struct DurableEntries {
     layout: EntryLayout,
@@ -54,6 +54,7 @@ pub struct DurableEntries {
     backlog: StreamBacklog,
 }
 
+#[cfg(feature = "redis")]
 impl DurableEntries {
     /// Producers for every partition of `layout`, configured as `config`
     /// but each on its own partition's stream.
@@ -109,29 +110,16 @@ impl DurableEntries {
     }
 }
 
-/// Why an entry operation was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EntryError {
-    /// The key breaks the key rules; the message says which.
-    #[error("invalid key {0}: use 1-{MAX_ENTRY_KEY} bytes of [A-Za-z0-9_.:/-]")]
-    InvalidKey(String),
-    /// The queue stayed full for the whole enqueue timeout.
-    #[error("the write queue is full (waited {}ms); retry later", .0.as_millis())]
-    Full(Duration),
-    /// The process is stopping.
-    #[error("shutting down")]
-    ShuttingDown,
-    /// A store did not answer; `retry` says whether retrying soon may help.
-    #[error("{message}")]
-    Unavailable {
-        /// What failed.
-        message: String,
-        /// Whether the caller should retry soon.
-        retry: bool,
-    },
-    /// A bug: the write could not even be encoded or run.
-    #[error("{0}")]
-    Internal(String),
+/// What waits to be persisted, from [`Entries::backlog`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Writes acknowledged and not persisted yet (queued and in flight, or
+    /// in the streams).
+    pub held: u64,
+    /// How many may be held before writes wait for room.
+    pub capacity: u64,
+    /// The figures of whoever persists in this process, if any.
+    pub persisting: Option<Metrics>,
 }
 
 /// An entry as read back.
@@ -159,6 +147,7 @@ struct Inner {
     sink: EntrySink,
     store: DbEntries,
     last_version: Arc<AtomicI64>,
+    #[cfg(feature = "redis")]
     consumers: Arc<[Arc<DurableConsumer<EntryWrite>>]>,
     enqueue_timeout: Duration,
     acknowledged: Arc<AtomicU64>,
@@ -180,6 +169,7 @@ impl Entries {
     /// `sink`, read back from `store` on a cache miss.
     pub fn new(cache: Cache, namespace: &str, sink: EntrySink, store: DbEntries) -> Self {
         let layout = match &sink {
+            #[cfg(feature = "redis")]
             EntrySink::Durable(durable) => durable.layout().clone(),
             EntrySink::Memory(_) => EntryLayout::new(namespace, 1),
         };
@@ -189,6 +179,7 @@ impl Entries {
             sink,
             store,
             last_version: Arc::default(),
+            #[cfg(feature = "redis")]
             consumers: Arc::new([]),
             enqueue_timeout: DEFAULT_ENQUEUE_TIMEOUT,
             acknowledged: Arc::default(),
@@ -208,9 +199,10 @@ impl Entries {
     /// Exports [`acknowledged`](Self::acknowledged) as
     /// `keel_entries_acknowledged_total`: summed over every api, it equals
     /// persisted + dead-lettered + pending once writes stop.
-    pub fn instrument(&self, meter: &Meter) {
+    pub fn instrument(&self, telemetry: &dyn keel_telemetry::MeterSource) {
         let acknowledged = Arc::downgrade(&self.inner.acknowledged);
-        let counter = meter
+        let counter = telemetry
+            .meter("keel-entries")
             .u64_observable_counter(keel_telemetry::names::ENTRIES_ACKNOWLEDGED)
             .with_description("Entry writes answered 202")
             .with_callback(move |c| {
@@ -234,35 +226,72 @@ impl Entries {
         self.inner.acknowledged.load(Ordering::Acquire)
     }
 
-    /// Records the stream consumers this process runs (the worker: one per
-    /// partition), so health and stats can watch them.
-    pub fn with_consumers(mut self, consumers: Vec<Arc<DurableConsumer<EntryWrite>>>) -> Self {
+    /// Records the stream consumers this process runs (a worker: one per
+    /// partition), so [`Self::backlog`] and [`Self::metrics`] report them.
+    #[cfg(feature = "redis")]
+    pub(crate) fn with_consumers(mut self, consumers: Vec<Arc<DurableConsumer<EntryWrite>>>) -> Self {
         Arc::make_mut(&mut self.inner).consumers = consumers.into();
         self
     }
 
-    /// The stream consumers this process runs (none on an api).
-    pub fn consumers(&self) -> &[Arc<DurableConsumer<EntryWrite>>] {
-        &self.inner.consumers
+    /// The figures of whoever persists in this process: the in-process
+    /// queue, or the stream consumers (a worker), their queue depth the
+    /// streams' backlog as last measured; `None` for a process that only
+    /// appends to the streams.
+    pub fn metrics(&self) -> Option<Metrics> {
+        match &self.inner.sink {
+            EntrySink::Memory(queue) => Some(queue.metrics()),
+            #[cfg(feature = "redis")]
+            EntrySink::Durable(durable) => {
+                let consumers = self.inner.consumers.iter().map(|c| c.metrics()).reduce(|a, b| a.plus(&b))?;
+                Some(durable.measured_backlog().apply(consumers))
+            }
+        }
     }
 
-    /// The figures of every consumer this process runs, added up; `None`
-    /// when it runs none.
-    pub fn consumer_metrics(&self) -> Option<Metrics> {
-        self.inner.consumers.iter().map(|c| c.metrics()).reduce(|a, b| a.plus(&b))
+    /// What waits to be persisted against what may wait, measured now, with
+    /// the figures of whoever persists here ([`Self::metrics`]).
+    pub async fn backlog(&self) -> Result<Backlog, EntryError> {
+        match &self.inner.sink {
+            EntrySink::Memory(queue) => {
+                let m = queue.metrics();
+                Ok(Backlog { held: m.queue_depth + m.in_flight, capacity: m.capacity, persisting: Some(m) })
+            }
+            #[cfg(feature = "redis")]
+            EntrySink::Durable(durable) => {
+                let held = durable
+                    .backlog()
+                    .await
+                    .map_err(|err| unavailable(format!("cannot read the stream backlog: {err}"), true))?;
+                let persisting = self.inner.consumers.iter().map(|c| c.metrics()).reduce(|a, b| a.plus(&b));
+                Ok(Backlog { held, capacity: durable.capacity(), persisting })
+            }
+        }
     }
 
-    /// The write sink.
-    pub fn sink(&self) -> &EntrySink {
-        &self.inner.sink
+    /// The local write-ahead log behind the in-process queue, if any.
+    pub fn local_log(&self) -> Option<&LocalLog> {
+        match &self.inner.sink {
+            EntrySink::Memory(queue) => queue.local_log(),
+            #[cfg(feature = "redis")]
+            EntrySink::Durable(_) => None,
+        }
     }
 
-    /// `key` if it is 1–256 bytes of `[A-Za-z0-9_.:/-]`.
-    pub fn check_key(key: &str) -> Result<(), EntryError> {
-        let ok = !key.is_empty()
-            && key.len() <= MAX_ENTRY_KEY
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'-'));
-        if ok { Ok(()) } else { Err(EntryError::InvalidKey(key.to_owned())) }
+    /// Persists what this process holds within `within` (the in-process
+    /// queue: what is left stays in its local log, or goes to the dead
+    /// letters without one) and answers the figures after; stream consumers
+    /// stop with the `Shutdown` they run on, and what they leave stays in the
+    /// stream. `None` when this process holds nothing.
+    pub async fn close(&self, within: Duration) -> Option<Metrics> {
+        match &self.inner.sink {
+            EntrySink::Memory(queue) => {
+                queue.shutdown_within(within).await;
+                Some(queue.metrics())
+            }
+            #[cfg(feature = "redis")]
+            EntrySink::Durable(_) => None,
+        }
     }
 
     /// Writes `value` under `key` and returns its version. The write runs
@@ -270,17 +299,30 @@ impl Entries {
     /// nothing or the whole write (queued and cached), never half of it, and
     /// a write that lands is counted in [`acknowledged`](Self::acknowledged)
     /// whether or not its caller waited for the answer.
+    ///
+    /// The key must pass [`check_key`](crate::check_key) and the value
+    /// [`check_value`](crate::check_value).
     pub async fn put(&self, key: &str, value: Value) -> Result<i64, EntryError> {
+        check_key(key)?;
+        check_value(&value)?;
+        self.detached(key, value, false).await
+    }
+
+    /// [`Self::put`] of a value still in its JSON text (a request body): its
+    /// size is the text's, checked before it is parsed.
+    pub async fn put_json(&self, key: &str, json: &[u8]) -> Result<i64, EntryError> {
+        check_key(key)?;
+        let value = parse_value(json)?;
         self.detached(key, value, false).await
     }
 
     /// Deletes `key` (a tombstone that is written like a value).
     pub async fn delete(&self, key: &str) -> Result<i64, EntryError> {
+        check_key(key)?;
         self.detached(key, Value::Null, true).await
     }
 
     async fn detached(&self, key: &str, value: Value, deleted: bool) -> Result<i64, EntryError> {
-        Self::check_key(key)?;
         let (this, key) = (self.inner.clone(), key.to_owned());
         // Boxed, so spawning moves a pointer rather than the whole write.
         let write = Box::pin(async move { this.write(key, value, deleted).await });
@@ -294,7 +336,7 @@ impl Entries {
     /// [`EntryError::Unavailable`], not absent: it may be acknowledged and
     /// still queued.
     pub async fn get(&self, key: &str) -> Result<Option<StoredEntry>, EntryError> {
-        Self::check_key(key)?;
+        check_key(key)?;
         let cache_key = self.inner.layout.cache_key(key);
         let mut cache_down = false;
         match self.inner.cache.get_versioned(&cache_key).await {
@@ -384,6 +426,7 @@ impl Inner {
                     tracing::warn!(%err, "cannot cache an entry write");
                 }
             }
+            #[cfg(feature = "redis")]
             EntrySink::Durable(durable) => {
                 let producer = durable.producer_for(&write.key);
                 // Redis unreachable answers within the enqueue timeout too; a
@@ -409,19 +452,4 @@ impl Inner {
 
 fn unavailable(message: impl Into<String>, retry: bool) -> EntryError {
     EntryError::Unavailable { message: message.into(), retry }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_follow_the_key_rules() {
-        for ok in ["a", "users/42:profile", "a.b_c-d", &"k".repeat(MAX_ENTRY_KEY)] {
-            assert_eq!(Entries::check_key(ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "has space", "é", &"k".repeat(MAX_ENTRY_KEY + 1)] {
-            assert!(matches!(Entries::check_key(bad), Err(EntryError::InvalidKey(_))), "{bad}");
-        }
-    }
 }

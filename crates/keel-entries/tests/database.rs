@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use keel_entries::{DbEntries, EntryWrite};
 use keel_store::testing::{TempDatabase, postgres_admin_url};
 use keel_store::{Database, DbConfig};
 use keel_telemetry::Telemetry;
-use keel_write_behind::{
-    DbDeadLetters, DbEntries, DeadLetter, DeadLetters, EntryWrite, Repository, WriteBehind, WriteBehindConfig,
-};
+use keel_write_behind::{DbDeadLetters, DeadLetter, DeadLetters, Repository, WriteBehind, WriteBehindConfig};
 use serde_json::json;
 
 fn write(key: &str, version: i64, value: serde_json::Value) -> EntryWrite {

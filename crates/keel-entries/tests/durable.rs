@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fred::prelude::*;
+use keel_entries::{DbEntries, EntryWrite};
 use keel_store::RedisStore;
 use keel_store::testing::{TempDatabase, redis_at, redis_urls, unique_prefix};
 use keel_telemetry::Telemetry;
 use keel_write_behind::{
-    DbDeadLetters, DbEntries, DurableConfig, DurableConsumer, DurableError, DurableProducer, EntryWrite, RepoFuture,
-    Repository,
+    DbDeadLetters, DurableConfig, DurableConsumer, DurableError, DurableProducer, RepoFuture, Repository,
 };
 use serde_json::json;
 
@@ -375,11 +375,10 @@ async fn an_entry_whose_dead_letter_cannot_be_stored_stays_pending_until_it_is()
 /// while Redis runs it, while the answer travels back) leaves nothing or
 /// the whole write: a key is in the cache exactly when its write is in the
 /// stream.
-#[cfg(feature = "entries")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_abandoned_at_any_point_leaves_nothing_or_all_of_it() {
     for url in redis_urls() {
-        use keel_write_behind::{DurableEntries, Entries, EntryLayout, EntrySink};
+        use keel_entries::{DurableEntries, Entries, EntryLayout, EntrySink};
         let telemetry = Telemetry::new("t").unwrap();
         let store = redis_at(&url, &telemetry).await;
         let temp = TempDatabase::create("abandoned").await;

@@ -423,6 +423,22 @@ impl Health {
         selected
     }
 
+    /// The aggregate of one group or component, computed now; `None` when
+    /// no configured group, no component and not the `default` group (the
+    /// components in no group, while there are any) has that name.
+    pub fn snapshot_named(&self, name: &str) -> Option<Snapshot> {
+        if self.inner.groups.group(name).is_some() {
+            return Some(self.snapshot_of(&[name]));
+        }
+        let everything = self.snapshot();
+        if everything.components.contains_key(name) {
+            return Some(self.snapshot_of(&[name]));
+        }
+        let group = everything.group(crate::DEFAULT_GROUP).filter(|_| name == crate::DEFAULT_GROUP)?;
+        let members: Vec<&str> = group.components.iter().map(String::as_str).collect();
+        Some(self.snapshot_of(&members))
+    }
+
     /// The aggregate of only the named components and groups, computed now
     /// under the same modes. Unknown names count as missing (KO).
     pub fn snapshot_of(&self, names: &[&str]) -> Snapshot {

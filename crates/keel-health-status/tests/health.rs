@@ -297,7 +297,8 @@ async fn duplicate_and_invalid_registrations_are_errors() {
 }
 
 mod model {
-    //! The aggregate against a straightforward model of DESIGN §4, for random
+    //! The aggregate against a straightforward model of the control modes in
+    //! `docs/health-status.md` ("Control modes"), for random
     //! groups and states, in random registration orders.
 
     use super::*;
@@ -349,7 +350,7 @@ mod model {
             .collect()
     }
 
-    /// DESIGN §4, written as plainly as possible.
+    /// The control modes of `docs/health-status.md`, written as plainly as possible.
     fn expected(case: &Case) -> Status {
         let mut sets: Vec<(Mode, Vec<Option<Status>>)> = Vec::new();
         for g in 0..3 {

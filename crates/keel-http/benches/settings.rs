@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
-use keel_http::settings_router;
+use keel_http::settings_api;
 use keel_settings_sync::{
     DbSettingsStore, MonitoringSettings, Settings, SettingsConfig, SettingsDeps, SettingsRegistry,
 };
@@ -32,7 +32,7 @@ fn router(runtime: &tokio::runtime::Runtime, documents: usize, dir: &std::path::
                 Settings::open(&format!("document-{n}"), deps.clone(), SettingsConfig::default()).await.expect("open");
             registry.register(settings);
         }
-        settings_router(registry, None).with_state(())
+        axum::Router::from(settings_api(registry, None)).with_state(())
     })
 }
 

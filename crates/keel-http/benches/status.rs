@@ -13,7 +13,7 @@ use axum::http::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
 use keel_core::Shutdown;
 use keel_health_status::{ComponentSpec, Health, Mandatory, MandatoryList, Mode, Report, StatusCodes};
-use keel_http::{AppInfo, health_router};
+use keel_http::{AppInfo, health_api};
 use tower::ServiceExt as _;
 
 fn router(runtime: &tokio::runtime::Runtime, components: usize) -> axum::Router {
@@ -34,7 +34,8 @@ fn router(runtime: &tokio::runtime::Runtime, components: usize) -> axum::Router 
                 .expect("register");
         }
         health.first_checks().await;
-        health_router(health, AppInfo::build("bench"), StatusCodes::default(), Shutdown::new()).with_state(())
+        axum::Router::from(health_api(health, AppInfo::build("bench"), StatusCodes::default(), Shutdown::new()))
+            .with_state(())
     })
 }
 

@@ -11,9 +11,7 @@ use std::time::Duration;
 use axum::{Router, extract::Path, routing::get};
 use keel_core::Shutdown;
 use keel_health_status::{ComponentSpec, Health, MandatoryList, Mode, Report, StatusCodes};
-use keel_http::{
-    AppInfo, DrainConfig, HttpMetrics, MiddlewareConfig, health_router, metrics_router, middleware, serve,
-};
+use keel_http::{AppInfo, DrainConfig, HttpMetrics, MiddlewareConfig, health_api, metrics_api, middleware, serve};
 use keel_telemetry::Telemetry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,8 +26,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let routes =
         Router::new().route("/hello/{name}", get(|Path(name): Path<String>| async move { format!("hello {name}") }));
     let app = middleware::apply(routes, &MiddlewareConfig::default(), &HttpMetrics::new(&telemetry))
-        .merge(metrics_router(telemetry.clone()))
-        .merge(health_router(health.clone(), AppInfo::build("example"), StatusCodes::default(), shutdown.clone()));
+        .merge(axum::Router::from(metrics_api(telemetry.clone())))
+        .merge(axum::Router::from(health_api(
+            health.clone(),
+            AppInfo::build("example"),
+            StatusCodes::default(),
+            shutdown.clone(),
+        )));
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;

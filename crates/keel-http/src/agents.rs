@@ -4,11 +4,11 @@
 use std::convert::Infallible;
 use std::time::SystemTime;
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::{Json, Router};
 use futures_util::Stream;
 use keel_batcher::{AgentMetadata, MetadataError, MetadataRow, Submitted};
 use serde::{Deserialize, Serialize};
@@ -25,11 +25,10 @@ use crate::text::{clip, shown};
 
 /// `POST|GET /api/v1/agents/{agent_id}/metadata` and
 /// `GET /api/v1/agents/{agent_id}/metadata/watch` (Server-Sent Events).
-pub fn agents_router(service: AgentMetadata) -> Router {
-    agents_api(service).into()
-}
-
-/// [`agents_router`] with its OpenAPI entries.
+///
+/// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
+/// come from one registration; `axum::Router::from` it to serve without
+/// the document.
 pub fn agents_api(service: AgentMetadata) -> ApiRouter {
     OpenApiRouter::new().routes(routes!(submit, read)).routes(routes!(watch)).with_state(std::sync::Arc::new(service))
 }

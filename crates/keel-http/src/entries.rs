@@ -1,12 +1,12 @@
-//! `/api/v1/entries/{key}` over keel-write-behind's entries service: the
-//! HTTP shapes only; the rules are the service's.
+//! `/api/v1/entries/{key}` over keel-entries' service: the HTTP shapes
+//! only; the rules (key, size, U+0000) are the service's.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::put;
-use axum::{Json, Router};
 use bytes::Bytes;
-use keel_write_behind::{Entries, EntryError, MAX_ENTRY_VALUE};
+use keel_entries::{Entries, EntryError};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -14,12 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::ApiError;
 use crate::openapi::{ApiRouter, ErrorSchema};
-use crate::text::{refuse_nul, shown};
-
-/// `PUT|GET|DELETE /api/v1/entries/{key}` (keys may contain `/`).
-pub fn entries_router(entries: Entries) -> Router {
-    entries_api(entries).into()
-}
+use crate::text::shown;
 
 /// The entry paths of the OpenAPI document: the key is one path parameter
 /// there (a `/` in it is sent as `%2F`), a wildcard in the router.
@@ -27,7 +22,11 @@ pub fn entries_router(entries: Entries) -> Router {
 #[openapi(paths(write, read, remove), components(schemas(Written, EntryBody)))]
 struct EntriesDoc;
 
-/// [`entries_router`] with its OpenAPI entries.
+/// `PUT|GET|DELETE /api/v1/entries/{key}` (keys may contain `/`).
+///
+/// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
+/// come from one registration; `axum::Router::from` it to serve without
+/// the document.
 pub fn entries_api(entries: Entries) -> ApiRouter {
     OpenApiRouter::with_openapi(EntriesDoc::openapi())
         .route("/api/v1/entries/{*key}", put(write).get(read).delete(remove))
@@ -65,6 +64,8 @@ struct EntryBody {
 fn api_error(err: EntryError) -> ApiError {
     match err {
         EntryError::InvalidKey(key) => ApiError::bad_request(EntryError::InvalidKey(shown(&key)).to_string()),
+        EntryError::TooLarge(_) => ApiError::payload_too_large(err.to_string()),
+        EntryError::Unparsable(_) | EntryError::Nul(_) => ApiError::bad_request(err.to_string()),
         EntryError::Full(_) => ApiError::unavailable(err.to_string()).with_retry_after(1),
         EntryError::ShuttingDown => ApiError::unavailable(err.to_string()),
         EntryError::Unavailable { retry: true, .. } => ApiError::unavailable(err.to_string()).with_retry_after(1),
@@ -92,14 +93,7 @@ async fn write(
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Written>), ApiError> {
-    Entries::check_key(&key).map_err(api_error)?;
-    if body.len() > MAX_ENTRY_VALUE {
-        return Err(ApiError::payload_too_large(format!("{} bytes; values are at most {MAX_ENTRY_VALUE}", body.len())));
-    }
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|err| ApiError::bad_request(format!("the body is not JSON: {err}")))?;
-    refuse_nul(&value, "value")?;
-    let version = entries.put(&key, value).await.map_err(api_error)?;
+    let version = entries.put_json(&key, &body).await.map_err(api_error)?;
     Ok(accepted(key, version))
 }
 

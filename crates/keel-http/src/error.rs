@@ -20,14 +20,22 @@ pub struct ApiError {
     retry_after: Option<u32>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: ErrorBody<'a>,
+/// Every failure: `{"error":{"code","message"}}`. The one type both the
+/// responses and their OpenAPI schema (`Error`) come from.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct Envelope<'a> {
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// What went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDetail<'a> {
+    /// A stable machine-readable code: `bad_request`, `unauthorized`,
+    /// `forbidden`, `not_found`, `precondition_failed`, `payload_too_large`,
+    /// `unprocessable_entity`, `unavailable`, `internal`.
     code: &'a str,
+    /// A human-readable explanation (never more than 200 bytes of the input).
     message: &'a str,
 }
 
@@ -157,7 +165,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.code != "overloaded" {
             tracing::error!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::to_vec(&Envelope { error: ErrorBody { code: &self.code, message: &self.message } })
+        let body = serde_json::to_vec(&Envelope { error: ErrorDetail { code: &self.code, message: &self.message } })
             // Two string fields always serialize.
             .unwrap_or_default();
         let mut response = Response::new(Body::from(body));

@@ -7,14 +7,13 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_core::{Shutdown, Status};
 use keel_health_status::Pattern;
-use keel_health_status::{ComponentView, DEFAULT_GROUP, Health, Snapshot, StatusCodes};
+use keel_health_status::{ComponentView, Health, Snapshot, StatusCodes};
 use keel_health_status::{Info, Mode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -123,12 +122,10 @@ fn next_second(snapshot: &Snapshot) -> Duration {
 /// The health endpoints. `/readyz` answers 503 at once when `shutdown`
 /// starts, and otherwise follows the cached global status (tolerant: OK or
 /// WARN is ready).
-pub fn health_router(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Shutdown) -> Router {
-    health_api(health, app, codes, shutdown).into()
-}
-
-/// [`health_router`] with its OpenAPI entries: the status, the probes, and
-/// the transition history and live stream that feed the console.
+///
+/// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
+/// come from one registration; `axum::Router::from` it to serve without
+/// the document.
 pub fn health_api(health: Health, app: AppInfo, codes: StatusCodes, shutdown: Shutdown) -> ApiRouter {
     health_routes(health, app, codes, shutdown, true)
 }
@@ -358,22 +355,9 @@ async fn status_of(
         Ok(options) => options,
         Err(refused) => return refused.into_response(),
     };
-    let known = state.health.groups().group(&name).is_some()
-        || state.health.snapshot().components.contains_key(&name)
-        || (name == DEFAULT_GROUP && state.health.snapshot().group(DEFAULT_GROUP).is_some());
-    if !known {
+    let Some(snapshot) = state.health.snapshot_named(&name) else {
         return ApiError::not_found(format!("no health group or component named {}", crate::text::shown(&name)))
             .into_response();
-    }
-    let snapshot = if name == DEFAULT_GROUP && state.health.groups().group(&name).is_none() {
-        let everything = state.health.snapshot();
-        let members: Vec<&str> = everything
-            .group(DEFAULT_GROUP)
-            .map(|g| g.components.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        state.health.snapshot_of(&members)
-    } else {
-        state.health.snapshot_of(&[name.as_str()])
     };
     render(&state, &options, &snapshot)
 }
@@ -398,15 +382,19 @@ fn render_parts(state: &HealthState, options: &ViewOptions, snapshot: &Snapshot)
     (code, content_type, body)
 }
 
+/// An uncached answer in `content_type`; a failure keeps that rendering
+/// (it is what was asked for), not the JSON error envelope.
 fn respond(code: StatusCode, content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
-    let mut response = (code, body.into()).into_response();
-    if !code.is_success() {
-        // The rendering asked for, also when it reports a failure.
-        response.extensions_mut().insert(crate::error::Negotiated);
-    }
+    // Static header values: a `&str` would be checked and copied on every
+    // answer.
+    let mut response = Response::new(body.into());
+    *response.status_mut() = code;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !code.is_success() {
+        response.extensions_mut().insert(crate::error::Negotiated);
+    }
     response
 }
 
@@ -674,18 +662,7 @@ crate::openapi::string_enum_schema!(
 crate::openapi::string_enum_schema!(FormatName, "A rendering of `/status`.", ["json", "text", "health+json", "health"]);
 
 fn plain(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
-    // Static header values: a `&str` would be checked and copied on every
-    // answer.
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if !status.is_success() {
-        // The probes' text is the representation asked for, also when it fails.
-        response.extensions_mut().insert(crate::error::Negotiated);
-    }
-    response
+    respond(status, "text/plain; charset=utf-8", body)
 }
 
 /// A probe's `?verbose`. Probes rarely carry a query: the common case

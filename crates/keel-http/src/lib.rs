@@ -6,12 +6,12 @@
 //! - [`middleware::apply`]: request id, trace span, golden-signal metrics
 //!   ([`HttpMetrics`], OpenTelemetry HTTP semantic conventions), timeout,
 //!   body limit, and panic → 500 (counted).
-//! - [`metrics_router`]: `/metrics`; `health_router`: `/status`,
+//! - [`metrics_api`]: `/metrics`; `health_api`: `/status`,
 //!   `/status/{name}`, `/status/history`, `/status/stream`, `/livez`,
 //!   `/readyz` over a `keel_health_status::Health`.
-//! - `monitoring_router`: captured logs, live stats and their SSE stream
-//!   for operators (admin token); `settings_router`, `entries_router`,
-//!   `agents_router`: the reference services.
+//! - `monitoring_api`: captured logs, live stats and their SSE stream
+//!   for operators (admin token); `settings_api`, `entries_api`,
+//!   `agents_api`: the reference services.
 //! - `console_router`: the operator console at `/` (feature `console`):
 //!   one page over the endpoints above, embedded in the binary.
 //! - [`serve`]: graceful shutdown (readiness drops first, in-flight requests
@@ -81,24 +81,24 @@ mod text;
 
 pub use admin::{AdminToken, MIN_ADMIN_TOKEN};
 #[cfg(feature = "agents")]
-pub use agents::{agents_api, agents_router};
+pub use agents::agents_api;
 #[cfg(feature = "console")]
 pub use console::console_router;
 #[cfg(feature = "entries")]
-pub use entries::{entries_api, entries_router};
+pub use entries::entries_api;
 pub use error::ApiError;
 pub use gate::{StartingGate, Waiting, starting_gate};
 #[cfg(feature = "health")]
-pub use health::{AppInfo, health_api, health_router, health_status_api};
+pub use health::{AppInfo, health_api, health_status_api};
 pub use metrics::{HttpMetrics, HttpMetricsLayer, HttpMetricsService, ResponseFuture, UNMATCHED_ROUTE};
 pub use middleware::MiddlewareConfig;
 #[cfg(feature = "monitoring")]
-pub use monitoring::{MAX_LOG_LIMIT, monitoring_api, monitoring_router};
+pub use monitoring::monitoring_api;
 pub use openapi::{ApiRouter, api_base, openapi_router};
-pub use ops::{metrics_api, metrics_router};
+pub use ops::metrics_api;
 pub use server::{ClientAddr, ConnectionLimits, DrainConfig, PROBE_RESERVE, ServeError, serve, serve_with_limits};
 #[cfg(feature = "settings")]
-pub use settings::{settings_api, settings_router};
+pub use settings::settings_api;
 pub use streams::{StreamGate, StreamLimits, StreamPermit, StreamSlot};
 
 /// The code in `docs/http.md` compiles (`cargo test --doc`).

@@ -4,10 +4,10 @@
 use std::convert::Infallible;
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use keel_monitoring::{LogQuery, LogRecord, MonitoringEvent, MonitoringHub, PROCESSES, SinkError, StatsDocument};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -18,9 +18,6 @@ use crate::openapi::{AdminRefusals, ApiRouter, ErrorSchema, SseEvent};
 
 use crate::admin::{Admin, AdminState};
 use crate::{AdminToken, ApiError};
-
-/// Most records one read returns.
-pub const MAX_LOG_LIMIT: usize = 1000;
 
 /// The router's state: the hub and the token that guards it.
 #[derive(Clone)]
@@ -38,11 +35,10 @@ impl AdminState for Operators {
 /// `GET|DELETE /api/v1/monitoring/logs`, `GET /api/v1/monitoring/stats` and
 /// `GET /api/v1/monitoring/stream` (Server-Sent Events). All need the admin
 /// token.
-pub fn monitoring_router(hub: MonitoringHub, admin: Option<AdminToken>) -> Router {
-    monitoring_api(hub, admin).into()
-}
-
-/// [`monitoring_router`] with its OpenAPI entries.
+///
+/// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
+/// come from one registration; `axum::Router::from` it to serve without
+/// the document.
 pub fn monitoring_api(hub: MonitoringHub, admin: Option<AdminToken>) -> ApiRouter {
     OpenApiRouter::new()
         .routes(routes!(logs, clear))
@@ -140,17 +136,7 @@ fn parse_query(params: &LogParams) -> Result<LogQuery, ApiError> {
             ))
         })?,
     };
-    let limit = match params.limit.as_deref() {
-        None => 100,
-        Some(text) => {
-            text.trim().parse::<usize>().ok().filter(|n| (1..=MAX_LOG_LIMIT).contains(n)).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "limit {}: expected a number from 1 to {MAX_LOG_LIMIT}",
-                    crate::text::shown(text)
-                ))
-            })?
-        }
-    };
+    let limit = LogQuery::limit_from(params.limit.as_deref()).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let since_ms = match params.since.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(text) => Some(parse_since(text).ok_or_else(|| {

@@ -12,25 +12,9 @@ use utoipa::{Modify, PartialSchema as _, ToSchema};
 /// A router whose routes carry their OpenAPI entries.
 pub type ApiRouter<S = ()> = utoipa_axum::router::OpenApiRouter<S>;
 
-/// Every failure: `{"error":{"code","message"}}`.
-#[derive(ToSchema)]
-#[schema(as = Error)]
-#[allow(dead_code)]
-pub(crate) struct ErrorSchema {
-    error: ErrorDetail,
-}
-
-/// What went wrong.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct ErrorDetail {
-    /// A stable machine-readable code: `bad_request`, `unauthorized`,
-    /// `forbidden`, `not_found`, `precondition_failed`, `payload_too_large`,
-    /// `unprocessable_entity`, `unavailable`, `internal`.
-    code: String,
-    /// A human-readable explanation (never more than 200 bytes of the input).
-    message: String,
-}
+/// The error envelope's schema (`Error`), derived from the type every error
+/// response is written from.
+pub(crate) type ErrorSchema = crate::error::Envelope<'static>;
 
 /// One Server-Sent Event, as the `text/event-stream` schema of a streaming
 /// endpoint: its name and its data (a JSON document, as text).
@@ -95,7 +79,7 @@ impl Modify for AdminBearer {
         bearer.description = Some("KEEL_ADMIN_TOKEN (--admin-token); without one, admin endpoints answer 403".into());
         components.add_security_scheme(ADMIN, SecurityScheme::Http(bearer));
         components.schemas.insert("Error".into(), ErrorSchema::schema());
-        components.schemas.insert("ErrorDetail".into(), ErrorDetail::schema());
+        components.schemas.insert("ErrorDetail".into(), crate::error::ErrorDetail::schema());
     }
 }
 

@@ -1,6 +1,5 @@
 //! `GET /metrics`.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -12,11 +11,10 @@ use crate::ApiError;
 use crate::openapi::ApiRouter;
 
 /// `GET /metrics`: the Prometheus text exposition of `telemetry`.
-pub fn metrics_router(telemetry: Telemetry) -> Router {
-    metrics_api(telemetry).into()
-}
-
-/// [`metrics_router`] with its OpenAPI entry.
+///
+/// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
+/// come from one registration; `axum::Router::from` it to serve without
+/// the document.
 pub fn metrics_api(telemetry: Telemetry) -> ApiRouter {
     OpenApiRouter::new().routes(routes!(metrics)).with_state(telemetry)
 }

@@ -7,11 +7,11 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use axum::{Json, Router};
-use keel_settings_sync::{DocumentView, DynSettings, SettingsRegistry, UpdateError};
+use keel_settings_sync::{DocumentView, DynSettings, HistoryError, SettingsRegistry, UpdateError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -44,11 +44,10 @@ struct Rendered {
 
 /// `GET /api/v1/settings`, `GET|PUT /api/v1/settings/{name}` and
 /// `GET /api/v1/settings/{name}/history`. Writing needs the admin token.
-pub fn settings_router(registry: SettingsRegistry, admin: Option<AdminToken>) -> Router {
-    settings_api(registry, admin).into()
-}
-
-/// [`settings_router`] with its OpenAPI entries.
+///
+/// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
+/// come from one registration; `axum::Router::from` it to serve without
+/// the document.
 pub fn settings_api(registry: SettingsRegistry, admin: Option<AdminToken>) -> ApiRouter {
     OpenApiRouter::new()
         .routes(routes!(list))
@@ -242,16 +241,9 @@ async fn write(
 ) -> Result<Response, ApiError> {
     let document = find(&state, &name)?;
     let Json(value) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
-    crate::text::refuse_nul(&value, &name)?;
     let expected = expected_version(&headers)?;
-    let actor = headers
-        .get("x-actor")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && a.len() <= 128)
-        .unwrap_or("admin")
-        .to_owned();
-    match document.update_json(value, expected, &actor).await {
+    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    match document.update_json(value, expected, actor).await {
         Ok(view) => Ok(with_etag(&view)),
         Err(UpdateError::Invalid { reason, .. }) => {
             Err(ApiError::unprocessable(format!("not a valid {name} document: {}", crate::text::clip(&reason))))
@@ -259,6 +251,7 @@ async fn write(
         Err(UpdateError::Conflict { expected, current, .. }) => Err(ApiError::precondition_failed(format!(
             "{name} is at version {current}, not {expected}: reload and retry"
         ))),
+        Err(err @ UpdateError::Nul { .. }) => Err(ApiError::bad_request(err.to_string())),
         Err(UpdateError::Store { source, .. }) => Err(ApiError::unavailable(format!("cannot save {name}: {source}"))),
     }
 }
@@ -286,14 +279,10 @@ async fn history(
     Path(name): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<HistoryBody>, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("limit: expected 1 to 1000"));
-    }
-    let changes = find(&state, &name)?
-        .history(limit)
-        .await
-        .map_err(|err| ApiError::unavailable(format!("cannot read the history of {name}: {err}")))?;
+    let changes = find(&state, &name)?.history(query.limit).await.map_err(|err| match err {
+        HistoryError::Limit(_) => ApiError::bad_request(err.to_string()),
+        HistoryError::Store(err) => ApiError::unavailable(format!("cannot read the history of {name}: {err}")),
+    })?;
     let changes = changes
         .into_iter()
         .map(|c| {

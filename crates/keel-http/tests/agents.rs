@@ -12,7 +12,7 @@ use axum::http::Request;
 use axum::response::Response;
 use futures_util::StreamExt as _;
 use keel_batcher::{AgentMetadata, Batcher, BatcherConfig, DbMetadataSink, MetadataNotifier};
-use keel_http::agents_router;
+use keel_http::agents_api;
 use keel_store::{Bus, Database, DbConfig};
 use keel_telemetry::Telemetry;
 use serde_json::{Value, json};
@@ -33,7 +33,7 @@ async fn fixture() -> (Router, tempfile::TempDir) {
     let notifier = Arc::new(MetadataNotifier::bus(bus.clone(), channel.clone()));
     let batcher = Batcher::start_with("test", config, sink.clone(), Some(notifier), None).unwrap();
     let service = AgentMetadata::new(batcher, sink, &bus, &channel, &keel_core::Shutdown::new()).await.unwrap();
-    (agents_router(service), dir)
+    (axum::Router::from(agents_api(service)), dir)
 }
 
 async fn post(app: &Router, agent: &str, body: &str) -> Response {

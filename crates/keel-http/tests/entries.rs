@@ -10,10 +10,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::response::Response;
-use keel_http::entries_router;
+use keel_entries::{DbEntries, Entries, EntrySink};
+use keel_http::entries_api;
 use keel_store::{Cache, Database, DbConfig};
 use keel_telemetry::Telemetry;
-use keel_write_behind::{DbDeadLetters, DbEntries, Entries, EntrySink, WriteBehind, WriteBehindConfig};
+use keel_write_behind::{DbDeadLetters, WriteBehind, WriteBehindConfig};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -28,14 +29,14 @@ async fn sqlite() -> (Database, Telemetry, tempfile::TempDir) {
     (db, telemetry, dir)
 }
 
-async fn fixture() -> (Router, WriteBehind<keel_write_behind::EntryWrite>, DbEntries, tempfile::TempDir) {
+async fn fixture() -> (Router, WriteBehind<keel_entries::EntryWrite>, DbEntries, tempfile::TempDir) {
     let (db, _telemetry, dir) = sqlite().await;
     let store = DbEntries::new(db.clone());
     let config = WriteBehindConfig { flush_interval: Duration::from_millis(20), ..WriteBehindConfig::default() };
     let queue =
         WriteBehind::start(config, Arc::new(store.clone()), Arc::new(DbDeadLetters::new(db, "entries"))).unwrap();
     let entries = Entries::new(Cache::memory(), "test", EntrySink::Memory(queue.clone()), store.clone());
-    (entries_router(entries), queue, store, dir)
+    (axum::Router::from(entries_api(entries)), queue, store, dir)
 }
 
 async fn send(app: &Router, method: &str, uri: &str, body: Option<String>) -> Response {
@@ -122,7 +123,7 @@ async fn a_full_in_process_queue_answers_503_with_retry_after_and_leaves_the_cac
         WriteBehind::start(config, Arc::new(store.clone()), Arc::new(DbDeadLetters::new(db, "entries"))).unwrap();
     let entries = Entries::new(Cache::memory(), "test", EntrySink::Memory(queue.clone()), store)
         .with_enqueue_timeout(Duration::from_millis(200));
-    let app = entries_router(entries.clone());
+    let app = axum::Router::from(entries_api(entries.clone()));
     assert_eq!(send(&app, "PUT", "/api/v1/entries/first", Some("1".into())).await.status(), 202);
     let started = std::time::Instant::now();
     let refused = send(&app, "PUT", "/api/v1/entries/second", Some("2".into())).await;
@@ -137,8 +138,9 @@ async fn a_full_in_process_queue_answers_503_with_retry_after_and_leaves_the_cac
 mod durable {
     use super::*;
     use fred::prelude::*;
+    use keel_entries::{DurableEntries, EntryLayout};
     use keel_store::testing::unique_prefix;
-    use keel_write_behind::{DurableConfig, DurableEntries, EntryLayout};
+    use keel_write_behind::DurableConfig;
 
     async fn fixture(capacity: u64) -> (Router, Entries, keel_store::RedisStore, String, tempfile::TempDir) {
         let (db, telemetry, dir) = sqlite().await;
@@ -151,7 +153,7 @@ mod durable {
         let entries =
             Entries::new(Cache::redis(redis.clone()), &namespace, EntrySink::Durable(durable), DbEntries::new(db))
                 .with_enqueue_timeout(Duration::from_millis(200));
-        (entries_router(entries.clone()), entries, redis, stream, dir)
+        (axum::Router::from(entries_api(entries.clone())), entries, redis, stream, dir)
     }
 
     async fn stream_len(redis: &keel_store::RedisStore, stream: &str) -> u64 {
@@ -168,7 +170,7 @@ mod durable {
             DurableEntries::new(&redis, EntryLayout::new("down", 1), &DurableConfig::new("down:stream", "g", "c"));
         let entries = Entries::new(Cache::redis(redis), "down", EntrySink::Durable(durable), DbEntries::new(db))
             .with_enqueue_timeout(Duration::from_millis(500));
-        let app = entries_router(entries);
+        let app = axum::Router::from(entries_api(entries));
         assert_eq!(send(&app, "PUT", "/api/v1/entries/before", Some("1".into())).await.status(), 202);
         server.stop();
         let started = std::time::Instant::now();
@@ -246,7 +248,7 @@ mod durable {
                 DbEntries::new(db.clone()),
             )
             .with_enqueue_timeout(Duration::from_secs(2));
-            let app = entries_router(entries.clone());
+            let app = axum::Router::from(entries_api(entries.clone()));
             for i in 0..200 {
                 let put = send(&app, "PUT", &format!("/api/v1/entries/k{i}"), Some(i.to_string())).await;
                 assert_eq!(put.status(), 202, "{url}: k{i}");
@@ -292,7 +294,9 @@ mod durable {
                     DbEntries::new(db),
                 )
                 .with_enqueue_timeout(Duration::from_millis(300));
-                let refused = send(&entries_router(entries), "PUT", "/api/v1/entries/greedy", Some("1".into())).await;
+                let refused =
+                    send(&axum::Router::from(entries_api(entries)), "PUT", "/api/v1/entries/greedy", Some("1".into()))
+                        .await;
                 assert_eq!(refused.status(), 503, "{url}");
                 let body = json(refused).await;
                 assert!(body["error"]["message"].as_str().unwrap().contains("reached 1 of the 2 replicas"), "{body}");

@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use keel_core::Shutdown;
-use keel_http::{HttpMetrics, MiddlewareConfig, metrics_router, middleware};
+use keel_http::{HttpMetrics, MiddlewareConfig, metrics_api, middleware};
 use keel_telemetry::Telemetry;
 use tower::ServiceExt as _;
 
@@ -28,7 +28,7 @@ fn app(telemetry: &Telemetry, config: &MiddlewareConfig) -> Router {
                 "late"
             }),
         )
-        .merge(metrics_router(telemetry.clone()));
+        .merge(axum::Router::from(metrics_api(telemetry.clone())));
     middleware::apply(routes, config, &HttpMetrics::new(telemetry))
 }
 
@@ -172,7 +172,7 @@ async fn oversized_and_malformed_bodies_are_json_4xx() {
 #[tokio::test]
 async fn metrics_endpoint_serves_the_prometheus_text_format() {
     let telemetry = Telemetry::new("t").unwrap();
-    let app = metrics_router(telemetry.clone());
+    let app = axum::Router::from(metrics_api(telemetry.clone()));
     let metrics = send(&app, get_req("/metrics")).await;
     assert_eq!(metrics.status(), 200);
     assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
@@ -201,8 +201,8 @@ async fn shutdown_drops_readiness_first_and_lets_in_flight_requests_finish() {
     let app = keel_http::AppInfo::build("t");
     let router = Router::new()
         .route("/slow", slow)
-        .merge(metrics_router(telemetry.clone()))
-        .merge(keel_http::health_router(health, app, Default::default(), shutdown.clone()));
+        .merge(axum::Router::from(metrics_api(telemetry.clone())))
+        .merge(axum::Router::from(keel_http::health_api(health, app, Default::default(), shutdown.clone())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let drain = DrainConfig { drain_delay: Duration::from_millis(500), grace: Duration::from_secs(5) };

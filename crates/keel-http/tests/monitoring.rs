@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use keel_http::{AdminToken, monitoring_router};
+use keel_http::{AdminToken, monitoring_api};
 use keel_monitoring::{Collector, LogStore, MonitoringHub, RedisLogs, RedisStats, StatsStore};
 use keel_store::{Bus, RedisConfig, RedisStore};
 use keel_telemetry::Telemetry;
@@ -37,7 +37,7 @@ async fn with_redis_down_reads_answer_503_and_stats_publishing_carries_on() {
         "down:monitoring",
         keel_core::Shutdown::new(),
     );
-    let router = monitoring_router(hub, AdminToken::new("s3cret"));
+    let router = axum::Router::from(monitoring_api(hub, AdminToken::new("s3cret")));
     let (status, body) = get(&router, "/api/v1/monitoring/stats").await;
     assert_eq!((status, body["instances"].as_array().map(Vec::len)), (200, Some(0)));
 

@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
 use axum::response::Response;
-use keel_http::{AdminToken, settings_router};
+use keel_http::{AdminToken, settings_api};
 use keel_settings_sync::{
     DbSettingsStore, MonitoringSettings, Settings, SettingsConfig, SettingsDeps, SettingsRegistry,
 };
@@ -34,7 +34,7 @@ async fn router(token: Option<&str>) -> (Router, tempfile::TempDir) {
         .unwrap();
     let mut registry = SettingsRegistry::new();
     registry.register(monitoring);
-    (settings_router(registry, token.and_then(AdminToken::new)), dir)
+    (axum::Router::from(settings_api(registry, token.and_then(AdminToken::new))), dir)
 }
 
 async fn send(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value>) -> Response {

@@ -11,7 +11,7 @@ use axum::http::Request;
 use axum::response::Response;
 use keel_core::{Shutdown, Status};
 use keel_health_status::{ComponentSpec, Health, Mandatory, MandatoryList, Mode, Report, StatusCodes};
-use keel_http::{AppInfo, health_router};
+use keel_http::{AppInfo, health_api};
 use serde_json::Value;
 use tower::ServiceExt as _;
 
@@ -52,7 +52,7 @@ async fn fixture(codes: StatusCodes) -> (Router, Shutdown, Health) {
     // Two checks each: KO → WARN → OK for the healthy ones.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let shutdown = Shutdown::new();
-    (health_router(health.clone(), app_info(), codes, shutdown.clone()), shutdown, health)
+    (axum::Router::from(health_api(health.clone(), app_info(), codes, shutdown.clone())), shutdown, health)
 }
 
 async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Response {
@@ -253,7 +253,7 @@ async fn readyz_is_503_when_a_must_group_is_ko() {
     let health = Health::new(groups, Mode::Must);
     health.register(ComponentSpec::new("db"), || std::future::ready(Report::fail("down"))).unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let app = health_router(health, app_info(), StatusCodes::default(), Shutdown::new());
+    let app = axum::Router::from(health_api(health, app_info(), StatusCodes::default(), Shutdown::new()));
     assert_eq!(get(&app, "/readyz", &[]).await.status(), 503);
     assert_eq!(get(&app, "/status", &[]).await.status(), 503);
 }
@@ -268,7 +268,7 @@ async fn a_503_keeps_the_negotiated_text_health_json_or_json() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     let telemetry = keel_telemetry::Telemetry::new("t").unwrap();
     let app = keel_http::middleware::apply(
-        health_router(health, app_info(), StatusCodes::default(), Shutdown::new()),
+        axum::Router::from(health_api(health, app_info(), StatusCodes::default(), Shutdown::new())),
         &keel_http::MiddlewareConfig::default(),
         &keel_http::HttpMetrics::new(&telemetry),
     );
@@ -323,7 +323,7 @@ async fn group_info_is_shown_in_map_mode() {
     let health = Health::new(MandatoryList::new(vec![storage]).unwrap(), Mode::Must);
     health.register(ComponentSpec::new("db"), || std::future::ready(Report::ok())).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let app = health_router(health, app_info(), StatusCodes::default(), Shutdown::new());
+    let app = axum::Router::from(health_api(health, app_info(), StatusCodes::default(), Shutdown::new()));
     let body = json(get(&app, "/status?map=true", &[]).await).await;
     let group = &body["groups"][0];
     assert_eq!(group["name"], "storage");
@@ -390,7 +390,7 @@ async fn the_stream_opens_with_the_view_then_pushes_each_change_and_ends_at_shut
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let shutdown = Shutdown::new();
-    let app = health_router(health, app_info(), StatusCodes::default(), shutdown.clone());
+    let app = axum::Router::from(health_api(health, app_info(), StatusCodes::default(), shutdown.clone()));
 
     let response = get(&app, "/status/stream", &[]).await;
     assert_eq!(response.status(), 200);
@@ -440,7 +440,7 @@ async fn a_repeated_status_shows_every_change_at_once() {
     let slow = || ComponentSpec::new("db").interval(Duration::from_secs(600));
     health.register(slow(), || std::future::ready(Report::ok())).unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let app = health_router(health.clone(), app_info(), StatusCodes::default(), Shutdown::new());
+    let app = axum::Router::from(health_api(health.clone(), app_info(), StatusCodes::default(), Shutdown::new()));
     let seconds = |body: &Value, name: &str| {
         let c = &body["components"][name];
         c["uptime_s"].as_u64().unwrap() + c["downtime_s"].as_u64().unwrap()

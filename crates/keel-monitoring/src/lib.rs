@@ -60,7 +60,7 @@ pub use memory::MemoryLogs;
 pub use record::{LogRecord, REDACTED, Redactor};
 #[cfg(feature = "redis")]
 pub use redis::{RedisLogs, RedisStats};
-pub use store::{LogQuery, LogStore, MemoryStats, StatsStore};
+pub use store::{DEFAULT_LOG_LIMIT, LimitError, LogQuery, LogStore, MAX_LOG_LIMIT, MemoryStats, StatsStore};
 
 /// The code in `docs/monitoring.md` compiles (`cargo test --doc`).
 #[cfg(doctest)]

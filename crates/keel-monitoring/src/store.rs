@@ -23,7 +23,38 @@ pub struct LogQuery {
     pub since_ms: Option<u64>,
 }
 
+/// The most records one [`LogQuery`] asks for.
+pub const MAX_LOG_LIMIT: usize = 1000;
+/// How many records a query asks for when it does not say.
+pub const DEFAULT_LOG_LIMIT: usize = 100;
+
+/// A limit that is not a number from 1 to [`MAX_LOG_LIMIT`] (the text,
+/// quoted and clipped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("limit {0}: expected a number from 1 to {MAX_LOG_LIMIT}")]
+pub struct LimitError(pub String);
+
 impl LogQuery {
+    /// The limit written in `text`: [`DEFAULT_LOG_LIMIT`] when there is
+    /// none, otherwise a number from 1 to [`MAX_LOG_LIMIT`].
+    ///
+    /// ```
+    /// use keel_monitoring::LogQuery;
+    ///
+    /// assert_eq!(LogQuery::limit_from(None), Ok(100));
+    /// assert_eq!(LogQuery::limit_from(Some(" 5 ")), Ok(5));
+    /// assert!(LogQuery::limit_from(Some("1001")).is_err());
+    /// assert!(LogQuery::limit_from(Some("many")).is_err());
+    /// ```
+    pub fn limit_from(text: Option<&str>) -> Result<usize, LimitError> {
+        let Some(text) = text else { return Ok(DEFAULT_LOG_LIMIT) };
+        text.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LOG_LIMIT).contains(n))
+            .ok_or_else(|| LimitError(keel_core::shown(text)))
+    }
+
     /// Whether `record` passes the level and time filters.
     pub fn matches(&self, record: &LogRecord) -> bool {
         // tracing orders levels by verbosity: ERROR < WARN < ... < TRACE.

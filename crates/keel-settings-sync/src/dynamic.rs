@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::settings::{Document, Settings, SyncState, UpdateError};
-use crate::store::{Change, StoreError};
+use crate::store::Change;
 
 /// A document as JSON, with its metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +44,8 @@ pub trait DynSettings: Send + Sync {
         expected: Option<i64>,
         actor: &'a str,
     ) -> BoxFuture<'a, Result<DocumentView, UpdateError>>;
-    /// The newest `limit` changes, newest first.
-    fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// The newest `limit` changes (50 when `None`, at most 1000), newest first.
+    fn history(&self, limit: Option<usize>) -> BoxFuture<'_, Result<Vec<Change>, crate::HistoryError>>;
     /// Freshness.
     fn sync_state(&self) -> SyncState;
 }
@@ -83,7 +83,7 @@ impl<T: Document> DynSettings for Settings<T> {
         })
     }
 
-    fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>> {
+    fn history(&self, limit: Option<usize>) -> BoxFuture<'_, Result<Vec<Change>, crate::HistoryError>> {
         Box::pin(Settings::history(self, limit))
     }
 

@@ -50,6 +50,7 @@ mod builtin;
 mod db;
 mod dynamic;
 mod metrics;
+mod rules;
 mod settings;
 mod store;
 
@@ -57,6 +58,7 @@ pub use builtin::MonitoringSettings;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use db::DbSettingsStore;
 pub use dynamic::{DocumentView, DynSettings, SettingsRegistry};
+pub use rules::{DEFAULT_ACTOR, DEFAULT_HISTORY, HistoryError, MAX_ACTOR, MAX_HISTORY, actor};
 pub use settings::{
     Document, Settings, SettingsConfig, SettingsDeps, SettingsError, SyncState, UpdateError, Versioned,
 };

@@ -146,6 +146,15 @@ pub enum UpdateError {
         /// What is stored.
         current: i64,
     },
+    /// A string or object key in the document holds U+0000, which no
+    /// store keeps; `path` names the first (`monitoring.tags[2]`).
+    #[error("{path} contains U+0000, which cannot be stored")]
+    Nul {
+        /// Document name.
+        name: String,
+        /// Where, from the document's name.
+        path: String,
+    },
     /// The database failed.
     #[error("cannot save settings {name:?}: {source}")]
     Store {
@@ -422,8 +431,9 @@ impl<T: Document> Settings<T> {
     /// database commit and the cache and bus steps. When Redis cannot take
     /// those steps, they are retried until it can, so no replica keeps
     /// serving the older version.
+    /// The change is recorded as made by [`actor`](crate::actor)`(actor)`.
     pub async fn update(&self, value: T, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
-        let (inner, actor) = (self.inner.clone(), actor.to_owned());
+        let (inner, actor) = (self.inner.clone(), crate::actor(actor).to_owned());
         let name = self.inner.name.clone();
         let tasks = self.inner.deps.tasks.clone();
         let task =
@@ -436,9 +446,11 @@ impl<T: Document> Settings<T> {
         })
     }
 
-    /// The newest `limit` changes, newest first.
-    pub async fn history(&self, limit: usize) -> Result<Vec<Change>, StoreError> {
-        self.inner.deps.store.history(&self.inner.name, limit).await
+    /// The newest `limit` changes ([`DEFAULT_HISTORY`](crate::DEFAULT_HISTORY)
+    /// when `None`, at most [`MAX_HISTORY`](crate::MAX_HISTORY)), newest first.
+    pub async fn history(&self, limit: Option<usize>) -> Result<Vec<Change>, crate::HistoryError> {
+        let limit = crate::rules::history_limit(limit)?;
+        Ok(self.inner.deps.store.history(&self.inner.name, limit).await?)
     }
 
     /// The JSON validator hook for a type-erased update (HTTP).
@@ -456,11 +468,14 @@ impl<T: Document> Inner<T> {
         actor: &str,
     ) -> Result<Versioned<T>, UpdateError> {
         let name = self.name.clone();
+        let json = serde_json::to_value(&value)
+            .map_err(|err| UpdateError::Invalid { name: name.clone(), reason: err.to_string() })?;
+        if let Some(path) = keel_core::nul_path(&json, &name) {
+            return Err(UpdateError::Nul { name, path });
+        }
         if let Some(validate) = &self.validator {
             validate(&value).map_err(|reason| UpdateError::Invalid { name: name.clone(), reason })?;
         }
-        let json = serde_json::to_value(&value)
-            .map_err(|err| UpdateError::Invalid { name: name.clone(), reason: err.to_string() })?;
         let stored = match self.deps.store.save(&name, &json, expected, actor).await {
             Ok(stored) => stored,
             Err(StoreError::Conflict { expected, current }) => {

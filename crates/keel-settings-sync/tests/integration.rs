@@ -146,7 +146,7 @@ async fn behaviour(world: World) {
     until_version(&sb, 3).await;
 
     // Every change is audited with its actor, newest first.
-    let history = sb.history(10).await.unwrap();
+    let history = sb.history(Some(10)).await.unwrap();
     let summary: Vec<(i64, &str, u64)> =
         history.iter().map(|c| (c.version, c.actor.as_str(), c.new["limit"].as_u64().unwrap())).collect();
     assert_eq!(summary, [(3, "cy", 3), (2, "bob", 2), (1, "ada", 1)]);

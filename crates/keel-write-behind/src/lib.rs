@@ -63,14 +63,10 @@
 
 #[cfg(feature = "redis")]
 mod backlog;
-#[cfg(all(feature = "entries", any(feature = "postgres", feature = "sqlite")))]
-mod cached;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod dead_letters;
 #[cfg(feature = "redis")]
 mod durable;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-mod entries;
-#[cfg(feature = "entries")]
-mod layout;
 #[cfg(feature = "local-log")]
 mod log;
 mod persist;
@@ -78,17 +74,10 @@ mod queue;
 
 #[cfg(feature = "redis")]
 pub use backlog::{BACKLOG_INTERVAL, StreamBacklog};
-#[cfg(all(feature = "entries", any(feature = "postgres", feature = "sqlite")))]
-pub use cached::{
-    DEFAULT_ENQUEUE_TIMEOUT, DurableEntries, Entries, EntryError, EntrySink, MAX_ENTRY_KEY, MAX_ENTRY_VALUE,
-    StoredEntry,
-};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use dead_letters::DbDeadLetters;
 #[cfg(feature = "redis")]
 pub use durable::{CLOCK_MARGIN, DurableConfig, DurableConsumer, DurableError, DurableProducer};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use entries::{DbDeadLetters, DbEntries, Entry, EntryWrite};
-#[cfg(feature = "entries")]
-pub use layout::{EntryLayout, MAX_PARTITIONS};
 #[cfg(feature = "local-log")]
 pub use log::{DirStorage, LocalLog, LocalLogConfig, LocalLogError, LocalLogStats, LogCore, Recovery, Storage};
 pub use queue::{

@@ -7,10 +7,11 @@
 use std::time::{Duration, SystemTime};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use keel_entries::{EntryLayout, EntryWrite};
 use keel_http::testing::spawn_until_listening;
 use keel_store::testing::{TempDatabase, redis, redis_url};
 use keel_telemetry::Telemetry;
-use keel_write_behind::{DurableConfig, DurableProducer, EntryLayout, EntryWrite};
+use keel_write_behind::{DurableConfig, DurableProducer};
 use tokio::process::{Child, Command};
 
 const KEYS: usize = 1000;
