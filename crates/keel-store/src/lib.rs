@@ -38,6 +38,8 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "redis")]
+mod append;
 mod bus;
 mod cache;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -49,6 +51,8 @@ mod redis;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "redis")]
+pub use append::{Appended, CachedAppend};
 pub use bus::{Bus, BusBackend, Subscription};
 pub use cache::Cache;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -447,7 +447,12 @@ impl Shared {
         while let Some(this) = shared.upgrade() {
             if this.round(&mut last_checkpoint) {
                 this.checkpoint();
-                this.stopped.cancel();
+                // Let go of the log before saying so: once `close` returns,
+                // the writer holds no reference, and the last handle dropped
+                // by the caller releases the directory's lock at once.
+                let stopped = this.stopped.clone();
+                drop(this);
+                stopped.cancel();
                 return;
             }
         }

@@ -1,0 +1,185 @@
+//! The public face of a document: opening it, reading it from memory (one
+//! atomic load and a per-thread slot), watching it, and its freshness.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{Change, StoreError};
+
+use super::*;
+
+impl<T: Document> Settings<T> {
+    /// Opens the document `name`: loads it (cache, then database) and starts
+    /// following invalidations and the poll. Source failures do not fail the
+    /// open: the value is `T::default()` until a refresh succeeds, and
+    /// [`sync_state`](Self::sync_state) says so.
+    pub async fn open(name: &str, deps: SettingsDeps, config: SettingsConfig) -> Result<Self, SettingsError> {
+        Self::open_with(name, deps, config, None).await
+    }
+
+    /// [`open`](Self::open) with a validator that [`update`](Self::update)
+    /// runs on every new value (its error answers 422 over HTTP).
+    pub async fn open_validated(
+        name: &str,
+        deps: SettingsDeps,
+        config: SettingsConfig,
+        validator: impl Fn(&T) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Result<Self, SettingsError> {
+        Self::open_with(name, deps, config, Some(Arc::new(validator))).await
+    }
+
+    pub(super) async fn open_with(
+        name: &str,
+        deps: SettingsDeps,
+        config: SettingsConfig,
+        validator: Option<Validator<T>>,
+    ) -> Result<Self, SettingsError> {
+        if !valid_name(name) {
+            return Err(SettingsError::InvalidName(name.to_owned()));
+        }
+        if !valid_name(&config.namespace) {
+            return Err(SettingsError::InvalidNamespace(config.namespace.clone()));
+        }
+        let initial =
+            Versioned { value: Arc::new(T::default()), version: 0, updated_at: None, updated_by: String::new() };
+        let (changes, _) = watch::channel(initial.value.clone());
+        let subscription = deps.bus.subscribe(&config.channel()).await?;
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner<T>>| Inner {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
+            name: name.to_owned(),
+            cache_key: config.cache_key(name),
+            metrics: Metrics::new(&deps.meter, name, weak.clone()).with_cache_backend(deps.cache.backend()),
+            deps,
+            config,
+            current: ArcSwap::from_pointee(initial),
+            changes,
+            refill: tokio::sync::Mutex::new(()),
+            refills: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
+            validator,
+            cancel: CancellationToken::new(),
+            unsettled: Mutex::new(None),
+        });
+        let settings = Self { inner };
+        let reconnects = settings.inner.deps.bus.reconnects();
+        if !settings.inner.refill(0).await {
+            // Filled from the shared cache, which a writer may have failed to
+            // update during an outage: one cheap look at the database's version.
+            settings.inner.catch_up().await;
+        }
+        tokio::spawn(follow(Arc::downgrade(&settings.inner), subscription, reconnects, settings.inner.cancel.clone()));
+        Ok(settings)
+    }
+
+    /// The document's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The current value, from memory: one atomic load and an `Arc` clone
+    /// when this thread already holds the current version.
+    pub fn get(&self) -> Arc<T> {
+        self.inner.metrics.count_l1_read();
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let cached = READS.with(|reads| {
+            let reads = reads.borrow();
+            let (_, seen, value) = reads.iter().find(|(id, _, _)| *id == self.inner.id)?;
+            if *seen != generation {
+                return None;
+            }
+            value.clone().downcast::<T>().ok()
+        });
+        if let Some(value) = cached {
+            return value;
+        }
+        let value = self.inner.current.load().value.clone();
+        READS.with(|reads| {
+            let mut reads = reads.borrow_mut();
+            reads.retain(|(id, _, _)| *id != self.inner.id);
+            // A thread reading many documents keeps only the most recent ones.
+            if reads.len() >= READ_CACHE_SLOTS {
+                reads.remove(0);
+            }
+            reads.push((self.inner.id, generation, value.clone()));
+        });
+        value
+    }
+
+    /// The current value with its version metadata, from memory.
+    pub fn current(&self) -> Versioned<T> {
+        Versioned::clone(&self.inner.current.load())
+    }
+
+    /// The version held (0: never written).
+    pub fn version(&self) -> i64 {
+        self.inner.current.load().version
+    }
+
+    /// A channel that sees every change of value (not of version alone).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<T>> {
+        self.inner.changes.subscribe()
+    }
+
+    /// How fresh this copy is.
+    pub fn sync_state(&self) -> SyncState {
+        self.inner.sync_state()
+    }
+
+    /// Refreshes from the cache, then the database. Concurrent calls share
+    /// one load. Failures keep the current value and are reported by
+    /// [`sync_state`](Self::sync_state).
+    pub async fn reload(&self) {
+        self.inner.refill(0).await;
+    }
+
+    /// Compares the version held with the database's (one cheap query) and
+    /// refills from the database when behind. Done at open and whenever the
+    /// bus reconnects (invalidations may have been missed).
+    pub async fn catch_up(&self) {
+        self.inner.catch_up().await;
+    }
+
+    /// Writes `value` as the next version (with `expected`: only if the
+    /// stored version is still that), records `actor` in the audit trail,
+    /// replaces the cache entry and tells every process.
+    ///
+    /// The whole update runs on its own task: a caller that goes away (a
+    /// client disconnect dropping the request) cannot cut it between the
+    /// database commit and the cache and bus steps. When Redis cannot take
+    /// those steps, they are retried until it can, so no replica keeps
+    /// serving the older version.
+    /// The change is recorded as made by [`actor`](crate::actor)`(actor)`.
+    pub async fn update(&self, value: T, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
+        let (inner, actor) = (self.inner.clone(), crate::actor(actor).to_owned());
+        let name = self.inner.name.clone();
+        let tasks = self.inner.deps.tasks.clone();
+        let task =
+            keel_core::Shutdown::spawn_on(tasks.as_ref(), async move { inner.update(value, expected, &actor).await });
+        task.await.unwrap_or_else(|err| {
+            Err(UpdateError::Store {
+                name,
+                source: StoreError::Database(keel_store::StoreError::Pool(err.to_string())),
+            })
+        })
+    }
+
+    /// The newest `limit` changes ([`DEFAULT_HISTORY`](crate::DEFAULT_HISTORY)
+    /// when `None`, at most [`MAX_HISTORY`](crate::MAX_HISTORY)), newest first.
+    pub async fn history(&self, limit: Option<usize>) -> Result<Vec<Change>, crate::HistoryError> {
+        let limit = crate::rules::history_limit(limit)?;
+        Ok(self.inner.deps.store.history(&self.inner.name, limit).await?)
+    }
+
+    /// The JSON validator hook for a type-erased update (HTTP).
+    pub(crate) fn decode(&self, value: serde_json::Value) -> Result<T, UpdateError> {
+        serde_json::from_value(value)
+            .map_err(|err| UpdateError::Invalid { name: self.inner.name.clone(), reason: err.to_string() })
+    }
+}

@@ -1,0 +1,260 @@
+//! The producer: appends (waiting while the stream is at capacity), and
+//! appends batched with their cache entries into one script call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use keel_store::{Appended, CachedAppend, RedisStore, StoreError};
+use serde::Serialize;
+
+use super::{BACKLOG_FRESH, DurableConfig, DurableError};
+
+/// Appends items to the stream.
+#[derive(Debug, Clone)]
+pub struct DurableProducer {
+    redis: RedisStore,
+    config: Arc<DurableConfig>,
+    /// Last measured backlog, when, and appends since: the length is only
+    /// measured again when it could be near capacity or is stale.
+    known: Arc<std::sync::Mutex<Known>>,
+    /// The cached appends waiting for the task that sends them, started by
+    /// the first one.
+    batches: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Waiting>>>,
+}
+
+/// One [`DurableProducer::enqueue_cached`] append waiting for the task
+/// that sends it, and where its outcome goes.
+struct Waiting {
+    append: CachedAppend,
+    reply: tokio::sync::oneshot::Sender<Result<Appended, DurableError>>,
+}
+
+/// How far the Redis clock may lag the caller's before an append Redis runs
+/// after its caller gave up could still land: the script's deadline is the
+/// caller's timeout less this margin (or less a quarter of the timeout, if
+/// that is smaller).
+pub const CLOCK_MARGIN: Duration = Duration::from_millis(250);
+
+/// The Unix-milliseconds deadline the enqueue script compares with Redis's
+/// own clock, for a caller that gives up `timeout` from now.
+fn script_deadline(timeout: Duration) -> i64 {
+    let margin = CLOCK_MARGIN.min(timeout / 4);
+    let at = std::time::SystemTime::now() + timeout.saturating_sub(margin);
+    let millis = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    i64::try_from(millis).unwrap_or(i64::MAX)
+}
+
+/// Appends one script call takes at most.
+const APPENDS_PER_CALL: usize = 64;
+/// Appends waiting for a call, at most (further callers wait for room).
+const APPENDS_WAITING: usize = 1024;
+
+/// Sends the appends queued on `appends`: whatever queued while the last
+/// call was in flight goes in the next one, so under load one script call
+/// (and one Lua call's overhead on Redis) serves many writes, and a lone
+/// write is sent at once. An append whose caller stopped waiting before its
+/// call was sent is not sent. Ends when every producer is gone.
+async fn send_cached_appends(
+    redis: RedisStore,
+    stream: String,
+    capacity: u64,
+    mut appends: tokio::sync::mpsc::Receiver<Waiting>,
+) {
+    let mut run = Vec::with_capacity(APPENDS_PER_CALL);
+    while appends.recv_many(&mut run, APPENDS_PER_CALL).await > 0 {
+        run.retain(|waiting: &Waiting| !waiting.reply.is_closed());
+        if run.is_empty() {
+            continue;
+        }
+        let (sent, replies): (Vec<CachedAppend>, Vec<_>) = run.drain(..).map(|w| (w.append, w.reply)).unzip();
+        match redis.append_cached(&stream, capacity, sent).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(err) => {
+                let shared = match err {
+                    StoreError::Redis(err) => Ok(err),
+                    other => Err(other.to_string()),
+                };
+                for reply in replies {
+                    let err = match &shared {
+                        Ok(err) => DurableError::Redis(StoreError::Redis(err.clone())),
+                        Err(text) => DurableError::Protocol(text.clone()),
+                    };
+                    let _ = reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Known {
+    backlog: u64,
+    at: Option<tokio::time::Instant>,
+    appended: u64,
+}
+
+impl DurableProducer {
+    /// A producer for `config.stream`.
+    pub fn new(redis: RedisStore, config: DurableConfig) -> Self {
+        let known = Known { backlog: 0, at: None, appended: 0 };
+        Self { redis, config: Arc::new(config), known: Arc::new(std::sync::Mutex::new(known)), batches: Arc::default() }
+    }
+
+    /// Whether the last measurement proves there is room, without asking Redis.
+    fn room_known(&self) -> bool {
+        let known = self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.at.is_some_and(|at| at.elapsed() < BACKLOG_FRESH) && known.backlog + known.appended < self.config.capacity
+    }
+
+    async fn measure(&self) -> Result<u64, DurableError> {
+        let backlog = self.backlog().await?;
+        *self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Known { backlog, at: Some(tokio::time::Instant::now()), appended: 0 };
+        Ok(backlog)
+    }
+
+    /// The stream's length: the backlog, since consumers delete what they
+    /// persist.
+    pub async fn backlog(&self) -> Result<u64, DurableError> {
+        Ok(self.redis.timed("XLEN", self.redis.client().xlen::<u64, _>(&self.config.stream)).await?)
+    }
+
+    /// Appends `item`, waiting while the stream is at capacity. The length
+    /// is measured when the last reading is older than 100 ms or could be
+    /// near capacity, so concurrent producers overshoot by at most what they
+    /// append in that window.
+    pub async fn enqueue<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
+        while !self.room_known() && self.measure().await? >= self.config.capacity {
+            tokio::time::sleep(self.config.idle_poll).await;
+        }
+        self.append(item).await
+    }
+
+    /// Appends `item`, or answers [`DurableError::Full`].
+    pub async fn try_enqueue<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
+        if !self.room_known() && self.measure().await? >= self.config.capacity {
+            return Err(DurableError::Full);
+        }
+        self.append(item).await
+    }
+
+    /// Appends `item` and, in the same script, sets `cache_key` to
+    /// `version:cached` (for `ttl`) unless it holds a version at least as
+    /// high: one round trip, and the cache can never show a write that is
+    /// not in the stream. While the stream is at capacity it waits (polling
+    /// every `idle_poll`) up to `timeout`, then answers
+    /// [`DurableError::Full`] having changed nothing.
+    ///
+    /// A refused append does not land later: Redis itself refuses one it
+    /// runs after the caller's `timeout` (less [`CLOCK_MARGIN`], or a
+    /// quarter of the timeout if smaller, by Redis's clock) with
+    /// [`DurableError::Late`], so a script stuck behind a paused or frozen
+    /// Redis cannot store a write whose caller was answered with an error.
+    /// That holds while the Redis clock lags the caller's by less than the
+    /// margin; an append Redis runs in time but whose answer reaches the
+    /// caller after it gave up can still land (the reply's one trip).
+    ///
+    /// Appends made while another is on its way to Redis go together in the
+    /// next script call (up to 64), each still its own all-or-nothing unit.
+    /// The first call starts the task that sends them on the current tokio
+    /// runtime: use the producer (and its clones) on that runtime.
+    pub async fn enqueue_cached<T: Serialize>(
+        &self,
+        item: &T,
+        cache_key: &str,
+        version: i64,
+        cached: &str,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Result<String, DurableError> {
+        let item = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
+        let append = CachedAppend {
+            cache_key: cache_key.to_owned(),
+            item,
+            version,
+            cached: cached.to_owned(),
+            ttl,
+            deadline_ms: script_deadline(timeout),
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut full = false;
+        loop {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if self.appends().send(Waiting { append: append.clone(), reply }).await.is_err() {
+                return Err(DurableError::Protocol("the enqueue task has stopped".to_owned()));
+            }
+            let added =
+                answer.await.map_err(|_| DurableError::Protocol("the enqueue task dropped an append".to_owned()))??;
+            match added {
+                Appended::Id(id) => return self.replicated(id, deadline).await,
+                Appended::Full => full = true,
+                // Waiting for room ran past the script's deadline.
+                Appended::Late if full => return Err(DurableError::Full),
+                Appended::Late => return Err(DurableError::Late),
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(DurableError::Full);
+            }
+            tokio::time::sleep(self.config.idle_poll.min(deadline - now)).await;
+        }
+    }
+
+    /// The queue of [`Self::enqueue_cached`]'s appends, and the task that
+    /// sends them, started on first use.
+    fn appends(&self) -> &tokio::sync::mpsc::Sender<Waiting> {
+        self.batches.get_or_init(|| {
+            let (queue, appends) = tokio::sync::mpsc::channel(APPENDS_WAITING);
+            let (redis, stream, capacity) = (self.redis.clone(), self.config.stream.clone(), self.config.capacity);
+            tokio::spawn(send_cached_appends(redis, stream, capacity, appends));
+            queue
+        })
+    }
+
+    /// `id` once the stream's server has passed it to `ack_replicas`
+    /// replicas, waiting until `deadline` at most.
+    async fn replicated(&self, id: String, deadline: tokio::time::Instant) -> Result<String, DurableError> {
+        let wanted = self.config.ack_replicas;
+        if wanted == 0 {
+            return Ok(id);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+        let acked = self.redis.wait_replicas(&self.config.stream, wanted, left).await?;
+        if acked >= wanted { Ok(id) } else { Err(DurableError::NotReplicated { acked, wanted }) }
+    }
+
+    async fn append<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
+        let json = serde_json::to_string(item).map_err(|err| DurableError::Encode(err.to_string()))?;
+        let add =
+            self.redis.client().xadd::<String, _, _, _, _>(&self.config.stream, false, None::<()>, "*", ("item", json));
+        let id = self.redis.timed("XADD", add).await?;
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).appended += 1;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_now(deadline: i64) -> i64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        deadline - i64::try_from(now).unwrap()
+    }
+
+    /// At the default enqueue timeout (2 s) Redis refuses an append it runs
+    /// later than 1.75 s from now; a short timeout keeps three quarters.
+    #[test]
+    fn the_script_deadline_is_the_timeout_less_the_clock_margin() {
+        // `DEFAULT_ENQUEUE_TIMEOUT` (the entries feature's).
+        let default = from_now(script_deadline(Duration::from_secs(2)));
+        assert!((1_740..=1_750).contains(&default), "{default}");
+        let short = from_now(script_deadline(Duration::from_millis(400)));
+        assert!((290..=300).contains(&short), "{short}");
+    }
+}
