@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::chaos::servers::{Binary, Postgres, Redis};
 use crate::cmd::on_path;
+use crate::servers::{Binary, Postgres, Redis};
 
 /// Seconds per wrk round.
 const ROUND_SECONDS: u64 = 3;
@@ -161,7 +161,7 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     for process in [&mut embedded, &mut in_memory, &mut cluster, &mut worker] {
         process.wait_ready(Duration::from_secs(60))?;
     }
-    crate::chaos::servers::wait_until(Duration::from_secs(20), || {
+    crate::servers::wait_until(Duration::from_secs(20), || {
         crate::chaos::load::get(&baseline.addr, "/livez").is_ok_and(|(status, _)| status == 200)
     })?;
     // Start-up work (migrations, pools, first checks, a fresh database's

@@ -10,6 +10,7 @@ pub mod docs;
 pub mod publish;
 pub mod reuse;
 pub mod schemathesis;
+pub mod servers;
 pub mod services;
 pub mod tidy;
 pub mod tools;

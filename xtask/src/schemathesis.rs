@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::chaos::servers::Binary;
+use crate::servers::Binary;
 
 /// The schemathesis release line the settings file is written for.
 const SCHEMATHESIS: &str = "schemathesis>=4.3,<5";

@@ -165,43 +165,12 @@ fn start_postgres(addr: &str) -> Result<()> {
             }
         }
     }
-    if find_postgres_tool("initdb").is_none() && !try_install("postgresql")? {
-        bail!(
-            "PostgreSQL is not answering on {addr} and no server is installed: install it (Debian: apt-get install postgresql) or set KEEL_TEST_POSTGRES_URL"
-        );
-    }
-    let (Some(initdb), Some(pg_ctl)) = (find_postgres_tool("initdb"), find_postgres_tool("pg_ctl")) else {
-        bail!("initdb/pg_ctl not found although PostgreSQL seems installed");
-    };
-    // A throwaway cluster under target/, trust auth, owned by a non-root user
-    // when we are root (PostgreSQL refuses to run as root).
+    // A throwaway cluster under target/, trust auth, left running.
     let dir = crate::workspace_root().join("target").join("keel-services").join("postgres");
-    std::fs::create_dir_all(&dir)?;
-    let as_user = |program: &Path| -> Command {
-        if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    };
-    if is_root() {
-        run(Command::new("chown").args(["-R", "postgres"]).arg(&dir))?;
-    }
-    let data = dir.join("data");
-    if !data.join("PG_VERSION").exists() {
-        run(as_user(&initdb).args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data))?;
-    }
-    run(as_user(&pg_ctl)
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("postgres.log"))
-        .arg("-o")
-        .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -k {}", dir.display()))
-        .arg("-w")
-        .arg("start"))
+    crate::servers::Postgres::start_on(&dir, port)
+        .with_context(|| format!("PostgreSQL is not answering on {addr}; or set KEEL_TEST_POSTGRES_URL"))?
+        .keep();
+    Ok(())
 }
 
 fn start_redis(addr: &str) -> Result<()> {
@@ -213,23 +182,7 @@ fn start_redis(addr: &str) -> Result<()> {
     }
     let dir = crate::workspace_root().join("target").join("keel-services").join("redis");
     std::fs::create_dir_all(&dir)?;
-    run(Command::new("redis-server")
-        .args([
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--logfile")
-        .arg(dir.join("redis.log")))
+    run(crate::servers::redis_server(port, &dir, None, None).args(["--daemonize", "yes"]))
 }
 
 /// Ports of the local Redis Cluster of `services up --redis-cluster`: three
@@ -274,23 +227,12 @@ pub fn up_cluster() -> Result<()> {
         // A node that lost its peers cannot rejoin a new cluster: start clean.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        run(Command::new("redis-server")
-            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log")))?;
+        let node = crate::servers::ClusterNode { node_timeout_ms: 2000, any_replica_takes_over: false };
+        run(crate::servers::redis_server(port, &dir, None, Some(node)).args(["--daemonize", "yes"]))?;
         wait_for("redis cluster node", &addr, redis_answers)?;
     }
     if !cluster_ok(CLUSTER_PORTS[0]) {
-        let nodes: Vec<String> = CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        run(Command::new("redis-cli").args(["--cluster", "create"]).args(&nodes).args([
-            "--cluster-replicas",
-            "1",
-            "--cluster-yes",
-        ]))?;
+        crate::servers::create_cluster(&CLUSTER_PORTS)?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !CLUSTER_PORTS.iter().all(|p| cluster_ok(*p)) {

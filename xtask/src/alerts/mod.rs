@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::chaos::load::request;
-use crate::chaos::servers::{Binary, Postgres, Redis, signal, wait_until};
+use crate::servers::{Binary, Postgres, Redis, signal, wait_until};
 use prometheus::Prometheus;
 use rules::budget;
 use traffic::{Traffic, fill_local_log, fill_memory, flood_metadata};

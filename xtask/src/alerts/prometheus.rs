@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 use super::rules::scaled_rules;
-use crate::chaos::servers::{free_port, wait_until};
 use crate::deploy::http_get;
+use crate::servers::{free_port, wait_until};
 
 /// One active alert: its name, instance (if any), job and state.
 pub(super) type Active = (String, Option<String>, String, String);

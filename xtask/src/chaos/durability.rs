@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use super::load::{self, Ledger, Load};
-use super::servers::{self, Binary};
 use super::{Lab, Outcome, Scenario, metric, with};
+use crate::servers::Binary;
 
 /// SIGKILL rounds per kill scenario.
 const ROUNDS: usize = 3;
@@ -225,7 +225,7 @@ impl Lab {
     /// Waits until the api's in-process queue holds nothing.
     fn drained(&self, api: &str, limit: Duration) -> Result<()> {
         let queue = "queue=\"entries\"";
-        servers::wait_until(limit, || {
+        crate::servers::wait_until(limit, || {
             load::get(api, "/metrics").is_ok_and(|(_, text)| {
                 metric(&text, "keel_write_behind_queue_depth", queue)
                     + metric(&text, "keel_write_behind_in_flight", queue)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::servers::Binary;
+use crate::servers::Binary;
 
 /// Resident memory of `pid`, in bytes.
 pub(crate) fn rss(pid: u32) -> Result<u64> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use super::edge::rss;
-use super::servers::Binary;
+use crate::servers::Binary;
 
 /// A connection from `127.0.0.<2 + i % addresses>` (all loopback), so
 /// per-address limits see many clients.

@@ -1,5 +1,7 @@
-//! The real parts a chaos scenario breaks: a private PostgreSQL cluster, a
-//! private redis-server, and the release `api` and `worker` binaries.
+//! The one place xtask starts servers: PostgreSQL clusters, redis-servers
+//! and Redis Clusters (private ones on free ports for chaos, alerts, bench
+//! and schemathesis, or the shared test servers `services up` keeps running),
+//! and the release `api` and `worker` binaries.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -41,9 +43,16 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
+    /// A cluster of its own under `dir` on a free port, stopped when dropped.
     pub(crate) fn start(dir: &Path) -> Result<Self> {
+        Self::start_on(dir, free_port()?)
+    }
+
+    /// A cluster under `dir` (created by `initdb` with trust auth the first
+    /// time) on `port`, stopped when dropped unless [kept](Self::keep).
+    pub(crate) fn start_on(dir: &Path, port: u16) -> Result<Self> {
         if find_postgres_tool("initdb").is_none() && !try_install("postgresql")? {
-            bail!("chaos needs PostgreSQL's initdb and pg_ctl (Debian: apt-get install postgresql)");
+            bail!("no PostgreSQL server is installed: install it (Debian: apt-get install postgresql)");
         }
         let (Some(initdb), Some(pg_ctl)) = (find_postgres_tool("initdb"), find_postgres_tool("pg_ctl")) else {
             bail!("initdb/pg_ctl not found although PostgreSQL seems installed");
@@ -52,7 +61,7 @@ impl Postgres {
         if is_root() {
             run(Command::new("chown").args(["-R", "postgres"]).arg(dir))?;
         }
-        let pg = Self { port: free_port()?, data: dir.join("data"), log: dir.join("postgres.log"), pg_ctl };
+        let pg = Self { port, data: dir.join("data"), log: dir.join("postgres.log"), pg_ctl };
         if !pg.data.join("PG_VERSION").exists() {
             run(as_postgres(&initdb)
                 .args(["-A", "trust", "-U", "postgres", "-D"])
@@ -61,6 +70,11 @@ impl Postgres {
         }
         pg.up()?;
         Ok(pg)
+    }
+
+    /// Leaves the server running after this handle is gone.
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
     }
 
     /// Starts the server (again) and waits until it accepts connections.
@@ -186,29 +200,13 @@ impl Redis {
     }
 
     pub(crate) fn up(&mut self) -> Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", self.fsync])
-            .args(if self.cluster {
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1500",
-                    // A replica may take over however long it was cut
-                    // off: the writes that matter are those WAIT put there.
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    "--logfile",
-                    "redis.log",
-                ][..]
-            } else {
-                &[][..]
-            })
-            .arg("--dir")
-            .arg(&self.dir)
+        let cluster = self.cluster.then_some(ClusterNode {
+            node_timeout_ms: 1500,
+            // A replica may take over however long it was cut off: the
+            // writes that matter are those WAIT put there.
+            any_replica_takes_over: true,
+        });
+        let child = redis_server(self.port, &self.dir, Some(self.fsync), cluster)
             .stdout(Stdio::null())
             .spawn()
             .context("cannot start redis-server")?;
@@ -231,6 +229,48 @@ impl Redis {
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+}
+
+/// A Redis Cluster node's settings.
+#[derive(Clone, Copy)]
+pub(crate) struct ClusterNode {
+    /// `cluster-node-timeout`.
+    pub(crate) node_timeout_ms: u32,
+    /// `cluster-replica-validity-factor 0`: a replica takes over however
+    /// long it was cut off from its master.
+    pub(crate) any_replica_takes_over: bool,
+}
+
+/// `redis-server` on 127.0.0.1:`port` with its files (and `redis.log`) in
+/// `dir`: no snapshots; an append-only file synced by `fsync` (`always`,
+/// `everysec`) or none; a cluster node with `cluster`.
+pub(crate) fn redis_server(port: u16, dir: &Path, fsync: Option<&str>, cluster: Option<ClusterNode>) -> Command {
+    let mut command = Command::new("redis-server");
+    command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+    match fsync {
+        Some(fsync) => command.args(["--appendonly", "yes", "--appendfsync", fsync]),
+        None => command.args(["--appendonly", "no"]),
+    };
+    if let Some(node) = cluster {
+        command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+        command.args(["--cluster-node-timeout", &node.node_timeout_ms.to_string()]);
+        if node.any_replica_takes_over {
+            command.args(["--cluster-replica-validity-factor", "0"]);
+        }
+    }
+    command.arg("--dir").arg(dir).arg("--logfile").arg(dir.join("redis.log"));
+    command
+}
+
+/// `redis-cli --cluster create` over the nodes at `ports`: three masters and
+/// a replica each.
+pub(crate) fn create_cluster(ports: &[u16]) -> Result<()> {
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    run(Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .stdout(Stdio::null()))
 }
 
 impl Drop for Redis {
@@ -259,12 +299,7 @@ impl RedisCluster {
             node.up()?;
             nodes.push(node);
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        run(Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdout(Stdio::null()))?;
+        create_cluster(&nodes.iter().map(|n| n.port).collect::<Vec<_>>())?;
         let cluster = Self { nodes };
         wait_until(Duration::from_secs(30), || cluster.healthy(None) && cluster.replicas_in_sync())
             .context("the chaos cluster never became ok with every replica in sync")?;
@@ -404,7 +439,7 @@ impl Binary {
                 exited = Some(status);
                 return true;
             }
-            super::load::get(&addr, "/readyz").is_ok_and(|(status, _)| status == 200)
+            crate::chaos::load::get(&addr, "/readyz").is_ok_and(|(status, _)| status == 200)
         });
         if let Some(status) = exited {
             bail!("{} exited with {status} while starting (log: {})", self.path.display(), self.log.display());
