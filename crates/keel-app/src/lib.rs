@@ -45,6 +45,7 @@ pub mod config;
 mod core;
 mod error;
 mod operators;
+mod prepare;
 mod process;
 mod role;
 mod router;

@@ -45,6 +45,8 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "redis")]
+mod durable;
 mod layout;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod repository;
@@ -55,14 +57,14 @@ mod service;
 mod start;
 mod write;
 
+#[cfg(feature = "redis")]
+pub use durable::DurableEntries;
 /// The local write-ahead log [`EntryStores::with_local_log`] takes.
 pub use keel_write_behind::{LocalLog, LocalLogConfig};
 pub use layout::{EntryLayout, MAX_PARTITIONS};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use repository::{DbEntries, Entry};
 pub use rules::{EntryError, MAX_ENTRY_KEY, MAX_ENTRY_VALUE, check_key, check_value};
-#[cfg(all(feature = "redis", any(feature = "postgres", feature = "sqlite")))]
-pub use service::DurableEntries;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use service::{Backlog, DEFAULT_ENQUEUE_TIMEOUT, Entries, EntrySink, StoredEntry};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

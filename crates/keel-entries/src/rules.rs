@@ -83,6 +83,7 @@ pub fn check_value(value: &Value) -> Result<(), EntryError> {
 }
 
 /// The value in `json` (at most [`MAX_ENTRY_VALUE`] bytes, JSON, no U+0000).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) fn parse_value(json: &[u8]) -> Result<Value, EntryError> {
     if json.len() > MAX_ENTRY_VALUE {
         return Err(EntryError::TooLarge(json.len()));

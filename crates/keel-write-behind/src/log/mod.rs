@@ -19,8 +19,10 @@
 //! - Bounded: at `max_bytes` appends wait for room.
 
 mod core;
+mod figures;
 mod record;
 mod storage;
+mod writer;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::core::{LogCore, Recovery};
 pub use self::storage::{DirStorage, Storage};
+pub use figures::LocalLogStats;
 
 /// Local log settings.
 #[derive(Debug, Clone)]
@@ -73,30 +76,6 @@ pub enum LocalLogError {
     /// Invalid settings.
     #[error("invalid local log configuration: {0}")]
     Config(String),
-}
-
-/// The log's figures now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LocalLogStats {
-    /// Bytes in the segment files.
-    pub bytes: u64,
-    /// The bound.
-    pub max_bytes: u64,
-    /// Segment files.
-    pub segments: u64,
-    /// Records appended (acknowledged) since start.
-    pub appends: u64,
-    /// Group commits (`fdatasync`s) since start.
-    pub syncs: u64,
-    /// Appends that failed (answered as errors, never acknowledged).
-    pub append_errors: u64,
-    /// Records replayed at start.
-    pub replayed: u64,
-    /// Records that failed their check (or could not be decoded), kept
-    /// beside the log.
-    pub corrupt: u64,
-    /// The last append error, while no append has succeeded since.
-    pub failing: Option<String>,
 }
 
 /// Bytes a record of `payload` bytes takes in the log.
@@ -248,85 +227,11 @@ impl LocalLog {
         &self.shared.config.dir
     }
 
-    /// The figures now.
-    pub fn stats(&self) -> LocalLogStats {
-        let s = &self.shared;
-        LocalLogStats {
-            bytes: s.disk.load(Ordering::Acquire),
-            max_bytes: s.config.max_bytes,
-            segments: s.segments.load(Ordering::Acquire),
-            appends: s.appends.load(Ordering::Acquire),
-            syncs: s.syncs.load(Ordering::Acquire),
-            append_errors: s.append_errors.load(Ordering::Acquire),
-            replayed: s.replayed.load(Ordering::Acquire),
-            corrupt: s.corrupt.load(Ordering::Acquire),
-            failing: s.failing.lock().unwrap_or_else(PoisonError::into_inner).clone(),
-        }
-    }
-
     /// Whether records replayed at start may still be in the log alone
     /// (not yet persisted by the queue).
     pub fn recovering(&self) -> bool {
         let end = self.shared.recovered_end.load(Ordering::Acquire);
         end > 0 && self.shared.candidate() < end
-    }
-
-    /// Exports the figures as OpenTelemetry instruments, read when scraped,
-    /// and records each sync's duration.
-    pub fn instrument(&self, telemetry: &dyn keel_telemetry::MeterSource) -> Vec<Box<dyn std::any::Any + Send + Sync>> {
-        use keel_telemetry::names;
-        let meter = telemetry.meter("keel-write-behind");
-        let _ = self.shared.sync_duration.set(
-            meter
-                .f64_histogram(names::LOCAL_LOG_SYNC_DURATION)
-                .with_unit("s")
-                .with_description("Duration of one group commit (write + fdatasync)")
-                .with_boundaries(names::CLIENT_DURATION_BUCKETS.to_vec())
-                .build(),
-        );
-        type Read = fn(&LocalLogStats) -> u64;
-        let counters: [(&'static str, &'static str, Read); 5] = [
-            (names::LOCAL_LOG_APPENDS, "Records appended and synced", |s| s.appends),
-            (names::LOCAL_LOG_SYNCS, "Group commits", |s| s.syncs),
-            (names::LOCAL_LOG_APPEND_ERRORS, "Appends that failed", |s| s.append_errors),
-            (names::LOCAL_LOG_REPLAYED, "Records replayed at start", |s| s.replayed),
-            (names::LOCAL_LOG_CORRUPT, "Records that failed their check, kept beside the log", |s| s.corrupt),
-        ];
-        let gauges: [(&'static str, &'static str, Read); 3] = [
-            (names::LOCAL_LOG_BYTES, "Bytes in the log's segments", |s| s.bytes),
-            (names::LOCAL_LOG_MAX_BYTES, "The log's bound", |s| s.max_bytes),
-            (names::LOCAL_LOG_SEGMENTS, "Segment files", |s| s.segments),
-        ];
-        let mut handles: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
-        for (name, description, read) in counters {
-            let log = Arc::downgrade(&self.shared);
-            handles.push(Box::new(
-                meter
-                    .u64_observable_counter(name)
-                    .with_description(description)
-                    .with_callback(move |c| {
-                        if let Some(shared) = log.upgrade() {
-                            c.observe(read(&LocalLog { shared }.stats()), &[]);
-                        }
-                    })
-                    .build(),
-            ));
-        }
-        for (name, description, read) in gauges {
-            let log = Arc::downgrade(&self.shared);
-            handles.push(Box::new(
-                meter
-                    .u64_observable_gauge(name)
-                    .with_description(description)
-                    .with_callback(move |g| {
-                        if let Some(shared) = log.upgrade() {
-                            g.observe(read(&LocalLog { shared }.stats()), &[]);
-                        }
-                    })
-                    .build(),
-            ));
-        }
-        handles
     }
 
     /// The records to replay, once (taken by the queue at start).
@@ -426,130 +331,6 @@ impl LocalLog {
         }
         if self.shared.running.load(Ordering::Acquire) {
             self.shared.stopped.cancelled().await;
-        }
-    }
-}
-
-impl Shared {
-    /// The checkpoint the log could make now.
-    fn candidate(&self) -> u64 {
-        let outstanding = self.outstanding.lock().unwrap_or_else(PoisonError::into_inner);
-        outstanding.positions.first().copied().unwrap_or(outstanding.head)
-    }
-
-    /// The writer thread: group commits as submissions come, checkpoints
-    /// every `checkpoint_interval` while records complete and at once when a
-    /// segment can be freed, a last checkpoint at close.
-    fn write_loop(shared: &std::sync::Weak<Self>) {
-        let mut last_checkpoint = std::time::Instant::now();
-        // Strong only for one round: a log nobody holds any more is let go
-        // (its lock with it).
-        while let Some(this) = shared.upgrade() {
-            if this.round(&mut last_checkpoint) {
-                this.checkpoint();
-                // Let go of the log before saying so: once `close` returns,
-                // the writer holds no reference, and the last handle dropped
-                // by the caller releases the directory's lock at once.
-                let stopped = this.stopped.clone();
-                drop(this);
-                stopped.cancel();
-                return;
-            }
-        }
-    }
-
-    /// One round of the writer; `true` once closing and nothing is left.
-    fn round(&self, last_checkpoint: &mut std::time::Instant) -> bool {
-        let batch = {
-            let mut queue = self.submissions.lock().unwrap_or_else(PoisonError::into_inner);
-            if queue.is_empty() && !self.closing.is_cancelled() && !self.checkpoint_due(*last_checkpoint) {
-                queue = self
-                    .wake
-                    .wait_timeout(queue, self.config.checkpoint_interval)
-                    .map_or_else(|poisoned| poisoned.into_inner().0, |(queue, _)| queue);
-            }
-            std::mem::take(&mut *queue)
-        };
-        if batch.is_empty() {
-            if self.closing.is_cancelled() {
-                return true;
-            }
-        } else {
-            self.commit(batch);
-        }
-        if self.checkpoint_due(*last_checkpoint) {
-            self.checkpoint();
-            *last_checkpoint = std::time::Instant::now();
-        }
-        false
-    }
-
-    /// A segment can be freed, or records were done and the interval passed.
-    fn checkpoint_due(&self, last: std::time::Instant) -> bool {
-        let candidate = self.candidate();
-        candidate >= self.next_release.load(Ordering::Acquire)
-            || (last.elapsed() >= self.config.checkpoint_interval && candidate > self.durable.load(Ordering::Acquire))
-    }
-
-    /// One group commit.
-    fn commit(&self, batch: Vec<Submission>) {
-        let (payloads, answers): (Vec<Vec<u8>>, Vec<Answer>) = batch.into_iter().map(|s| (s.payload, s.answer)).unzip();
-        let started = std::time::Instant::now();
-        let (result, head, bytes, segments, next_release) = {
-            let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-            let result = core.append(&payloads);
-            (result, core.head(), core.bytes(), core.segments(), core.next_release())
-        };
-        if let Some(histogram) = self.sync_duration.get() {
-            histogram.record(started.elapsed().as_secs_f64(), &[]);
-        }
-        match result {
-            Ok(positions) => {
-                {
-                    let mut outstanding = self.outstanding.lock().unwrap_or_else(PoisonError::into_inner);
-                    outstanding.positions.extend(positions.iter().copied());
-                    outstanding.head = head;
-                }
-                self.disk.store(bytes, Ordering::Release);
-                self.segments.store(segments as u64, Ordering::Release);
-                self.next_release.store(next_release.unwrap_or(u64::MAX), Ordering::Release);
-                self.syncs.fetch_add(1, Ordering::AcqRel);
-                self.appends.fetch_add(positions.len() as u64, Ordering::AcqRel);
-                *self.failing.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                for (answer, position) in answers.into_iter().zip(positions) {
-                    answer(Ok(position));
-                }
-            }
-            Err(err) => {
-                let message = format!("cannot write the local log: {err}");
-                tracing::error!(records = answers.len(), "{message}");
-                self.append_errors.fetch_add(answers.len() as u64, Ordering::AcqRel);
-                *self.failing.lock().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
-                for answer in answers {
-                    answer(Err(message.clone()));
-                }
-            }
-        }
-    }
-
-    /// Makes the candidate checkpoint durable and frees the segments before it.
-    fn checkpoint(&self) {
-        let position = self.candidate();
-        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        if position <= core.durable_checkpoint() {
-            return;
-        }
-        match core.checkpoint(position) {
-            Ok(freed) => {
-                self.durable.store(core.durable_checkpoint(), Ordering::Release);
-                self.disk.store(core.bytes(), Ordering::Release);
-                self.segments.store(core.segments() as u64, Ordering::Release);
-                self.next_release.store(core.next_release().unwrap_or(u64::MAX), Ordering::Release);
-                if freed > 0 {
-                    self.room.notify_waiters();
-                }
-            }
-            Err(err) => tracing::warn!(%err, "cannot write the local log's checkpoint; segments are kept"),
         }
     }
 }

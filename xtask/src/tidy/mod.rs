@@ -25,6 +25,10 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+mod builds;
+
+pub use builds::{check_feature_builds, check_lean_http, check_unused_dependencies};
+
 /// Layers of the dependency graph: a crate may depend only on lower layers.
 const LAYERS: &[(&str, u8)] = &[
     ("keel-core", 0),
@@ -285,6 +289,9 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
             scan_sources(&path, found)?;
         } else if path.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            if let Some(detail) = too_long(&path, &text) {
+                found.push(violation("file-size", detail));
+            }
             for (number, line) in text.lines().enumerate() {
                 for (pattern, what) in &patterns {
                     if line.contains(pattern.as_str()) {
@@ -300,85 +307,42 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
     Ok(())
 }
 
-/// The functional crates, which `keel-http` must not pull in without a
-/// router feature.
-const FUNCTIONAL: &[&str] = &[
-    "keel-store",
-    "keel-health-status",
-    "keel-settings-sync",
-    "keel-batcher",
-    "keel-write-behind",
-    "keel-monitoring",
-    "keel-entries",
-];
+/// Production code a file may hold before it must say why at its top.
+const MAX_FILE_LINES: usize = 400;
+/// What a longer file's module doc says, followed by the reason.
+const LONG_FILE_REASON: &str = "Longer than 400 lines:";
 
-/// `keel-http` with no feature (the middleware, `ApiError`, `/metrics`, the
-/// server) depends on no functional crate nor on keel-store.
-pub fn check_lean_http(root: &Path) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["tree", "--offline", "-e", "normal", "--no-default-features", "-p", "keel-http", "--prefix", "none"])
-        .current_dir(root)
-        .output()
-        .context("cannot run cargo tree")?;
-    if !out.status.success() {
-        bail!("cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+/// A production source file (under a `src/` directory) with more than
+/// [`MAX_FILE_LINES`] lines before its first `#[cfg(test)]` and no
+/// [`LONG_FILE_REASON`] in its leading `//!` doc.
+fn too_long(path: &Path, text: &str) -> Option<String> {
+    if !path.components().any(|c| c.as_os_str() == "src") {
+        return None;
     }
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let pulled: Vec<&str> =
-        FUNCTIONAL.iter().copied().filter(|name| tree.lines().any(|l| l.starts_with(&format!("{name} ")))).collect();
-    if !pulled.is_empty() {
-        bail!("keel-http without features depends on {}: the middleware alone must not", pulled.join(", "));
-    }
-    Ok(())
-}
-
-/// Fails on a dependency no code uses (cargo-machete, installed from
-/// crates.io under `target/tools` when missing).
-pub fn check_unused_dependencies(root: &Path) -> Result<()> {
-    let machete = crate::cmd::cargo_tool(root, "cargo-machete", "cargo-machete@^0.9")?;
-    crate::cmd::run(Command::new(machete).arg(root))
-}
-
-/// Lints every library crate with `--no-default-features`, then with each of
-/// its features alone, then with all of them (warnings denied), proving each
-/// backend builds by itself, nothing depends on another being on, and all
-/// of them build together.
-pub fn check_feature_builds(root: &Path) -> Result<()> {
-    let metadata = metadata(root)?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    for package in metadata["packages"].as_array().into_iter().flatten() {
-        let name = package["name"].as_str().unwrap_or_default();
-        let is_lib = package["targets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|t| t["kind"].as_array().into_iter().flatten().any(|k| k == "lib"));
-        if !is_lib || name == "xtask" {
-            continue;
-        }
-        let features: Vec<&str> = package["features"]
-            .as_object()
-            .map(|f| f.keys().map(String::as_str).filter(|f| !matches!(*f, "default" | "testing")).collect())
-            .unwrap_or_default();
-        // No features, each feature alone, then all of them together (what
-        // docs.rs builds, and what `all-features = true` in deny.toml checks).
-        let alone = std::iter::once(vec!["--no-default-features"])
-            .chain(features.into_iter().map(|f| vec!["--no-default-features", "--features", f]))
-            .chain(std::iter::once(vec!["--all-features"]));
-        for selection in alone {
-            let mut args = vec!["clippy", "--quiet", "-p", name, "--lib"];
-            args.extend(selection);
-            args.extend(["--", "-D", "warnings"]);
-            crate::cmd::run(Command::new(&cargo).args(&args).current_dir(root))?;
-        }
-    }
-    Ok(())
+    let lines = text.lines().take_while(|line| !line.starts_with("#[cfg(test)]")).count();
+    let doc = text.lines().take_while(|line| line.starts_with("//!")).collect::<Vec<_>>().join(" ");
+    (lines > MAX_FILE_LINES && !doc.contains(LONG_FILE_REASON)).then(|| {
+        format!(
+            "{}: {lines} lines of production code; split it by job, or say why not in its module doc (`//! {LONG_FILE_REASON} …`)",
+            path.display()
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_file_must_say_why() {
+        let long = "fn f() {}\n".repeat(MAX_FILE_LINES + 1);
+        assert!(too_long(Path::new("crates/x/src/a.rs"), &long).is_some());
+        assert!(too_long(Path::new("crates/x/tests/a.rs"), &long).is_none(), "tests are not production code");
+        let with_reason = format!("//! A module.\n//! {LONG_FILE_REASON} one state machine.\n{long}");
+        assert!(too_long(Path::new("crates/x/src/a.rs"), &with_reason).is_none());
+        let tests_after = format!("{}#[cfg(test)]\n{long}", "fn f() {}\n".repeat(10));
+        assert!(too_long(Path::new("crates/x/src/a.rs"), &tests_after).is_none(), "test code is not counted");
+    }
 
     #[test]
     fn recognises_lints_and_crate_docs() {

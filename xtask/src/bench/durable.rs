@@ -1,0 +1,77 @@
+//! The durable write path: sustained PUTs to the cluster api until every
+//! acknowledged one is a row, against binary COPY of the same rows.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde_json::{Value, json};
+
+use crate::servers::Postgres;
+
+use super::*;
+
+/// Sustained PUTs of distinct keys to the cluster api, then the time until
+/// every acknowledged one is a row: entries persisted per second, from the
+/// first 202 to the last row.
+pub(super) fn durable_write_path(cluster: &str, pg: &Postgres, dir: &Path) -> Result<Value> {
+    let load = Load::send(cluster, "PUT", "/api/v1/entries/durable-{n}", r#"{"n":1}"#, true);
+    let started = Instant::now();
+    let round = wrk(&load, ROUND_SECONDS, dir)?;
+    let sent = (round.rps * ROUND_SECONDS as f64).round() as i64 - round.errors as i64;
+    let count = || -> Result<i64> {
+        let text = pg.psql("bench", "SELECT count(*) FROM entries WHERE key LIKE 'durable-%'")?;
+        text.trim().parse().with_context(|| format!("count: {text}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rows = count()?;
+    // wrk's rate times its duration is an estimate of the requests sent:
+    // wait until the table stops growing at (or above) it.
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = count()?;
+        if (now >= sent * 99 / 100 && now == rows) || Instant::now() > deadline {
+            rows = now;
+            break;
+        }
+        rows = now;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_second = rows as f64 / elapsed;
+    eprintln!("xtask: bench: durable write path: {rows} rows in {elapsed:.1}s = {per_second:.0}/s");
+    let copy_seconds = copy_baseline(pg)?;
+    let copy_per_second = rows as f64 / copy_seconds.max(1e-6);
+    eprintln!("xtask: bench: binary COPY of the same rows: {copy_seconds:.3}s = {copy_per_second:.0}/s");
+    Ok(json!({"acknowledged_estimate": sent, "rows": rows, "seconds": elapsed, "rows_per_second": per_second,
+              "put_rps": round.rps, "target_rows_per_second": DURABLE_TARGET,
+              "copy_seconds": copy_seconds, "copy_rows_per_second": copy_per_second}))
+}
+
+/// Rows per second the durable write path must persist (issue 15).
+pub(super) const DURABLE_TARGET: f64 = 20_000.0;
+
+/// Seconds PostgreSQL alone takes for the rows the durable round persisted:
+/// a binary `COPY` of them (written out by the server first) into an empty
+/// table shaped like `entries`, its indexes included, as `psql`'s `\timing`
+/// reads it (the statement's round trip, no process start).
+pub(super) fn copy_baseline(pg: &Postgres) -> Result<f64> {
+    let file = pg.data.join("bench-durable.copy");
+    let file = path_text(&file).replace('\'', "''");
+    pg.psql(
+        "bench",
+        &format!(
+            "DROP TABLE IF EXISTS copy_baseline; CREATE TABLE copy_baseline (LIKE entries INCLUDING ALL); \
+             COPY (SELECT * FROM entries WHERE key LIKE 'durable-%') TO '{file}' (FORMAT binary)"
+        ),
+    )?;
+    let copy = format!("COPY copy_baseline FROM '{file}' (FORMAT binary)");
+    let text = pg.psql_commands("bench", &["\\timing on", &copy])?;
+    timing_seconds(&text).with_context(|| format!("no timing in psql's output: {text}"))
+}
+
+/// The last `Time: 12.345 ms` line of `psql`'s `\timing`, in seconds.
+pub(super) fn timing_seconds(text: &str) -> Option<f64> {
+    let line = text.lines().rev().find_map(|l| l.trim().strip_prefix("Time: "))?;
+    let millis: f64 = line.split_whitespace().next()?.parse().ok()?;
+    Some(millis / 1000.0)
+}
