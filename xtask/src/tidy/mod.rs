@@ -292,6 +292,7 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
             if let Some(detail) = too_long(&path, &text) {
                 found.push(violation("file-size", detail));
             }
+            found.extend(bare_spawns(&path, &text).into_iter().map(|detail| violation("spawn", detail)));
             for (number, line) in text.lines().enumerate() {
                 for (pattern, what) in &patterns {
                     if line.contains(pattern.as_str()) {
@@ -305,6 +306,44 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The library tasks spawned outside a `Shutdown` tracker, each owned by a
+/// handle that ends it (docs/ARCHITECTURE.md, invariant 10): the file and
+/// why. Everything else spawns with `Shutdown::spawn` or `Shutdown::spawn_on`.
+const OWNED_TASKS: &[(&str, &str)] = &[
+    ("keel-core/src/shutdown.rs", "the tracker itself, and the signal listener it installs"),
+    ("keel-app/src/process.rs", "the server task, which drains the tracker and so cannot be on it"),
+    ("keel-batcher/src/batcher/mod.rs", "the owner task, ended by Batcher::shutdown in Services::close"),
+    ("keel-write-behind/src/queue/producer.rs", "the flusher, ended by WriteBehind::shutdown in Services::close"),
+    ("keel-write-behind/src/queue/logged.rs", "the replay of the local log, which ends once replayed"),
+    ("keel-write-behind/src/durable/producer.rs", "the stream appender, which ends with its last producer"),
+    ("keel-store/src/bus/redis.rs", "the subscriber loop, ended by the bus's own token when it is dropped"),
+    ("keel-store/src/bus/postgres.rs", "the LISTEN loop, ended by the bus's own token when it is dropped"),
+    ("keel-http/src/testing.rs", "test support: the child process's output reader"),
+];
+
+/// Lines of library code under `crates/*/src` that call `tokio::spawn`
+/// outside the files of [`OWNED_TASKS`].
+fn bare_spawns(path: &Path, text: &str) -> Vec<String> {
+    let shown = path.to_string_lossy();
+    if !shown.contains("crates/")
+        || !shown.contains("/src/")
+        || OWNED_TASKS.iter().any(|(file, _)| shown.ends_with(file))
+    {
+        return Vec::new();
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .filter(|(_, line)| line.contains("tokio::spawn(") || line.contains("tokio::task::spawn("))
+        .map(|(number, _)| {
+            format!(
+                "{shown}:{}: a bare tokio::spawn; run it on the Shutdown tracker (Shutdown::spawn_on), or add it to OWNED_TASKS with the handle that ends it",
+                number + 1
+            )
+        })
+        .collect()
 }
 
 /// Production code a file may hold before it must say why at its top.
@@ -332,6 +371,15 @@ fn too_long(path: &Path, text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spawn_in_library_code_must_be_on_the_tracker_or_owned() {
+        let code = "fn f() {\n    tokio::spawn(async {});\n}\n";
+        assert_eq!(bare_spawns(Path::new("crates/x/src/a.rs"), code).len(), 1);
+        assert!(bare_spawns(Path::new("crates/x/tests/a.rs"), code).is_empty(), "tests may spawn");
+        assert!(bare_spawns(Path::new("crates/keel-batcher/src/batcher/mod.rs"), code).is_empty(), "owned");
+        assert!(bare_spawns(Path::new("crates/x/src/a.rs"), "//! tokio::spawn(doc)\n").is_empty());
+    }
 
     #[test]
     fn a_long_file_must_say_why() {

@@ -215,7 +215,9 @@ where
             ConnectionIo::new(TokioIo::new(stream), if over_cap { &reserve_limits } else { &limits }, exchange.clone());
         let service = ConnectionService { app: app.clone(), exchange };
         let connection = graceful.watch(builder.serve_connection(io, service));
-        tokio::spawn(async move {
+        // On the tracker: the drain below also waits for the last
+        // connection's task to let go of its permit.
+        shutdown.spawn(async move {
             let _ = connection.await;
             drop(permit);
         });

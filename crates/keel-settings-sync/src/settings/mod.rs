@@ -81,9 +81,10 @@ pub struct SettingsDeps {
     pub meter: Meter,
     /// Wall clock for staleness.
     pub clock: SharedClock,
-    /// Where the tasks that finish an update (cache, bus, repair) run: a
-    /// process's [`Shutdown`](keel_core::Shutdown), so its drain waits for
-    /// them; plain runtime tasks when `None`.
+    /// Where the tasks that finish an update (cache, bus, repair) and the
+    /// follower run: a process's [`Shutdown`](keel_core::Shutdown), so its
+    /// drain waits for them (the follower and repairs stop when shutdown
+    /// starts); plain runtime tasks when `None`.
     pub tasks: Option<keel_core::Shutdown>,
 }
 

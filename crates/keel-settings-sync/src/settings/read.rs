@@ -49,6 +49,9 @@ impl<T: Document> Settings<T> {
             Versioned { value: Arc::new(T::default()), version: 0, updated_at: None, updated_by: String::new() };
         let (changes, _) = watch::channel(initial.value.clone());
         let subscription = deps.bus.subscribe(&config.channel()).await?;
+        // Under a `Shutdown`, following stops when shutdown starts, so the
+        // tracker's drain does not wait for a document that lives on.
+        let cancel = deps.tasks.as_ref().map_or_else(CancellationToken::new, |shutdown| shutdown.token().child_token());
         static IDS: AtomicU64 = AtomicU64::new(1);
         let inner = Arc::new_cyclic(|weak: &Weak<Inner<T>>| Inner {
             id: IDS.fetch_add(1, Ordering::Relaxed),
@@ -64,7 +67,7 @@ impl<T: Document> Settings<T> {
             refills: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
             validator,
-            cancel: CancellationToken::new(),
+            cancel,
             unsettled: Mutex::new(None),
         });
         let settings = Self { inner };
@@ -74,7 +77,8 @@ impl<T: Document> Settings<T> {
             // update during an outage: one cheap look at the database's version.
             settings.inner.catch_up().await;
         }
-        tokio::spawn(follow(Arc::downgrade(&settings.inner), subscription, reconnects, settings.inner.cancel.clone()));
+        let follower = follow(Arc::downgrade(&settings.inner), subscription, reconnects, settings.inner.cancel.clone());
+        keel_core::Shutdown::spawn_on(settings.inner.deps.tasks.as_ref(), follower);
         Ok(settings)
     }
 
