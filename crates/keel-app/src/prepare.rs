@@ -104,7 +104,7 @@ pub(crate) fn stream_gate(args: &CommonArgs, file: &FileConfig, telemetry: &Tele
         per_client: http.streams_per_client.map_or(defaults.per_client, |n| n.max(1) as usize),
         max_age: args.stream_max_age.or(http.stream_max_age).map_or(defaults.max_age, Duration::from),
     });
-    gate.instrument(&telemetry.meter("keel-http"));
+    gate.instrument(telemetry);
     gate
 }
 

@@ -92,9 +92,8 @@ async fn a_batcher_writes_to_postgres_and_notifies_the_touched_agents() {
     let mut listener = MetadataNotifier::subscribe(&bus, &channel).await.unwrap();
     let sink = Arc::new(DbMetadataSink::new(database.clone()));
     let notifier = Arc::new(MetadataNotifier::postgres(database.clone(), channel));
-    let batcher =
-        Batcher::start_with("metadata", BatcherConfig::default(), sink.clone(), Some(notifier), Some(&telemetry))
-            .unwrap();
+    let batcher = Batcher::start_with("metadata", BatcherConfig::default(), sink.clone(), Some(notifier)).unwrap();
+    batcher.instrument(&telemetry);
 
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     for (agent, key, value, secs) in [(a, "cpu", "1", 1), (a, "cpu", "3", 3), (a, "cpu", "2", 2), (b, "up", "yes", 1)] {

@@ -25,6 +25,7 @@
 
 mod backoff;
 mod clock;
+mod counter;
 mod duration;
 mod failure;
 mod ids;
@@ -37,6 +38,7 @@ mod unix;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use counter::PerThreadCounter;
 pub use duration::{DurationError, HumanDuration, parse_duration};
 pub use failure::{FailureKind, WriteError};
 pub use ids::default_instance_id;

@@ -80,7 +80,8 @@ impl StreamGate {
 
     /// Exports `keel_http_streams_open` and
     /// `keel_http_streams_refused_total{reason="process"|"client"}`.
-    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter) {
+    pub fn instrument(&self, telemetry: &dyn keel_telemetry::MeterSource) {
+        let meter = telemetry.meter("keel-http");
         let _ = self.inner.refused.set(
             meter
                 .u64_counter(keel_telemetry::names::HTTP_STREAMS_REFUSED)

@@ -31,7 +31,7 @@ async fn fixture() -> (Router, tempfile::TempDir) {
     let sink = Arc::new(DbMetadataSink::new(db));
     let config = BatcherConfig { flush_interval: Duration::from_millis(50), ..BatcherConfig::default() };
     let notifier = Arc::new(MetadataNotifier::bus(bus.clone(), channel.clone()));
-    let batcher = Batcher::start_with("test", config, sink.clone(), Some(notifier), None).unwrap();
+    let batcher = Batcher::start_with("test", config, sink.clone(), Some(notifier)).unwrap();
     let service = AgentMetadata::new(batcher, sink, &bus, &channel, &keel_core::Shutdown::new()).await.unwrap();
     (axum::Router::from(agents_api(service)), dir)
 }

@@ -1,4 +1,3 @@
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use keel_telemetry::{MeterSource, names};
@@ -14,42 +13,11 @@ pub(crate) enum Source {
     Db,
 }
 
-/// A counter striped over cache lines so readers on different cores never
-/// contend; summed when scraped. Increments are a relaxed load and store, not
-/// a locked read-modify-write: exact while each reading thread has its own
-/// stripe (up to 16 threads), a slight undercount beyond. It is a metric.
-#[derive(Default)]
-pub(crate) struct StripedCounter {
-    stripes: [Stripe; 16],
-}
-
-#[derive(Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-thread_local! {
-    static STRIPE: usize = {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        (NEXT.fetch_add(1, Ordering::Relaxed) % 16) as usize
-    };
-}
-
-impl StripedCounter {
-    fn add_one(&self) {
-        let stripe = STRIPE.with(|s| *s);
-        let counter = &self.stripes[stripe].0;
-        counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.stripes.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
-    }
-}
-
 /// Instruments of one settings document.
 pub(crate) struct Metrics {
-    /// In-memory reads, on the hot path: striped, exported when scraped.
-    l1_reads: Arc<StripedCounter>,
+    /// In-memory reads, on the hot path: one slot per thread, summed when
+    /// scraped.
+    l1_reads: Arc<keel_core::PerThreadCounter>,
     reads: Counter<u64>,
     db_loads: Counter<u64>,
     version_checks: Counter<u64>,
@@ -71,7 +39,7 @@ impl Metrics {
     ) -> Self {
         let meter = telemetry.meter("keel-settings-sync");
         let label = KeyValue::new("name", name.to_owned());
-        let l1_reads = Arc::new(StripedCounter::default());
+        let l1_reads = Arc::new(keel_core::PerThreadCounter::default());
         let (l1, l1_label) = (l1_reads.clone(), [label.clone(), KeyValue::new("source", "l1")]);
         let (weak_version, weak_stale) = (inner.clone(), inner);
         let (version_label, stale_label) = ([label.clone()], [label.clone()]);

@@ -148,27 +148,6 @@ impl BatcherStats {
     }
 }
 
-/// A counter with one slot per producer thread. Each slot has a single
-/// writer, so a relaxed load and store is an exact increment with no locked
-/// instruction and no cache line shared with other threads; readers sum the
-/// slots.
-#[derive(Debug, Default)]
-pub(crate) struct PerThread(thread_local::ThreadLocal<AtomicU64>);
-
-impl PerThread {
-    /// Adds one; returns the calling thread's previous count.
-    fn add_one(&self) -> u64 {
-        let slot = self.0.get_or_default();
-        let previous = slot.load(Ordering::Relaxed);
-        slot.store(previous + 1, Ordering::Relaxed);
-        previous
-    }
-
-    pub(crate) fn sum(&self) -> u64 {
-        self.0.iter().map(|slot| slot.load(Ordering::Relaxed)).sum()
-    }
-}
-
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     /// Items the owner took from the channel (owner-only writes).
@@ -176,7 +155,7 @@ pub(crate) struct Counters {
     pub(crate) flushed: AtomicU64,
     pub(crate) deduplicated: AtomicU64,
     /// Written by producers, one slot each.
-    pub(crate) dropped_full: PerThread,
+    pub(crate) dropped_full: keel_core::PerThreadCounter,
     pub(crate) dropped_rejected: AtomicU64,
     pub(crate) dropped_shutdown: AtomicU64,
     /// Items the owner holds (map and batch being written). Written only by
@@ -226,23 +205,22 @@ where
 {
     /// Starts a batcher writing to `sink`. `name` labels its metrics.
     pub fn start(name: &str, config: BatcherConfig, sink: Arc<dyn BatchSink<K, V>>) -> Result<Self, BatcherError> {
-        Self::start_with(name, config, sink, None, None)
+        Self::start_with(name, config, sink, None)
     }
 
-    /// [`start`](Self::start) with metrics in `telemetry` and a listener told
-    /// about every successful write.
+    /// [`start`](Self::start) with a listener told about every successful
+    /// write.
     pub fn start_with(
         name: &str,
         config: BatcherConfig,
         sink: Arc<dyn BatchSink<K, V>>,
         listener: Option<Arc<dyn FlushListener<K>>>,
-        telemetry: Option<&dyn keel_telemetry::MeterSource>,
     ) -> Result<Self, BatcherError> {
         config.validate()?;
         let capacity = config.max_batch_size.saturating_mul(config.channel_multiplier);
         let (tx, rx) = mpsc::channel(capacity);
         let counters = Arc::new(Counters::default());
-        let metrics = Arc::new(Metrics::new(name, telemetry, tx.downgrade(), counters.clone(), config.max_batch_size));
+        let metrics = Arc::new(Metrics::new(name, tx.downgrade(), counters.clone(), config.max_batch_size));
         let cancel = CancellationToken::new();
         let config = Arc::new(config);
         let final_limit = Arc::new(Mutex::new(None));
@@ -339,6 +317,14 @@ where
 }
 
 impl<K, V> Batcher<K, V> {
+    /// Exports the batcher's figures as OpenTelemetry instruments labelled
+    /// `batcher = name` (batch sizes and durations, items written and
+    /// dropped by reason, errors, the channel's depth). Once; later calls do
+    /// nothing.
+    pub fn instrument(&self, telemetry: &dyn keel_telemetry::MeterSource) {
+        self.metrics.instrument(telemetry);
+    }
+
     /// Current counters.
     pub fn stats(&self) -> BatcherStats {
         let c = &self.counters;
