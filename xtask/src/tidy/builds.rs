@@ -8,17 +8,14 @@ use anyhow::{Context as _, Result, bail};
 
 use super::*;
 
-/// The functional crates, which `keel-http` must not pull in without a
-/// router feature.
-const FUNCTIONAL: &[&str] = &[
-    "keel-store",
-    "keel-health-status",
-    "keel-settings-sync",
-    "keel-batcher",
-    "keel-write-behind",
-    "keel-monitoring",
-    "keel-entries",
-];
+/// The crates below `keel-http` that it must not pull in without a router
+/// feature: every library crate but the lean core and itself.
+fn functional() -> impl Iterator<Item = &'static str> {
+    crate::publish::LIBRARIES
+        .iter()
+        .copied()
+        .filter(|name| !matches!(*name, "keel-core" | "keel-telemetry" | "keel-http"))
+}
 
 /// `keel-http` with no feature (the middleware, `ApiError`, `/metrics`, the
 /// server) depends on no functional crate nor on keel-store.
@@ -34,7 +31,7 @@ pub fn check_lean_http(root: &Path) -> Result<()> {
     }
     let tree = String::from_utf8_lossy(&out.stdout);
     let pulled: Vec<&str> =
-        FUNCTIONAL.iter().copied().filter(|name| tree.lines().any(|l| l.starts_with(&format!("{name} ")))).collect();
+        functional().filter(|name| tree.lines().any(|l| l.starts_with(&format!("{name} ")))).collect();
     if !pulled.is_empty() {
         bail!("keel-http without features depends on {}: the middleware alone must not", pulled.join(", "));
     }
