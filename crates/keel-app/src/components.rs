@@ -22,9 +22,9 @@ pub(crate) async fn start_metadata(core: &Core) -> Result<AgentMetadata, StartEr
         MetadataNotifier::bus(core.bus.clone(), channel.clone())
     };
     let sink = Arc::new(DbMetadataSink::new(core.database.clone()));
-    let batcher =
-        Batcher::start_with("agent_metadata", BatcherConfig::default(), sink.clone(), Some(Arc::new(notifier)))
-            .map_err(|err| StartError::Config(ConfigError::Invalid { key: "batcher", reason: err.to_string() }))?;
+    let config = BatcherConfig { tasks: Some(core.shutdown.clone()), ..BatcherConfig::default() };
+    let batcher = Batcher::start_with("agent_metadata", config, sink.clone(), Some(Arc::new(notifier)))
+        .map_err(|err| StartError::Config(ConfigError::Invalid { key: "batcher", reason: err.to_string() }))?;
     batcher.instrument(&core.telemetry);
     Ok(AgentMetadata::new(batcher, sink, &core.bus, &channel, &core.shutdown).await?)
 }

@@ -48,7 +48,9 @@ async fn run(role: Role, listen: SocketAddr, args: &CommonArgs) -> ExitCode {
         return fail(process, &StartError::Os { what: "install signal handlers", source });
     }
     let (startup, app) = (Startup::default(), Arc::new(OnceLock::new()));
-    let server = tokio::spawn(serve_with_limits(
+    let grace = prepared.drain_config().grace;
+    // On the tracker too: it ends (and is awaited below) before the drain.
+    let server = shutdown.spawn(serve_with_limits(
         listener,
         starting_gate(startup.reporter(), app.clone()),
         shutdown.clone(),
@@ -68,6 +70,13 @@ async fn run(role: Role, listen: SocketAddr, args: &CommonArgs) -> ExitCode {
 
     let served = server.await.unwrap_or_else(|err| Err(ServeError::Io(std::io::Error::other(err))));
     services.close().await;
+    // Last, the tasks the queues and batchers ran until their close above,
+    // and any other still on the tracker.
+    let drained = shutdown.drain(shutdown.remaining(grace)).await;
+    if let Err(err) = &drained {
+        tracing::error!(%err, "background tasks outlived the shutdown");
+    }
+    let served = served.and(drained.map_err(|_| ServeError::GraceExpired(grace)));
     match served {
         Ok(()) => {
             tracing::info!("{process} stopped cleanly");

@@ -311,8 +311,10 @@ async fn connect_stores(prepared: &Prepared, shutdown: Shutdown, startup: &Start
     };
     let telemetry = &prepared.telemetry;
     let bus = match (redis, database.backend()) {
-        (Some(redis), _) => waiter.until("redis", || Bus::redis(redis, telemetry)).await?,
-        (None, keel_store::Backend::Postgres) => waiter.until(db_name, || Bus::postgres(database, telemetry)).await?,
+        (Some(redis), _) => waiter.until("redis", || Bus::redis(redis, &shutdown, telemetry)).await?,
+        (None, keel_store::Backend::Postgres) => {
+            waiter.until(db_name, || Bus::postgres(database, &shutdown, telemetry)).await?
+        }
         (None, keel_store::Backend::Sqlite) => Bus::memory(telemetry),
     };
     Ok(Core {

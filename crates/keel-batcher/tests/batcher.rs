@@ -358,6 +358,18 @@ async fn shutdown_flushes_items_still_in_the_channel() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn on_the_owners_tracker_a_drain_waits_for_the_final_flush() {
+    let (sink, tasks) = (Sink::new(&[]), keel_core::Shutdown::new());
+    let batcher = start(BatcherConfig { tasks: Some(tasks.clone()), ..config(500) }, &sink);
+    batcher.add("a".into(), item("a", 1)).unwrap();
+    let early = tasks.drain(Duration::from_secs(1)).await;
+    assert_eq!(early.map_err(|e| e.remaining), Err(1), "the owner task runs until the batcher is shut down");
+    batcher.shutdown().await;
+    tasks.drain(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(sink.table().len(), 1, "the item was flushed before the drain ended");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hung_sink_makes_shutdown_return_after_the_final_flush_timeout() {
     let sink = Sink::new(&[Behaviour::Hang]);
     let batcher = start(config(500), &sink);

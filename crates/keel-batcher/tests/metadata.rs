@@ -61,7 +61,7 @@ async fn notify_delivers_every_agent_id_in_one_round_trip() {
     let temp = TempDatabase::create("meta_notify").await;
     let telemetry = Telemetry::new("t").unwrap();
     let database = temp.connect(&telemetry).await;
-    let bus = Bus::postgres(&database, &telemetry).await.unwrap();
+    let bus = Bus::postgres(&database, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
     let channel = MetadataNotifier::channel("test");
     let mut listener = bus.subscribe(&channel).await.unwrap();
     let mut changed = MetadataNotifier::subscribe(&bus, &channel).await.unwrap();
@@ -87,7 +87,7 @@ async fn a_batcher_writes_to_postgres_and_notifies_the_touched_agents() {
     let telemetry = Telemetry::new("t").unwrap();
     let database = temp.connect(&telemetry).await;
     database.run_migrations().await.unwrap();
-    let bus = Bus::postgres(&database, &telemetry).await.unwrap();
+    let bus = Bus::postgres(&database, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
     let channel = MetadataNotifier::channel("e2e");
     let mut listener = MetadataNotifier::subscribe(&bus, &channel).await.unwrap();
     let sink = Arc::new(DbMetadataSink::new(database.clone()));

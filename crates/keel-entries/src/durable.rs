@@ -50,6 +50,12 @@ impl DurableEntries {
         self
     }
 
+    /// Closes every partition's producer (see [`DurableProducer::close`]):
+    /// appends queued are answered, later ones fail.
+    pub fn close(&self) {
+        self.producers.iter().for_each(DurableProducer::close);
+    }
+
     /// The backlog as last measured (see [`Self::watch_backlog`]).
     pub fn measured_backlog(&self) -> &StreamBacklog {
         &self.backlog

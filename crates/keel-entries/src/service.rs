@@ -212,9 +212,10 @@ impl Entries {
 
     /// Persists what this process holds within `within` (the in-process
     /// queue: what is left stays in its local log, or goes to the dead
-    /// letters without one) and answers the figures after; stream consumers
-    /// stop with the `Shutdown` they run on, and what they leave stays in the
-    /// stream. `None` when this process holds nothing.
+    /// letters without one) and answers the figures after; with streams, the
+    /// producers stop taking appends (what is queued is answered) and the
+    /// consumers stop with the `Shutdown` they run on, what they leave staying
+    /// in the stream. `None` when this process holds nothing.
     pub async fn close(&self, within: Duration) -> Option<Metrics> {
         match &self.inner.sink {
             EntrySink::Memory(queue) => {
@@ -222,7 +223,10 @@ impl Entries {
                 Some(queue.metrics())
             }
             #[cfg(feature = "redis")]
-            EntrySink::Durable(_) => None,
+            EntrySink::Durable(streams) => {
+                streams.close();
+                None
+            }
         }
     }
 

@@ -127,9 +127,10 @@ impl Entries {
             return streams::start(&config, stores.cache, redis, store, dead_letters, shutdown, telemetry).await;
         }
         let repository = Arc::new(store.clone());
+        let queue_config = WriteBehindConfig { tasks: Some(shutdown.clone()), ..config.queue.clone() };
         let queue = match stores.local_log {
-            Some(log) => WriteBehind::start_logged(config.queue.clone(), repository, dead_letters, log),
-            None => WriteBehind::start(config.queue.clone(), repository, dead_letters),
+            Some(log) => WriteBehind::start_logged(queue_config, repository, dead_letters, log),
+            None => WriteBehind::start(queue_config, repository, dead_letters),
         }
         .map_err(|err| StartError::Queue(err.to_string()))?;
         queue.instrument(telemetry, QUEUE);
@@ -164,6 +165,7 @@ mod streams {
         let layout = EntryLayout::new(&config.namespace, partitions);
         let durable = DurableConfig {
             ack_replicas: config.ack_replicas,
+            tasks: Some(shutdown.clone()),
             ..DurableConfig::new(layout.stream(0), "keel-entries", &config.instance)
         };
         let mut consumers = Vec::new();

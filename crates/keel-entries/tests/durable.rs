@@ -567,6 +567,48 @@ async fn cached_appends_made_together_share_script_calls_and_stay_whole() {
     assert_eq!(cached_keys, 10, "only the appended writes are cached");
 }
 
+/// On the owner's tracker the task that sends cached appends keeps a drain
+/// waiting until the producer is closed; the appends it took before the
+/// close are answered (and land), later ones fail at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_producer_answers_what_it_took_and_then_lets_the_drain_end() {
+    for url in redis_urls() {
+        let telemetry = Telemetry::new("t").unwrap();
+        let store = redis_at(&url, &telemetry).await;
+        // One hash slot for the stream and its cache keys (the Cluster).
+        let tag = unique_prefix("closed");
+        let (stream, tasks) = (format!("{{{tag}}}:stream"), keel_core::Shutdown::new());
+        let config = DurableConfig { tasks: Some(tasks.clone()), ..DurableConfig::new(&stream, "g", "c") };
+        let producer = DurableProducer::new(store.clone(), config);
+        let (ttl, timeout) = (Duration::from_secs(60), Duration::from_secs(5));
+        let cache = format!("{stream}:cache");
+        producer.enqueue_cached(&write(0, 1), &cache, 1, "v", ttl, timeout).await.unwrap();
+        let early = tasks.drain(Duration::from_millis(200)).await;
+        assert_eq!(early.map_err(|e| e.remaining), Err(1), "the append task runs until the close");
+        let appends: Vec<_> = (1..50)
+            .map(|i| {
+                let producer = producer.clone();
+                let cache = format!("{stream}:cache:{i}");
+                tokio::spawn(async move { producer.enqueue_cached(&write(i, 1), &cache, 1, "v", ttl, timeout).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        producer.close();
+        tasks.drain(Duration::from_secs(5)).await.unwrap();
+        let mut answered = 1;
+        for append in appends {
+            match append.await.unwrap() {
+                Ok(_) => answered += 1,
+                Err(err) => assert!(matches!(err, DurableError::Protocol(_)), "{err}"),
+            }
+        }
+        assert_eq!(producer.backlog().await.unwrap(), answered, "every append answered Ok is in the stream");
+        let late = producer.enqueue_cached(&write(99, 1), &cache, 1, "v", ttl, timeout).await;
+        assert!(matches!(late, Err(DurableError::Protocol(_))), "{late:?}");
+        let _: i64 = store.client().del(&stream).await.unwrap();
+    }
+}
+
 /// An append whose caller stopped waiting before its script call was sent
 /// is not sent: a refused write does not land later. Redis is paused (a
 /// private server) while one append is on its way, and five more callers

@@ -46,7 +46,7 @@ async fn pod(temp: &TempDatabase, name: &str) -> (Settings<Doc>, keel_store::Red
     let database = temp.connect(&telemetry).await;
     database.run_migrations().await.expect("migrations");
     let store = redis(&telemetry).await;
-    let bus = Bus::redis(&store, &telemetry).await.expect("bus");
+    let bus = Bus::redis(&store, &keel_core::Shutdown::new(), &telemetry).await.expect("bus");
     let deps = SettingsDeps::new(Arc::new(DbSettingsStore::new(database)), Cache::redis(store.clone()), bus, telemetry);
     let config = SettingsConfig { namespace: name.to_owned(), ..SettingsConfig::default() };
     (Settings::open("bench", deps, config).await.expect("open"), store)

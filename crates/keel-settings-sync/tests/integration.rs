@@ -38,7 +38,7 @@ impl Pod {
     async fn on_redis(temp: &TempDatabase, store: RedisStore, telemetry: Telemetry) -> Self {
         let database = temp.connect(&telemetry).await;
         database.run_migrations().await.unwrap();
-        let bus = Bus::redis(&store, &telemetry).await.unwrap();
+        let bus = Bus::redis(&store, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
         let deps = SettingsDeps::new(
             Arc::new(DbSettingsStore::new(database.clone())),
             Cache::redis(store.clone()),
@@ -266,7 +266,7 @@ async fn reads_and_writes_survive_redis_going_down() {
     let deps = SettingsDeps::new(
         Arc::new(DbSettingsStore::new(database.clone())),
         Cache::redis(store.clone()),
-        Bus::postgres(&database, &telemetry).await.unwrap(),
+        Bus::postgres(&database, &keel_core::Shutdown::new(), &telemetry).await.unwrap(),
         telemetry.clone(),
     );
     let settings: Settings<Flags> = Settings::open("flags", deps, SettingsConfig::default()).await.unwrap();
@@ -506,7 +506,7 @@ async fn every_replica_converges_after_a_redis_outage_and_a_cancelled_update() {
                 config.connect_timeout = Duration::from_millis(500);
                 let opened = async {
                     let store = RedisStore::connect(&config, &telemetry).await.ok()?;
-                    let bus = Bus::redis(&store, &telemetry).await.ok()?;
+                    let bus = Bus::redis(&store, &keel_core::Shutdown::new(), &telemetry).await.ok()?;
                     let deps = SettingsDeps::new(
                         Arc::new(DbSettingsStore::new(database.clone())),
                         Cache::redis(store),

@@ -200,11 +200,11 @@ async fn redis_bus_fans_out_without_cross_talk() {
     for url in keel_store::testing::redis_urls() {
         let telemetry = telemetry();
         let store = keel_store::testing::redis_at(&url, &telemetry).await;
-        let bus = Bus::redis(&store, &telemetry).await.unwrap();
+        let bus = Bus::redis(&store, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
         assert_fanout_without_cross_talk(&bus, &unique_prefix("rbus")).await;
 
         // A second process's bus sees the first one's messages.
-        let other = Bus::redis(&store, &telemetry).await.unwrap();
+        let other = Bus::redis(&store, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
         let channel = unique_prefix("rbus2");
         let mut sub = other.subscribe(&channel).await.unwrap();
         bus.publish(&channel, Bytes::from_static(b"across")).await.unwrap();
@@ -219,8 +219,8 @@ async fn redis_bus_fans_out_without_cross_talk() {
 async fn redis_bus_subscriber_recovers_after_client_kill() {
     let telemetry = telemetry();
     let store = redis(&telemetry).await;
-    let subscriber_bus = Bus::redis(&store, &telemetry).await.unwrap();
-    let publisher = Bus::redis(&store, &telemetry).await.unwrap();
+    let subscriber_bus = Bus::redis(&store, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
+    let publisher = Bus::redis(&store, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
     let channel = unique_prefix("rkill");
     let mut sub = subscriber_bus.subscribe(&channel).await.unwrap();
     publisher.publish(&channel, Bytes::from_static(b"before")).await.unwrap();
@@ -253,7 +253,7 @@ async fn postgres_bus_fans_out_and_rejects_oversized_payloads() {
     let temp = TempDatabase::create("pbus").await;
     let telemetry = telemetry();
     let db = temp.connect(&telemetry).await;
-    let bus = Bus::postgres(&db, &telemetry).await.unwrap();
+    let bus = Bus::postgres(&db, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
     assert_fanout_without_cross_talk(&bus, "pbus").await;
 
     let err = bus.publish("pbus.a", Bytes::from(vec![b'x'; 8000])).await.unwrap_err();
@@ -271,8 +271,8 @@ async fn postgres_bus_listener_recovers_after_pg_terminate_backend() {
     let temp = TempDatabase::create("pkill").await;
     let telemetry = telemetry();
     let db = temp.connect(&telemetry).await;
-    let subscriber_bus = Bus::postgres(&db, &telemetry).await.unwrap();
-    let publisher = Bus::postgres(&db, &telemetry).await.unwrap();
+    let subscriber_bus = Bus::postgres(&db, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
+    let publisher = Bus::postgres(&db, &keel_core::Shutdown::new(), &telemetry).await.unwrap();
     let mut sub = subscriber_bus.subscribe("changes").await.unwrap();
     publisher.publish("changes", Bytes::from_static(b"before")).await.unwrap();
     assert_eq!(recv_within(&mut sub, Duration::from_secs(5)).await.unwrap(), "before");

@@ -66,6 +66,10 @@ pub struct BatcherConfig {
     pub retry_backoff: Duration,
     /// ...up to this (10 s).
     pub max_retry_backoff: Duration,
+    /// The owner's [`Shutdown`](keel_core::Shutdown), whose tracker runs the
+    /// batcher's task so that a drain waits for its final flush (none: the
+    /// runtime runs it, and [`Batcher::shutdown`] is the only wait).
+    pub tasks: Option<keel_core::Shutdown>,
 }
 
 impl Default for BatcherConfig {
@@ -79,6 +83,7 @@ impl Default for BatcherConfig {
             max_pending_keys: 20_000,
             retry_backoff: Duration::from_millis(200),
             max_retry_backoff: Duration::from_secs(10),
+            tasks: None,
         }
     }
 }
@@ -236,7 +241,7 @@ where
             metrics: metrics.clone(),
             failures: 0,
         };
-        let task = tokio::spawn(owner.run(cancel.clone()));
+        let task = keel_core::Shutdown::spawn_on(config.tasks.as_ref(), owner.run(cancel.clone()));
         Ok(Self {
             tx,
             counters,

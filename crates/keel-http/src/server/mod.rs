@@ -121,9 +121,9 @@ impl Default for ConnectionLimits {
 /// signal once [`Shutdown::trigger_on_signals`] was called), then: waits
 /// `drain_delay` (readiness already reports 503, and every response carries
 /// `Connection: close` so keep-alive clients move elsewhere), stops
-/// accepting, lets in-flight requests finish, and waits for background
-/// tasks, all within `grace`. Connections are held to the default
-/// [`ConnectionLimits`].
+/// accepting, lets in-flight requests finish, and drains `shutdown` (waits
+/// for every task on its tracker), all within `grace`. Connections are held
+/// to the default [`ConnectionLimits`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -132,7 +132,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Handlers (and the layers on them) become services once, here,
     // instead of on every request.
-    serve_with_limits(listener, router.with_state(()), shutdown, drain, ConnectionLimits::default()).await
+    serve_with_limits(listener, router.with_state(()), shutdown.clone(), drain, ConnectionLimits::default()).await?;
+    shutdown.drain(shutdown.remaining(drain.grace)).await.map_err(|_| ServeError::GraceExpired(drain.grace))
 }
 
 /// [`serve`] with explicit [`ConnectionLimits`], for any service that is
@@ -141,6 +142,11 @@ pub async fn serve(
 /// A `Router` is served as given: call `.with_state(())` on it first (as
 /// [`serve`] does), or axum turns its handlers into services again on every
 /// request.
+///
+/// Unlike [`serve`], this returns once the last connection has ended and
+/// leaves `shutdown`'s tracker to the caller: close what the background
+/// tasks serve (queues, batchers) first, then [`Shutdown::drain`] what is
+/// left of the grace period.
 pub async fn serve_with_limits<S>(
     listener: TcpListener,
     app: S,
@@ -233,7 +239,15 @@ where
     if tokio::time::timeout(shutdown.remaining(drain.grace), graceful.shutdown()).await.is_err() {
         return Err(ServeError::GraceExpired(drain.grace));
     }
-    shutdown.drain(shutdown.remaining(drain.grace)).await.map_err(|_| ServeError::GraceExpired(drain.grace))
+    // Each connection's task lets go of its permit as it ends: all of them
+    // back means no connection task is left.
+    let ended = async {
+        let _ = connections.acquire_many(u32::try_from(limits.max_connections).unwrap_or(u32::MAX)).await;
+        let _ = reserve.acquire_many(PROBE_RESERVE as u32).await;
+    };
+    tokio::time::timeout(shutdown.remaining(drain.grace), ended)
+        .await
+        .map_err(|_| ServeError::GraceExpired(drain.grace))
 }
 
 /// What a connection's IO and its service share.

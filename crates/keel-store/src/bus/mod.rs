@@ -94,30 +94,43 @@ impl Bus {
     }
 
     /// A bus on Redis pub/sub. Subscriptions use a dedicated connection that
-    /// re-subscribes after reconnecting; publishing uses `store`.
+    /// re-subscribes after reconnecting; publishing uses `store`. The
+    /// subscriber's task runs on `shutdown`'s tracker and ends when shutdown
+    /// starts or the last clone of the bus is dropped.
     #[cfg(feature = "redis")]
-    pub async fn redis(store: &crate::RedisStore, telemetry: &dyn MeterSource) -> Result<Self, StoreError> {
+    pub async fn redis(
+        store: &crate::RedisStore,
+        shutdown: &keel_core::Shutdown,
+        telemetry: &dyn MeterSource,
+    ) -> Result<Self, StoreError> {
         let fanout = Arc::new(Fanout::default());
-        let cancel = CancellationToken::new();
+        let cancel = shutdown.token().child_token();
         let metrics = StoreMetrics::new(telemetry);
-        let transport = redis::RedisBus::connect(store, fanout.clone(), metrics, cancel.clone()).await?;
+        let transport = redis::RedisBus::connect(store, fanout.clone(), metrics, shutdown, cancel.clone()).await?;
         Ok(Self::build(Transport::Redis(transport), BusBackend::Redis, fanout, telemetry, cancel))
     }
 
     /// A bus on PostgreSQL `LISTEN`/`NOTIFY`. Subscriptions use a dedicated
     /// connection to `database`'s URL that re-`LISTEN`s after reconnecting;
-    /// payloads must be UTF-8 and at most 7999 bytes.
+    /// payloads must be UTF-8 and at most 7999 bytes. The listener's task
+    /// runs on `shutdown`'s tracker and ends when shutdown starts or the last
+    /// clone of the bus is dropped.
     #[cfg(feature = "postgres")]
-    pub async fn postgres(database: &crate::Database, telemetry: &dyn MeterSource) -> Result<Self, StoreError> {
+    pub async fn postgres(
+        database: &crate::Database,
+        shutdown: &keel_core::Shutdown,
+        telemetry: &dyn MeterSource,
+    ) -> Result<Self, StoreError> {
         let pool = database.postgres().ok_or_else(|| StoreError::InvalidUrl {
             what: "database",
             reason: "the postgres bus needs a postgres database".into(),
         })?;
         let fanout = Arc::new(Fanout::default());
-        let cancel = CancellationToken::new();
+        let cancel = shutdown.token().child_token();
         let metrics = StoreMetrics::new(telemetry);
         let transport =
-            postgres::PgBus::start(database.url(), pool.clone(), fanout.clone(), metrics, cancel.clone()).await?;
+            postgres::PgBus::start(database.url(), pool.clone(), fanout.clone(), metrics, shutdown, cancel.clone())
+                .await?;
         Ok(Self::build(Transport::Postgres(transport), BusBackend::Postgres, fanout, telemetry, cancel))
     }
 

@@ -41,6 +41,7 @@ impl PgBus {
         pool: PgPool,
         fanout: Arc<Fanout>,
         metrics: StoreMetrics,
+        shutdown: &keel_core::Shutdown,
         cancel: CancellationToken,
     ) -> Result<Self, StoreError> {
         let (url, name) = with_application_name(url);
@@ -51,7 +52,7 @@ impl PgBus {
             .map_err(|err| StoreError::Connect { backend: "postgres", reason: err.to_string() })?;
         let (commands, rx) = mpsc::unbounded_channel();
         let listener = Listener { url, fanout, metrics, cancel, channels: BTreeSet::new(), commands: rx };
-        tokio::spawn(listener.run(first));
+        shutdown.spawn(listener.run(first));
         Ok(Self { pool, commands, name })
     }
 

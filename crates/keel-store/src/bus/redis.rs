@@ -26,6 +26,7 @@ impl RedisBus {
         store: &RedisStore,
         fanout: Arc<Fanout>,
         metrics: StoreMetrics,
+        shutdown: &keel_core::Shutdown,
         cancel: CancellationToken,
     ) -> Result<Self, StoreError> {
         let subscriber = builder(store.config())?.build_subscriber_client()?;
@@ -37,7 +38,7 @@ impl RedisBus {
         let mut messages = subscriber.message_rx();
         let mut reconnects = subscriber.reconnect_rx();
         let client = subscriber.clone();
-        tokio::spawn(async move {
+        shutdown.spawn(async move {
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => break,

@@ -52,6 +52,11 @@ pub struct DurableConfig {
     /// [`DurableProducer::enqueue_cached`] succeeds (0: the master's answer
     /// is enough, and a failover can lose the last appends it took).
     pub ack_replicas: u32,
+    /// The owner's [`Shutdown`](keel_core::Shutdown), whose tracker runs the
+    /// producer's append task so that a drain waits for it (none: the
+    /// runtime runs it). The task ends at [`DurableProducer::close`], or when
+    /// the last producer is dropped.
+    pub tasks: Option<keel_core::Shutdown>,
 }
 
 impl DurableConfig {
@@ -70,6 +75,7 @@ impl DurableConfig {
             backoff_max: Duration::from_secs(10),
             jitter: 0.2,
             ack_replicas: 0,
+            tasks: None,
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct DurableProducer {
     /// The cached appends waiting for the task that sends them, started by
     /// the first one.
     batches: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Waiting>>>,
+    /// Cancelled by [`DurableProducer::close`]: the task answers what is
+    /// queued and ends.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// One [`DurableProducer::enqueue_cached`] append waiting for the task
@@ -54,15 +57,28 @@ const APPENDS_WAITING: usize = 1024;
 /// call was in flight goes in the next one, so under load one script call
 /// (and one Lua call's overhead on Redis) serves many writes, and a lone
 /// write is sent at once. An append whose caller stopped waiting before its
-/// call was sent is not sent. Ends when every producer is gone.
+/// call was sent is not sent. Ends when every producer is gone, or once
+/// `closed` is cancelled and what was queued before has been answered.
 async fn send_cached_appends(
     redis: RedisStore,
     stream: String,
     capacity: u64,
     mut appends: tokio::sync::mpsc::Receiver<Waiting>,
+    closed: tokio_util::sync::CancellationToken,
 ) {
     let mut run = Vec::with_capacity(APPENDS_PER_CALL);
-    while appends.recv_many(&mut run, APPENDS_PER_CALL).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = appends.recv_many(&mut run, APPENDS_PER_CALL) => received,
+            // No further sends; those already queued are still received.
+            () = closed.cancelled(), if !appends.is_closed() => {
+                appends.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         run.retain(|waiting: &Waiting| !waiting.reply.is_closed());
         if run.is_empty() {
             continue;
@@ -102,7 +118,21 @@ impl DurableProducer {
     /// A producer for `config.stream`.
     pub fn new(redis: RedisStore, config: DurableConfig) -> Self {
         let known = Known { backlog: 0, at: None, appended: 0 };
-        Self { redis, config: Arc::new(config), known: Arc::new(std::sync::Mutex::new(known)), batches: Arc::default() }
+        Self {
+            redis,
+            config: Arc::new(config),
+            known: Arc::new(std::sync::Mutex::new(known)),
+            batches: Arc::default(),
+            closed: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// Stops taking [`enqueue_cached`](Self::enqueue_cached) appends (they
+    /// fail with [`DurableError::Protocol`]) and lets the task that sends
+    /// them end once it has answered those already queued. Every clone
+    /// shares the close.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// Whether the last measurement proves there is room, without asking Redis.
@@ -211,7 +241,8 @@ impl DurableProducer {
         self.batches.get_or_init(|| {
             let (queue, appends) = tokio::sync::mpsc::channel(APPENDS_WAITING);
             let (redis, stream, capacity) = (self.redis.clone(), self.config.stream.clone(), self.config.capacity);
-            tokio::spawn(send_cached_appends(redis, stream, capacity, appends));
+            let task = send_cached_appends(redis, stream, capacity, appends, self.closed.clone());
+            keel_core::Shutdown::spawn_on(self.config.tasks.as_ref(), task);
             queue
         })
     }

@@ -44,7 +44,8 @@ where
         let queue = Self::run(shared.clone(), repository, dead_letters);
         if !recovered.is_empty() {
             tracing::info!(records = recovered.len(), "replaying the local log");
-            tokio::spawn(replay(shared, log, recovered));
+            let tasks = shared.config.tasks.clone();
+            keel_core::Shutdown::spawn_on(tasks.as_ref(), replay(shared, log, recovered));
         }
         Ok(queue)
     }

@@ -111,6 +111,11 @@ pub struct WriteBehindConfig {
     /// the next is on its way. The repository's version guard keeps the
     /// result right whatever order they finish in.
     pub write_concurrency: usize,
+    /// The owner's [`Shutdown`](keel_core::Shutdown), whose tracker runs the
+    /// queue's tasks (the flusher, a replay of the local log) so that a drain
+    /// waits for them (none: the runtime runs them, and
+    /// [`WriteBehind::shutdown`] is the only wait).
+    pub tasks: Option<keel_core::Shutdown>,
 }
 
 impl Default for WriteBehindConfig {
@@ -128,6 +133,7 @@ impl Default for WriteBehindConfig {
             full_mode: FullMode::Wait,
             shutdown_timeout: Duration::from_secs(30),
             write_concurrency: 2,
+            tasks: None,
         }
     }
 }

@@ -48,7 +48,7 @@ where
         dead_letters: Arc<dyn DeadLetters<T>>,
     ) -> Self {
         let flusher = Flusher { shared: shared.clone(), repository, dead_letters };
-        let task = tokio::spawn(flusher.run());
+        let task = keel_core::Shutdown::spawn_on(shared.config.tasks.as_ref(), flusher.run());
         Self { shared, flusher: Arc::new(Mutex::new(Some(task))), instruments: Arc::default() }
     }
 
