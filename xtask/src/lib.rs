@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod bench;
 pub mod chaos;
+pub mod ci;
 pub mod cmd;
 pub mod console;
 pub mod deploy;

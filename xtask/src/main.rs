@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use xtask::{alerts, bench, chaos, cmd, console, deploy, docs, publish, reuse, schemathesis, services, tidy, tools};
+use xtask::{
+    alerts, bench, chaos, ci, cmd, console, deploy, docs, publish, reuse, schemathesis, services, tidy, tools,
+};
 
 const HELP: &str = "\
 cargo xtask <command>
@@ -13,6 +15,9 @@ cargo xtask <command>
                      packaging and docs, services up (and the local Redis
                      Cluster), deploy-check, chaos --short, alerts,
                      schemathesis, console, all tests
+                     (reuse and the test builds run at the lowest CPU
+                     priority beside the steps that mostly wait; their log
+                     is target/ci-background.log, printed when they end)
   ci --check-tools   what ci needs on this machine, and what is missing
   test               services up (and the local Redis Cluster), then all tests
   tidy [--static] [--root DIR]
@@ -76,6 +81,7 @@ fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") if args.get(1).is_some_and(|a| a == "--check-tools") => tools::check(),
         Some("ci") => ci(&root),
+        Some("ci-background") => ci_background(&root),
         Some("test") => {
             services::up()?;
             services::up_cluster()?;
@@ -120,18 +126,32 @@ fn ci(root: &std::path::Path) -> Result<()> {
     step("fmt", || cmd::cargo(root, &["fmt", "--all", "--", "--check"]))?;
     step("clippy", || cmd::cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     step("tidy", || run_tidy(&[], root))?;
-    step("reuse", || reuse::run(root, &[]))?;
     step("supply-chain", || publish::supply_chain(root))?;
     step("publish", || publish::check_builds(root))?;
+    // From here on the foreground mostly waits (for a release build's
+    // single-crate stretches, the lab's faults, Prometheus's `for:` windows,
+    // a browser): reuse and the test builds use what CPU it leaves.
+    let background = ci::Background::start(root)?;
     step("services", || services::up().and_then(|()| services::up_cluster()))?;
     step("deploy-check", || deploy::check(root))?;
     step("chaos --short", || chaos::run(root, &["--short".to_owned()]))?;
     step("alerts", || alerts::run(root))?;
     step("schemathesis", || schemathesis::run(root, None))?;
     step("console", || console::run(root))?;
+    step("reuse and test builds (background)", || background.join())?;
     step("test", || test(root))?;
     eprintln!("xtask: ci passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// What `ci` runs in the background: reuse, then every test binary built
+/// (not run: the tests need the services and run last, in the foreground).
+fn ci_background(root: &std::path::Path) -> Result<()> {
+    step("reuse", || reuse::run(root, &[]))?;
+    step("test builds", || {
+        cmd::cargo(root, &["test", "--workspace", "--no-run"])?;
+        cmd::cargo(root, &["test", "-p", "api", "--features", "otlp", "--test", "otlp", "--no-run"])
+    })
 }
 
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
