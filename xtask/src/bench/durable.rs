@@ -9,15 +9,23 @@ use serde_json::{Value, json};
 
 use crate::servers::Postgres;
 
+use super::cpu::{Counted, children_of_self, describe, per_write, snapshot};
 use super::*;
 
 /// Sustained PUTs of distinct keys to the cluster api, then the time until
 /// every acknowledged one is a row: entries persisted per second, from the
 /// first 202 to the last row.
-pub(super) fn durable_write_path(cluster: &str, pg: &Postgres, dir: &Path) -> Result<Value> {
+///
+/// Every process of `counted` (and wrk) is charged the CPU it used from the
+/// first request to the last row, divided by the rows: CPU microseconds per
+/// persisted write, process by process.
+pub(super) fn durable_write_path(cluster: &str, pg: &Postgres, dir: &Path, counted: &[Counted]) -> Result<Value> {
     let load = Load::send(cluster, "PUT", "/api/v1/entries/durable-{n}", r#"{"n":1}"#, true);
+    let cpu_before = snapshot(counted);
+    let wrk_before = children_of_self();
     let started = Instant::now();
     let round = wrk(&load, ROUND_SECONDS, dir)?;
+    let wrk_micros = children_of_self().saturating_sub(wrk_before);
     let sent = (round.rps * ROUND_SECONDS as f64).round() as i64 - round.errors as i64;
     let count = || -> Result<i64> {
         let text = pg.psql("bench", "SELECT count(*) FROM entries WHERE key LIKE 'durable-%'")?;
@@ -37,14 +45,16 @@ pub(super) fn durable_write_path(cluster: &str, pg: &Postgres, dir: &Path) -> Re
         rows = now;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = per_write(counted, &cpu_before, &snapshot(counted), &[("wrk", wrk_micros)], rows);
     let per_second = rows as f64 / elapsed;
     eprintln!("xtask: bench: durable write path: {rows} rows in {elapsed:.1}s = {per_second:.0}/s");
+    eprintln!("xtask: bench: CPU µs per persisted write: {}", describe(&cpu));
     let copy_seconds = copy_baseline(pg)?;
     let copy_per_second = rows as f64 / copy_seconds.max(1e-6);
     eprintln!("xtask: bench: binary COPY of the same rows: {copy_seconds:.3}s = {copy_per_second:.0}/s");
     Ok(json!({"acknowledged_estimate": sent, "rows": rows, "seconds": elapsed, "rows_per_second": per_second,
               "put_rps": round.rps, "target_rows_per_second": DURABLE_TARGET,
-              "copy_seconds": copy_seconds, "copy_rows_per_second": copy_per_second}))
+              "copy_seconds": copy_seconds, "copy_rows_per_second": copy_per_second, "cpu": cpu}))
 }
 
 /// Rows per second the durable write path must persist (issue 15).

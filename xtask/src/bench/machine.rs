@@ -107,6 +107,7 @@ pub(super) fn print_table(measured: &[Measured], durable: &Value, rss: &[(&str, 
             durable["rows"],
             persisted / copied.max(1.0),
         );
+        eprintln!("CPU µs per persisted write: {}", super::cpu::describe(&durable["cpu"]));
     }
     for (name, kib) in rss {
         eprintln!("RSS {name}: {:.1} MiB", *kib as f64 / 1024.0);

@@ -8,7 +8,10 @@
 //! alternating rounds; the table gives medians, ratios, p50/p99 latency and
 //! RSS, the JSON report goes to `target/bench/http.json`, and the command
 //! fails when a ratio is below its target. Timing on a shared machine is
-//! noisy, so this is not part of `cargo xtask ci`.
+//! noisy, so this is not part of `cargo xtask ci`. The durable write path
+//! also charges every process (api, worker, Redis, PostgreSQL, wrk) its CPU
+//! time per persisted write. `KEEL_BENCH_CONNECTIONS` runs wrk at another
+//! concurrency than the 32 connections the targets are set for.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::servers::{Binary, Postgres, Redis};
 
+mod cpu;
 mod durable;
 mod machine;
 mod wrk;
@@ -177,8 +181,17 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     chosen.retain(|c| wanted(c.name));
     let measured = compare(&chosen, &run)?;
     let log = local_log_figures(&embedded.addr)?;
-    let durable =
-        if wanted("durable write path") { durable_write_path(&cluster.addr, &pg, &run)? } else { json!(null) };
+    let durable = if wanted("durable write path") {
+        let counted = [
+            cpu::Counted { name: "api", pids: vec![cluster.pid()] },
+            cpu::Counted { name: "worker", pids: vec![worker.pid()] },
+            cpu::Counted { name: "Redis", pids: redis.pid() },
+            cpu::Counted { name: "PostgreSQL", pids: pg.pids()? },
+        ];
+        durable_write_path(&cluster.addr, &pg, &run, &counted)?
+    } else {
+        json!(null)
+    };
     let rss: Vec<(&str, u64)> =
         [("api (embedded)", &embedded), ("api (cluster)", &cluster), ("worker", &worker), ("baseline", &baseline)]
             .into_iter()
@@ -196,7 +209,7 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     );
     let report = json!({
         "machine": machine(),
-        "round_seconds": ROUND_SECONDS, "rounds": ROUNDS, "connections": CONNECTIONS,
+        "round_seconds": ROUND_SECONDS, "rounds": ROUNDS, "connections": connections(),
         "comparisons": measured.iter().map(Measured::json).collect::<Vec<_>>(),
         "durable": durable,
         "local_log": log,

@@ -28,12 +28,21 @@ pub(super) fn compare(comparisons: &[Comparison], dir: &Path) -> Result<Vec<Meas
     Ok(all)
 }
 
+/// wrk's connections: [`CONNECTIONS`], or `KEEL_BENCH_CONNECTIONS` to look
+/// at a load at another concurrency (the report records which).
+pub(super) fn connections() -> String {
+    std::env::var("KEEL_BENCH_CONNECTIONS")
+        .ok()
+        .filter(|c| c.parse::<u32>().is_ok_and(|n| n > 0))
+        .unwrap_or_else(|| CONNECTIONS.to_owned())
+}
+
 /// One wrk round of `load` for `seconds`.
 pub(super) fn wrk(load: &Load, seconds: u64, dir: &Path) -> Result<Round> {
     let script = dir.join("request.lua");
     std::fs::write(&script, lua(load))?;
     let out = Command::new("wrk")
-        .args(["-t1", "-c", CONNECTIONS, "-d", &format!("{seconds}s"), "--latency", "-s"])
+        .args(["-t1", "-c", &connections(), "-d", &format!("{seconds}s"), "--latency", "-s"])
         .arg(&script)
         .arg(format!("http://{}", load.addr))
         .output()
