@@ -11,6 +11,7 @@
 //! | `GET /livez` | answers `ok` |
 //! | `PUT /entries/{key}` | one `XADD` of the key and body on `baseline:entries`, answers 202 `{"key","version"}` |
 //! | `GET /document` | answers a static JSON document the size of Keel's `monitoring` settings |
+//! | `PUT /fair/entries/{key}` | the fair baseline ([`fair`]): cache if newer and append in one script, 202 `{"key","version"}`; with `DATABASE_URL` too, one consumer persists the stream into `fair_entries` |
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ use axum::http::{StatusCode, header};
 use axum::routing::{get, put};
 use bytes::Bytes;
 use fred::prelude::{Builder, Client, ClientLike as _, Config, StreamsInterface as _};
+
+mod fair;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -47,8 +50,9 @@ async fn main() -> ExitCode {
     let app = Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/entries/{*key}", put(put_entry))
+        .route("/fair/entries/{*key}", put(put_fair))
         .route("/document", get(|| async { ([(header::CONTENT_TYPE, "application/json")], DOCUMENT) }))
-        .with_state(redis);
+        .with_state(redis.clone());
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -56,11 +60,23 @@ async fn main() -> ExitCode {
             return ExitCode::from(69);
         }
     };
+    let consumer = async {
+        match (redis.clone(), std::env::var("DATABASE_URL")) {
+            (Some(redis), Ok(url)) => fair::consume(&redis, url).await,
+            _ => std::future::pending().await,
+        }
+    };
     eprintln!("baseline listening on http://{listen}");
-    match axum::serve(listener, app).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("baseline: {err}");
+    tokio::select! {
+        served = axum::serve(listener, app) => match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("baseline: {err}");
+                ExitCode::from(70)
+            }
+        },
+        Err(err) = consumer => {
+            eprintln!("baseline: the fair consumer stopped: {err}");
             ExitCode::from(70)
         }
     }
@@ -86,6 +102,27 @@ async fn put_entry(
             StatusCode::ACCEPTED,
             [(header::CONTENT_TYPE, "application/json")],
             format!(r#"{{"key":"{key}","version":"{id}"}}"#),
+        ),
+        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], err.to_string()),
+    }
+}
+
+async fn put_fair(
+    State(redis): State<Option<Client>>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+    let Some(redis) = redis else {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], "no REDIS_URL".into());
+    };
+    let Ok(value) = std::str::from_utf8(&body) else {
+        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], "not UTF-8".into());
+    };
+    match fair::put(&redis, &key, value).await {
+        Ok(version) => (
+            StatusCode::ACCEPTED,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!(r#"{{"key":"{key}","version":{version}}}"#),
         ),
         Err(err) => (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], err.to_string()),
     }

@@ -1,5 +1,6 @@
 //! The durable write path: sustained PUTs to the cluster api until every
-//! acknowledged one is a row, against binary COPY of the same rows.
+//! acknowledged one is a row, against binary COPY of the same rows and
+//! against the fair baseline's hand-written write-behind.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,23 +13,36 @@ use crate::servers::Postgres;
 use super::cpu::{Counted, children_of_self, describe, per_write, snapshot};
 use super::*;
 
-/// Sustained PUTs of distinct keys to the cluster api, then the time until
-/// every acknowledged one is a row: entries persisted per second, from the
-/// first 202 to the last row.
-///
-/// Every process of `counted` (and wrk) is charged the CPU it used from the
-/// first request to the last row, divided by the rows: CPU microseconds per
-/// persisted write, process by process.
-pub(super) fn durable_write_path(cluster: &str, pg: &Postgres, dir: &Path, counted: &[Counted]) -> Result<Value> {
-    let load = Load::send(cluster, "PUT", "/api/v1/entries/durable-{n}", r#"{"n":1}"#, true);
-    let cpu_before = snapshot(counted);
+/// A write path measured end to end: where the PUTs go, the table their rows
+/// land in, and the processes charged for them.
+pub(super) struct WritePath<'a> {
+    /// Its name in the output.
+    pub label: &'static str,
+    /// The server's address.
+    pub addr: &'a str,
+    /// The PUT path, `{n}` replaced by a number per request.
+    pub put: &'static str,
+    /// The table its rows land in (`key` is the primary key).
+    pub table: &'static str,
+    /// The processes charged for its writes.
+    pub counted: Vec<Counted>,
+}
+
+/// Sustained PUTs of distinct keys to `path`, then the time until every
+/// acknowledged one is a row: rows persisted per second, from the first 202
+/// to the last row. Every process of `counted` (and wrk) is charged the CPU
+/// it used meanwhile, divided by the rows: CPU microseconds per persisted
+/// write, process by process.
+fn persisted(path: &WritePath<'_>, pg: &Postgres, dir: &Path) -> Result<Value> {
+    let load = Load::send(path.addr, "PUT", path.put, r#"{"n":1}"#, true);
+    let cpu_before = snapshot(&path.counted);
     let wrk_before = children_of_self();
     let started = Instant::now();
     let round = wrk(&load, ROUND_SECONDS, dir)?;
     let wrk_micros = children_of_self().saturating_sub(wrk_before);
     let sent = (round.rps * ROUND_SECONDS as f64).round() as i64 - round.errors as i64;
     let count = || -> Result<i64> {
-        let text = pg.psql("bench", "SELECT count(*) FROM entries WHERE key LIKE 'durable-%'")?;
+        let text = pg.psql("bench", &format!("SELECT count(*) FROM {} WHERE key LIKE 'durable-%'", path.table))?;
         text.trim().parse().with_context(|| format!("count: {text}"))
     };
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -45,17 +59,42 @@ pub(super) fn durable_write_path(cluster: &str, pg: &Postgres, dir: &Path, count
         rows = now;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = per_write(counted, &cpu_before, &snapshot(counted), &[("wrk", wrk_micros)], rows);
+    let cpu = per_write(&path.counted, &cpu_before, &snapshot(&path.counted), &[("wrk", wrk_micros)], rows);
     let per_second = rows as f64 / elapsed;
-    eprintln!("xtask: bench: durable write path: {rows} rows in {elapsed:.1}s = {per_second:.0}/s");
-    eprintln!("xtask: bench: CPU µs per persisted write: {}", describe(&cpu));
+    eprintln!("xtask: bench: {}: {rows} rows in {elapsed:.1}s = {per_second:.0}/s", path.label);
+    eprintln!("xtask: bench: {}: CPU µs per persisted write: {}", path.label, describe(&cpu));
+    Ok(json!({"acknowledged_estimate": sent, "rows": rows, "seconds": elapsed, "rows_per_second": per_second,
+              "put_rps": round.rps, "cpu": cpu}))
+}
+
+/// Keel's durable write path (cluster api + worker), then binary `COPY` of
+/// the same rows, then the fair baseline's (one script per PUT, one consumer
+/// with an `UNNEST` upsert) the same way.
+pub(super) fn durable_write_path(
+    keel: &WritePath<'_>,
+    fair: &WritePath<'_>,
+    pg: &Postgres,
+    dir: &Path,
+) -> Result<Value> {
+    let mut measured = persisted(keel, pg, dir)?;
+    let rows = measured["rows"].as_i64().unwrap_or_default();
     let copy_seconds = copy_baseline(pg)?;
     let copy_per_second = rows as f64 / copy_seconds.max(1e-6);
     eprintln!("xtask: bench: binary COPY of the same rows: {copy_seconds:.3}s = {copy_per_second:.0}/s");
-    Ok(json!({"acknowledged_estimate": sent, "rows": rows, "seconds": elapsed, "rows_per_second": per_second,
-              "put_rps": round.rps, "target_rows_per_second": DURABLE_TARGET,
-              "copy_seconds": copy_seconds, "copy_rows_per_second": copy_per_second, "cpu": cpu}))
+    let fair = persisted(fair, pg, dir)?;
+    let ratio = measured["rows_per_second"].as_f64().unwrap_or_default()
+        / fair["rows_per_second"].as_f64().unwrap_or_default().max(1.0);
+    measured["target_rows_per_second"] = json!(DURABLE_TARGET);
+    measured["copy_seconds"] = json!(copy_seconds);
+    measured["copy_rows_per_second"] = json!(copy_per_second);
+    measured["fair"] = fair;
+    measured["fair_ratio"] = json!(ratio);
+    measured["fair_target"] = json!(FAIR_TARGET);
+    Ok(measured)
 }
+
+/// Keel's persisted rows per second against the fair baseline's (issue 30).
+pub(super) const FAIR_TARGET: f64 = 0.90;
 
 /// Rows per second the durable write path must persist (issue 15).
 pub(super) const DURABLE_TARGET: f64 = 20_000.0;
