@@ -15,10 +15,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fred::prelude::{Client, ClientLike as _, Value};
 use fred::types::scripts::Script;
 
-/// The stream, its consumer group, and the prefix of the cache keys.
-const STREAM: &str = "fair:entries";
+/// The consumer group.
 const GROUP: &str = "fair";
-const CACHE: &str = "fair:cache:";
+
+/// The stream and the cache keys' prefix, under `BASELINE_PREFIX` (`fair`
+/// unless set, so that tests can keep to keys of their own).
+fn prefix() -> &'static str {
+    static PREFIX: LazyLock<String> =
+        LazyLock::new(|| std::env::var("BASELINE_PREFIX").unwrap_or_else(|_| "fair".to_owned()));
+    &PREFIX
+}
+
+fn stream() -> String {
+    format!("{}:entries", prefix())
+}
 /// How long a cached value lives (Keel's default cache TTL).
 const CACHE_TTL_MS: &str = "3600000";
 
@@ -50,7 +60,7 @@ fn version() -> i64 {
 pub(crate) async fn put(redis: &Client, key: &str, value: &str) -> Result<i64, fred::error::Error> {
     static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PUT));
     let version = version();
-    let keys = vec![format!("{CACHE}{key}"), STREAM.to_owned()];
+    let keys = vec![format!("{}:cache:{key}", prefix()), stream()];
     let args = vec![version.to_string(), value.to_owned(), CACHE_TTL_MS.to_owned(), key.to_owned()];
     let _: Value = SCRIPT.evalsha_with_reload(redis, keys, args).await?;
     Ok(version)
@@ -79,16 +89,16 @@ async fn persist(redis: &Client, db: &tokio_postgres::Client) -> Result<(), Stri
     .map_err(|err| err.to_string())?;
     let upsert = db.prepare(UPSERT).await.map_err(|err| err.to_string())?;
     let created: Result<Value, _> =
-        redis.custom(fred::cmd!("XGROUP"), vec!["CREATE", STREAM, GROUP, "0", "MKSTREAM"]).await;
+        redis.custom(fred::cmd!("XGROUP"), vec!["CREATE", &stream(), GROUP, "0", "MKSTREAM"]).await;
     if let Err(err) = created
         && !err.details().contains("BUSYGROUP")
     {
         return Err(err.to_string());
     }
     // Pending entries first (a batch whose upsert failed), then new ones.
-    let mut from = "0";
+    let (stream, mut from) = (stream(), "0");
     loop {
-        let args = vec!["GROUP", GROUP, "c1", "COUNT", "500", "BLOCK", "100", "STREAMS", STREAM, from];
+        let args = vec!["GROUP", GROUP, "c1", "COUNT", "500", "BLOCK", "100", "STREAMS", &stream, from];
         let entries = match redis.custom::<Value, _>(fred::cmd!("XREADGROUP"), args).await {
             Ok(reply) => entries(reply),
             Err(err) => {
@@ -121,7 +131,7 @@ async fn persist(redis: &Client, db: &tokio_postgres::Client) -> Result<(), Stri
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let mut ack = vec![STREAM.to_owned(), GROUP.to_owned()];
+        let mut ack = vec![stream.clone(), GROUP.to_owned()];
         ack.extend(entries.into_iter().map(|e| e.id));
         if let Err(err) = redis.custom::<Value, _>(fred::cmd!("XACK"), ack).await {
             eprintln!("baseline: XACK failed (the batch is read again): {err}");
