@@ -88,42 +88,36 @@ async fn connect(url: &str) -> Result<Client, fred::error::Error> {
     Ok(client)
 }
 
-async fn put_entry(
-    State(redis): State<Option<Client>>,
-    Path(key): Path<String>,
-    body: Bytes,
-) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
-    let Some(redis) = redis else {
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], "no REDIS_URL".into());
-    };
+/// A status, a content type and a body.
+type Answer = (StatusCode, [(header::HeaderName, &'static str); 1], String);
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Answer {
+    (status, [(header::CONTENT_TYPE, "text/plain")], text.into())
+}
+
+/// 202 `{"key","version"}` (`version` already JSON).
+fn accepted(key: &str, version: &str) -> Answer {
+    (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"key":"{key}","version":{version}}}"#),
+    )
+}
+
+async fn put_entry(State(redis): State<Option<Client>>, Path(key): Path<String>, body: Bytes) -> Answer {
+    let Some(redis) = redis else { return plain(StatusCode::SERVICE_UNAVAILABLE, "no REDIS_URL") };
     let fields = vec![("key", Bytes::from(key.clone().into_bytes())), ("value", body)];
     match redis.xadd::<String, _, _, _, _>("baseline:entries", false, None, "*", fields).await {
-        Ok(id) => (
-            StatusCode::ACCEPTED,
-            [(header::CONTENT_TYPE, "application/json")],
-            format!(r#"{{"key":"{key}","version":"{id}"}}"#),
-        ),
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], err.to_string()),
+        Ok(id) => accepted(&key, &format!("{id:?}")),
+        Err(err) => plain(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
     }
 }
 
-async fn put_fair(
-    State(redis): State<Option<Client>>,
-    Path(key): Path<String>,
-    body: Bytes,
-) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
-    let Some(redis) = redis else {
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], "no REDIS_URL".into());
-    };
-    let Ok(value) = std::str::from_utf8(&body) else {
-        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], "not UTF-8".into());
-    };
+async fn put_fair(State(redis): State<Option<Client>>, Path(key): Path<String>, body: Bytes) -> Answer {
+    let Some(redis) = redis else { return plain(StatusCode::SERVICE_UNAVAILABLE, "no REDIS_URL") };
+    let Ok(value) = std::str::from_utf8(&body) else { return plain(StatusCode::BAD_REQUEST, "not UTF-8") };
     match fair::put(&redis, &key, value).await {
-        Ok(version) => (
-            StatusCode::ACCEPTED,
-            [(header::CONTENT_TYPE, "application/json")],
-            format!(r#"{{"key":"{key}","version":{version}}}"#),
-        ),
-        Err(err) => (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "text/plain")], err.to_string()),
+        Ok(version) => accepted(&key, &version.to_string()),
+        Err(err) => plain(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
     }
 }
