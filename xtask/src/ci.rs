@@ -61,3 +61,21 @@ impl Drop for Background {
         }
     }
 }
+
+/// In the background process: ends its whole process group (the cargo
+/// builds under it) once the `ci` that started it is gone, whether it
+/// failed, was interrupted (a Ctrl-C reaches only the terminal's
+/// foreground group) or was killed.
+pub fn stop_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if std::os::unix::process::parent_id() != parent {
+                let group = format!("-{}", std::process::id());
+                let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+                std::process::exit(1);
+            }
+        }
+    });
+}

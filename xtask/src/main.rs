@@ -147,6 +147,7 @@ fn ci(root: &std::path::Path) -> Result<()> {
 /// What `ci` runs in the background: reuse, then every test binary built
 /// (not run: the tests need the services and run last, in the foreground).
 fn ci_background(root: &std::path::Path) -> Result<()> {
+    ci::stop_with_parent();
     step("reuse", || reuse::run(root, &[]))?;
     step("test builds", || {
         cmd::cargo(root, &["test", "--workspace", "--no-run"])?;
