@@ -38,6 +38,28 @@ async fn guard_semantics(database: Database) {
         rows.iter().map(|r| (r.key.as_str(), r.value.as_str(), r.collected_at)).collect();
     assert_eq!(summary, [("cpu", "10%", at(20)), ("disk", "5G", at(30)), ("mem", "2G", at(20))]);
     assert!(sink.load(Uuid::new_v4()).await.unwrap().is_empty());
+
+    // A batch of the batcher's default size (500 rows) keeps the same guard:
+    // of the second batch, the older third changes nothing, the equal and
+    // newer thirds win.
+    let agents: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+    let big = |value: &str, secs: fn(usize) -> u64| -> Vec<(MetadataKey, MetadataValue)> {
+        (0..BatcherConfig::default().max_batch_size)
+            .map(|i| entry(agents[i % agents.len()], &format!("k{i:03}"), value, secs(i)))
+            .collect()
+    };
+    sink.write(&big("first", |_| 20)).await.unwrap();
+    sink.write(&big("second", |i| [10, 20, 30][i % 3])).await.unwrap();
+    let mut seen = 0;
+    for agent in &agents {
+        for row in sink.load(*agent).await.unwrap() {
+            let i: usize = row.key[1..].parse().unwrap();
+            let expected = [("first", at(20)), ("second", at(20)), ("second", at(30))][i % 3];
+            assert_eq!((row.value.as_str(), row.collected_at), expected, "{}", row.key);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

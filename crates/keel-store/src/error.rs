@@ -27,6 +27,10 @@ pub enum StoreError {
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
+    /// A bulk write (binary `COPY` and its merge) failed.
+    #[cfg(feature = "postgres")]
+    #[error("database bulk write failed: {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     /// Migrations could not be applied.
     #[error("migrations failed: {0}")]
     Migration(String),
@@ -78,6 +82,8 @@ impl StoreError {
             }
             #[cfg(any(feature = "postgres", feature = "sqlite"))]
             StoreError::Query(err) => query_kind(err),
+            #[cfg(feature = "postgres")]
+            StoreError::Postgres(err) => postgres_kind(err),
             #[cfg(feature = "redis")]
             StoreError::Redis(err) => redis_kind(err),
             StoreError::InvalidUrl { .. }
@@ -142,6 +148,43 @@ fn query_kind(err: &diesel::result::Error) -> FailureKind {
             FailureKind::Transient
         }
         _ => FailureKind::Permanent,
+    }
+}
+
+/// SQLSTATE classes that say the server, not the data, is the problem:
+/// connection exception, transaction rollback, insufficient resources (a
+/// full disk included), operator intervention, system error.
+#[cfg(feature = "postgres")]
+const TRANSIENT_CLASSES: [&str; 5] = ["08", "40", "53", "57", "58"];
+
+#[cfg(feature = "postgres")]
+fn postgres_kind(err: &tokio_postgres::Error) -> FailureKind {
+    if let Some(db) = err.as_db_error() {
+        return if TRANSIENT_CLASSES.iter().any(|class| db.code().code().starts_with(class)) {
+            FailureKind::Transient
+        } else {
+            FailureKind::Permanent
+        };
+    }
+    // Without a server answer: the row could not be encoded (the data), or
+    // the connection failed (the server).
+    let text = err.to_string();
+    if text.starts_with("error serializing") || text.starts_with("expected ") || text.starts_with("invalid column") {
+        FailureKind::Permanent
+    } else {
+        FailureKind::Transient
+    }
+}
+
+/// The server's own message when there is one ("db error" says nothing).
+#[cfg(feature = "postgres")]
+fn postgres_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(err) {
+            Some(source) => format!("{err}: {source}"),
+            None => err.to_string(),
+        },
     }
 }
 

@@ -3,7 +3,10 @@
 //! - [`Database`]: PostgreSQL (diesel-async + deadpool) when a `postgres://`
 //!   URL is given, otherwise an embedded SQLite file (bundled libsqlite3)
 //!   through diesel-async's sync connection wrapper. Embedded migrations, one
-//!   folder per backend, run at start-up and are idempotent.
+//!   folder per backend, run at start-up and are idempotent. On PostgreSQL,
+//!   [`Database::copy_merge`] writes a big batch with binary `COPY` into a
+//!   staging table and merges it with one guarded statement, in one
+//!   transaction.
 //! - [`Cache`]: Redis (fred) when a `redis://` URL is given, otherwise an
 //!   in-process map with per-entry expiry.
 //! - [`Bus`]: publish/subscribe of byte payloads on named channels over Redis
@@ -58,7 +61,7 @@ pub use cache::Cache;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use db::{Backend, Database, DbConfig, PoolStatus};
 #[cfg(feature = "postgres")]
-pub use db::{PgConnection, PgPool};
+pub use db::{CopyMerge, PgConnection, PgPool};
 #[cfg(feature = "sqlite")]
 pub use db::{PooledSqliteConnection, SqliteConnection, SqlitePool};
 pub use error::StoreError;

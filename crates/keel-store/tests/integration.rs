@@ -439,3 +439,120 @@ async fn query_admin(sql: &str) {
     let mut admin = AsyncPgConnection::establish(&postgres_admin_url()).await.unwrap();
     diesel::sql_query(sql).execute(&mut admin).await.unwrap();
 }
+
+const STAGED: keel_store::CopyMerge = keel_store::CopyMerge {
+    stage: "it_stage",
+    columns: "k text, v int",
+    types: &[tokio_postgres::types::Type::TEXT, tokio_postgres::types::Type::INT4],
+    merge: "INSERT INTO t (k, v) SELECT k, v FROM it_stage ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+};
+
+fn staged_row(item: &(String, i32)) -> [&(dyn tokio_postgres::types::ToSql + Sync); 2] {
+    [&item.0, &item.1]
+}
+
+fn rows(prefix: &str, n: usize, v: i32) -> Vec<(String, i32)> {
+    (0..n).map(|i| (format!("{prefix}{i}"), v)).collect()
+}
+
+async fn count(db: &Database, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = db.postgres_connection().await.unwrap().unwrap();
+    let found: Vec<N> = diesel::sql_query(sql).load(&mut conn).await.unwrap();
+    found[0].n
+}
+
+/// The pids of sessions of the current database whose current or last
+/// statement is the staged merge, and whether each waits for a lock.
+async fn merging(db: &Database) -> Vec<(i32, bool)> {
+    #[derive(diesel::QueryableByName)]
+    struct Session {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        waiting: bool,
+    }
+    let mut conn = db.postgres_connection().await.unwrap().unwrap();
+    let found: Vec<Session> = diesel::sql_query(
+        "SELECT pid, coalesce(wait_event_type = 'Lock', false) AS waiting FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'INSERT INTO t (k, v) SELECT k, v FROM it_stage%'",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    found.into_iter().map(|s| (s.pid, s.waiting)).collect()
+}
+
+/// `copy_merge` writes a whole batch or nothing of it, and a refused row is
+/// a permanent error with the server's message. A batch whose caller gives
+/// up while its merge waits for a lock still lands whole (its `COMMIT` went
+/// with the merge), and its connection — the only bulk connection of a
+/// pool of 4 — is closed, not handed to the next batch mid-transaction.
+/// SQLite answers `false`: the caller writes another way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_merge_is_all_or_nothing_even_when_cancelled() {
+    use keel_store::FailureKind;
+    let temp = TempDatabase::create("copy_merge").await;
+    let telemetry = telemetry();
+    let db = Database::connect(&DbConfig { max_connections: 4, ..temp.config() }, &telemetry).await.unwrap();
+    let mut conn = db.postgres_connection().await.unwrap().unwrap();
+    diesel::sql_query("CREATE TABLE t (k text PRIMARY KEY, v int NOT NULL CHECK (v > 0))")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert!(db.copy_merge(&STAGED, &rows("a", 100, 1), staged_row).await.unwrap());
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM t").await, 100);
+
+    let mut refused = rows("b", 100, 1);
+    refused[57].1 = 0;
+    let err = db.copy_merge(&STAGED, &refused, staged_row).await.unwrap_err();
+    assert_eq!(err.kind(), FailureKind::Permanent, "{err}");
+    assert!(err.to_string().contains("check constraint"), "the server's message is kept: {err}");
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM t WHERE k LIKE 'b%'").await, 0, "nothing of the batch");
+
+    // Another session holds a0: the merge of a batch touching it waits.
+    let (holder, connection) = tokio_postgres::connect(temp.url(), tokio_postgres::NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    holder.batch_execute("BEGIN; SELECT * FROM t WHERE k = 'a0' FOR UPDATE").await.unwrap();
+    let mut waiting = rows("c", 100, 2);
+    waiting.push(("a0".into(), 9));
+    let mut batch = Box::pin(db.copy_merge(&STAGED, &waiting, staged_row));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        tokio::select! {
+            done = &mut batch => panic!("the merge did not wait for the lock: {done:?}"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if let Some((pid, _)) = merging(&db).await.into_iter().find(|(_, waiting)| *waiting) {
+            break pid;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the merge never waited for the lock");
+    };
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM t WHERE k LIKE 'c%'").await, 0, "not visible while merging");
+    drop(batch); // the caller gives up
+    let next_rows = rows("d", 100, 3);
+    let next = tokio::time::timeout(Duration::from_secs(5), db.copy_merge(&STAGED, &next_rows, staged_row));
+    assert!(next.await.expect("a fresh connection, not the blocked one").unwrap());
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM t WHERE k LIKE 'd%'").await, 100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while merging(&db).await.iter().any(|(p, _)| *p == pid) {
+        assert!(tokio::time::Instant::now() < deadline, "the abandoned connection was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&db, "SELECT count(*) AS n FROM t WHERE k LIKE 'c%' OR v = 9").await, 101, "whole");
+    drop(holder);
+    driver.await.unwrap().unwrap();
+    drop(db);
+    temp.drop_database().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite =
+        Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry).await.unwrap();
+    assert!(!sqlite.copy_merge(&STAGED, &rows("e", 3, 1), staged_row).await.unwrap());
+}

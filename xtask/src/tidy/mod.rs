@@ -313,6 +313,7 @@ fn scan_sources(dir: &Path, found: &mut Vec<Violation>) -> Result<()> {
 /// or `Shutdown::spawn_on` with the owner's tracker when it gave one.
 const OWNED_TASKS: &[(&str, &str)] = &[
     ("keel-core/src/shutdown.rs", "the tracker itself, and the signal listener it installs"),
+    ("keel-store/src/db/copy.rs", "the driver of a bulk-write connection, ended when its pooled client is dropped"),
     ("keel-http/src/testing.rs", "test support: the reader of a child process's output, ended with the child"),
 ];
 

@@ -1,6 +1,8 @@
 //! The relational database: PostgreSQL or embedded SQLite.
 
 #[cfg(feature = "postgres")]
+mod copy;
+#[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -18,6 +20,8 @@ use crate::StoreError;
 use crate::metrics::StoreMetrics;
 
 #[cfg(feature = "postgres")]
+pub use copy::CopyMerge;
+#[cfg(feature = "postgres")]
 pub use postgres::{PgConnection, PgPool};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{PooledSqliteConnection, SqliteConnection, SqlitePool};
@@ -30,7 +34,8 @@ pub struct DbConfig {
     pub url: Option<String>,
     /// Where the embedded database lives; created if missing.
     pub data_dir: PathBuf,
-    /// Maximum pooled connections.
+    /// Maximum pooled connections. On PostgreSQL a quarter as many more
+    /// (at least one) are opened for bulk writes ([`Database::copy_merge`]).
     pub max_connections: usize,
     /// How long a caller waits for a pooled connection (and for a new
     /// connection to be established) before getting an error.
@@ -92,6 +97,8 @@ enum Pool {
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
+    #[cfg(feature = "postgres")]
+    bulk: Option<copy::BulkPool>,
     url: Arc<str>,
     metrics: StoreMetrics,
     _gauges: Arc<Vec<ObservableGauge<i64>>>,
@@ -118,14 +125,17 @@ impl Database {
     /// is for [`ping`](Self::ping) to find out (and retry).
     pub fn open(config: &DbConfig, telemetry: &dyn MeterSource) -> Result<Self, StoreError> {
         let url = config.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        #[cfg(feature = "postgres")]
+        let mut bulk = None;
         let (pool, url): (Pool, String) = match url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 #[cfg(feature = "postgres")]
                 {
-                    url.parse::<tokio_postgres::Config>().map_err(|err| StoreError::InvalidUrl {
+                    let parsed = url.parse::<tokio_postgres::Config>().map_err(|err| StoreError::InvalidUrl {
                         what: "database",
                         reason: format!("cannot parse the postgres url: {err}"),
                     })?;
+                    bulk = Some(copy::build_bulk_pool(parsed, config)?);
                     (Pool::Postgres(postgres::build_pool(url, config)?), url.to_owned())
                 }
                 #[cfg(not(feature = "postgres"))]
@@ -156,7 +166,14 @@ impl Database {
         };
         let metrics = StoreMetrics::new(telemetry);
         let gauges = Arc::new(pool_gauges(telemetry, &pool));
-        Ok(Self { pool, url: url.into(), metrics, _gauges: gauges })
+        Ok(Self {
+            pool,
+            #[cfg(feature = "postgres")]
+            bulk,
+            url: url.into(),
+            metrics,
+            _gauges: gauges,
+        })
     }
 
     /// Which backend this is.
@@ -204,6 +221,30 @@ impl Database {
         match self.sqlite() {
             Some(pool) => pool.get().await.map(Some).map_err(|err| StoreError::Pool(err.to_string())),
             None => Ok(None),
+        }
+    }
+
+    /// Writes `items` on PostgreSQL through `plan`: binary `COPY` into the
+    /// plan's staging table, then its merge statement, in one transaction
+    /// (nothing of the batch is visible unless all of it merged). `row`
+    /// gives each item's columns in the order of [`CopyMerge::types`].
+    /// `Ok(false)` when this is SQLite: the caller writes another way.
+    ///
+    /// A failure is a [`StoreError::Postgres`], classified like every other
+    /// store error ([`StoreError::kind`]). Dropping the future gives up on
+    /// the answer, not on the batch: once the merge is sent its `COMMIT`
+    /// goes with it, so the batch may still land (whole); a connection left
+    /// mid-batch is closed, never handed out again.
+    #[cfg(feature = "postgres")]
+    pub async fn copy_merge<T, const N: usize>(
+        &self,
+        plan: &CopyMerge,
+        items: &[T],
+        row: impl Fn(&T) -> [&(dyn tokio_postgres::types::ToSql + Sync); N],
+    ) -> Result<bool, StoreError> {
+        match &self.bulk {
+            Some(bulk) => copy::copy_merge(bulk, plan, items, row).await.map(|()| true),
+            None => Ok(false),
         }
     }
 
