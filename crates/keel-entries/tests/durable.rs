@@ -747,3 +747,74 @@ async fn the_backlog_is_measured_without_a_consumer() {
         shutdown.token().cancel();
     }
 }
+
+/// The number in `text` (Prometheus exposition) after `series`, or 0.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines().find_map(|line| line.strip_prefix(series)).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// With `ack_replicas`, the appends that go to Redis in one script call
+/// share one `WAIT` (the replica that has the last one has them all): 64
+/// concurrent writes on the local Redis Cluster (one replica per master)
+/// are each answered only once replicated, with far fewer `WAIT`s than
+/// writes. Asking for more replicas than exist fails each of them with
+/// `NotReplicated` once their timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_sent_together_share_one_replica_wait() {
+    let telemetry = Telemetry::new("t").unwrap();
+    let store = redis_at(&keel_store::testing::redis_cluster_url(), &telemetry).await;
+    let tag = unique_prefix("replicated");
+    let stream = format!("{{{tag}}}:stream");
+    let (ttl, timeout) = (Duration::from_secs(60), Duration::from_secs(2));
+    let appends = |ack_replicas: u32, timeout: Duration| {
+        let producer = DurableProducer::new(
+            store.clone(),
+            DurableConfig { ack_replicas, ..DurableConfig::new(&stream, "g", "c") },
+        );
+        let stream = stream.clone();
+        async move {
+            let calls: Vec<_> = (0..64)
+                .map(|i| {
+                    let (producer, cache) = (producer.clone(), format!("{stream}:cache:{i}"));
+                    tokio::spawn(
+                        async move { producer.enqueue_cached(&write(i, 1), &cache, 1, "v", ttl, timeout).await },
+                    )
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for call in calls {
+                answers.push(call.await.unwrap());
+            }
+            answers
+        }
+    };
+    let waits = || {
+        sample(
+            &telemetry.encode().unwrap(),
+            "redis_client_command_duration_seconds_count{db_operation_name=\"WAIT\",outcome=\"ok\"}",
+        )
+    };
+
+    let answers = appends(1, timeout).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    let shared = waits();
+    assert!((1..=32).contains(&shared), "64 replicated writes took {shared} WAITs");
+    assert_eq!(store.client().xlen::<u64, _>(&stream).await.unwrap(), 64);
+
+    // The first call's WAIT runs to its callers' timeout; the calls queued
+    // behind it then run past their own deadline and are refused by Redis.
+    let started = std::time::Instant::now();
+    let answers = appends(2, Duration::from_millis(300)).await;
+    let mut short = 0;
+    for answer in &answers {
+        match answer {
+            Err(DurableError::NotReplicated { acked: 1, wanted: 2 }) => short += 1,
+            Err(DurableError::Late) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(short > 0, "the first call's writes reached 1 of 2 replicas");
+    assert_eq!(store.client().xlen::<u64, _>(&stream).await.unwrap(), 64 + short, "late ones were not appended");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered at their timeout: {:?}", started.elapsed());
+    let _: i64 = store.client().del(&stream).await.unwrap();
+}

@@ -50,7 +50,8 @@ pub struct DurableConfig {
     pub jitter: f64,
     /// Replicas an append must reach (`WAIT`) before
     /// [`DurableProducer::enqueue_cached`] succeeds (0: the master's answer
-    /// is enough, and a failover can lose the last appends it took).
+    /// is enough, and a failover can lose the last appends it took). The
+    /// appends sent in one script call share one `WAIT`.
     pub ack_replicas: u32,
     /// The owner's [`Shutdown`](keel_core::Shutdown), whose tracker runs the
     /// producer's append task so that a drain waits for it (none: the

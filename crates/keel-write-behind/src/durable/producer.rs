@@ -30,7 +30,17 @@ pub struct DurableProducer {
 /// that sends it, and where its outcome goes.
 struct Waiting {
     append: CachedAppend,
+    /// When the caller gives up: bounds the replicas' `WAIT`.
+    deadline: tokio::time::Instant,
     reply: tokio::sync::oneshot::Sender<Result<Appended, DurableError>>,
+}
+
+/// Where [`send_cached_appends`] sends and how many replicas it waits for.
+struct Target {
+    redis: RedisStore,
+    stream: String,
+    capacity: u64,
+    ack_replicas: u32,
 }
 
 /// How far the Redis clock may lag the caller's before an append Redis runs
@@ -56,16 +66,17 @@ const APPENDS_WAITING: usize = 1024;
 /// Sends the appends queued on `appends`: whatever queued while the last
 /// call was in flight goes in the next one, so under load one script call
 /// (and one Lua call's overhead on Redis) serves many writes, and a lone
-/// write is sent at once. An append whose caller stopped waiting before its
-/// call was sent is not sent. Ends when every producer is gone, or once
-/// `closed` is cancelled and what was queued before has been answered.
+/// write is sent at once. With `ack_replicas`, one `WAIT` after each call
+/// covers every append of it (a replica that has the last one has them all).
+/// An append whose caller stopped waiting before its call was sent is not
+/// sent. Ends when every producer is gone, or once `closed` is cancelled and
+/// what was queued before has been answered.
 async fn send_cached_appends(
-    redis: RedisStore,
-    stream: String,
-    capacity: u64,
+    target: Target,
     mut appends: tokio::sync::mpsc::Receiver<Waiting>,
     closed: tokio_util::sync::CancellationToken,
 ) {
+    let Target { redis, stream, capacity, ack_replicas } = target;
     let mut run = Vec::with_capacity(APPENDS_PER_CALL);
     loop {
         let received = tokio::select! {
@@ -83,27 +94,59 @@ async fn send_cached_appends(
         if run.is_empty() {
             continue;
         }
+        // The WAIT lasts until the first of the run's callers gives up.
+        let first_deadline = run.iter().map(|w| w.deadline).min();
         let (sent, replies): (Vec<CachedAppend>, Vec<_>) = run.drain(..).map(|w| (w.append, w.reply)).unzip();
         match redis.append_cached(&stream, capacity, sent).await {
             Ok(outcomes) => {
+                let appended = outcomes.iter().any(|o| matches!(o, Appended::Id(_)));
+                let replicated = match first_deadline {
+                    Some(deadline) if ack_replicas > 0 && appended => {
+                        Some(replicated(&redis, &stream, ack_replicas, deadline).await)
+                    }
+                    _ => None,
+                };
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+                    let answer = match (&outcome, &replicated) {
+                        (Appended::Id(_), Some(Err(err))) => Err(copy_of(err)),
+                        _ => Ok(outcome),
+                    };
+                    let _ = reply.send(answer);
                 }
             }
             Err(err) => {
-                let shared = match err {
-                    StoreError::Redis(err) => Ok(err),
-                    other => Err(other.to_string()),
-                };
+                let err = DurableError::Redis(err);
                 for reply in replies {
-                    let err = match &shared {
-                        Ok(err) => DurableError::Redis(StoreError::Redis(err.clone())),
-                        Err(text) => DurableError::Protocol(text.clone()),
-                    };
-                    let _ = reply.send(Err(err));
+                    let _ = reply.send(Err(copy_of(&err)));
                 }
             }
         }
+    }
+}
+
+/// The same error for each caller of a run (a Redis error is cloned, any
+/// other store error becomes its message).
+fn copy_of(err: &DurableError) -> DurableError {
+    match err {
+        DurableError::NotReplicated { acked, wanted } => DurableError::NotReplicated { acked: *acked, wanted: *wanted },
+        DurableError::Redis(StoreError::Redis(err)) => DurableError::Redis(StoreError::Redis(err.clone())),
+        other => DurableError::Protocol(other.to_string()),
+    }
+}
+
+/// Whether the stream's server has passed everything appended so far to
+/// `wanted` replicas, waiting until `deadline` at most.
+async fn replicated(
+    redis: &RedisStore,
+    stream: &str,
+    wanted: u32,
+    deadline: tokio::time::Instant,
+) -> Result<(), DurableError> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+    match redis.wait_replicas(stream, wanted, left).await {
+        Ok(acked) if acked >= wanted => Ok(()),
+        Ok(acked) => Err(DurableError::NotReplicated { acked, wanted }),
+        Err(err) => Err(DurableError::Redis(err)),
     }
 }
 
@@ -215,13 +258,13 @@ impl DurableProducer {
         let mut full = false;
         loop {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            if self.appends().send(Waiting { append: append.clone(), reply }).await.is_err() {
+            if self.appends().send(Waiting { append: append.clone(), deadline, reply }).await.is_err() {
                 return Err(DurableError::Protocol("the enqueue task has stopped".to_owned()));
             }
             let added =
                 answer.await.map_err(|_| DurableError::Protocol("the enqueue task dropped an append".to_owned()))??;
             match added {
-                Appended::Id(id) => return self.replicated(id, deadline).await,
+                Appended::Id(id) => return Ok(id),
                 Appended::Full => full = true,
                 // Waiting for room ran past the script's deadline.
                 Appended::Late if full => return Err(DurableError::Full),
@@ -240,23 +283,16 @@ impl DurableProducer {
     fn appends(&self) -> &tokio::sync::mpsc::Sender<Waiting> {
         self.batches.get_or_init(|| {
             let (queue, appends) = tokio::sync::mpsc::channel(APPENDS_WAITING);
-            let (redis, stream, capacity) = (self.redis.clone(), self.config.stream.clone(), self.config.capacity);
-            let task = send_cached_appends(redis, stream, capacity, appends, self.closed.clone());
+            let target = Target {
+                redis: self.redis.clone(),
+                stream: self.config.stream.clone(),
+                capacity: self.config.capacity,
+                ack_replicas: self.config.ack_replicas,
+            };
+            let task = send_cached_appends(target, appends, self.closed.clone());
             keel_core::Shutdown::spawn_on(self.config.tasks.as_ref(), task);
             queue
         })
-    }
-
-    /// `id` once the stream's server has passed it to `ack_replicas`
-    /// replicas, waiting until `deadline` at most.
-    async fn replicated(&self, id: String, deadline: tokio::time::Instant) -> Result<String, DurableError> {
-        let wanted = self.config.ack_replicas;
-        if wanted == 0 {
-            return Ok(id);
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
-        let acked = self.redis.wait_replicas(&self.config.stream, wanted, left).await?;
-        if acked >= wanted { Ok(id) } else { Err(DurableError::NotReplicated { acked, wanted }) }
     }
 
     async fn append<T: Serialize>(&self, item: &T) -> Result<String, DurableError> {
