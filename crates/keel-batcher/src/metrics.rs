@@ -9,7 +9,7 @@ use opentelemetry::metrics::{Counter, Histogram, ObservableCounter, ObservableGa
 
 use crate::batcher::Counters;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reason {
     Capacity,
     Interval,

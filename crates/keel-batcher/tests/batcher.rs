@@ -206,6 +206,36 @@ async fn capacity_counts_unique_keys_and_the_nth_key_flushes_once() {
     assert_eq!(writes[0].0, Duration::from_millis(1), "at once, not on the timer");
 }
 
+/// Keys that reach the owner together past the capacity flush whole
+/// batches at once; the remainder waits for the next capacity or the
+/// interval, as when they arrive one by one (so 10 keys at a batch size of
+/// 5 are written at once, all of them).
+#[tokio::test(start_paused = true)]
+async fn a_capacity_flush_writes_whole_batches_and_keeps_the_rest() {
+    let sink = Sink::new(&[]);
+    let batcher = start(config(4), &sink);
+    for i in 0..10 {
+        batcher.add(format!("k{i}"), item("v", 1)).unwrap();
+    }
+    settle().await;
+    let writes = sink.writes();
+    let sizes: Vec<usize> = writes.iter().map(|w| w.1.len()).collect();
+    assert_eq!(sizes, [4, 4], "two whole batches at once");
+    assert_eq!(batcher.stats().pending, 2, "the newest two wait");
+    batcher.add("k10".into(), item("v", 1)).unwrap();
+    batcher.add("k11".into(), item("v", 1)).unwrap();
+    settle().await;
+    assert_eq!(sink.writes().len(), 3, "the fourth key after them fills the next batch");
+    assert_eq!(batcher.stats().pending, 0);
+
+    let batcher = start(config(5), &sink);
+    for i in 0..10 {
+        batcher.add(format!("j{i}"), item("v", 1)).unwrap();
+    }
+    settle().await;
+    assert_eq!(batcher.stats().flushed, 10, "nothing left for the interval");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_capacity_flush_at_4s_moves_the_next_scheduled_flush_to_9s() {
     let sink = Sink::new(&[]);

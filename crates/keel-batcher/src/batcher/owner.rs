@@ -112,8 +112,11 @@ where
         }
     }
 
-    /// Writes the whole map in batches. Returns when to retry, if the sink
-    /// was unreachable: then what was not written is back in the map.
+    /// Writes the map in batches: all of it, or for a capacity flush only
+    /// whole batches of the oldest arrivals (the rest waits for the next
+    /// capacity flush or the interval, as it would had the keys arrived one
+    /// by one). Returns when to retry, if the sink was unreachable: then
+    /// what was not written is back in the map.
     pub(super) async fn flush(&mut self, reason: Reason) -> Option<Instant> {
         if self.map.is_empty() {
             return None;
@@ -121,6 +124,10 @@ where
         let mut entries: Vec<(K, Entry<V>)> = self.map.drain().collect();
         // Oldest arrivals first, so a capacity flush writes what waited longest.
         entries.sort_by_key(|(_, e)| e.arrival);
+        if reason == Reason::Capacity {
+            let whole = entries.len() - entries.len() % self.config.max_batch_size;
+            self.map.extend(entries.split_off(whole));
+        }
         while !entries.is_empty() {
             let rest = entries.split_off(entries.len().min(self.config.max_batch_size));
             let chunk = std::mem::replace(&mut entries, rest);
