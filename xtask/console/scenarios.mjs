@@ -245,6 +245,15 @@ try {
   await page.fill("#settings-editor", "{ not json");
   expect(/Not valid JSON/.test(await page.innerText("#settings-error")) && (await page.isDisabled("#settings-save")),
     "bad JSON is refused in the page before any request");
+  // Revert: the debug version comes back as a new version, marked as such.
+  await page.click(`button[aria-label="Revert monitoring to version ${stored_doc.version}"]`);
+  await page.locator("#settings-saved", { hasText: `Reverted to version ${stored_doc.version}` }).waitFor({ timeout: 5000 });
+  const reverted = await (await fetch(`${base}/api/v1/settings/monitoring`)).json();
+  expect(reverted.value.log_level === "debug" && reverted.version === stored_doc.version + 2,
+    `the revert wrote version ${stored_doc.version + 2} with log_level=debug: ${JSON.stringify(reverted)}`);
+  await page.locator("#settings-history > li", { hasText: `reverted to version ${stored_doc.version}` }).first().waitFor({ timeout: 5000 });
+  expect(JSON.parse(await page.inputValue("#settings-editor")).log_level === "debug", "the editor shows the restored document");
+  step(`revert: ${(await page.locator("#settings-history > li").first().innerText()).replace(/\s+/g, " ")}`);
 
   // 4. Logs: the tail is open; the port opens again, and the api's record
   // of the component rising reaches the tail live.

@@ -514,12 +514,32 @@ async function saveSettings(overwrite) {
     body: parsed.value,
     headers: { "If-Match": `"${version}"`, "X-Actor": actor() },
   });
+  await showSaved(name, status, data, "Saved");
+}
+
+/** Restores version `from` of the open document as its next version. */
+async function revertSettings(from) {
+  const name = editor.name;
+  $("settings-saved").textContent = "";
+  const { status, data } = await call("POST", `/api/v1/settings/${encodeURIComponent(name)}/revert`, {
+    body: { version: from },
+    headers: { "If-Match": `"${editor.version}"`, "X-Actor": actor() },
+  });
+  if (status === 200) {
+    $("settings-editor").value = JSON.stringify(data.value, null, 2);
+    $("settings-save").disabled = false;
+  }
+  await showSaved(name, status, data, `Reverted to version ${from}`);
+}
+
+/** The editor after a save or a revert answered `status`. */
+async function showSaved(name, status, data, done) {
   if (status === 200) {
     editor.version = data.version;
     editor.loaded = data.value;
     $("settings-error").textContent = "";
     $("settings-conflict").hidden = true;
-    $("settings-saved").textContent = `Saved: ${name} is at version ${data.version}.`;
+    $("settings-saved").textContent = `${done}: ${name} is at version ${data.version}.`;
     $("editor-version").textContent = `Version ${data.version}, updated ${fmtTime(data.updated_at)} by ${data.updated_by}.`;
     await Promise.all([loadSettings(), loadSettingsHistory(name)]);
     return;
@@ -562,9 +582,17 @@ async function loadSettingsHistory(name) {
         before === undefined ? h("span", { class: "muted" }, "(absent)") : h("del", {}, JSON.stringify(before)),
         " → ",
         after === undefined ? h("span", { class: "muted" }, "(removed)") : h("ins", {}, JSON.stringify(after))));
+    const current = change.version === editor.version;
     return h("li", { "data-version": change.version },
       h("strong", {}, `Version ${change.version}`), ` by ${change.actor}, ${fmtTime(change.time)}`,
+      change.reverted_from ? h("span", { class: "muted" }, ` (reverted to version ${change.reverted_from})`) : null,
       first ? h("span", { class: "muted" }, " (first stored version; before it, the built-in default)") : null,
+      current ? null : h("button", {
+        type: "button",
+        class: "revert",
+        "aria-label": `Revert ${name} to version ${change.version}`,
+        onclick: () => guard(revertSettings)(change.version).catch((e) => { $("settings-error").textContent = String(e.message || e); }),
+      }, "Revert to this version"),
       h("ul", { class: "diff" }, lines.length ? lines : [h("li", { class: "muted" }, "no change in value")]));
   });
   $("settings-history").replaceChildren(...(items.length ? items : [h("li", { class: "muted" }, "No change recorded yet.")]));

@@ -42,8 +42,9 @@ struct Rendered {
     etag: Option<HeaderValue>,
 }
 
-/// `GET /api/v1/settings`, `GET|PUT /api/v1/settings/{name}` and
-/// `GET /api/v1/settings/{name}/history`. Writing needs the admin token.
+/// `GET /api/v1/settings`, `GET|PUT /api/v1/settings/{name}`,
+/// `GET /api/v1/settings/{name}/history` and
+/// `POST /api/v1/settings/{name}/revert`. Writing needs the admin token.
 ///
 /// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
 /// come from one registration; `axum::Router::from` it to serve without
@@ -53,6 +54,7 @@ pub fn settings_api(registry: SettingsRegistry, admin: Option<AdminToken>) -> Ap
         .routes(routes!(list))
         .routes(routes!(read, write))
         .routes(routes!(history))
+        .routes(routes!(revert))
         .with_state(std::sync::Arc::new(SettingsState::new(registry, admin)))
 }
 
@@ -135,6 +137,19 @@ struct ChangeBody {
     /// The document after.
     #[schema(value_type = Object)]
     new: Value,
+    /// The version whose value this change restored (a revert); absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reverted_from: Option<i64>,
+}
+
+/// Which version to restore.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RevertRequest {
+    /// A version from the document's history.
+    #[schema(minimum = 1)]
+    version: i64,
 }
 
 /// The audit trail of a document, newest first.
@@ -243,17 +258,64 @@ async fn write(
     let Json(value) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
     let expected = expected_version(&headers)?;
     let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    match document.update_json(value, expected, actor).await {
-        Ok(view) => Ok(with_etag(&view)),
-        Err(UpdateError::Invalid { reason, .. }) => {
-            Err(ApiError::unprocessable(format!("not a valid {name} document: {}", crate::text::clip(&reason))))
+    document.update_json(value, expected, actor).await.map(|view| with_etag(&view)).map_err(|err| refused(&name, err))
+}
+
+/// The answer to a refused update or revert.
+fn refused(name: &str, err: UpdateError) -> ApiError {
+    match err {
+        UpdateError::Invalid { reason, .. } => {
+            ApiError::unprocessable(format!("not a valid {name} document: {}", crate::text::clip(&reason)))
         }
-        Err(UpdateError::Conflict { expected, current, .. }) => Err(ApiError::precondition_failed(format!(
-            "{name} is at version {current}, not {expected}: reload and retry"
-        ))),
-        Err(err @ UpdateError::Nul { .. }) => Err(ApiError::bad_request(err.to_string())),
-        Err(UpdateError::Store { source, .. }) => Err(ApiError::unavailable(format!("cannot save {name}: {source}"))),
+        UpdateError::Conflict { expected, current, .. } => {
+            ApiError::precondition_failed(format!("{name} is at version {current}, not {expected}: reload and retry"))
+        }
+        UpdateError::UnknownVersion { version, .. } => {
+            ApiError::not_found(format!("{name} has no version {version} in its history"))
+        }
+        err @ UpdateError::Nul { .. } => ApiError::bad_request(err.to_string()),
+        UpdateError::Store { source, .. } => ApiError::unavailable(format!("cannot save {name}: {source}")),
     }
+}
+
+/// Restores an earlier version (admin): its value, checked again, becomes
+/// the next version, and the history records which version it restores.
+/// `If-Match` makes it conditional.
+#[utoipa::path(post, path = "/api/v1/settings/{name}/revert", operation_id = "revert_settings", tag = "settings", security(("admin" = [])),
+    params(
+        ("name" = String, Path, description = "The document name"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "The version the change is based on, e.g. \"3\"",
+            pattern = "^(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$"),
+        ("X-Actor" = Option<String>, Header, nullable = false, description = "Who makes the change (audit); longer than 128 bytes or blank counts as admin"),
+    ),
+    request_body(content = RevertRequest, description = "The version to restore", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Saved as the next version", body = DocumentBody),
+        (status = 400, description = "Bad If-Match, or a body that is not JSON", body = ErrorSchema),
+        AdminRefusals,
+        (status = 404, description = "No such document, or no such version in its history", body = ErrorSchema),
+        (status = 412, description = "The document changed since the If-Match version", body = ErrorSchema),
+        (status = 413, description = "The body is too large", body = ErrorSchema),
+        (status = 415, description = "The body is not application/json", body = ErrorSchema),
+        (status = 422, description = "No version number, or that version is not a valid document any more", body = ErrorSchema),
+        (status = 503, description = "The database is unreachable", body = ErrorSchema),
+    ))]
+async fn revert(
+    State(state): State<std::sync::Arc<SettingsState>>,
+    _admin: crate::admin::Admin,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<RevertRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let document = find(&state, &name)?;
+    let Json(request) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
+    let expected = expected_version(&headers)?;
+    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    document
+        .revert(request.version, expected, actor)
+        .await
+        .map(|view| with_etag(&view))
+        .map_err(|err| refused(&name, err))
 }
 
 /// How many changes.
@@ -288,7 +350,14 @@ async fn history(
         .map(|c| {
             let at =
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(c.time_ms).unwrap_or_default());
-            ChangeBody { version: c.version, actor: c.actor, time: time(Some(at)), old: c.old, new: c.new }
+            ChangeBody {
+                version: c.version,
+                actor: c.actor,
+                time: time(Some(at)),
+                old: c.old,
+                new: c.new,
+                reverted_from: c.reverted_from,
+            }
         })
         .collect();
     Ok(Json(HistoryBody { name, changes }))

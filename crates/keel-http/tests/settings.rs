@@ -20,21 +20,33 @@ use tower::ServiceExt as _;
 
 async fn router(token: Option<&str>) -> (Router, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    (router_on(&database(&dir).await, token).await, dir)
+}
+
+async fn database(dir: &tempfile::TempDir) -> Database {
     let telemetry = Telemetry::new("t").unwrap();
     let db =
         Database::connect(&DbConfig { data_dir: dir.path().into(), ..DbConfig::default() }, &telemetry).await.unwrap();
     db.run_migrations().await.unwrap();
-    let deps =
-        SettingsDeps::new(Arc::new(DbSettingsStore::new(db)), Cache::memory(), Bus::memory(&telemetry), telemetry);
+    db
+}
+
+fn deps(db: &Database) -> SettingsDeps {
+    let telemetry = Telemetry::new("t").unwrap();
+    SettingsDeps::new(Arc::new(DbSettingsStore::new(db.clone())), Cache::memory(), Bus::memory(&telemetry), telemetry)
+}
+
+/// The monitoring document, validated as the api does, served on `db`.
+async fn router_on(db: &Database, token: Option<&str>) -> Router {
     let monitoring: Settings<MonitoringSettings> =
-        Settings::open_validated("monitoring", deps, SettingsConfig::default(), |m: &MonitoringSettings| {
+        Settings::open_validated("monitoring", deps(db), SettingsConfig::default(), |m: &MonitoringSettings| {
             keel_telemetry::check_filter(&m.log_level).map_err(|e| e.to_string())
         })
         .await
         .unwrap();
     let mut registry = SettingsRegistry::new();
     registry.register(monitoring);
-    (axum::Router::from(settings_api(registry, token.and_then(AdminToken::new))), dir)
+    axum::Router::from(settings_api(registry, token.and_then(AdminToken::new)))
 }
 
 async fn send(app: &Router, method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value>) -> Response {
@@ -175,4 +187,79 @@ async fn writes_need_the_admin_token() {
     let response = send(&disabled, "PUT", "/api/v1/settings/monitoring", &[ADMIN], body).await;
     assert_eq!(response.status(), 403);
     assert!(json(response).await["error"]["message"].as_str().unwrap().contains("KEEL_ADMIN_TOKEN"));
+}
+
+fn level(level: &str) -> Value {
+    json!({"enable_monitoring": true, "log_level": level})
+}
+
+/// A revert writes an earlier version's value as the next version, and the
+/// history says which version it restored; it is refused like any other
+/// write when stale (412), and names an unknown version (404).
+#[tokio::test]
+async fn revert_restores_an_earlier_version_as_a_new_one() {
+    let (app, _dir) = router(Some("s3cret")).await;
+    for value in [level("debug"), level("warn")] {
+        assert_eq!(send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(value)).await.status(), 200);
+    }
+    let revert = |version: Value, if_match: &'static str| {
+        let app = app.clone();
+        async move {
+            let headers = [ADMIN, ("if-match", if_match), ("x-actor", "bob")];
+            send(&app, "POST", "/api/v1/settings/monitoring/revert", &headers, Some(json!({"version": version}))).await
+        }
+    };
+    let response = revert(json!(1), "\"2\"").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"3\"");
+    let body = json(response).await;
+    assert_eq!((body["version"].as_i64(), body["updated_by"].as_str()), (Some(3), Some("bob")));
+    assert_eq!(body["value"], level("debug"));
+    let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
+    assert_eq!(current["value"], level("debug"));
+
+    let history = json(send(&app, "GET", "/api/v1/settings/monitoring/history", &[], None).await).await;
+    let changes = history["changes"].as_array().unwrap();
+    assert_eq!((changes[0]["version"].as_i64(), changes[0]["reverted_from"].as_i64()), (Some(3), Some(1)));
+    assert_eq!((changes[0]["old"].clone(), changes[0]["new"].clone()), (level("warn"), level("debug")));
+    assert!(changes[1].get("reverted_from").is_none(), "a plain write names no version: {}", changes[1]);
+
+    let stale = revert(json!(2), "\"2\"").await;
+    assert_eq!(stale.status(), 412);
+    let unknown = revert(json!(99), "\"3\"").await;
+    assert_eq!(unknown.status(), 404);
+    assert!(json(unknown).await["error"]["message"].as_str().unwrap().contains("no version 99"));
+    for bad in [json!("two"), json!(1.5), Value::Null] {
+        assert_eq!(revert(bad.clone(), "*").await.status(), 422, "{bad}");
+    }
+    let unauthorised = send(&app, "POST", "/api/v1/settings/monitoring/revert", &[], Some(json!({"version": 1}))).await;
+    assert_eq!(unauthorised.status(), 401);
+    let missing = send(&app, "POST", "/api/v1/settings/nope/revert", &[ADMIN], Some(json!({"version": 1}))).await;
+    assert_eq!(missing.status(), 404);
+    let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
+    assert_eq!(current["version"], 3, "nothing refused was written");
+}
+
+/// A version written under looser rules (an older release without the
+/// log-filter check) is checked again: reverting to it is a 422 that says
+/// so, and nothing is written.
+#[tokio::test]
+async fn reverting_to_a_value_the_current_rules_refuse_is_a_422() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(&dir).await;
+    let loose: Settings<MonitoringSettings> =
+        Settings::open("monitoring", deps(&db), SettingsConfig::default()).await.unwrap();
+    let bad = MonitoringSettings { log_level: "keel=[".into(), ..MonitoringSettings::default() };
+    loose.update(bad, None, "older release").await.unwrap();
+    loose.update(MonitoringSettings::default(), None, "older release").await.unwrap();
+    drop(loose);
+
+    let app = router_on(&db, Some("s3cret")).await;
+    let headers = [ADMIN, ("if-match", "\"2\"")];
+    let refused = send(&app, "POST", "/api/v1/settings/monitoring/revert", &headers, Some(json!({"version": 1}))).await;
+    assert_eq!(refused.status(), 422);
+    let message = json(refused).await["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("version 1 is no longer valid"), "{message}");
+    let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
+    assert_eq!(current["version"], 2);
 }

@@ -46,6 +46,14 @@ struct ChangeRow {
     old: Option<String>,
     #[diesel(sql_type = Text)]
     new: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    reverted_from: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct ValueRow {
+    #[diesel(sql_type = Text)]
+    value: String,
 }
 
 fn parse(name: &str, text: &str) -> Result<serde_json::Value, StoreError> {
@@ -69,6 +77,7 @@ fn change(name: &str, row: ChangeRow) -> Result<Change, StoreError> {
         time_ms: row.time_ms,
         old: row.old.as_deref().map(|t| parse(name, t)).transpose()?.unwrap_or(serde_json::Value::Null),
         new: parse(name, &row.new)?,
+        reverted_from: row.reverted_from,
     })
 }
 
@@ -87,6 +96,7 @@ struct Sql {
     insert: &'static str,
     audit: &'static str,
     history: &'static str,
+    value_at: &'static str,
 }
 
 #[cfg(feature = "postgres")]
@@ -98,9 +108,10 @@ const POSTGRES: Sql = Sql {
              RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by",
     insert: "INSERT INTO settings (name, value, version, updated_at, updated_by) VALUES ($1, $2::jsonb, 1, to_timestamp($4::double precision / 1000), $3) ON CONFLICT (name) DO NOTHING \
              RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by",
-    audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at) VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, to_timestamp($6::double precision / 1000))",
-    history: "SELECT version, actor, (extract(epoch FROM changed_at) * 1000)::bigint AS time_ms, old_value::text AS old, new_value::text AS new \
+    audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at, reverted_from) VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, to_timestamp($6::double precision / 1000), $7)",
+    history: "SELECT version, actor, (extract(epoch FROM changed_at) * 1000)::bigint AS time_ms, old_value::text AS old, new_value::text AS new, reverted_from \
               FROM settings_audit WHERE name = $1 ORDER BY version DESC LIMIT $2",
+    value_at: "SELECT new_value::text AS value FROM settings_audit WHERE name = $1 AND version = $2",
 };
 
 #[cfg(feature = "sqlite")]
@@ -113,8 +124,9 @@ const SQLITE: Sql = Sql {
              RETURNING name, value, version, updated_at AS updated_at_ms, updated_by",
     insert: "INSERT INTO settings (name, value, version, updated_at, updated_by) VALUES (?1, ?2, 1, ?4, ?3) ON CONFLICT (name) DO NOTHING \
              RETURNING name, value, version, updated_at AS updated_at_ms, updated_by",
-    audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    history: "SELECT version, actor, changed_at AS time_ms, old_value AS old, new_value AS new FROM settings_audit WHERE name = ? ORDER BY version DESC LIMIT ?",
+    audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at, reverted_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    history: "SELECT version, actor, changed_at AS time_ms, old_value AS old, new_value AS new, reverted_from FROM settings_audit WHERE name = ? ORDER BY version DESC LIMIT ?",
+    value_at: "SELECT new_value AS value FROM settings_audit WHERE name = ? AND version = ?",
 };
 
 enum SaveFailure {
@@ -165,7 +177,16 @@ macro_rules! with_sql {
             .map_err(keel_store::StoreError::from)?;
         rows.into_iter().map(|row| change($name, row)).collect()
     }};
-    (save, $conn:expr, $sql:expr, $name:expr, $value:expr, $expected:expr, $actor:expr) => {{
+    (value_at, $conn:expr, $sql:expr, $name:expr, $version:expr) => {{
+        let rows: Vec<ValueRow> = diesel::sql_query($sql.value_at)
+            .bind::<Text, _>($name)
+            .bind::<BigInt, _>($version)
+            .load($conn)
+            .await
+            .map_err(keel_store::StoreError::from)?;
+        rows.into_iter().next().map(|row| parse($name, &row.value)).transpose()
+    }};
+    (save, $conn:expr, $sql:expr, $name:expr, $value:expr, $expected:expr, $actor:expr, $reverted_from:expr) => {{
         let new_text = $value.to_string();
         let now = keel_core::unix_millis(std::time::SystemTime::now());
         let result: Result<StoredDocument, SaveFailure> = $conn
@@ -214,6 +235,7 @@ macro_rules! with_sql {
                     .bind::<Text, _>(&new_text)
                     .bind::<Text, _>($actor)
                     .bind::<BigInt, _>(now)
+                    .bind::<Nullable<BigInt>, _>($reverted_from)
                     .execute(conn)
                     .await?;
                 document(written).map_err(SaveFailure::Store)
@@ -221,6 +243,32 @@ macro_rules! with_sql {
             .await;
         result.map_err(StoreError::from)
     }};
+}
+
+impl DbSettingsStore {
+    /// The checked, audited save; `reverted_from` marks a revert.
+    async fn save_audited(
+        &self,
+        name: &str,
+        value: &serde_json::Value,
+        expected: Option<i64>,
+        actor: &str,
+        reverted_from: Option<i64>,
+    ) -> Result<StoredDocument, StoreError> {
+        self.database
+            .timed("update", "settings", async move {
+                #[cfg(feature = "postgres")]
+                if let Some(mut conn) = self.database.postgres_connection().await? {
+                    return with_sql!(save, conn, POSTGRES, name, value, expected, actor, reverted_from);
+                }
+                #[cfg(feature = "sqlite")]
+                if let Some(mut conn) = self.database.sqlite_connection().await? {
+                    return with_sql!(save, conn, SQLITE, name, value, expected, actor, reverted_from);
+                }
+                Err(no_backend())
+            })
+            .await
+    }
 }
 
 fn no_backend() -> StoreError {
@@ -263,14 +311,33 @@ impl SettingsStore for DbSettingsStore {
         expected: Option<i64>,
         actor: &'a str,
     ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
-        Box::pin(self.database.timed("update", "settings", async move {
+        Box::pin(self.save_audited(name, value, expected, actor, None))
+    }
+
+    fn save_reverted<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+        reverted_from: i64,
+    ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
+        Box::pin(self.save_audited(name, value, expected, actor, Some(reverted_from)))
+    }
+
+    fn value_at<'a>(
+        &'a self,
+        name: &'a str,
+        version: i64,
+    ) -> StoreFuture<'a, Result<Option<serde_json::Value>, StoreError>> {
+        Box::pin(self.database.timed("select", "settings_audit", async move {
             #[cfg(feature = "postgres")]
             if let Some(mut conn) = self.database.postgres_connection().await? {
-                return with_sql!(save, conn, POSTGRES, name, value, expected, actor);
+                return with_sql!(value_at, &mut conn, POSTGRES, name, version);
             }
             #[cfg(feature = "sqlite")]
             if let Some(mut conn) = self.database.sqlite_connection().await? {
-                return with_sql!(save, conn, SQLITE, name, value, expected, actor);
+                return with_sql!(value_at, &mut conn, SQLITE, name, version);
             }
             Err(no_backend())
         }))

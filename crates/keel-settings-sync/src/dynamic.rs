@@ -44,6 +44,14 @@ pub trait DynSettings: Send + Sync {
         expected: Option<i64>,
         actor: &'a str,
     ) -> BoxFuture<'a, Result<DocumentView, UpdateError>>;
+    /// Writes the value of `version` again as the next version
+    /// ([`Settings::revert`]).
+    fn revert<'a>(
+        &'a self,
+        version: i64,
+        expected: Option<i64>,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<DocumentView, UpdateError>>;
     /// The newest `limit` changes (50 when `None`, at most 1000), newest first.
     fn history(&self, limit: Option<usize>) -> BoxFuture<'_, Result<Vec<Change>, crate::HistoryError>>;
     /// Freshness.
@@ -79,6 +87,18 @@ impl<T: Document> DynSettings for Settings<T> {
         Box::pin(async move {
             let typed = self.decode(value)?;
             self.update(typed, expected, actor).await?;
+            Ok(DynSettings::view(self))
+        })
+    }
+
+    fn revert<'a>(
+        &'a self,
+        version: i64,
+        expected: Option<i64>,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<DocumentView, UpdateError>> {
+        Box::pin(async move {
+            Settings::revert(self, version, expected, actor).await?;
             Ok(DynSettings::view(self))
         })
     }

@@ -44,6 +44,9 @@ pub struct Change {
     pub old: serde_json::Value,
     /// The value after.
     pub new: serde_json::Value,
+    /// The version whose value this change restored, when it was a revert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted_from: Option<i64>,
 }
 
 /// Why a store operation failed.
@@ -94,4 +97,33 @@ pub trait SettingsStore: Send + Sync + 'static {
 
     /// The newest `limit` changes, newest first.
     fn history<'a>(&'a self, name: &'a str, limit: usize) -> StoreFuture<'a, Result<Vec<Change>, StoreError>>;
+
+    /// The value `name` had at `version` (`None`: no such version in the
+    /// audit trail). The default looks through the newest
+    /// [`MAX_HISTORY`](crate::MAX_HISTORY) changes.
+    fn value_at<'a>(
+        &'a self,
+        name: &'a str,
+        version: i64,
+    ) -> StoreFuture<'a, Result<Option<serde_json::Value>, StoreError>> {
+        Box::pin(async move {
+            let changes = self.history(name, crate::MAX_HISTORY).await?;
+            Ok(changes.into_iter().find(|c| c.version == version).map(|c| c.new))
+        })
+    }
+
+    /// [`save`](Self::save) of a value that restores version
+    /// `reverted_from`, recorded as such in the audit trail. The default
+    /// saves it as a plain change.
+    fn save_reverted<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+        reverted_from: i64,
+    ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
+        let _ = reverted_from;
+        self.save(name, value, expected, actor)
+    }
 }

@@ -173,6 +173,19 @@ async fn behaviour(world: World) {
     assert!(!changes.has_changed().unwrap(), "same value, new version: no change event");
     assert_eq!(sa.version(), 4);
 
+    // A revert writes an earlier version's value as the next version, seen
+    // by the other pod like any update; the audit trail names the version.
+    let reverted = sb.revert(2, Some(4), "dee").await.unwrap();
+    assert_eq!((reverted.version, reverted.value.limit, reverted.updated_by.as_str()), (5, 2, "dee"));
+    until_version(&sa, 5).await;
+    assert_eq!(*sa.get(), flags(2));
+    let newest = sa.history(Some(2)).await.unwrap();
+    assert_eq!((newest[0].version, newest[0].reverted_from, newest[1].reverted_from), (5, Some(2), None));
+    let err = sa.revert(99, None, "dee").await.unwrap_err();
+    assert!(matches!(err, UpdateError::UnknownVersion { version: 99, .. }), "{err}");
+    let err = sa.revert(1, Some(4), "dee").await.unwrap_err();
+    assert!(matches!(err, UpdateError::Conflict { expected: 4, current: 5, .. }), "{err}");
+
     drop((sa, sb, a, b));
     world.finish().await;
 }

@@ -164,6 +164,14 @@ pub enum UpdateError {
         /// Where, from the document's name.
         path: String,
     },
+    /// A revert named a version the audit trail does not have.
+    #[error("settings {name:?} have no version {version}")]
+    UnknownVersion {
+        /// Document name.
+        name: String,
+        /// The version asked for.
+        version: i64,
+    },
     /// The database failed.
     #[error("cannot save settings {name:?}: {source}")]
     Store {

@@ -161,11 +161,48 @@ impl<T: Document> Settings<T> {
     /// serving the older version.
     /// The change is recorded as made by [`actor`](crate::actor)`(actor)`.
     pub async fn update(&self, value: T, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
+        self.save(value, expected, actor, None).await
+    }
+
+    /// Writes the value version `version` had as the next version (checked
+    /// again, as any update is), with `expected` and `actor` as in
+    /// [`update`](Self::update); the audit trail records it as reverted
+    /// from `version`. [`UpdateError::UnknownVersion`] when the audit trail
+    /// has no such version.
+    pub async fn revert(&self, version: i64, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
+        let name = &self.inner.name;
+        let value = match self.inner.deps.store.value_at(name, version).await {
+            Ok(Some(value)) => value,
+            Ok(None) => return Err(UpdateError::UnknownVersion { name: name.clone(), version }),
+            Err(source) => return Err(UpdateError::Store { name: name.clone(), source }),
+        };
+        let reverted = match self.decode(value) {
+            Ok(value) => self.save(value, expected, actor, Some(version)).await,
+            Err(err) => Err(err),
+        };
+        reverted.map_err(|err| match err {
+            UpdateError::Invalid { name, reason } => {
+                UpdateError::Invalid { name, reason: format!("version {version} is no longer valid: {reason}") }
+            }
+            other => other,
+        })
+    }
+
+    /// [`update`](Self::update) and [`revert`](Self::revert), on a task of
+    /// their own.
+    async fn save(
+        &self,
+        value: T,
+        expected: Option<i64>,
+        actor: &str,
+        reverted_from: Option<i64>,
+    ) -> Result<Versioned<T>, UpdateError> {
         let (inner, actor) = (self.inner.clone(), crate::actor(actor).to_owned());
         let name = self.inner.name.clone();
         let tasks = self.inner.deps.tasks.clone();
-        let task =
-            keel_core::Shutdown::spawn_on(tasks.as_ref(), async move { inner.update(value, expected, &actor).await });
+        let task = keel_core::Shutdown::spawn_on(tasks.as_ref(), async move {
+            inner.update(value, expected, &actor, reverted_from).await
+        });
         task.await.unwrap_or_else(|err| {
             Err(UpdateError::Store {
                 name,

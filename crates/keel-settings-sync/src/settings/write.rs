@@ -12,11 +12,13 @@ use crate::store::{StoreError, StoredDocument};
 use super::*;
 
 impl<T: Document> Inner<T> {
+    /// `reverted_from`: the version this value restores (a revert).
     pub(super) async fn update(
         self: &Arc<Self>,
         value: T,
         expected: Option<i64>,
         actor: &str,
+        reverted_from: Option<i64>,
     ) -> Result<Versioned<T>, UpdateError> {
         let name = self.name.clone();
         let json = serde_json::to_value(&value)
@@ -27,7 +29,11 @@ impl<T: Document> Inner<T> {
         if let Some(validate) = &self.validator {
             validate(&value).map_err(|reason| UpdateError::Invalid { name: name.clone(), reason })?;
         }
-        let stored = match self.deps.store.save(&name, &json, expected, actor).await {
+        let saved = match reverted_from {
+            Some(version) => self.deps.store.save_reverted(&name, &json, expected, actor, version).await,
+            None => self.deps.store.save(&name, &json, expected, actor).await,
+        };
+        let stored = match saved {
             Ok(stored) => stored,
             Err(StoreError::Conflict { expected, current }) => {
                 return Err(UpdateError::Conflict { name, expected, current });

@@ -1,0 +1,1 @@
+ALTER TABLE settings_audit DROP COLUMN reverted_from;
