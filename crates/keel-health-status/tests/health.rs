@@ -154,7 +154,7 @@ async fn a_blocking_check_still_fails_at_its_timeout() {
     let fell = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let change = changes.recv().await.unwrap();
-            if change.from == Up && change.to == Warn {
+            if change.from == Some(Up) && change.to == Warn {
                 return change;
             }
         }
@@ -190,14 +190,12 @@ async fn changes_are_broadcast_and_the_cache_follows() {
     let mut changes = health.subscribe();
     let (check, _) = scripted(&[Up, Up, Ko]);
     health.register(spec("db", Thresholds::default()), check).unwrap();
+    // The climb from KO through WARN is start-up: one initial state, OK.
     let first = changes.recv().await.unwrap();
-    assert_eq!((first.component.as_str(), first.from, first.to), ("db", Ko, Warn));
-    assert_eq!(health.cached_status(), Warn);
-    let second = changes.recv().await.unwrap();
-    assert_eq!((second.from, second.to), (Warn, Up));
+    assert_eq!((first.component.as_str(), first.from, first.to), ("db", None, Up));
     assert!(health.is_cache_strictly_healthy());
-    let third = changes.recv().await.unwrap();
-    assert_eq!((third.from, third.to, third.message.as_str()), (Up, Warn, "refused"));
+    let second = changes.recv().await.unwrap();
+    assert_eq!((second.from, second.to, second.message.as_str()), (Some(Up), Warn, "refused"));
     assert_eq!(health.cached().status, Warn);
     assert!(health.cached().message.contains("db WARN (refused)"), "{}", health.cached().message);
 }
@@ -213,16 +211,17 @@ async fn history_keeps_the_last_transitions_newest_first() {
     health.register(spec("idle", Thresholds::default()), quiet).unwrap();
     tokio::time::sleep(TICK * 150).await;
     let history = health.history();
-    assert!(history["idle"].is_empty(), "KO from the start is no transition");
+    let idle: Vec<(Option<Status>, Status)> = history["idle"].iter().map(|c| (c.from, c.to)).collect();
+    assert_eq!(idle, [(None, Ko)], "KO from the start is its initial state, not a transition");
     let db = &history["db"];
     assert_eq!(db.len(), keel_health_status::DEFAULT_HISTORY);
     assert!(db.windows(2).all(|w| w[0].time >= w[1].time), "newest first");
     for change in db {
         assert_eq!(change.component, "db");
-        assert_ne!(change.from, change.to);
+        assert_ne!(change.from, Some(change.to));
     }
     // The newest: the last scripted KO took WARN down to KO.
-    assert_eq!((db[0].from, db[0].to, db[0].message.as_str()), (Warn, Ko, "refused"));
+    assert_eq!((db[0].from, db[0].to, db[0].message.as_str()), (Some(Warn), Ko, "refused"));
 
     // A smaller bound, and none at all.
     for keep in [3, 0] {
@@ -234,8 +233,12 @@ async fn history_keeps_the_last_transitions_newest_first() {
         let db = &health.history()["db"];
         assert_eq!(db.len(), keep);
         if keep == 3 {
-            let steps: Vec<(Status, Status)> = db.iter().map(|c| (c.from, c.to)).collect();
-            assert_eq!(steps, [(Warn, Up), (Ko, Warn), (Warn, Ko)], "the last scripted Up repeats: WARN → OK");
+            let steps: Vec<(Option<Status>, Status)> = db.iter().map(|c| (c.from, c.to)).collect();
+            assert_eq!(
+                steps,
+                [(Some(Warn), Up), (Some(Ko), Warn), (Some(Warn), Ko)],
+                "the last scripted Up repeats: WARN → OK"
+            );
         }
     }
 }
@@ -471,10 +474,10 @@ async fn status_duration_and_transitions_are_exported() {
     let text = telemetry.encode().unwrap();
     assert!(text.contains("keel_health_status{component=\"db\"} 1"), "WARN after OK, OK, KO:\n{text}");
     assert!(text.contains("keel_health_check_duration_seconds_count{component=\"db\"} 3"), "{text}");
-    for (from, to) in [("KO", "WARN"), ("WARN", "OK"), ("OK", "WARN")] {
-        let series = format!("keel_health_transitions_total{{component=\"db\",from=\"{from}\",to=\"{to}\"}} 1");
-        assert!(text.contains(&series), "{series} missing:\n{text}");
-    }
+    // The climb from KO to OK at start-up is no transition; the fall is.
+    let series = "keel_health_transitions_total{component=\"db\",from=\"OK\",to=\"WARN\"} 1";
+    assert!(text.contains(series), "{series} missing:\n{text}");
+    assert_eq!(text.matches("keel_health_transitions_total{").count(), 1, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -218,7 +218,8 @@ function strip(name, changes) {
   const span = Math.max(1, now - start);
   const segments = [];
   let from = start;
-  let status = oldestFirst.length ? oldestFirst[0].from : statusOf(name) || "KO";
+  // Before a component's initial state (`from: null`) it was starting up.
+  let status = oldestFirst.length ? oldestFirst[0].from || "start" : statusOf(name) || "KO";
   for (const change of oldestFirst) {
     const at = Date.parse(change.time);
     segments.push([from, at, status]);
@@ -229,7 +230,7 @@ function strip(name, changes) {
   return h("svg", { class: "strip", viewBox: "0 0 1000 10", preserveAspectRatio: "none", role: "img",
     "aria-label": `${name}: status over time, now ${statusOf(name) || status}` },
   ...segments.map(([a, b, s]) => h("rect", { class: `seg-${s}`, x: ((a - start) / span) * 1000, y: 0,
-    width: Math.max(1, ((b - a) / span) * 1000), height: 10 }, h("title", {}, s))));
+    width: Math.max(1, ((b - a) / span) * 1000), height: 10 }, h("title", {}, s === "start" ? "starting" : s))));
 }
 
 function renderHistory() {
@@ -244,7 +245,8 @@ function renderHistory() {
         ? h("ol", { class: "transitions", "aria-label": `Transitions of ${name}, newest first` },
           changes.map((c) => h("li", {},
             h("time", { datetime: c.time }, fmtTime(c.time)),
-            badge(c.from), " → ", badge(c.to), c.message ? ` ${c.message}` : "")))
+            c.from === null ? h("span", { class: "muted" }, "started ") : [badge(c.from), " → "],
+            badge(c.to), c.message ? ` ${c.message}` : "")))
         : h("p", { class: "muted" }, "No transition yet."));
   });
   $("history").replaceChildren(...blocks);

@@ -33,8 +33,10 @@ pub(crate) struct TransitionBody<'a> {
     /// RFC 3339, milliseconds.
     time: String,
     component: &'a str,
-    #[schema(value_type = StatusSchema)]
-    from: Status,
+    /// Null for the component's initial state: the first status it settled
+    /// on after start-up.
+    #[schema(value_type = Option<StatusSchema>)]
+    from: Option<Status>,
     #[schema(value_type = StatusSchema)]
     to: Status,
     /// The check message that caused it.

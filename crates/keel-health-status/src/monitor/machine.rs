@@ -11,12 +11,14 @@ pub(crate) struct Machine {
     thresholds: Thresholds,
     /// Whether the last result was a (possibly degraded) success.
     last_succeeded: Option<bool>,
+    /// The last result.
+    last_outcome: Option<Status>,
 }
 
 impl Machine {
     /// Components start KO until their first checks prove otherwise.
     pub(crate) fn new(thresholds: Thresholds) -> Self {
-        Self { status: Status::Ko, rise: 0, fall: 0, thresholds, last_succeeded: None }
+        Self { status: Status::Ko, rise: 0, fall: 0, thresholds, last_succeeded: None, last_outcome: None }
     }
 
     /// Applies one check result; returns the new status.
@@ -26,6 +28,7 @@ impl Machine {
     pub(crate) fn apply(&mut self, outcome: Status) -> Status {
         let t = self.thresholds;
         self.last_succeeded = Some(outcome != Status::Ko);
+        self.last_outcome = Some(outcome);
         match outcome {
             Status::Ko => {
                 self.rise = 0;
@@ -76,6 +79,13 @@ impl Machine {
     /// it is not KO yet.
     pub(crate) fn falling(&self) -> bool {
         self.last_succeeded == Some(false) && self.status != Status::Ko
+    }
+
+    /// Whether the status is where the last result leads and stays: OK
+    /// after OK, WARN after WARN, KO after a failure (not on the way up or
+    /// down).
+    pub(crate) fn settled(&self) -> bool {
+        self.last_outcome == Some(self.status)
     }
 
     /// Whether the component is on its way up: the last check succeeded and
@@ -133,6 +143,27 @@ mod tests {
         assert!(m.falling());
         m.apply(Ko);
         assert!(!m.falling(), "KO is the bottom");
+    }
+
+    /// Settled means the status is where the last result leads: not before
+    /// any check, not mid-climb or mid-fall, and at WARN for a component
+    /// that reports WARN.
+    #[test]
+    fn settled_is_where_the_last_result_leads() {
+        let mut m = machine(1, 2, 1, 1);
+        assert!(!m.settled(), "nothing checked yet");
+        m.apply(Up);
+        assert!(!m.settled() && m.status == Warn, "on the way up");
+        m.apply(Up);
+        assert!(m.settled() && m.status == Up);
+        m.apply(Ko);
+        m.apply(Ko);
+        assert!(!m.settled() && m.status == Warn, "on the way down");
+        m.apply(Ko);
+        assert!(m.settled() && m.status == Ko);
+        let mut warned = machine(1, 1, 1, 1);
+        warned.apply(Warn);
+        assert!(warned.settled() && warned.status == Warn, "WARN reports settle at WARN");
     }
 
     #[test]

@@ -31,8 +31,10 @@ pub struct StatusChange {
     pub time: SystemTime,
     /// The component.
     pub component: String,
-    /// Status before.
-    pub from: Status,
+    /// Status before; `None` for the component's initial state: the first
+    /// status it settles on after it is registered (a component that starts
+    /// KO and rises to OK has one change, from `None` to OK, not two).
+    pub from: Option<Status>,
     /// Status after.
     pub to: Status,
     /// The check message that caused it.
@@ -142,6 +144,9 @@ struct State {
     failures: u32,
     /// The last transitions, oldest first.
     transitions: VecDeque<StatusChange>,
+    /// Whether the initial state has been recorded (`from: None`): until
+    /// then the climb from KO is start-up, not a transition.
+    settled: bool,
 }
 
 impl State {
@@ -314,6 +319,7 @@ impl Health {
                     successes: 0,
                     failures: 0,
                     transitions: VecDeque::new(),
+                    settled: false,
                 },
             );
             self.refresh(&states);

@@ -146,19 +146,30 @@ pub(super) fn record(inner: &Inner, name: &str, report: Report, latency: Duratio
     } else {
         state.spec.interval
     };
+    // Start-up is not a transition: the first status the component settles
+    // on (where its last result leads and stays) is recorded once as its
+    // initial state, and only changes after it are transitions.
+    let from = if state.settled {
+        (before != after).then_some(Some(before))
+    } else if state.machine.settled() {
+        state.settled = true;
+        Some(None)
+    } else {
+        None
+    };
     if let Some(metrics) = lock(&inner.metrics).as_ref() {
         let component = KeyValue::new("component", name.to_owned());
         metrics.duration.record(latency.as_secs_f64(), std::slice::from_ref(&component));
-        if before != after {
+        if let Some(Some(before)) = from {
             metrics
                 .transitions
                 .add(1, &[component, KeyValue::new("from", before.as_str()), KeyValue::new("to", after.as_str())]);
         }
     }
-    let change = (before != after).then(|| StatusChange {
+    let change = from.map(|from| StatusChange {
         time: wall,
         component: name.to_owned(),
-        from: before,
+        from,
         to: after,
         message: report.message.clone(),
     });
@@ -176,10 +187,15 @@ pub(super) fn record(inner: &Inner, name: &str, report: Report, latency: Duratio
     drop(states);
     inner.recorded.notify_waiters();
     if let Some(change) = change {
-        if after < before {
-            tracing::warn!(component = name, from = %before, to = %after, reason = %report.message, "health status fell");
-        } else {
-            tracing::info!(component = name, from = %before, to = %after, "health status rose");
+        match change.from {
+            None if after == Status::Ok => tracing::info!(component = name, status = %after, "health status settled"),
+            None => {
+                tracing::warn!(component = name, status = %after, reason = %report.message, "health status settled");
+            }
+            Some(before) if after < before => {
+                tracing::warn!(component = name, from = %before, to = %after, reason = %report.message, "health status fell");
+            }
+            Some(before) => tracing::info!(component = name, from = %before, to = %after, "health status rose"),
         }
         let _ = inner.changes.send(change);
     }
