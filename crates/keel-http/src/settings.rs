@@ -227,6 +227,17 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         })
 }
 
+/// What a write asks for: its body, the `If-Match` version and the
+/// `X-Actor` (empty when absent: recorded as admin).
+fn change<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+    headers: &HeaderMap,
+) -> Result<(T, Option<i64>, &str), ApiError> {
+    let Json(body) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
+    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    Ok((body, expected_version(headers)?, actor))
+}
+
 /// Replaces a document (admin). `If-Match` makes it conditional.
 #[utoipa::path(put, path = "/api/v1/settings/{name}", operation_id = "put_settings", tag = "settings", security(("admin" = [])),
     params(
@@ -255,9 +266,7 @@ async fn write(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let document = find(&state, &name)?;
-    let Json(value) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
-    let expected = expected_version(&headers)?;
-    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let (value, expected, actor) = change(body, &headers)?;
     document.update_json(value, expected, actor).await.map(|view| with_etag(&view)).map_err(|err| refused(&name, err))
 }
 
@@ -308,9 +317,7 @@ async fn revert(
     body: Result<Json<RevertRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let document = find(&state, &name)?;
-    let Json(request) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
-    let expected = expected_version(&headers)?;
-    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let (request, expected, actor) = change(body, &headers)?;
     document
         .revert(request.version, expected, actor)
         .await
