@@ -149,7 +149,18 @@ struct ChangeBody {
 struct RevertRequest {
     /// A version from the document's history.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole_number")]
     version: i64,
+}
+
+/// A JSON integer, or a number with no fraction (`3.0`: JSON Schema's
+/// `integer` accepts it, so a client generated from the schema may send it).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_i64()
+        .or_else(|| number.as_f64().and_then(|f| f.to_string().parse().ok()))
+        .ok_or_else(|| serde::de::Error::custom(format!("expected a whole version number, got {number}")))
 }
 
 /// The audit trail of a document, newest first.
