@@ -18,14 +18,24 @@ pub(super) fn compare(comparisons: &[Comparison], dir: &Path) -> Result<Vec<Meas
         wrk(&c.baseline, 1, dir)?;
         let (mut keel, mut baseline) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            keel.push(wrk(&c.keel, ROUND_SECONDS, dir)?);
-            baseline.push(wrk(&c.baseline, ROUND_SECONDS, dir)?);
+            keel.push(after_the_backlog(&c.keel, dir)?);
+            baseline.push(after_the_backlog(&c.baseline, dir)?);
         }
         let m = Measured { name: c.name, baseline_name: c.baseline_name, keel, baseline, target: c.target };
         eprintln!("xtask: bench: {}: {:.2}× {}", c.name, m.ratio(), c.baseline_name);
         all.push(m);
     }
     Ok(all)
+}
+
+/// One round of `load`; a write load first waits (up to 10 s) for the machine
+/// to be quiet, so that the worker or consumer persisting the previous
+/// round's backlog does not share the cores with this one.
+pub(super) fn after_the_backlog(load: &Load, dir: &Path) -> Result<Round> {
+    if load.method != "GET" {
+        wait_until_quiet(Duration::from_secs(10));
+    }
+    wrk(load, ROUND_SECONDS, dir)
 }
 
 /// wrk's connections: [`CONNECTIONS`], or `KEEL_BENCH_CONNECTIONS` to look
