@@ -231,5 +231,5 @@ async fn watch(
         },
     );
     // The watch also ends when the process stops: its change feed closes.
-    Ok(Sse::new(gate.bound(permit, stream, std::future::pending())).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(gate.bound(permit, stream, slot.stopped())).keep_alive(KeepAlive::default()))
 }

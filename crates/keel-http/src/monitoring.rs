@@ -281,7 +281,7 @@ async fn stream(
     // debug, every opened stream would otherwise send its "request answered"
     // record to every other stream.
     let mut response =
-        Sse::new(gate.bound(permit, stream, std::future::pending())).keep_alive(KeepAlive::default()).into_response();
+        Sse::new(gate.bound(permit, stream, slot.stopped())).keep_alive(KeepAlive::default()).into_response();
     response.extensions_mut().insert(keel_telemetry::Uncaptured);
     Ok(response)
 }

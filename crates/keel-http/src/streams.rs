@@ -176,12 +176,27 @@ impl StreamGate {
 pub struct StreamSlot {
     gate: StreamGate,
     client: Option<ClientAddr>,
+    shutdown: Option<keel_core::Shutdown>,
 }
 
 impl StreamSlot {
     /// Takes a place for the stream, or the 503 to answer.
     pub fn open(&self) -> Result<(StreamGate, StreamPermit), ApiError> {
         Ok((self.gate.clone(), self.gate.open(self.client)?))
+    }
+
+    /// Resolves once the server serving the request starts shutting down
+    /// (never for a router called without the server): a stream ends then,
+    /// instead of holding its connection, and the drain, for the whole
+    /// grace period.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static + use<> {
+        let token = self.shutdown.as_ref().map(keel_core::Shutdown::token);
+        async move {
+            match token {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        }
     }
 }
 
@@ -191,18 +206,23 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamSlot {
     async fn from_request_parts(parts: &mut http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
         static FALLBACK: OnceLock<StreamGate> = OnceLock::new();
         Ok(match parts.extensions.get::<Arc<Connected>>() {
-            Some(connected) => Self { gate: connected.streams.clone(), client: Some(connected.peer) },
-            None => Self { gate: FALLBACK.get_or_init(StreamGate::default).clone(), client: None },
+            Some(connected) => Self {
+                gate: connected.streams.clone(),
+                client: Some(connected.peer),
+                shutdown: Some(connected.shutdown.clone()),
+            },
+            None => Self { gate: FALLBACK.get_or_init(StreamGate::default).clone(), client: None, shutdown: None },
         })
     }
 }
 
-/// What the server puts in every request: its connection's peer and the
-/// server's gate (one shared pointer per connection).
+/// What the server puts in every request: its connection's peer, the
+/// server's gate and its shutdown (one shared pointer per connection).
 #[derive(Debug)]
 pub(crate) struct Connected {
     pub(crate) peer: ClientAddr,
     pub(crate) streams: StreamGate,
+    pub(crate) shutdown: keel_core::Shutdown,
 }
 
 /// One stream's place at the gate; released when dropped.

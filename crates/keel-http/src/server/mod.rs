@@ -215,7 +215,11 @@ where
             in_request: AtomicBool::new(false),
             closing: closing.clone(),
             over_cap,
-            connection: Arc::new(crate::streams::Connected { peer: ClientAddr(peer), streams: limits.streams.clone() }),
+            connection: Arc::new(crate::streams::Connected {
+                peer: ClientAddr(peer),
+                streams: limits.streams.clone(),
+                shutdown: shutdown.clone(),
+            }),
         });
         let io =
             ConnectionIo::new(TokioIo::new(stream), if over_cap { &reserve_limits } else { &limits }, exchange.clone());
