@@ -254,6 +254,19 @@ try {
   await page.locator("#settings-history > li", { hasText: `reverted to version ${stored_doc.version}` }).first().waitFor({ timeout: 5000 });
   expect(JSON.parse(await page.inputValue("#settings-editor")).log_level === "debug", "the editor shows the restored document");
   step(`revert: ${(await page.locator("#settings-history > li").first().innerText()).replace(/\s+/g, " ")}`);
+  // A timed value: the editor counts down to its revert; saving again
+  // without a time cancels it.
+  await page.selectOption("#settings-revert-after", "15m");
+  await page.fill("#settings-editor", JSON.stringify({ ...original, log_level: "debug" }, null, 2));
+  await page.click("#settings-save");
+  await page.locator("#settings-timer", { hasText: "returns to the value before in 00:1" }).waitFor({ timeout: 5000 });
+  const timed = await (await fetch(`${base}/api/v1/settings/monitoring`)).json();
+  expect(typeof timed.revert_at === "string", `the service holds the timed value's time: ${JSON.stringify(timed)}`);
+  step(`timed value: "${await page.innerText("#settings-timer")}"`);
+  await shoot("settings-timed");
+  await page.click("#settings-save");
+  await page.locator("#settings-saved", { hasText: `version ${timed.version + 1}` }).waitFor({ timeout: 5000 });
+  expect(await page.isHidden("#settings-timer"), "a plain save cancels the countdown");
 
   // 4. Logs: the tail is open; the port opens again, and the api's record
   // of the component rising reaches the tail live.

@@ -186,6 +186,9 @@ pub struct SettingsSection {
     /// The poll while the last refresh could not confirm the held version
     /// (default `5s`).
     pub retry_interval: Option<HumanDuration>,
+    /// The longest a timed value (`PUT …?revert_after=`) may last (default
+    /// `24h`).
+    pub max_revert_after: Option<HumanDuration>,
 }
 
 /// `[monitoring]` keys.
@@ -322,6 +325,9 @@ impl FileConfig {
                 return Err(format!("settings.{key}: must be at least 100ms"));
             }
         }
+        if config.settings.max_revert_after.is_some_and(|t| t.get() < std::time::Duration::from_secs(1)) {
+            return Err("settings.max_revert_after: must be at least 1s".into());
+        }
         for (key, value) in [("log_cap", config.monitoring.log_cap), ("buffer", config.monitoring.buffer)] {
             if value == Some(0) {
                 return Err(format!("monitoring.{key}: must be greater than 0"));
@@ -420,6 +426,8 @@ mod tests {
         assert!(err.starts_with("settings.poll_interval"), "{err}");
         let err = FileConfig::parse("[settings]\nretry_interval = \"10ms\"\n").unwrap_err();
         assert!(err.starts_with("settings.retry_interval"), "{err}");
+        let err = FileConfig::parse("[settings]\nmax_revert_after = \"500ms\"\n").unwrap_err();
+        assert!(err.starts_with("settings.max_revert_after"), "{err}");
         let parsed = FileConfig::parse("[settings]\npoll_interval = \"15s\"\nretry_interval = \"1s\"\n").unwrap();
         assert_eq!(parsed.settings.poll_interval.map(HumanDuration::get), Some(std::time::Duration::from_secs(15)));
         let err = FileConfig::parse("[monitoring]\nstats_interval = \"1ms\"\n").unwrap_err();

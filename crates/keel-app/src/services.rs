@@ -349,6 +349,7 @@ async fn open_monitoring_settings(core: &Core) -> Result<Settings<MonitoringSett
         namespace: core.args.namespace.clone(),
         poll_interval: section.poll_interval.map_or(defaults.poll_interval, |t| t.get()),
         retry_interval: section.retry_interval.map_or(defaults.retry_interval, |t| t.get()),
+        max_revert_after: section.max_revert_after.map_or(defaults.max_revert_after, |t| t.get()),
         ..defaults
     };
     Ok(Settings::open_validated(MonitoringSettings::NAME, deps, config, |m: &MonitoringSettings| {

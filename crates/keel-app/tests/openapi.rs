@@ -32,6 +32,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/api/v1/settings/{name}"),
     ("put", "/api/v1/settings/{name}"),
     ("get", "/api/v1/settings/{name}/history"),
+    ("get", "/api/v1/settings/{name}/stream"),
     ("post", "/api/v1/settings/{name}/revert"),
     ("put", "/api/v1/entries/{key}"),
     ("get", "/api/v1/entries/{key}"),

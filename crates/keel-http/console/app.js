@@ -469,7 +469,7 @@ async function loadSettings() {
       h("th", { scope: "row" }, doc.name),
       h("td", { class: "num" }, String(doc.version)),
       h("td", { class: "num" }, doc.updated_at ? fmtTime(doc.updated_at) : "never"),
-      h("td", {}, doc.updated_by || "–"),
+      h("td", {}, (doc.updated_by || "–") + (doc.revert_at ? ` · timed, reverts at ${fmtTime(doc.revert_at)}` : "")),
       h("td", {}, h("button", { type: "button", "aria-label": `Edit ${doc.name}`, onclick: () => guard(openEditor)(doc.name) }, "Edit"))));
   $("settings-table").tBodies[0].replaceChildren(...rows);
 }
@@ -487,6 +487,7 @@ async function openEditor(name) {
   $("settings-error").textContent = "";
   $("settings-saved").textContent = "";
   $("settings-conflict").hidden = true;
+  showTimer(data.revert_at);
   await loadSettingsHistory(name);
   $("settings-editor").focus();
 }
@@ -512,7 +513,9 @@ async function saveSettings(overwrite) {
     const latest = await call("GET", `/api/v1/settings/${encodeURIComponent(name)}`);
     version = latest.data.version;
   }
-  const { status, data } = await call("PUT", `/api/v1/settings/${encodeURIComponent(name)}`, {
+  const after = $("settings-revert-after").value;
+  const query = after ? `?revert_after=${encodeURIComponent(after)}` : "";
+  const { status, data } = await call("PUT", `/api/v1/settings/${encodeURIComponent(name)}${query}`, {
     body: parsed.value,
     headers: { "If-Match": `"${version}"`, "X-Actor": actor() },
   });
@@ -534,6 +537,30 @@ async function revertSettings(from) {
   await showSaved(name, status, data, `Reverted to version ${from}`);
 }
 
+let timerTick = null;
+
+/** The countdown of a timed value (`revert_at`, RFC 3339), or nothing. */
+function showTimer(revertAt) {
+  clearInterval(timerTick);
+  const line = $("settings-timer");
+  if (!revertAt) {
+    line.hidden = true;
+    line.textContent = "";
+    return;
+  }
+  const at = Date.parse(revertAt);
+  const render = () => {
+    const left = Math.max(0, Math.ceil((at - Date.now()) / 1000));
+    const clock = [Math.floor(left / 3600), Math.floor(left / 60) % 60, left % 60].map((n) => String(n).padStart(2, "0")).join(":");
+    line.textContent = left > 0
+      ? `Timed value: returns to the value before in ${clock} (at ${fmtTime(revertAt)}); saving again cancels it.`
+      : "Timed value: due now; the service is reverting it.";
+  };
+  render();
+  line.hidden = false;
+  timerTick = setInterval(render, 1000);
+}
+
 /** The editor after a save or a revert answered `status`. */
 async function showSaved(name, status, data, done) {
   if (status === 200) {
@@ -543,6 +570,8 @@ async function showSaved(name, status, data, done) {
     $("settings-conflict").hidden = true;
     $("settings-saved").textContent = `${done}: ${name} is at version ${data.version}.`;
     $("editor-version").textContent = `Version ${data.version}, updated ${fmtTime(data.updated_at)} by ${data.updated_by}.`;
+    $("settings-revert-after").value = "";
+    showTimer(data.revert_at);
     await Promise.all([loadSettings(), loadSettingsHistory(name)]);
     return;
   }

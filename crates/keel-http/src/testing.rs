@@ -68,6 +68,16 @@ impl SseStream {
         self.until_within(kind, needle, Duration::from_secs(10)).await
     }
 
+    /// The next event not yet returned by this method or seen by
+    /// [`until`](Self::until) (`None`: none within `limit`, or the stream
+    /// ended).
+    pub async fn next_within(&mut self, limit: Duration) -> Option<eventsource_stream::Event> {
+        use futures_util::StreamExt as _;
+        let event = tokio::time::timeout(limit, self.events.next()).await.ok().flatten()?;
+        self.seen.push(event.clone());
+        Some(event)
+    }
+
     /// [`until`](Self::until), waiting at most `limit`.
     pub async fn until_within(&mut self, kind: &str, needle: &str, limit: Duration) -> String {
         use futures_util::StreamExt as _;

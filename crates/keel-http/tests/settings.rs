@@ -270,3 +270,171 @@ async fn reverting_to_a_value_the_current_rules_refuse_is_a_422() {
     let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
     assert_eq!(current["version"], 2);
 }
+
+/// The settings router served on a real socket, as the server serves it
+/// (stream gate, shutdown).
+struct Served {
+    addr: String,
+    shutdown: keel_core::Shutdown,
+    task: tokio::task::JoinHandle<Result<(), keel_http::ServeError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve(limits: keel_http::StreamLimits) -> Served {
+    let (app, dir) = router(Some("s3cret")).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = keel_core::Shutdown::new();
+    let connection_limits =
+        keel_http::ConnectionLimits { streams: keel_http::StreamGate::new(limits), ..Default::default() };
+    let task = tokio::spawn(keel_http::serve_with_limits(
+        listener,
+        app.with_state(()),
+        shutdown.clone(),
+        keel_http::DrainConfig::default(),
+        connection_limits,
+    ));
+    Served { addr, shutdown, task, _dir: dir }
+}
+
+async fn put_level(addr: &str, level_name: &str) -> u16 {
+    let body = level(level_name).to_string();
+    let headers = [ADMIN, ("content-type", "application/json")];
+    keel_http::testing::http_request(addr, "PUT", "/api/v1/settings/monitoring", &headers, &body).await.0
+}
+
+/// The next `settings` event: its id and the document it carries.
+async fn next_document(stream: &mut keel_http::testing::SseStream) -> (String, Value) {
+    let event = stream.next_within(std::time::Duration::from_secs(10)).await.expect("a settings event");
+    assert_eq!(event.event, "settings", "{event:?}");
+    (event.id.clone(), serde_json::from_str(&event.data).unwrap())
+}
+
+/// The stream opens with the document, sends each new version with its
+/// version as the event id, and resumes from `Last-Event-ID`: the current
+/// version sends nothing until the next one, an older one the current
+/// document at once, one the process has not reached yet nothing until it
+/// has gone past it.
+#[tokio::test]
+async fn a_settings_stream_sends_each_version_and_resumes_from_last_event_id() {
+    use keel_http::testing::sse;
+    let served = serve(keel_http::StreamLimits::default()).await;
+    let addr = served.addr.as_str();
+    let path = "/api/v1/settings/monitoring/stream";
+    let mut fresh = sse(addr, path, &[]).await;
+    let (id, document) = next_document(&mut fresh).await;
+    assert_eq!(
+        (id.as_str(), document["version"].clone(), document["name"].clone()),
+        ("0", json!(0), json!("monitoring"))
+    );
+
+    assert_eq!(put_level(addr, "debug").await, 200);
+    let (id, document) = next_document(&mut fresh).await;
+    assert_eq!((id.as_str(), document["value"].clone()), ("1", level("debug")));
+
+    let mut current = sse(addr, path, &[("last-event-id", "1")]).await;
+    let mut older = sse(addr, path, &[("last-event-id", "0")]).await;
+    let (id, document) = next_document(&mut older).await;
+    assert_eq!(
+        (id.as_str(), document["value"].clone()),
+        ("1", level("debug")),
+        "an older id gets the current document"
+    );
+    let mut ahead = sse(addr, path, &[("last-event-id", "3")]).await;
+
+    assert_eq!(put_level(addr, "warn").await, 200);
+    let (id, document) = next_document(&mut current).await;
+    assert_eq!((id.as_str(), document["value"].clone()), ("2", level("warn")), "nothing before the next version");
+    assert_eq!(next_document(&mut fresh).await.0, "2");
+    assert_eq!(next_document(&mut older).await.0, "2");
+    // Versions 2 and 3 are not past what the client saw; 4 is.
+    assert_eq!(put_level(addr, "error").await, 200);
+    assert_eq!(put_level(addr, "info").await, 200);
+    let (id, document) = next_document(&mut ahead).await;
+    assert_eq!((id.as_str(), document["value"].clone()), ("4", level("info")));
+    // A version whose value equals the last is a new version all the same.
+    assert_eq!(put_level(addr, "info").await, 200);
+    assert_eq!(next_document(&mut ahead).await.0, "5");
+
+    for (id, status) in [("abc", 400), ("-1", 400), ("\u{84}", 400), ("", 200)] {
+        let response = status_with_last_event_id(addr, path, id).await;
+        assert_eq!(response, status, "Last-Event-ID {id:?}");
+    }
+    let (status, _) = keel_http::testing::http_get(addr, "/api/v1/settings/nope/stream").await;
+    assert_eq!(status, 404);
+    served.shutdown.trigger();
+}
+
+/// The status of `GET path` with `Last-Event-ID: id`, without reading the
+/// stream.
+async fn status_with_last_event_id(addr: &str, path: &str, id: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nLast-Event-ID: {id}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).await.unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// Shutdown ends a settings stream with an `end` event instead of holding
+/// the connection (and the drain) for the whole grace period; the stream
+/// counts against the process's stream limit.
+#[tokio::test]
+async fn shutdown_ends_a_settings_stream_with_a_named_event_and_streams_are_bounded() {
+    let limits = keel_http::StreamLimits { max_streams: 1, ..keel_http::StreamLimits::default() };
+    let served = serve(limits).await;
+    let path = "/api/v1/settings/monitoring/stream";
+    let mut stream = keel_http::testing::sse(&served.addr, path, &[]).await;
+    assert_eq!(next_document(&mut stream).await.0, "0");
+    let (status, body) = keel_http::testing::http_get(&served.addr, path).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many streams"), "{body}");
+
+    let started = std::time::Instant::now();
+    served.shutdown.trigger();
+    let end = stream.until("end", "shutdown").await;
+    assert_eq!(serde_json::from_str::<Value>(&end).unwrap(), json!({"reason": "shutdown"}));
+    assert!(stream.next_within(std::time::Duration::from_secs(5)).await.is_none(), "the stream ended after it");
+    tokio::time::timeout(std::time::Duration::from_secs(5), served.task).await.unwrap().unwrap().unwrap();
+    assert!(started.elapsed() < keel_http::DrainConfig::default().grace, "the drain did not wait for the stream");
+}
+
+/// `?revert_after=` makes a write a timed value: the answer and `GET` say
+/// when it reverts; a duration that does not parse is a 400, one outside
+/// 1 s to the maximum a 422, and nothing is written for either.
+#[tokio::test]
+async fn a_timed_write_says_when_it_reverts_and_bad_durations_are_refused() {
+    let (app, _dir) = router(Some("s3cret")).await;
+    let put = |query: &'static str| {
+        let app = app.clone();
+        async move {
+            let uri = format!("/api/v1/settings/monitoring{query}");
+            send(&app, "PUT", &uri, &[ADMIN], Some(level("debug"))).await
+        }
+    };
+    let before = std::time::SystemTime::now();
+    let response = put("?revert_after=15m").await;
+    assert_eq!(response.status(), 200);
+    let body = json(response).await;
+    let at = humantime::parse_rfc3339(body["revert_at"].as_str().unwrap()).unwrap();
+    let lead = at.duration_since(before).unwrap();
+    assert!(lead > std::time::Duration::from_secs(899) && lead < std::time::Duration::from_secs(960), "{lead:?}");
+    let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
+    assert_eq!(current["revert_at"], body["revert_at"]);
+
+    for (query, status) in [
+        ("?revert_after=soon", 400),
+        ("?revert_after=15", 400),
+        ("?revert_after=100ms", 422),
+        ("?revert_after=25h", 422),
+    ] {
+        let response = put(query).await;
+        assert_eq!(response.status(), status, "{query}");
+        let message = json(response).await["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("revert_after"), "{query}: {message}");
+    }
+    let plain = json(put("").await).await;
+    assert_eq!(plain["version"], 2, "only the good writes were made");
+    assert!(plain.get("revert_at").is_none(), "a plain write cancels the timer: {plain}");
+}

@@ -32,6 +32,8 @@ struct DocRow {
     updated_at_ms: i64,
     #[diesel(sql_type = Text)]
     updated_by: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    revert_at_ms: Option<i64>,
 }
 
 #[derive(QueryableByName)]
@@ -67,6 +69,7 @@ fn document(row: DocRow) -> Result<StoredDocument, StoreError> {
         version: row.version,
         updated_at_ms: row.updated_at_ms,
         updated_by: row.updated_by,
+        revert_at_ms: row.revert_at_ms,
     })
 }
 
@@ -102,12 +105,12 @@ struct Sql {
 #[cfg(feature = "postgres")]
 const POSTGRES: Sql = Sql {
     version: "SELECT version FROM settings WHERE name = $1",
-    load: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1",
-    lock: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by FROM settings WHERE name = $1 FOR UPDATE",
-    update: "UPDATE settings SET value = $2::jsonb, version = version + 1, updated_at = to_timestamp($4::double precision / 1000), updated_by = $3 WHERE name = $1 AND version = $5 \
-             RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by",
-    insert: "INSERT INTO settings (name, value, version, updated_at, updated_by) VALUES ($1, $2::jsonb, 1, to_timestamp($4::double precision / 1000), $3) ON CONFLICT (name) DO NOTHING \
-             RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by",
+    load: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by, revert_at AS revert_at_ms FROM settings WHERE name = $1",
+    lock: "SELECT name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by, revert_at AS revert_at_ms FROM settings WHERE name = $1 FOR UPDATE",
+    update: "UPDATE settings SET value = $2::jsonb, version = version + 1, updated_at = to_timestamp($4::double precision / 1000), updated_by = $3, revert_at = $6 WHERE name = $1 AND version = $5 \
+             RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by, revert_at AS revert_at_ms",
+    insert: "INSERT INTO settings (name, value, version, updated_at, updated_by, revert_at) VALUES ($1, $2::jsonb, 1, to_timestamp($4::double precision / 1000), $3, $5) ON CONFLICT (name) DO NOTHING \
+             RETURNING name, value::text AS value, version, (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms, updated_by, revert_at AS revert_at_ms",
     audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at, reverted_from) VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, to_timestamp($6::double precision / 1000), $7)",
     history: "SELECT version, actor, (extract(epoch FROM changed_at) * 1000)::bigint AS time_ms, old_value::text AS old, new_value::text AS new, reverted_from \
               FROM settings_audit WHERE name = $1 ORDER BY version DESC LIMIT $2",
@@ -117,13 +120,13 @@ const POSTGRES: Sql = Sql {
 #[cfg(feature = "sqlite")]
 const SQLITE: Sql = Sql {
     version: "SELECT version FROM settings WHERE name = ?",
-    load: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by FROM settings WHERE name = ?",
+    load: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by, revert_at AS revert_at_ms FROM settings WHERE name = ?",
     // SQLite serialises writers; the version guard on the update does the rest.
-    lock: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by FROM settings WHERE name = ?",
-    update: "UPDATE settings SET value = ?2, version = version + 1, updated_at = ?4, updated_by = ?3 WHERE name = ?1 AND version = ?5 \
-             RETURNING name, value, version, updated_at AS updated_at_ms, updated_by",
-    insert: "INSERT INTO settings (name, value, version, updated_at, updated_by) VALUES (?1, ?2, 1, ?4, ?3) ON CONFLICT (name) DO NOTHING \
-             RETURNING name, value, version, updated_at AS updated_at_ms, updated_by",
+    lock: "SELECT name, value, version, updated_at AS updated_at_ms, updated_by, revert_at AS revert_at_ms FROM settings WHERE name = ?",
+    update: "UPDATE settings SET value = ?2, version = version + 1, updated_at = ?4, updated_by = ?3, revert_at = ?6 WHERE name = ?1 AND version = ?5 \
+             RETURNING name, value, version, updated_at AS updated_at_ms, updated_by, revert_at AS revert_at_ms",
+    insert: "INSERT INTO settings (name, value, version, updated_at, updated_by, revert_at) VALUES (?1, ?2, 1, ?4, ?3, ?5) ON CONFLICT (name) DO NOTHING \
+             RETURNING name, value, version, updated_at AS updated_at_ms, updated_by, revert_at AS revert_at_ms",
     audit: "INSERT INTO settings_audit (name, version, old_value, new_value, actor, changed_at, reverted_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     history: "SELECT version, actor, changed_at AS time_ms, old_value AS old, new_value AS new, reverted_from FROM settings_audit WHERE name = ? ORDER BY version DESC LIMIT ?",
     value_at: "SELECT new_value AS value FROM settings_audit WHERE name = ? AND version = ?",
@@ -186,7 +189,7 @@ macro_rules! with_sql {
             .map_err(keel_store::StoreError::from)?;
         rows.into_iter().next().map(|row| parse($name, &row.value)).transpose()
     }};
-    (save, $conn:expr, $sql:expr, $name:expr, $value:expr, $expected:expr, $actor:expr, $reverted_from:expr) => {{
+    (save, $conn:expr, $sql:expr, $name:expr, $value:expr, $expected:expr, $actor:expr, $reverted_from:expr, $revert_at:expr) => {{
         let new_text = $value.to_string();
         let now = keel_core::unix_millis(std::time::SystemTime::now());
         let result: Result<StoredDocument, SaveFailure> = $conn
@@ -206,6 +209,7 @@ macro_rules! with_sql {
                         .bind::<Text, _>($actor)
                         .bind::<BigInt, _>(now)
                         .bind::<BigInt, _>(current_version)
+                        .bind::<Nullable<BigInt>, _>($revert_at)
                         .load::<DocRow>(conn)
                         .await?
                         .into_iter()
@@ -216,6 +220,7 @@ macro_rules! with_sql {
                         .bind::<Text, _>(&new_text)
                         .bind::<Text, _>($actor)
                         .bind::<BigInt, _>(now)
+                        .bind::<Nullable<BigInt>, _>($revert_at)
                         .load::<DocRow>(conn)
                         .await?
                         .into_iter()
@@ -246,7 +251,8 @@ macro_rules! with_sql {
 }
 
 impl DbSettingsStore {
-    /// The checked, audited save; `reverted_from` marks a revert.
+    /// The checked, audited save; `reverted_from` marks a revert,
+    /// `revert_at` a timed value.
     async fn save_audited(
         &self,
         name: &str,
@@ -254,16 +260,17 @@ impl DbSettingsStore {
         expected: Option<i64>,
         actor: &str,
         reverted_from: Option<i64>,
+        revert_at: Option<i64>,
     ) -> Result<StoredDocument, StoreError> {
         self.database
             .timed("update", "settings", async move {
                 #[cfg(feature = "postgres")]
                 if let Some(mut conn) = self.database.postgres_connection().await? {
-                    return with_sql!(save, conn, POSTGRES, name, value, expected, actor, reverted_from);
+                    return with_sql!(save, conn, POSTGRES, name, value, expected, actor, reverted_from, revert_at);
                 }
                 #[cfg(feature = "sqlite")]
                 if let Some(mut conn) = self.database.sqlite_connection().await? {
-                    return with_sql!(save, conn, SQLITE, name, value, expected, actor, reverted_from);
+                    return with_sql!(save, conn, SQLITE, name, value, expected, actor, reverted_from, revert_at);
                 }
                 Err(no_backend())
             })
@@ -311,7 +318,7 @@ impl SettingsStore for DbSettingsStore {
         expected: Option<i64>,
         actor: &'a str,
     ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
-        Box::pin(self.save_audited(name, value, expected, actor, None))
+        Box::pin(self.save_audited(name, value, expected, actor, None, None))
     }
 
     fn save_reverted<'a>(
@@ -322,7 +329,18 @@ impl SettingsStore for DbSettingsStore {
         actor: &'a str,
         reverted_from: i64,
     ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
-        Box::pin(self.save_audited(name, value, expected, actor, Some(reverted_from)))
+        Box::pin(self.save_audited(name, value, expected, actor, Some(reverted_from), None))
+    }
+
+    fn save_timed<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+        revert_at_ms: i64,
+    ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
+        Box::pin(self.save_audited(name, value, expected, actor, None, Some(revert_at_ms)))
     }
 
     fn value_at<'a>(

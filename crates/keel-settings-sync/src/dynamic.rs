@@ -22,6 +22,8 @@ pub struct DocumentView {
     pub updated_at: Option<SystemTime>,
     /// Who wrote it.
     pub updated_by: String,
+    /// When this version returns to the value before it (a timed value).
+    pub revert_at: Option<SystemTime>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -37,12 +39,16 @@ pub trait DynSettings: Send + Sync {
     fn version(&self) -> i64 {
         self.view().version
     }
-    /// Decodes `value` as the document type and updates it.
+    /// Every new version as it is installed ([`Settings::versions`]).
+    fn versions(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// Decodes `value` as the document type and updates it; with
+    /// `revert_after`, as a timed value ([`Settings::update_for`]).
     fn update_json<'a>(
         &'a self,
         value: serde_json::Value,
         expected: Option<i64>,
         actor: &'a str,
+        revert_after: Option<std::time::Duration>,
     ) -> BoxFuture<'a, Result<DocumentView, UpdateError>>;
     /// Writes the value of `version` again as the next version
     /// ([`Settings::revert`]).
@@ -67,6 +73,10 @@ impl<T: Document> DynSettings for Settings<T> {
         Settings::version(self)
     }
 
+    fn versions(&self) -> tokio::sync::watch::Receiver<i64> {
+        Settings::versions(self)
+    }
+
     fn view(&self) -> DocumentView {
         let current = self.current();
         DocumentView {
@@ -75,6 +85,7 @@ impl<T: Document> DynSettings for Settings<T> {
             value: serde_json::to_value(&*current.value).unwrap_or(serde_json::Value::Null),
             updated_at: current.updated_at,
             updated_by: current.updated_by,
+            revert_at: current.revert_at,
         }
     }
 
@@ -83,10 +94,14 @@ impl<T: Document> DynSettings for Settings<T> {
         value: serde_json::Value,
         expected: Option<i64>,
         actor: &'a str,
+        revert_after: Option<std::time::Duration>,
     ) -> BoxFuture<'a, Result<DocumentView, UpdateError>> {
         Box::pin(async move {
             let typed = self.decode(value)?;
-            self.update(typed, expected, actor).await?;
+            match revert_after {
+                Some(after) => self.update_for(typed, expected, actor, after).await?,
+                None => self.update(typed, expected, actor).await?,
+            };
             Ok(DynSettings::view(self))
         })
     }

@@ -60,7 +60,8 @@ pub use db::DbSettingsStore;
 pub use dynamic::{DocumentView, DynSettings, SettingsRegistry};
 pub use rules::{DEFAULT_ACTOR, DEFAULT_HISTORY, HistoryError, MAX_ACTOR, MAX_HISTORY, actor};
 pub use settings::{
-    Document, Settings, SettingsConfig, SettingsDeps, SettingsError, SyncState, UpdateError, Versioned,
+    Document, Settings, SettingsConfig, SettingsDeps, SettingsError, SyncState, TIMED_REVERT_ACTOR, UpdateError,
+    Versioned,
 };
 pub use store::{Change, SettingsStore, StoreError, StoreFuture, StoredDocument};
 

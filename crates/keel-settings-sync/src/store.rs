@@ -22,6 +22,11 @@ pub struct StoredDocument {
     pub updated_at_ms: i64,
     /// Who wrote it last.
     pub updated_by: String,
+    /// When this version returns to the value before it (a timed value,
+    /// [`Settings::update_for`](crate::Settings::update_for)), in
+    /// milliseconds since the Unix epoch; `None` for a plain write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_at_ms: Option<i64>,
 }
 
 impl StoredDocument {
@@ -71,6 +76,10 @@ pub enum StoreError {
         /// Parser message.
         reason: String,
     },
+    /// The store cannot do what was asked (a store written for an older
+    /// Keel keeps no timed values).
+    #[error("this settings store cannot {0}")]
+    Unsupported(&'static str),
 }
 
 /// The database of record for settings documents.
@@ -125,5 +134,21 @@ pub trait SettingsStore: Send + Sync + 'static {
     ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
         let _ = reverted_from;
         self.save(name, value, expected, actor)
+    }
+
+    /// [`save`](Self::save) of a timed value: the stored document carries
+    /// `revert_at_ms` until the next write replaces it. The default refuses
+    /// ([`StoreError::Unsupported`]): a timer the store forgets would never
+    /// fire.
+    fn save_timed<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a serde_json::Value,
+        expected: Option<i64>,
+        actor: &'a str,
+        revert_at_ms: i64,
+    ) -> StoreFuture<'a, Result<StoredDocument, StoreError>> {
+        let _ = (name, value, expected, actor, revert_at_ms);
+        Box::pin(async { Err(StoreError::Unsupported("keep timed values")) })
     }
 }

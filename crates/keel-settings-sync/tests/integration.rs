@@ -166,12 +166,17 @@ async fn behaviour(world: World) {
     sb.reload().await;
     assert_eq!((sb.version(), sb.get().limit), (3, 3));
 
-    // Listeners fire only on a real change of value.
+    // Listeners fire only on a real change of value; the version channel
+    // on every new version, on the writer's pod and the other's.
     let mut changes = sa.subscribe();
     changes.mark_unchanged();
+    let (mut versions_a, mut versions_b) = (sa.versions(), sb.versions());
+    assert_eq!((*versions_a.borrow_and_update(), *versions_b.borrow_and_update()), (3, 3));
     sa.update(flags(3), None, "ada").await.unwrap();
     assert!(!changes.has_changed().unwrap(), "same value, new version: no change event");
     assert_eq!(sa.version(), 4);
+    assert_eq!(*versions_a.borrow_and_update(), 4, "the writer's channel has the version when the update returns");
+    tokio::time::timeout(Duration::from_secs(5), versions_b.wait_for(|v| *v == 4)).await.unwrap().unwrap();
 
     // A revert writes an earlier version's value as the next version, seen
     // by the other pod like any update; the audit trail names the version.
@@ -185,6 +190,18 @@ async fn behaviour(world: World) {
     assert!(matches!(err, UpdateError::UnknownVersion { version: 99, .. }), "{err}");
     let err = sa.revert(1, Some(4), "dee").await.unwrap_err();
     assert!(matches!(err, UpdateError::Conflict { expected: 4, current: 5, .. }), "{err}");
+
+    // A timed value keeps its time in the record and the shared cache, so
+    // the other pod arms the same timer; the next write clears it.
+    let timed = sa.update_for(flags(4), None, "ada", Duration::from_secs(3600)).await.unwrap();
+    until_version(&sb, timed.version).await;
+    let due = timed.revert_at.map(keel_core::unix_millis);
+    assert!(due.is_some());
+    assert_eq!(sb.current().revert_at.map(keel_core::unix_millis), due);
+    assert_eq!(a.deps.store.load(&name).await.unwrap().unwrap().revert_at_ms, due);
+    let plain = sb.update(flags(5), None, "bob").await.unwrap();
+    assert_eq!(plain.revert_at, None);
+    assert_eq!(a.deps.store.load(&name).await.unwrap().unwrap().revert_at_ms, None);
 
     drop((sa, sb, a, b));
     world.finish().await;
@@ -465,7 +482,7 @@ async fn invalid_names_and_documents_are_typed_errors() {
     let err = validated.update(flags(101), None, "ada").await.unwrap_err();
     assert!(matches!(err, UpdateError::Invalid { .. }) && err.to_string().contains("at most 100"), "{err}");
     let erased: &dyn keel_settings_sync::DynSettings = &validated;
-    let err = erased.update_json(serde_json::json!({"dark_mode": "yes"}), None, "ada").await.unwrap_err();
+    let err = erased.update_json(serde_json::json!({"dark_mode": "yes"}), None, "ada", None).await.unwrap_err();
     assert!(matches!(err, UpdateError::Invalid { .. }), "{err}");
     assert_eq!(validated.version(), 0);
     let _ = pod.database;
@@ -571,4 +588,103 @@ async fn a_replica_opened_on_a_stale_cache_catches_up_with_the_database() {
     assert_eq!((sb.version(), sb.get().limit), (2, 2), "the database's version wins over the cached one");
     drop((sa, sb));
     temp.drop_database().await;
+}
+
+/// Two embedded pods sharing one clock that the test moves with tokio's.
+async fn timed_pods(world: &World, clock: &ManualClock, name: &str) -> (Vec<Pod>, Settings<Flags>, Settings<Flags>) {
+    let mut pods = Vec::new();
+    for _ in 0..2 {
+        let mut pod = world.pod().await;
+        pod.deps.clock = clock.shared();
+        pods.push(pod);
+    }
+    let sa = open(&pods[0], name).await;
+    let sb = open(&pods[1], name).await;
+    (pods, sa, sb)
+}
+
+/// Both clocks forward by `by`, then a moment for the tasks that woke.
+async fn pass(clock: &ManualClock, by: Duration) {
+    clock.advance(by);
+    tokio::time::sleep(by).await;
+}
+
+/// A timed value returns to the value before it once, whichever pod gets
+/// there first (both hold the timer); a later write cancels it; a first
+/// write that was timed returns to the default; bounds are enforced.
+#[tokio::test(start_paused = true)]
+async fn a_timed_value_reverts_once_across_pods_and_a_later_write_cancels_it() {
+    use keel_settings_sync::TIMED_REVERT_ACTOR;
+    let world = World::embedded().await;
+    let clock = ManualClock::new();
+    let (_pods, sa, sb) = timed_pods(&world, &clock, "timed").await;
+    sa.update(flags(1), None, "ada").await.unwrap();
+    let timed = sa.update_for(flags(2), Some(1), "ada", Duration::from_secs(15 * 60)).await.unwrap();
+    use keel_core::Clock as _;
+    let due = keel_core::unix_millis(clock.now() + Duration::from_secs(15 * 60));
+    assert_eq!(timed.revert_at.map(keel_core::unix_millis), Some(due));
+    until_version(&sb, 2).await;
+    assert_eq!(sb.current().revert_at, timed.revert_at, "the other pod knows the time too");
+
+    pass(&clock, Duration::from_secs(14 * 60)).await;
+    assert_eq!(sa.version(), 2, "not before its time");
+    pass(&clock, Duration::from_secs(61)).await;
+    until_version(&sa, 3).await;
+    until_version(&sb, 3).await;
+    let reverted = sb.current();
+    assert_eq!(
+        (reverted.value.as_ref().clone(), reverted.updated_by.as_str(), reverted.revert_at),
+        (flags(1), TIMED_REVERT_ACTOR, None)
+    );
+    pass(&clock, Duration::from_secs(3600)).await;
+    let history = sa.history(Some(10)).await.unwrap();
+    let timed_reverts: Vec<_> = history.iter().filter(|c| c.actor == TIMED_REVERT_ACTOR).collect();
+    assert_eq!(timed_reverts.len(), 1, "exactly one revert across both pods: {history:?}");
+    assert_eq!((timed_reverts[0].version, timed_reverts[0].reverted_from), (3, Some(1)));
+    assert_eq!(sa.version(), 3);
+
+    // A later manual write cancels the timer.
+    sa.update_for(flags(7), None, "ada", Duration::from_secs(3600)).await.unwrap();
+    sb.update(flags(8), None, "bob").await.unwrap();
+    until_version(&sa, 5).await;
+    pass(&clock, Duration::from_secs(2 * 3600)).await;
+    assert_eq!((sa.version(), sb.version(), sa.get().limit), (5, 5, 8), "the manual write stands");
+
+    // Bounds: 1 s to the configured maximum (24 h by default).
+    for bad in [Duration::from_millis(500), Duration::from_secs(25 * 3600)] {
+        let err = sa.update_for(flags(9), None, "ada", bad).await.unwrap_err();
+        assert!(matches!(err, UpdateError::RevertAfter { .. }), "{err}");
+    }
+    assert_eq!(sa.version(), 5, "nothing written");
+
+    // A timed first write returns to the never-written default.
+    let (_others, first, _) = timed_pods(&world, &clock, "timed-first").await;
+    first.update_for(flags(3), Some(0), "ada", Duration::from_secs(60)).await.unwrap();
+    pass(&clock, Duration::from_secs(61)).await;
+    until_version(&first, 2).await;
+    assert_eq!(*first.get(), Flags::default());
+}
+
+/// When no process was running at the time, the first one to open the
+/// document reverts it at once.
+#[tokio::test(start_paused = true)]
+async fn a_timed_value_that_came_due_while_every_process_was_down_is_reverted_at_start() {
+    use keel_settings_sync::TIMED_REVERT_ACTOR;
+    let world = World::embedded().await;
+    let clock = ManualClock::new();
+    {
+        let (_pods, sa, sb) = timed_pods(&world, &clock, "due").await;
+        sa.update(flags(1), None, "ada").await.unwrap();
+        sa.update_for(flags(2), None, "ada", Duration::from_secs(60)).await.unwrap();
+        until_version(&sb, 2).await;
+    }
+    // Every process gone; the time passes on the wall clock only.
+    clock.advance(Duration::from_secs(3600));
+    let (_pods, sa, _sb) = timed_pods(&world, &clock, "due").await;
+    until_version(&sa, 3).await;
+    let current = sa.current();
+    assert_eq!((current.value.as_ref().clone(), current.updated_by.as_str()), (flags(1), TIMED_REVERT_ACTOR));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reverts = sa.history(Some(10)).await.unwrap().into_iter().filter(|c| c.actor == TIMED_REVERT_ACTOR).count();
+    assert_eq!((reverts, sa.version()), (1, 3), "once, though both new pods saw it due");
 }

@@ -10,7 +10,10 @@
 //! fails when a ratio is below its target. Timing on a shared machine is
 //! noisy, so this is not part of `cargo xtask ci`. The durable write path
 //! also charges every process (api, worker, Redis, PostgreSQL, wrk) its CPU
-//! time per persisted write. `KEEL_BENCH_CONNECTIONS` runs wrk at another
+//! time per persisted write. The settings propagation line starts a second
+//! cluster api and follows one document from 1,000 Server-Sent Event
+//! subscribers while it is written 200 times (`propagation.rs`).
+//! `KEEL_BENCH_CONNECTIONS` runs wrk at another
 //! concurrency than the 32 connections the targets are set for.
 
 use std::path::Path;
@@ -24,6 +27,7 @@ use crate::servers::{Binary, Postgres, Redis};
 mod cpu;
 mod durable;
 mod machine;
+mod propagation;
 mod wrk;
 use durable::*;
 use machine::*;
@@ -164,11 +168,16 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
         token.clone(),
     ];
     let mut cluster = Binary::spawn(&binaries.api, "--listen", &cluster_env, &run.join("cluster-api.log"))?;
+    // A second replica for the settings propagation line only.
+    let mut replica = match wanted("settings propagation") {
+        true => Some(Binary::spawn(&binaries.api, "--listen", &cluster_env, &run.join("cluster-api-2.log"))?),
+        false => None,
+    };
     let mut worker = Binary::spawn(&binaries.worker, "--admin-listen", &cluster_env, &run.join("worker.log"))?;
     // With PostgreSQL too: the fair baseline's consumer persists its stream.
     let baseline_env = [("REDIS_URL", redis.url()), ("DATABASE_URL", pg.url("bench"))];
     let mut baseline = Binary::spawn(&baseline_bin, "--listen", &baseline_env, &run.join("baseline.log"))?;
-    for process in [&mut embedded, &mut in_memory, &mut cluster, &mut worker] {
+    for process in [&mut embedded, &mut in_memory, &mut cluster, &mut worker].into_iter().chain(replica.as_mut()) {
         process.wait_ready(Duration::from_secs(60))?;
     }
     crate::servers::wait_until(Duration::from_secs(20), || {
@@ -211,15 +220,48 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     } else {
         json!(null)
     };
+    let propagation = match &replica {
+        Some(replica) => propagation::settings_propagation([&cluster.addr, &replica.addr], &token.1)?,
+        None => json!(null),
+    };
     let rss: Vec<(&str, u64)> =
         [("api (embedded)", &embedded), ("api (cluster)", &cluster), ("worker", &worker), ("baseline", &baseline)]
             .into_iter()
             .map(|(name, process)| (name, rss_kib(process.pid())))
             .collect();
-    for process in [&mut embedded, &mut in_memory, &mut cluster, &mut worker, &mut baseline] {
+    for process in
+        [&mut embedded, &mut in_memory, &mut cluster, &mut worker, &mut baseline].into_iter().chain(replica.as_mut())
+    {
         let _ = process.kill();
     }
     print_table(&measured, &durable, &rss);
+    if !propagation.is_null() {
+        for (label, side) in [
+            ("subscribers on the writer's replica", "writer_replica"),
+            ("subscribers on the other replica", "other_replica"),
+            ("counted from the request sent, not its answer", "from_request"),
+        ] {
+            let figures = &propagation[side];
+            eprintln!(
+                "settings propagation, {label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                figures["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                figures["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                figures["max_ms"].as_f64().unwrap_or(f64::NAN),
+            );
+        }
+        eprintln!(
+            "\nsettings propagation ({} SSE subscribers on 2 cluster replicas, {} writes on one): p50 {:.2} ms, p99 \
+             {:.2} ms (target ≤ {} ms), max {:.2} ms; {} versions missed, {} out of order",
+            propagation["subscribers"],
+            propagation["writes"],
+            propagation["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            propagation["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            propagation::P99_TARGET_MS,
+            propagation["max_ms"].as_f64().unwrap_or(f64::NAN),
+            propagation["missed"],
+            propagation["out_of_order"],
+        );
+    }
     eprintln!(
         "local write-ahead log (embedded, fsync): {} appends in {} group commits, {:.1} writes per fdatasync",
         log["appends"],
@@ -232,6 +274,7 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
         "comparisons": measured.iter().map(Measured::json).collect::<Vec<_>>(),
         "durable": durable,
         "local_log": log,
+        "settings_propagation": propagation,
         "rss_kib": rss.iter().map(|(n, kib)| json!({"process": n, "kib": kib})).collect::<Vec<_>>(),
     });
     let path = dir.join("http.json");
@@ -243,6 +286,9 @@ pub fn http(root: &Path, filter: Option<&str>) -> Result<()> {
     }
     if durable["fair_ratio"].as_f64().is_some_and(|r| r < durable::FAIR_TARGET) {
         missed.push("durable write path against the fair baseline");
+    }
+    if !propagation.is_null() && !propagation::met(&propagation) {
+        missed.push("settings propagation");
     }
     if !missed.is_empty() {
         bail!("below target: {}", missed.join(", "));

@@ -29,7 +29,8 @@ impl Lab {
             | Fault::DiskFull
             | Fault::SecondProcess
             | Fault::StreamFlood
-            | Fault::MonitoringFlood => {
+            | Fault::MonitoringFlood
+            | Fault::TimedRevert => {
                 std::thread::sleep(hold);
             }
             Fault::WorkerKill => {

@@ -9,6 +9,7 @@ mod faults;
 mod judge;
 pub(crate) mod load;
 mod report;
+mod settings;
 mod special;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,9 @@ enum Fault {
     /// 2 000 admin monitoring streams with `keel_http::request` at debug:
     /// each receives under 4 KiB in 10 s (no record fans out to all).
     MonitoringFlood,
+    /// Two cluster apis: a timed settings value whose writer is SIGKILLed,
+    /// and one that comes due while both are down, revert once each.
+    TimedRevert,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +74,7 @@ struct Scenario {
     fault: Fault,
 }
 
-const SCENARIOS: [Scenario; 20] = [
+const SCENARIOS: [Scenario; 21] = [
     Scenario { name: "worker-kill", streams: true, load: Load::Entries, fault: Fault::WorkerKill },
     Scenario { name: "pg-stop", streams: true, load: Load::Entries, fault: Fault::PgStop },
     Scenario { name: "pg-pause", streams: true, load: Load::Entries, fault: Fault::PgPause },
@@ -91,6 +95,7 @@ const SCENARIOS: [Scenario; 20] = [
     Scenario { name: "second-process", streams: false, load: Load::Entries, fault: Fault::SecondProcess },
     Scenario { name: "stream-flood", streams: false, load: Load::Entries, fault: Fault::StreamFlood },
     Scenario { name: "monitoring-flood", streams: false, load: Load::Entries, fault: Fault::MonitoringFlood },
+    Scenario { name: "timed-revert", streams: true, load: Load::Entries, fault: Fault::TimedRevert },
 ];
 
 /// Durations and rates of one run.
@@ -254,6 +259,7 @@ impl Lab {
             Fault::Kill9 { embedded } => return self.kill9(scenario, &database, &envs, embedded, &log),
             Fault::DiskFull => return self.disk_full(scenario, &envs, &log),
             Fault::SecondProcess => return self.second_process(scenario, &envs, &log),
+            Fault::TimedRevert => return self.timed_revert(scenario, &envs, &log),
             _ => {}
         }
         let mut api = Binary::spawn(&self.api, "--listen", &with(&envs, "KEEL_INSTANCE_ID", "chaos-api"), &log)?;

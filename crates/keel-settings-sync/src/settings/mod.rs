@@ -20,11 +20,13 @@ use crate::store::{SettingsStore, StoreError, StoredDocument};
 mod follower;
 mod read;
 mod refill;
+mod timed;
 mod write;
 
 #[cfg(test)]
 use follower::announced_version;
 use follower::{Invalidation, follow};
+pub use timed::TIMED_REVERT_ACTOR;
 
 /// What a settings document must be.
 pub trait Document: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static {}
@@ -43,6 +45,9 @@ pub struct SettingsConfig {
     pub poll_interval: Duration,
     /// Poll interval while the last refresh failed (default 5 s).
     pub retry_interval: Duration,
+    /// The longest a timed value may last before it reverts
+    /// ([`Settings::update_for`]; default 24 h).
+    pub max_revert_after: Duration,
 }
 
 impl SettingsConfig {
@@ -64,6 +69,7 @@ impl Default for SettingsConfig {
             cache_ttl: Duration::from_secs(30 * 60),
             poll_interval: Duration::from_secs(5 * 60),
             retry_interval: Duration::from_secs(5),
+            max_revert_after: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -115,6 +121,9 @@ pub struct Versioned<T> {
     pub updated_at: Option<SystemTime>,
     /// Who wrote it.
     pub updated_by: String,
+    /// When this version returns to the value before it (a timed value);
+    /// `None` for a plain write.
+    pub revert_at: Option<SystemTime>,
 }
 
 /// How fresh this process's copy is.
@@ -171,6 +180,17 @@ pub enum UpdateError {
         name: String,
         /// The version asked for.
         version: i64,
+    },
+    /// A timed value asked for a time outside 1 s to
+    /// [`SettingsConfig::max_revert_after`].
+    #[error("settings {name:?}: revert_after must be from 1s to {}, not {}", keel_core::HumanDuration::new(*.max), keel_core::HumanDuration::new(*.requested))]
+    RevertAfter {
+        /// Document name.
+        name: String,
+        /// What was asked for.
+        requested: Duration,
+        /// The configured maximum.
+        max: Duration,
     },
     /// The database failed.
     #[error("cannot save settings {name:?}: {source}")]
@@ -248,6 +268,8 @@ pub(crate) struct Inner<T: Document> {
     config: SettingsConfig,
     current: ArcSwap<Versioned<T>>,
     changes: watch::Sender<Arc<T>>,
+    /// Every new version, as it is installed.
+    versions: watch::Sender<i64>,
     /// Serialises refills; the counter tells a waiter someone else refilled.
     refill: tokio::sync::Mutex<()>,
     refills: AtomicU64,
@@ -258,12 +280,32 @@ pub(crate) struct Inner<T: Document> {
     /// A committed version whose cache write or announcement failed, kept
     /// until a repair gets both through (the repair task runs while set).
     unsettled: Mutex<Option<StoredDocument>>,
+    /// The timer of the timed value held, if any (replaced with each
+    /// version).
+    timer: Mutex<Option<tokio::task::AbortHandle>>,
+    /// This document's own handle, for the tasks it starts.
+    this: std::sync::Weak<Inner<T>>,
 }
 
 impl<T: Document> Drop for Inner<T> {
     fn drop(&mut self) {
         self.cancel.cancel();
+        if let Some(timer) = lock(&self.timer).take() {
+            timer.abort();
+        }
     }
+}
+
+/// How a write came about, as the store records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A plain write.
+    Plain,
+    /// A revert to the value of this version.
+    Revert(i64),
+    /// A timed value, returning to the value before at this time
+    /// (milliseconds since the Unix epoch).
+    Timed(i64),
 }
 
 #[derive(Debug, Default)]
@@ -304,6 +346,8 @@ struct CacheEntry {
     value: serde_json::Value,
     updated_at_ms: i64,
     updated_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revert_at_ms: Option<i64>,
 }
 
 #[cfg(test)]

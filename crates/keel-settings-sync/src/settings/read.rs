@@ -45,9 +45,15 @@ impl<T: Document> Settings<T> {
         if !valid_name(&config.namespace) {
             return Err(SettingsError::InvalidNamespace(config.namespace.clone()));
         }
-        let initial =
-            Versioned { value: Arc::new(T::default()), version: 0, updated_at: None, updated_by: String::new() };
+        let initial = Versioned {
+            value: Arc::new(T::default()),
+            version: 0,
+            updated_at: None,
+            updated_by: String::new(),
+            revert_at: None,
+        };
         let (changes, _) = watch::channel(initial.value.clone());
+        let (versions, _) = watch::channel(0);
         let subscription = deps.bus.subscribe(&config.channel()).await?;
         // Under a `Shutdown`, following stops when shutdown starts, so the
         // tracker's drain does not wait for a document that lives on.
@@ -63,12 +69,15 @@ impl<T: Document> Settings<T> {
             config,
             current: ArcSwap::from_pointee(initial),
             changes,
+            versions,
             refill: tokio::sync::Mutex::new(()),
             refills: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
             validator,
             cancel,
             unsettled: Mutex::new(None),
+            timer: Mutex::new(None),
+            this: weak.clone(),
         });
         let settings = Self { inner };
         let reconnects = settings.inner.deps.bus.reconnects();
@@ -131,6 +140,14 @@ impl<T: Document> Settings<T> {
         self.inner.changes.subscribe()
     }
 
+    /// A channel that sees every new version (0 until first written), even
+    /// one whose value equals the last: what a client following the
+    /// document's versions (`GET /api/v1/settings/{name}/stream`) waits on.
+    /// Versions come in order; a slow receiver sees the newest, not each.
+    pub fn versions(&self) -> watch::Receiver<i64> {
+        self.inner.versions.subscribe()
+    }
+
     /// How fresh this copy is.
     pub fn sync_state(&self) -> SyncState {
         self.inner.sync_state()
@@ -161,7 +178,31 @@ impl<T: Document> Settings<T> {
     /// serving the older version.
     /// The change is recorded as made by [`actor`](crate::actor)`(actor)`.
     pub async fn update(&self, value: T, expected: Option<i64>, actor: &str) -> Result<Versioned<T>, UpdateError> {
-        self.save(value, expected, actor, None).await
+        self.save(value, expected, actor, Kind::Plain).await
+    }
+
+    /// [`update`](Self::update) with a timed value: after `revert_after`
+    /// (1 s to [`SettingsConfig::max_revert_after`], else
+    /// [`UpdateError::RevertAfter`]) the document returns to the value it
+    /// had before, as a new version by
+    /// [`TIMED_REVERT_ACTOR`](crate::TIMED_REVERT_ACTOR). It happens once
+    /// across the deployment: every process holding the version keeps the
+    /// timer, and the revert is conditional on the version still being
+    /// this one, so the first process to get there wins and a later write
+    /// cancels it. A process that starts after the time reverts at once.
+    pub async fn update_for(
+        &self,
+        value: T,
+        expected: Option<i64>,
+        actor: &str,
+        revert_after: Duration,
+    ) -> Result<Versioned<T>, UpdateError> {
+        let max = self.inner.config.max_revert_after;
+        if revert_after < Duration::from_secs(1) || revert_after > max {
+            return Err(UpdateError::RevertAfter { name: self.inner.name.clone(), requested: revert_after, max });
+        }
+        let at = keel_core::unix_millis(self.inner.deps.clock.now() + revert_after);
+        self.save(value, expected, actor, Kind::Timed(at)).await
     }
 
     /// Writes the value version `version` had as the next version (checked
@@ -177,7 +218,7 @@ impl<T: Document> Settings<T> {
             Err(source) => return Err(UpdateError::Store { name: name.clone(), source }),
         };
         let reverted = match self.decode(value) {
-            Ok(value) => self.save(value, expected, actor, Some(version)).await,
+            Ok(value) => self.save(value, expected, actor, Kind::Revert(version)).await,
             Err(err) => Err(err),
         };
         reverted.map_err(|err| match err {
@@ -195,14 +236,16 @@ impl<T: Document> Settings<T> {
         value: T,
         expected: Option<i64>,
         actor: &str,
-        reverted_from: Option<i64>,
+        kind: Kind,
     ) -> Result<Versioned<T>, UpdateError> {
         let (inner, actor) = (self.inner.clone(), crate::actor(actor).to_owned());
         let name = self.inner.name.clone();
         let tasks = self.inner.deps.tasks.clone();
-        let task = keel_core::Shutdown::spawn_on(tasks.as_ref(), async move {
-            inner.update(value, expected, &actor, reverted_from).await
-        });
+        let task =
+            keel_core::Shutdown::spawn_on(
+                tasks.as_ref(),
+                async move { inner.update(value, expected, &actor, kind).await },
+            );
         task.await.unwrap_or_else(|err| {
             Err(UpdateError::Store {
                 name,

@@ -100,6 +100,7 @@ impl<T: Document> Inner<T> {
                         version: entry.version,
                         updated_at_ms: entry.updated_at_ms,
                         updated_by: entry.updated_by,
+                        revert_at_ms: entry.revert_at_ms,
                     };
                     if self.apply(&stored, Source::Cache) {
                         return Ok(Source::Cache);
@@ -150,6 +151,7 @@ impl<T: Document> Inner<T> {
             value: stored.value.clone(),
             updated_at_ms: stored.updated_at_ms,
             updated_by: stored.updated_by.clone(),
+            revert_at_ms: stored.revert_at_ms,
         };
         let Ok(bytes) = serde_json::to_vec(&entry) else { return true };
         match self
@@ -190,6 +192,7 @@ impl<T: Document> Inner<T> {
             version: stored.version,
             updated_at: Some(keel_core::from_unix_millis(stored.updated_at_ms)),
             updated_by: stored.updated_by.clone(),
+            revert_at: stored.revert_at_ms.map(keel_core::from_unix_millis),
         };
         // Versions only move forward, even against a concurrent apply.
         let previous =
@@ -200,6 +203,15 @@ impl<T: Document> Inner<T> {
         // Published after the swap: a reader that sees the new generation
         // will load the new value.
         self.generation.fetch_add(1, Ordering::Release);
+        self.time(stored.version, next.revert_at);
+        // Never backwards, even when two applies finish out of order.
+        self.versions.send_if_modified(|seen| {
+            let newer = *seen < stored.version;
+            if newer {
+                *seen = stored.version;
+            }
+            newer
+        });
         if changed {
             tracing::info!(settings = %self.name, version = stored.version, by = %stored.updated_by, "settings changed");
             self.changes.send_replace(value);

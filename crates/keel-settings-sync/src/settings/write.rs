@@ -12,13 +12,13 @@ use crate::store::{StoreError, StoredDocument};
 use super::*;
 
 impl<T: Document> Inner<T> {
-    /// `reverted_from`: the version this value restores (a revert).
+    /// `kind`: a plain write, a revert or a timed value.
     pub(super) async fn update(
         self: &Arc<Self>,
         value: T,
         expected: Option<i64>,
         actor: &str,
-        reverted_from: Option<i64>,
+        kind: Kind,
     ) -> Result<Versioned<T>, UpdateError> {
         let name = self.name.clone();
         let json = serde_json::to_value(&value)
@@ -29,9 +29,10 @@ impl<T: Document> Inner<T> {
         if let Some(validate) = &self.validator {
             validate(&value).map_err(|reason| UpdateError::Invalid { name: name.clone(), reason })?;
         }
-        let saved = match reverted_from {
-            Some(version) => self.deps.store.save_reverted(&name, &json, expected, actor, version).await,
-            None => self.deps.store.save(&name, &json, expected, actor).await,
+        let saved = match kind {
+            Kind::Plain => self.deps.store.save(&name, &json, expected, actor).await,
+            Kind::Revert(version) => self.deps.store.save_reverted(&name, &json, expected, actor, version).await,
+            Kind::Timed(at) => self.deps.store.save_timed(&name, &json, expected, actor, at).await,
         };
         let stored = match saved {
             Ok(stored) => stored,

@@ -9,17 +9,20 @@ use bytes::Bytes;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use keel_settings_sync::{DocumentView, DynSettings, HistoryError, SettingsRegistry, UpdateError};
+use keel_settings_sync::{DocumentView, DynSettings, HistoryError, SettingsRegistry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::openapi::{AdminRefusals, ApiRouter, ErrorSchema};
+use crate::openapi::{ApiRouter, ErrorSchema};
 use crate::{AdminToken, ApiError};
+
+mod stream;
+mod write;
 
 struct SettingsState {
     registry: SettingsRegistry,
@@ -43,8 +46,10 @@ struct Rendered {
 }
 
 /// `GET /api/v1/settings`, `GET|PUT /api/v1/settings/{name}`,
-/// `GET /api/v1/settings/{name}/history` and
-/// `POST /api/v1/settings/{name}/revert`. Writing needs the admin token.
+/// `GET /api/v1/settings/{name}/history`,
+/// `POST /api/v1/settings/{name}/revert` and
+/// `GET /api/v1/settings/{name}/stream` (Server-Sent Events). Writing needs
+/// the admin token.
 ///
 /// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
 /// come from one registration; `axum::Router::from` it to serve without
@@ -52,9 +57,10 @@ struct Rendered {
 pub fn settings_api(registry: SettingsRegistry, admin: Option<AdminToken>) -> ApiRouter {
     OpenApiRouter::new()
         .routes(routes!(list))
-        .routes(routes!(read, write))
+        .routes(routes!(read, write::write))
         .routes(routes!(history))
-        .routes(routes!(revert))
+        .routes(routes!(write::revert))
+        .routes(routes!(stream::stream))
         .with_state(std::sync::Arc::new(SettingsState::new(registry, admin)))
 }
 
@@ -67,16 +73,21 @@ impl SettingsState {
     /// `GET` of `document`: the copy rendered for its current version, or a
     /// new one.
     fn answer(&self, document: &dyn DynSettings) -> Response {
+        self.rendered(document).response()
+    }
+
+    /// `document` rendered at its current version: shared by every `GET`
+    /// and stream until the next version.
+    fn rendered(&self, document: &dyn DynSettings) -> Arc<Rendered> {
         let slot = self.rendered.get(document.name());
         let cached = slot.and_then(|slot| slot.load_full()).filter(|r| r.version == document.version());
-        let rendered = cached.unwrap_or_else(|| {
+        cached.unwrap_or_else(|| {
             let rendered = Arc::new(Rendered::of(&document.view()));
             if let Some(slot) = slot {
                 slot.store(Some(rendered.clone()));
             }
             rendered
-        });
-        rendered.response()
+        })
     }
 }
 
@@ -116,6 +127,10 @@ struct DocumentBody {
     /// RFC 3339; null until first written.
     updated_at: Option<String>,
     updated_by: String,
+    /// RFC 3339: when this version returns to the value before it (a
+    /// timed value, `PUT …?revert_after=15m`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revert_at: Option<String>,
 }
 
 /// Every document.
@@ -143,26 +158,6 @@ struct ChangeBody {
     reverted_from: Option<i64>,
 }
 
-/// Which version to restore.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct RevertRequest {
-    /// A version from the document's history.
-    #[schema(minimum = 1)]
-    #[serde(deserialize_with = "whole_number")]
-    version: i64,
-}
-
-/// A JSON integer, or a number with no fraction (`3.0`: JSON Schema's
-/// `integer` accepts it, so a client generated from the schema may send it).
-fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    let number = serde_json::Number::deserialize(deserializer)?;
-    number
-        .as_i64()
-        .or_else(|| number.as_f64().and_then(|f| f.to_string().parse().ok()))
-        .ok_or_else(|| serde::de::Error::custom(format!("expected a whole version number, got {number}")))
-}
-
 /// The audit trail of a document, newest first.
 #[derive(Serialize, ToSchema)]
 struct HistoryBody {
@@ -177,6 +172,7 @@ fn document_body(view: &DocumentView) -> DocumentBody {
         value: view.value.clone(),
         updated_at: time(view.updated_at),
         updated_by: view.updated_by.clone(),
+        revert_at: time(view.revert_at),
     }
 }
 
@@ -211,129 +207,6 @@ async fn read(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(state.answer(&**find(&state, &name)?))
-}
-
-/// `If-Match: "3"` (or `3`, `W/"3"`) → `Some(3)`; `*` or absent → `None`.
-fn expected_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let text = value.to_str().map_err(|_| ApiError::bad_request("If-Match: not text"))?.trim();
-    if text == "*" {
-        return Ok(None);
-    }
-    // An entity tag (`"3"`, weak `W/"3"`) or, leniently, the bare number.
-    let tag = text.strip_prefix("W/").unwrap_or(text);
-    let digits = match tag.strip_prefix('"') {
-        Some(rest) => rest.strip_suffix('"'),
-        None => Some(tag),
-    };
-    digits
-        .filter(|d| !d.is_empty() && d.len() <= 18 && d.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|d| d.parse::<i64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "If-Match: expected a version such as \"3\", got {}",
-                crate::text::shown(text)
-            ))
-        })
-}
-
-/// What a write asks for: its body, the `If-Match` version and the
-/// `X-Actor` (empty when absent: recorded as admin).
-fn change<T>(
-    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
-    headers: &HeaderMap,
-) -> Result<(T, Option<i64>, &str), ApiError> {
-    let Json(body) = body.map_err(|rejection| ApiError::from_status(rejection.status(), &rejection.body_text()))?;
-    let actor = headers.get("x-actor").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    Ok((body, expected_version(headers)?, actor))
-}
-
-/// Replaces a document (admin). `If-Match` makes it conditional.
-#[utoipa::path(put, path = "/api/v1/settings/{name}", operation_id = "put_settings", tag = "settings", security(("admin" = [])),
-    params(
-        ("name" = String, Path, description = "The document name"),
-        ("If-Match" = Option<String>, Header, nullable = false, description = "The version the change is based on, e.g. \"3\"",
-            pattern = "^(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$"),
-        ("X-Actor" = Option<String>, Header, nullable = false, description = "Who makes the change (audit); longer than 128 bytes or blank counts as admin"),
-    ),
-    request_body(content = Object, description = "The whole document", content_type = "application/json"),
-    responses(
-        (status = 200, description = "Saved", body = DocumentBody),
-        (status = 400, description = "Bad If-Match, or U+0000 in the document", body = ErrorSchema),
-        AdminRefusals,
-        (status = 404, description = "No such document", body = ErrorSchema),
-        (status = 412, description = "The document changed since the If-Match version", body = ErrorSchema),
-        (status = 413, description = "The body is too large", body = ErrorSchema),
-        (status = 415, description = "The body is not application/json", body = ErrorSchema),
-        (status = 422, description = "Not a valid document, or not JSON", body = ErrorSchema),
-        (status = 503, description = "The database is unreachable", body = ErrorSchema),
-    ))]
-async fn write(
-    State(state): State<std::sync::Arc<SettingsState>>,
-    _admin: crate::admin::Admin,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let document = find(&state, &name)?;
-    let (value, expected, actor) = change(body, &headers)?;
-    document.update_json(value, expected, actor).await.map(|view| with_etag(&view)).map_err(|err| refused(&name, err))
-}
-
-/// The answer to a refused update or revert.
-fn refused(name: &str, err: UpdateError) -> ApiError {
-    match err {
-        UpdateError::Invalid { reason, .. } => {
-            ApiError::unprocessable(format!("not a valid {name} document: {}", crate::text::clip(&reason)))
-        }
-        UpdateError::Conflict { expected, current, .. } => {
-            ApiError::precondition_failed(format!("{name} is at version {current}, not {expected}: reload and retry"))
-        }
-        UpdateError::UnknownVersion { version, .. } => {
-            ApiError::not_found(format!("{name} has no version {version} in its history"))
-        }
-        err @ UpdateError::Nul { .. } => ApiError::bad_request(err.to_string()),
-        UpdateError::Store { source, .. } => ApiError::unavailable(format!("cannot save {name}: {source}")),
-    }
-}
-
-/// Restores an earlier version (admin): its value, checked again, becomes
-/// the next version, and the history records which version it restores.
-/// `If-Match` makes it conditional.
-#[utoipa::path(post, path = "/api/v1/settings/{name}/revert", operation_id = "revert_settings", tag = "settings", security(("admin" = [])),
-    params(
-        ("name" = String, Path, description = "The document name"),
-        ("If-Match" = Option<String>, Header, nullable = false, description = "The version the change is based on, e.g. \"3\"",
-            pattern = "^(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$"),
-        ("X-Actor" = Option<String>, Header, nullable = false, description = "Who makes the change (audit); longer than 128 bytes or blank counts as admin"),
-    ),
-    request_body(content = RevertRequest, description = "The version to restore", content_type = "application/json"),
-    responses(
-        (status = 200, description = "Saved as the next version", body = DocumentBody),
-        (status = 400, description = "Bad If-Match, or a body that is not JSON", body = ErrorSchema),
-        AdminRefusals,
-        (status = 404, description = "No such document, or no such version in its history", body = ErrorSchema),
-        (status = 412, description = "The document changed since the If-Match version", body = ErrorSchema),
-        (status = 413, description = "The body is too large", body = ErrorSchema),
-        (status = 415, description = "The body is not application/json", body = ErrorSchema),
-        (status = 422, description = "No version number, or that version is not a valid document any more", body = ErrorSchema),
-        (status = 503, description = "The database is unreachable", body = ErrorSchema),
-    ))]
-async fn revert(
-    State(state): State<std::sync::Arc<SettingsState>>,
-    _admin: crate::admin::Admin,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Json<RevertRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let document = find(&state, &name)?;
-    let (request, expected, actor) = change(body, &headers)?;
-    document
-        .revert(request.version, expected, actor)
-        .await
-        .map(|view| with_etag(&view))
-        .map_err(|err| refused(&name, err))
 }
 
 /// How many changes.
