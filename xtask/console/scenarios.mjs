@@ -245,6 +245,13 @@ try {
   await page.fill("#settings-editor", "{ not json");
   expect(/Not valid JSON/.test(await page.innerText("#settings-error")) && (await page.isDisabled("#settings-save")),
     "bad JSON is refused in the page before any request");
+  // The document's JSON Schema is checked in the page too: each violation
+  // by its JSON Pointer, and nothing is sent.
+  await page.fill("#settings-editor", JSON.stringify({ ...original, enable_monitoring: "yes", extra: 1 }, null, 2));
+  const schemaError = await page.innerText("#settings-error");
+  expect(/\/enable_monitoring: expected boolean/.test(schemaError) && /\/extra: not a field/.test(schemaError) && (await page.isDisabled("#settings-save")),
+    `a schema violation is refused in the page, by pointer: ${schemaError}`);
+  step(`schema check in the page: "${schemaError}"`);
   // Revert: the debug version comes back as a new version, marked as such.
   await page.click(`button[aria-label="Revert monitoring to version ${stored_doc.version}"]`);
   await page.locator("#settings-saved", { hasText: `Reverted to version ${stored_doc.version}` }).waitFor({ timeout: 5000 });

@@ -32,6 +32,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/api/v1/settings/{name}"),
     ("put", "/api/v1/settings/{name}"),
     ("get", "/api/v1/settings/{name}/history"),
+    ("get", "/api/v1/settings/{name}/schema"),
     ("get", "/api/v1/settings/{name}/stream"),
     ("post", "/api/v1/settings/{name}/revert"),
     ("put", "/api/v1/entries/{key}"),
@@ -99,5 +100,9 @@ async fn every_route_is_documented_and_every_documented_route_is_served() {
     let served_document: serde_json::Value = serde_json::from_slice(&text).unwrap();
     assert_eq!(served_document["openapi"], "3.1.0");
     assert!(served_document["components"]["securitySchemes"]["admin"]["scheme"] == "bearer");
+    // Each settings document's JSON Schema is a component of the document.
+    let monitoring = &served_document["components"]["schemas"]["Settings.monitoring"];
+    assert_eq!(monitoring["properties"]["log_level"]["type"], "string", "{monitoring}");
+    assert_eq!(monitoring["additionalProperties"], false, "{monitoring}");
     services.shutdown().trigger();
 }

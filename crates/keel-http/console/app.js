@@ -455,7 +455,54 @@ async function clearLogs() {
 
 // ---------- settings ----------
 
-const editor = { name: null, version: null, loaded: null };
+const editor = { name: null, version: null, loaded: null, schema: null };
+
+/**
+ * Where `value` breaks `schema` (the JSON Schema subset the documents'
+ * generated schemas use: type, properties, required, additionalProperties,
+ * items, enum, const, bounds, $ref into $defs, anyOf/oneOf/allOf), as
+ * "pointer: problem" lines. The service checks the whole schema again.
+ */
+function violations(schema, value, root = schema, pointer = "") {
+  if (schema === true || schema === undefined || schema === null) return [];
+  if (schema === false) return [`${pointer || "(document)"}: not allowed here`];
+  const at = pointer || "(document)";
+  if (typeof schema.$ref === "string" && schema.$ref.startsWith("#/")) {
+    const target = schema.$ref.slice(2).split("/").reduce((node, key) => (node ? node[key.replace(/~1/g, "/").replace(/~0/g, "~")] : undefined), root);
+    return violations(target, value, root, pointer);
+  }
+  const kind = value === null ? "null" : Array.isArray(value) ? "array" : Number.isInteger(value) ? "integer" : typeof value;
+  const types = schema.type === undefined ? null : [].concat(schema.type);
+  if (types && !types.some((t) => t === kind || (t === "number" && kind === "integer"))) {
+    return [`${at}: expected ${types.join(" or ")}, got ${kind}`];
+  }
+  const out = [];
+  if (schema.enum && !schema.enum.some((v) => JSON.stringify(v) === JSON.stringify(value))) out.push(`${at}: must be one of ${schema.enum.map((v) => JSON.stringify(v)).join(", ")}`);
+  if ("const" in schema && JSON.stringify(schema.const) !== JSON.stringify(value)) out.push(`${at}: must be ${JSON.stringify(schema.const)}`);
+  if (typeof value === "number") {
+    if (schema.minimum !== undefined && value < schema.minimum) out.push(`${at}: must be at least ${schema.minimum}`);
+    if (schema.maximum !== undefined && value > schema.maximum) out.push(`${at}: must be at most ${schema.maximum}`);
+  }
+  if (typeof value === "string") {
+    if (schema.minLength !== undefined && [...value].length < schema.minLength) out.push(`${at}: shorter than ${schema.minLength}`);
+    if (schema.maxLength !== undefined && [...value].length > schema.maxLength) out.push(`${at}: longer than ${schema.maxLength}`);
+  }
+  if (kind === "object") {
+    for (const key of schema.required || []) if (!(key in value)) out.push(`${at}: "${key}" is required`);
+    const known = schema.properties || {};
+    for (const [key, item] of Object.entries(value)) {
+      const child = `${pointer}/${key.replace(/~/g, "~0").replace(/\//g, "~1")}`;
+      if (key in known) out.push(...violations(known[key], item, root, child));
+      else if (schema.additionalProperties === false) out.push(`${child}: not a field of this document`);
+      else if (typeof schema.additionalProperties === "object") out.push(...violations(schema.additionalProperties, item, root, child));
+    }
+  }
+  if (kind === "array" && schema.items !== undefined) value.forEach((item, i) => out.push(...violations(schema.items, item, root, `${pointer}/${i}`)));
+  for (const branch of schema.allOf || []) out.push(...violations(branch, value, root, pointer));
+  const alternatives = schema.anyOf || schema.oneOf;
+  if (alternatives && !alternatives.some((branch) => violations(branch, value, root, pointer).length === 0)) out.push(`${at}: matches none of the allowed shapes`);
+  return out;
+}
 
 function actor() {
   return ($("settings-actor").value || "").trim() || "console";
@@ -480,6 +527,9 @@ async function openEditor(name) {
   editor.name = name;
   editor.version = data.version;
   editor.loaded = data.value;
+  const schema = await call("GET", `/api/v1/settings/${encodeURIComponent(name)}/schema`);
+  // Without the schema the service still checks every write.
+  editor.schema = schema.status === 200 ? schema.data : null;
   $("settings-editor-panel").hidden = false;
   $("editor-title").textContent = `Edit ${name}`;
   $("editor-version").textContent = `Version ${data.version}, updated ${data.updated_at ? fmtTime(data.updated_at) : "never"} by ${data.updated_by || "–"}.`;
@@ -493,11 +543,15 @@ async function openEditor(name) {
 }
 
 function parsedEditor() {
+  let value;
   try {
-    return { value: JSON.parse($("settings-editor").value) };
+    value = JSON.parse($("settings-editor").value);
   } catch (err) {
     return { error: `Not valid JSON: ${err.message}` };
   }
+  const problems = editor.schema ? violations(editor.schema, value) : [];
+  if (problems.length) return { error: `Not a valid ${editor.name} document (its schema): ${problems.join("; ")}` };
+  return { value };
 }
 
 async function saveSettings(overwrite) {

@@ -18,6 +18,16 @@ pub struct ApiError {
     code: Cow<'static, str>,
     message: String,
     retry_after: Option<u32>,
+    violations: Vec<Violation>,
+}
+
+/// One way a request body breaks the schema it must follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Violation {
+    /// JSON Pointer into the body (`/log_level`; empty: the body itself).
+    pub pointer: String,
+    /// What is wrong there.
+    pub message: String,
 }
 
 /// Every failure: `{"error":{"code","message"}}`. The one type both the
@@ -37,12 +47,22 @@ pub(crate) struct ErrorDetail<'a> {
     code: &'a str,
     /// A human-readable explanation (never more than 200 bytes of the input).
     message: &'a str,
+    /// With a 422 for a body that breaks its schema: each violation.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    violations: &'a [Violation],
 }
 
 impl ApiError {
     /// An error with an explicit status and machine-readable `code`.
     pub fn new(status: StatusCode, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into(), retry_after: None }
+        Self { status, code: code.into(), message: message.into(), retry_after: None, violations: Vec::new() }
+    }
+
+    /// The same error, listing each schema violation of the body.
+    #[must_use]
+    pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
+        self.violations = violations;
+        self
     }
 
     /// The same error, answered with `Retry-After: <seconds>`.
@@ -165,8 +185,9 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() && self.code != "overloaded" {
             tracing::error!(status = self.status.as_u16(), code = %self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::to_vec(&Envelope { error: ErrorDetail { code: &self.code, message: &self.message } })
-            // Two string fields always serialize.
+        let detail = ErrorDetail { code: &self.code, message: &self.message, violations: &self.violations };
+        let body = serde_json::to_vec(&Envelope { error: detail })
+            // Strings only: always serializes.
             .unwrap_or_default();
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = self.status;

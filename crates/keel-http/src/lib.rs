@@ -86,7 +86,7 @@ pub use agents::agents_api;
 pub use console::console_router;
 #[cfg(feature = "entries")]
 pub use entries::entries_api;
-pub use error::ApiError;
+pub use error::{ApiError, Violation};
 pub use gate::{StartingGate, Waiting, starting_gate};
 #[cfg(feature = "health")]
 pub use health::{AppInfo, health_api, health_status_api};

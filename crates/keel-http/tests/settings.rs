@@ -438,3 +438,37 @@ async fn a_timed_write_says_when_it_reverts_and_bad_durations_are_refused() {
     assert_eq!(plain["version"], 2, "only the good writes were made");
     assert!(plain.get("revert_at").is_none(), "a plain write cancels the timer: {plain}");
 }
+
+/// The document's JSON Schema is served, and a write that breaks it is a
+/// 422 listing each violation by JSON Pointer; nothing is written.
+#[tokio::test]
+async fn the_schema_is_served_and_a_write_that_breaks_it_names_each_violation() {
+    let (app, _dir) = router(Some("s3cret")).await;
+    let response = send(&app, "GET", "/api/v1/settings/monitoring/schema", &[], None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/schema+json");
+    let schema = json(response).await;
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(
+        (schema["type"].as_str(), schema["properties"]["enable_monitoring"]["type"].as_str()),
+        (Some("object"), Some("boolean"))
+    );
+    assert_eq!(send(&app, "GET", "/api/v1/settings/nope/schema", &[], None).await.status(), 404);
+
+    let bad = json!({"enable_monitoring": "yes", "log_level": 5, "extra": true});
+    let response = send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(bad)).await;
+    assert_eq!(response.status(), 422);
+    let error = json(response).await["error"].clone();
+    let pointers: Vec<&str> =
+        error["violations"].as_array().unwrap().iter().map(|v| v["pointer"].as_str().unwrap()).collect();
+    for expected in ["/enable_monitoring", "/log_level", ""] {
+        assert!(pointers.contains(&expected), "{expected:?} in {error}");
+    }
+    assert!(error["message"].as_str().unwrap().contains("(and 2 more)"), "{error}");
+    let current = json(send(&app, "GET", "/api/v1/settings/monitoring", &[], None).await).await;
+    assert_eq!(current["version"], 0);
+    // A refusal with no schema to break carries no violations list.
+    let response = send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(level("loud"))).await;
+    assert_eq!(response.status(), 422);
+    assert!(json(response).await["error"].get("violations").is_none());
+}

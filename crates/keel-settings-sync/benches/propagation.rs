@@ -19,7 +19,7 @@ use keel_telemetry::Telemetry;
 
 const UPDATES: usize = 200;
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 struct Doc {
     n: u64,
 }

@@ -15,7 +15,7 @@ use keel_settings_sync::{DbSettingsStore, Settings, SettingsConfig, SettingsDeps
 use keel_store::{Bus, Cache, Database, DbConfig};
 use keel_telemetry::Telemetry;
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 struct Flags {
     dark_mode: bool,
     max_upload_mb: u32,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The `monitoring` document: operator log capture and the running log filter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringSettings {
     /// Whether log records and stats are captured for operators.

@@ -39,6 +39,8 @@ pub trait DynSettings: Send + Sync {
     fn version(&self) -> i64 {
         self.view().version
     }
+    /// The document's JSON Schema ([`Settings::schema`]).
+    fn schema(&self) -> Arc<serde_json::Value>;
     /// Every new version as it is installed ([`Settings::versions`]).
     fn versions(&self) -> tokio::sync::watch::Receiver<i64>;
     /// Decodes `value` as the document type and updates it; with
@@ -75,6 +77,10 @@ impl<T: Document> DynSettings for Settings<T> {
 
     fn versions(&self) -> tokio::sync::watch::Receiver<i64> {
         Settings::versions(self)
+    }
+
+    fn schema(&self) -> Arc<serde_json::Value> {
+        Settings::schema(self)
     }
 
     fn view(&self) -> DocumentView {

@@ -17,6 +17,13 @@
 //!   stays and [`Settings::sync_state`] reports staleness; never written →
 //!   `T::default()`.
 //! - [`Settings::subscribe`] fires only when the value actually changes.
+//!   [`Settings::versions`] sees every new version.
+//! - **Schema**: each document's JSON Schema (2020-12) is generated from `T`
+//!   ([`Settings::schema`]); a JSON write is checked against it and refused
+//!   with every violation's JSON Pointer ([`UpdateError::Schema`]).
+//! - **Revert and timed values**: [`Settings::revert`] writes an earlier
+//!   version again; [`Settings::update_for`] writes a value that returns to
+//!   the one before after a while, once across the deployment.
 //!
 //! # Example
 //!
@@ -27,7 +34,7 @@
 //! use keel_settings_sync::{DbSettingsStore, Settings, SettingsConfig, SettingsDeps};
 //! use keel_store::{Bus, Cache, Database, DbConfig};
 //!
-//! #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+//! #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 //! struct Flags { dark_mode: bool }
 //!
 //! let dir = tempfile::tempdir().unwrap();
@@ -51,6 +58,7 @@ mod db;
 mod dynamic;
 mod metrics;
 mod rules;
+mod schema;
 mod settings;
 mod store;
 
@@ -59,6 +67,9 @@ pub use builtin::MonitoringSettings;
 pub use db::DbSettingsStore;
 pub use dynamic::{DocumentView, DynSettings, SettingsRegistry};
 pub use rules::{DEFAULT_ACTOR, DEFAULT_HISTORY, HistoryError, MAX_ACTOR, MAX_HISTORY, actor};
+pub use schema::Violation;
+/// The JSON Schema generator documents derive (`#[derive(schemars::JsonSchema)]`).
+pub use schemars;
 pub use settings::{
     Document, Settings, SettingsConfig, SettingsDeps, SettingsError, SyncState, TIMED_REVERT_ACTOR, UpdateError,
     Versioned,

@@ -15,7 +15,7 @@ use keel_store::{Bus, Cache, Database, DbConfig, RedisConfig, RedisStore};
 use keel_telemetry::Telemetry;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 struct Flags {
     dark_mode: bool,
     limit: u32,
@@ -483,7 +483,10 @@ async fn invalid_names_and_documents_are_typed_errors() {
     assert!(matches!(err, UpdateError::Invalid { .. }) && err.to_string().contains("at most 100"), "{err}");
     let erased: &dyn keel_settings_sync::DynSettings = &validated;
     let err = erased.update_json(serde_json::json!({"dark_mode": "yes"}), None, "ada", None).await.unwrap_err();
-    assert!(matches!(err, UpdateError::Invalid { .. }), "{err}");
+    // Two violations of the schema, each by its pointer (`limit` is required).
+    let UpdateError::Schema { violations, .. } = &err else { panic!("a schema refusal: {err}") };
+    let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
+    assert!(pointers.contains(&"/dark_mode") && pointers.contains(&""), "{err}");
     assert_eq!(validated.version(), 0);
     let _ = pod.database;
 }
@@ -687,4 +690,68 @@ async fn a_timed_value_that_came_due_while_every_process_was_down_is_reverted_at
     tokio::time::sleep(Duration::from_secs(5)).await;
     let reverts = sa.history(Some(10)).await.unwrap().into_iter().filter(|c| c.actor == TIMED_REVERT_ACTOR).count();
     assert_eq!((reverts, sa.version()), (1, 3), "once, though both new pods saw it due");
+}
+
+/// JSON objects shaped like a settings document: known and unknown keys,
+/// values of every JSON type.
+fn document_like() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        (-1e6f64..1e6).prop_map(serde_json::Value::from),
+        prop_oneof![Just("info".to_owned()), Just("debug".to_owned()), "[a-z=,_]{0,12}"]
+            .prop_map(serde_json::Value::from),
+    ];
+    let value = leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::from),
+            prop::collection::btree_map("[a-z]{1,3}", inner, 0..3)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let key =
+        prop_oneof![Just("enable_monitoring"), Just("log_level"), Just("limit"), Just("dark_mode"), Just("extra")];
+    prop::collection::btree_map(key, value, 0..4)
+        .prop_map(|m| serde_json::Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+}
+
+/// Every document's default conforms to its published schema, and any JSON
+/// value the schema refuses, the document refuses too (with the schema's
+/// violations), writing nothing; fuzzed with proptest on both the built-in
+/// `monitoring` document and a test type.
+#[test]
+fn the_schema_accepts_each_default_and_the_service_refuses_what_it_refuses() {
+    use keel_settings_sync::{DynSettings, MonitoringSettings};
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let world = runtime.block_on(World::embedded());
+    let pod = runtime.block_on(world.pod());
+    let monitoring: Settings<MonitoringSettings> =
+        runtime.block_on(Settings::open("monitoring", pod.deps.clone(), SettingsConfig::default())).unwrap();
+    let flags = runtime.block_on(open(&pod, "fuzzed-flags"));
+    let documents: [(&dyn DynSettings, serde_json::Value); 2] = [
+        (&monitoring, serde_json::to_value(MonitoringSettings::default()).unwrap()),
+        (&flags, serde_json::to_value(Flags::default()).unwrap()),
+    ];
+    for (document, default) in documents {
+        let schema = document.schema();
+        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        assert!(validator.is_valid(&default), "{}: the default {default} breaks {schema}", document.name());
+        let mut runner = TestRunner::new(Config { cases: 200, failure_persistence: None, ..Config::default() });
+        let outcome = runner.run(&document_like(), |candidate| {
+            let refused_by_schema = !validator.is_valid(&candidate);
+            let before = document.version();
+            let answer = runtime.block_on(document.update_json(candidate.clone(), None, "fuzz", None));
+            if refused_by_schema {
+                let refused = matches!(&answer, Err(UpdateError::Schema { violations, .. }) if !violations.is_empty());
+                proptest::prop_assert!(refused, "{candidate} breaks the schema but got {answer:?}");
+                proptest::prop_assert_eq!(document.version(), before);
+            }
+            Ok(())
+        });
+        outcome.unwrap_or_else(|err| panic!("{}: {err}", document.name()));
+    }
 }

@@ -48,19 +48,45 @@ struct Rendered {
 /// `GET /api/v1/settings`, `GET|PUT /api/v1/settings/{name}`,
 /// `GET /api/v1/settings/{name}/history`,
 /// `POST /api/v1/settings/{name}/revert` and
-/// `GET /api/v1/settings/{name}/stream` (Server-Sent Events). Writing needs
-/// the admin token.
+/// `GET /api/v1/settings/{name}/stream` (Server-Sent Events) and
+/// `GET /api/v1/settings/{name}/schema`. Writing needs the admin token.
 ///
 /// An [`ApiRouter`](crate::ApiRouter): its routes and their OpenAPI entries
 /// come from one registration; `axum::Router::from` it to serve without
 /// the document.
 pub fn settings_api(registry: SettingsRegistry, admin: Option<AdminToken>) -> ApiRouter {
+    let mut router = routes(registry.clone(), admin);
+    publish_schemas(&registry, router.get_openapi_mut());
+    router
+}
+
+/// Each document's JSON Schema as a component of the API document,
+/// `Settings.<name>`, so a client generator sees the shapes too.
+fn publish_schemas(registry: &SettingsRegistry, document: &mut utoipa::openapi::OpenApi) {
+    let components = document.components.get_or_insert_with(Default::default);
+    for settings in registry.iter() {
+        let mut schema = Value::clone(&settings.schema());
+        if let Some(fields) = schema.as_object_mut() {
+            // The document's dialect is the API document's own (3.1: 2020-12).
+            fields.remove("$schema");
+        }
+        match serde_json::from_value::<utoipa::openapi::RefOr<utoipa::openapi::Schema>>(schema) {
+            Ok(schema) => {
+                components.schemas.insert(format!("Settings.{}", settings.name()), schema);
+            }
+            Err(err) => tracing::warn!(settings = settings.name(), %err, "a settings schema is not an OpenAPI schema"),
+        }
+    }
+}
+
+fn routes(registry: SettingsRegistry, admin: Option<AdminToken>) -> ApiRouter {
     OpenApiRouter::new()
         .routes(routes!(list))
         .routes(routes!(read, write::write))
         .routes(routes!(history))
         .routes(routes!(write::revert))
         .routes(routes!(stream::stream))
+        .routes(routes!(schema))
         .with_state(std::sync::Arc::new(SettingsState::new(registry, admin)))
 }
 
@@ -207,6 +233,27 @@ async fn read(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(state.answer(&**find(&state, &name)?))
+}
+
+/// The document's JSON Schema (2020-12), generated from its type: what a
+/// `PUT` is checked against (a 422 lists each violation with its JSON
+/// Pointer). Also in `/openapi.json` as the component `Settings.<name>`.
+#[utoipa::path(get, path = "/api/v1/settings/{name}/schema", operation_id = "settings_schema", tag = "settings",
+    params(("name" = String, Path, description = "The document name")),
+    responses(
+        (status = 200, description = "The JSON Schema", body = Object, content_type = "application/schema+json"),
+        (status = 404, description = "No such document", body = ErrorSchema),
+    ))]
+async fn schema(
+    State(state): State<std::sync::Arc<SettingsState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let schema = find(&state, &name)?.schema();
+    let mut response = Response::new(axum::body::Body::from(serde_json::to_vec(&*schema).unwrap_or_default()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/schema+json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 /// How many changes.

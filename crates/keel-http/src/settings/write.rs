@@ -136,6 +136,20 @@ fn refused(name: &str, err: UpdateError) -> ApiError {
         UpdateError::Invalid { reason, .. } => {
             ApiError::unprocessable(format!("not a valid {name} document: {}", crate::text::clip(&reason)))
         }
+        UpdateError::Schema { violations, .. } => {
+            let first = violations.first().map(ToString::to_string).unwrap_or_default();
+            let more = match violations.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            ApiError::unprocessable(format!("not a valid {name} document: {}{more}", crate::text::clip(&first)))
+                .with_violations(
+                    violations
+                        .into_iter()
+                        .map(|v| crate::Violation { pointer: v.pointer, message: v.message })
+                        .collect(),
+                )
+        }
         UpdateError::Conflict { expected, current, .. } => {
             ApiError::precondition_failed(format!("{name} is at version {current}, not {expected}: reload and retry"))
         }

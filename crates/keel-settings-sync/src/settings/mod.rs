@@ -28,9 +28,17 @@ use follower::announced_version;
 use follower::{Invalidation, follow};
 pub use timed::TIMED_REVERT_ACTOR;
 
-/// What a settings document must be.
-pub trait Document: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static {}
-impl<T: Serialize + DeserializeOwned + Default + Clone + PartialEq + Send + Sync + 'static> Document for T {}
+/// What a settings document must be: serde both ways, a default, and a
+/// JSON Schema (`#[derive(schemars::JsonSchema)]`), which the document
+/// publishes and every JSON write is checked against.
+pub trait Document:
+    Serialize + DeserializeOwned + schemars::JsonSchema + Default + Clone + PartialEq + Send + Sync + 'static
+{
+}
+impl<T: Serialize + DeserializeOwned + schemars::JsonSchema + Default + Clone + PartialEq + Send + Sync + 'static>
+    Document for T
+{
+}
 
 /// Naming, cache lifetime and the fallback poll.
 #[derive(Debug, Clone)]
@@ -173,6 +181,15 @@ pub enum UpdateError {
         /// Where, from the document's name.
         path: String,
     },
+    /// The JSON value breaks the document's schema: each violation with
+    /// its JSON Pointer.
+    #[error("invalid settings {name:?}: {}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Schema {
+        /// Document name.
+        name: String,
+        /// Every violation found (the first 20).
+        violations: Vec<crate::Violation>,
+    },
     /// A revert named a version the audit trail does not have.
     #[error("settings {name:?} have no version {version}")]
     UnknownVersion {
@@ -214,6 +231,9 @@ pub enum SettingsError {
     /// The bus subscription failed.
     #[error("cannot subscribe to settings invalidations: {0}")]
     Bus(#[from] keel_store::StoreError),
+    /// The document type's generated JSON Schema does not compile.
+    #[error("the JSON Schema of the settings type does not compile: {0}")]
+    Schema(String),
 }
 
 type Validator<T> = Arc<dyn Fn(&T) -> Result<(), String> + Send + Sync>;
@@ -275,6 +295,8 @@ pub(crate) struct Inner<T: Document> {
     refills: AtomicU64,
     health: Mutex<Health>,
     validator: Option<Validator<T>>,
+    /// The type's JSON Schema, checked before a JSON value is decoded.
+    shape: crate::schema::Shape,
     metrics: Metrics,
     cancel: CancellationToken,
     /// A committed version whose cache write or announcement failed, kept
@@ -373,7 +395,7 @@ mod read_cache_tests {
     use super::*;
     use keel_store::{Database, DbConfig};
 
-    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
     struct Doc {
         n: u64,
     }

@@ -54,6 +54,7 @@ impl<T: Document> Settings<T> {
         };
         let (changes, _) = watch::channel(initial.value.clone());
         let (versions, _) = watch::channel(0);
+        let shape = crate::schema::Shape::of::<T>().map_err(SettingsError::Schema)?;
         let subscription = deps.bus.subscribe(&config.channel()).await?;
         // Under a `Shutdown`, following stops when shutdown starts, so the
         // tracker's drain does not wait for a document that lives on.
@@ -74,6 +75,7 @@ impl<T: Document> Settings<T> {
             refills: AtomicU64::new(0),
             health: Mutex::new(Health::default()),
             validator,
+            shape,
             cancel,
             unsettled: Mutex::new(None),
             timer: Mutex::new(None),
@@ -261,8 +263,20 @@ impl<T: Document> Settings<T> {
         Ok(self.inner.deps.store.history(&self.inner.name, limit).await?)
     }
 
-    /// The JSON validator hook for a type-erased update (HTTP).
+    /// The document's JSON Schema (2020-12), generated from `T`: what a
+    /// JSON write ([`DynSettings::update_json`](crate::DynSettings)) is
+    /// checked against.
+    pub fn schema(&self) -> Arc<serde_json::Value> {
+        self.inner.shape.schema().clone()
+    }
+
+    /// A JSON value as `T`: checked against the schema (every violation
+    /// with its JSON Pointer), then decoded.
     pub(crate) fn decode(&self, value: serde_json::Value) -> Result<T, UpdateError> {
+        let violations = self.inner.shape.check(&value);
+        if !violations.is_empty() {
+            return Err(UpdateError::Schema { name: self.inner.name.clone(), violations });
+        }
         serde_json::from_value(value)
             .map_err(|err| UpdateError::Invalid { name: self.inner.name.clone(), reason: err.to_string() })
     }
