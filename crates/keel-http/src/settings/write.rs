@@ -72,6 +72,21 @@ fn change<T>(
     Ok((body, expected_version(headers)?, actor))
 }
 
+/// The headers of a write: its precondition and its author. Read by
+/// [`change`]; declared here once for both writes' OpenAPI entries.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(super) struct WriteHeaders {
+    /// The version the change is based on, e.g. `"3"`.
+    #[param(rename = "If-Match", nullable = false, pattern = "^(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$")]
+    if_match: Option<String>,
+    /// Who makes the change (audit); longer than 128 bytes or blank counts
+    /// as admin.
+    #[param(rename = "X-Actor", nullable = false)]
+    x_actor: Option<String>,
+}
+
 /// A timed value.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -90,9 +105,7 @@ pub(super) struct WriteQuery {
     params(
         ("name" = String, Path, description = "The document name"),
         WriteQuery,
-        ("If-Match" = Option<String>, Header, nullable = false, description = "The version the change is based on, e.g. \"3\"",
-            pattern = "^(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$"),
-        ("X-Actor" = Option<String>, Header, nullable = false, description = "Who makes the change (audit); longer than 128 bytes or blank counts as admin"),
+        WriteHeaders,
     ),
     request_body(content = Object, description = "The whole document", content_type = "application/json"),
     responses(
@@ -168,9 +181,7 @@ fn refused(name: &str, err: UpdateError) -> ApiError {
 #[utoipa::path(post, path = "/api/v1/settings/{name}/revert", operation_id = "revert_settings", tag = "settings", security(("admin" = [])),
     params(
         ("name" = String, Path, description = "The document name"),
-        ("If-Match" = Option<String>, Header, nullable = false, description = "The version the change is based on, e.g. \"3\"",
-            pattern = "^(\\*|(W/)?\"[0-9]{1,18}\"|[0-9]{1,18})$"),
-        ("X-Actor" = Option<String>, Header, nullable = false, description = "Who makes the change (audit); longer than 128 bytes or blank counts as admin"),
+        WriteHeaders,
     ),
     request_body(content = RevertRequest, description = "The version to restore", content_type = "application/json"),
     responses(
