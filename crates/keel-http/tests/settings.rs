@@ -472,3 +472,67 @@ async fn the_schema_is_served_and_a_write_that_breaks_it_names_each_violation() 
     assert_eq!(response.status(), 422);
     assert!(json(response).await["error"].get("violations").is_none());
 }
+
+/// A store written for an older Keel: every method but `save_timed`.
+struct OlderStore(DbSettingsStore);
+
+impl keel_settings_sync::SettingsStore for OlderStore {
+    fn load<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> keel_settings_sync::StoreFuture<
+        'a,
+        Result<Option<keel_settings_sync::StoredDocument>, keel_settings_sync::StoreError>,
+    > {
+        self.0.load(name)
+    }
+
+    fn save<'a>(
+        &'a self,
+        name: &'a str,
+        value: &'a Value,
+        expected: Option<i64>,
+        actor: &'a str,
+    ) -> keel_settings_sync::StoreFuture<'a, Result<keel_settings_sync::StoredDocument, keel_settings_sync::StoreError>>
+    {
+        self.0.save(name, value, expected, actor)
+    }
+
+    fn history<'a>(
+        &'a self,
+        name: &'a str,
+        limit: usize,
+    ) -> keel_settings_sync::StoreFuture<'a, Result<Vec<keel_settings_sync::Change>, keel_settings_sync::StoreError>>
+    {
+        self.0.history(name, limit)
+    }
+}
+
+/// A store that keeps no timers refuses a timed write with a 422 (not a
+/// 503 to retry: it never will), and takes plain writes as before.
+#[tokio::test]
+async fn a_store_without_timed_values_refuses_a_timed_write_and_takes_plain_ones() {
+    use keel_settings_sync::SettingsStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(&dir).await;
+    let telemetry = Telemetry::new("t").unwrap();
+    let deps = SettingsDeps::new(
+        Arc::new(OlderStore(DbSettingsStore::new(db.clone()))),
+        Cache::memory(),
+        Bus::memory(&telemetry),
+        telemetry,
+    );
+    let monitoring: Settings<MonitoringSettings> =
+        Settings::open("monitoring", deps, SettingsConfig::default()).await.unwrap();
+    let mut registry = SettingsRegistry::new();
+    registry.register(monitoring);
+    let app = axum::Router::from(settings_api(registry, AdminToken::new("s3cret")));
+    let uri = "/api/v1/settings/monitoring?revert_after=15m";
+    let timed = send(&app, "PUT", uri, &[ADMIN], Some(level("debug"))).await;
+    assert_eq!(timed.status(), 422);
+    let message = json(timed).await["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("cannot keep timed values"), "{message}");
+    assert_eq!(DbSettingsStore::new(db).version("monitoring").await.unwrap(), 0, "nothing written");
+    let plain = send(&app, "PUT", "/api/v1/settings/monitoring", &[ADMIN], Some(level("debug"))).await;
+    assert_eq!(plain.status(), 200);
+}

@@ -171,6 +171,10 @@ fn refused(name: &str, err: UpdateError) -> ApiError {
         }
         err @ UpdateError::Nul { .. } => ApiError::bad_request(err.to_string()),
         err @ UpdateError::RevertAfter { .. } => ApiError::unprocessable(err.to_string()),
+        // A store that cannot keep a timer: the request cannot be done as asked, now or later.
+        UpdateError::Store { source: source @ keel_settings_sync::StoreError::Unsupported(_), .. } => {
+            ApiError::unprocessable(format!("cannot save {name}: {source}"))
+        }
         UpdateError::Store { source, .. } => ApiError::unavailable(format!("cannot save {name}: {source}")),
     }
 }
