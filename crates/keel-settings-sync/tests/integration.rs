@@ -755,3 +755,36 @@ fn the_schema_accepts_each_default_and_the_service_refuses_what_it_refuses() {
         outcome.unwrap_or_else(|err| panic!("{}: {err}", document.name()));
     }
 }
+
+/// The revert one process makes reaches the others over the bus at once,
+/// not at their own timer: the process whose clock is ahead finds the
+/// value due when it opens the document and reverts it; the writer, whose
+/// own timer is a second away, has the revert within half of that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_revert_made_by_one_process_reaches_the_others_at_once() {
+    let world = World::cluster(keel_store::testing::redis_url()).await;
+    let name = unique_prefix("timed");
+    let writer_pod = world.pod().await;
+    let writer = open(&writer_pod, &name).await;
+    writer.update(flags(1), None, "ada").await.unwrap();
+    writer.update_for(flags(2), Some(1), "ada", Duration::from_secs(1)).await.unwrap();
+    let ahead = ManualClock::new();
+    ahead.advance(Duration::from_secs(5));
+    let mut other_pod = world.pod().await;
+    other_pod.deps.clock = ahead.shared();
+    let other = open(&other_pod, &name).await;
+    let mut versions = writer.versions();
+    tokio::time::timeout(Duration::from_millis(500), versions.wait_for(|v| *v >= 3))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the revert did not reach the writer before its own timer (at {})", writer.version())
+        })
+        .unwrap();
+    let current = writer.current();
+    assert_eq!((current.value.limit, current.updated_by.as_str()), (1, keel_settings_sync::TIMED_REVERT_ACTOR));
+    until_version(&other, 3).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!((writer.version(), other.version()), (3, 3), "the writer's own timer found it done");
+    drop((writer, other, writer_pod, other_pod));
+    world.finish().await;
+}

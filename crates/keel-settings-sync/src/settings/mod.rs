@@ -302,19 +302,17 @@ pub(crate) struct Inner<T: Document> {
     /// A committed version whose cache write or announcement failed, kept
     /// until a repair gets both through (the repair task runs while set).
     unsettled: Mutex<Option<StoredDocument>>,
-    /// The timer of the timed value held, if any (replaced with each
-    /// version).
-    timer: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Calls off the timer of the timed value held while it still waits
+    /// (replaced with each version).
+    timer: Mutex<Option<CancellationToken>>,
     /// This document's own handle, for the tasks it starts.
     this: std::sync::Weak<Inner<T>>,
 }
 
 impl<T: Document> Drop for Inner<T> {
     fn drop(&mut self) {
+        // Cancels the timers too: theirs are child tokens.
         self.cancel.cancel();
-        if let Some(timer) = lock(&self.timer).take() {
-            timer.abort();
-        }
     }
 }
 

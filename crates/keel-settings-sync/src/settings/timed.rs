@@ -21,21 +21,28 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 impl<T: Document> Inner<T> {
     /// Arms the timer of `version` (when it is a timed value), replacing
     /// the timer of the version before.
+    ///
+    /// Only a timer still waiting is called off: once its revert has
+    /// started, it runs to the end, because the revert's own new version
+    /// comes through here too, and cutting it between the commit and the
+    /// cache write and announcement would leave the other processes behind.
     pub(super) fn time(&self, version: i64, revert_at: Option<SystemTime>) {
         let mut timer = lock(&self.timer);
         if let Some(previous) = timer.take() {
-            previous.abort();
+            previous.cancel();
         }
         let Some(at) = revert_at else { return };
         let delay = at.duration_since(self.deps.clock.now()).unwrap_or(Duration::ZERO);
         let (this, cancel) = (self.this.clone(), self.cancel.clone());
-        let task = keel_core::Shutdown::spawn_on(self.deps.tasks.as_ref(), async move {
+        let waiting = cancel.child_token();
+        let called_off = waiting.clone();
+        keel_core::Shutdown::spawn_on(self.deps.tasks.as_ref(), async move {
             tokio::select! {
-                () = cancel.cancelled() => {}
-                () = tokio::time::sleep(delay) => revert_when_due(this, version, cancel.clone()).await,
+                () = called_off.cancelled() => {}
+                () = tokio::time::sleep(delay) => revert_when_due(this, version, cancel).await,
             }
         });
-        *timer = Some(task.abort_handle());
+        *timer = Some(waiting);
     }
 
     /// One attempt at the timed revert of `version`: `None` when it is
