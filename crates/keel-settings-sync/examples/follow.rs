@@ -15,7 +15,12 @@ use keel_settings_sync::{DbSettingsStore, Settings, SettingsConfig, SettingsDeps
 use keel_store::{Bus, Cache, Database, DbConfig};
 use keel_telemetry::Telemetry;
 
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+// The schema derive through keel-settings-sync's re-export: no schemars
+// dependency of your own.
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, keel_settings_sync::schemars::JsonSchema,
+)]
+#[schemars(crate = "keel_settings_sync::schemars")]
 struct Flags {
     dark_mode: bool,
     max_upload_mb: u32,

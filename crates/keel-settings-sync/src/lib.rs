@@ -34,7 +34,9 @@
 //! use keel_settings_sync::{DbSettingsStore, Settings, SettingsConfig, SettingsDeps};
 //! use keel_store::{Bus, Cache, Database, DbConfig};
 //!
-//! #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+//! #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+//! #[derive(keel_settings_sync::schemars::JsonSchema)]
+//! #[schemars(crate = "keel_settings_sync::schemars")] // no schemars dependency of your own
 //! struct Flags { dark_mode: bool }
 //!
 //! let dir = tempfile::tempdir().unwrap();
