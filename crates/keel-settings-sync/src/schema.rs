@@ -36,6 +36,10 @@ pub(crate) struct Shape {
     schema: Arc<Value>,
 }
 
+/// A numeric keyword, whether a value holds against its limit, and what a
+/// failure says.
+type Bound = (&'static str, fn(f64, f64) -> bool, &'static str);
+
 /// At most this many violations are reported for one value.
 const MAX_VIOLATIONS: usize = 20;
 /// `$ref` chains deeper than this are refused rather than followed.
@@ -144,7 +148,7 @@ impl Check<'_> {
     fn bounds(&mut self, rules: &Map<String, Value>, value: &Value, pointer: &str) {
         let bound = |key: &str| rules.get(key).and_then(Value::as_f64);
         if let Some(number) = value.as_f64() {
-            let checks: [(&str, fn(f64, f64) -> bool, &str); 4] = [
+            let checks: [Bound; 4] = [
                 ("minimum", |v, b| v >= b, "less than the minimum of"),
                 ("maximum", |v, b| v <= b, "greater than the maximum of"),
                 ("exclusiveMinimum", |v, b| v > b, "less than or equal to the exclusive minimum of"),
